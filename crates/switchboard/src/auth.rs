@@ -1,0 +1,238 @@
+//! Token verification at the handshake (and minting, for development).
+//!
+//! Tokens are JWTs. The accepted algorithm is pinned by configuration: a token whose header
+//! names any other algorithm (including `none`) is refused, so there is no algorithm switching.
+//! `exp` is honoured when present (no leeway); `sub` is the user id (empty = anonymous user
+//! with a valid token). The token itself is never logged.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{TokenAlgorithm, TokenConfig};
+
+/// The claims Switchboard reads from a token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    #[serde(default)]
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+}
+
+/// Why a key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The public key file could not be read.
+    #[error("cannot read token.public_key_file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The PEM did not hold a key of the configured kind.
+    #[error("token.public_key_file {path} is not a {algorithm} public key in PEM: {message}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// The configured algorithm.
+        algorithm: &'static str,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+/// Verifies tokens with the one configured algorithm and key.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    key: Option<DecodingKey>,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("has_key", &self.key.is_some())
+            .finish()
+    }
+}
+
+fn algorithm(config: TokenAlgorithm) -> Algorithm {
+    match config {
+        TokenAlgorithm::HS256 => Algorithm::HS256,
+        TokenAlgorithm::RS256 => Algorithm::RS256,
+        TokenAlgorithm::ES256 => Algorithm::ES256,
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl TokenVerifier {
+    /// Builds the verifier from configuration. With no secret and no key file, every token is
+    /// refused (and anonymous access is all that can work).
+    ///
+    /// # Errors
+    /// [`KeyError`] when the public key file cannot be read or parsed.
+    pub fn from_config(config: &TokenConfig) -> Result<Self, KeyError> {
+        let alg = algorithm(config.algorithm);
+        let key = match (config.algorithm, &config.public_key_file) {
+            (TokenAlgorithm::HS256, _) if config.hmac_secret.is_empty() => None,
+            (TokenAlgorithm::HS256, _) => {
+                Some(DecodingKey::from_secret(config.hmac_secret.0.as_bytes()))
+            }
+            (_, None) => None,
+            (kind, Some(path)) => {
+                let shown = path.display().to_string();
+                let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
+                let parsed = match kind {
+                    TokenAlgorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
+                    _ => DecodingKey::from_ec_pem(&pem),
+                };
+                Some(parsed.map_err(|e| KeyError::Pem {
+                    path: shown,
+                    algorithm: if kind == TokenAlgorithm::RS256 {
+                        "RS256"
+                    } else {
+                        "ES256"
+                    },
+                    message: e.to_string(),
+                })?)
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = 0;
+        validation.required_spec_claims.clear();
+        validation.validate_exp = true;
+        validation.validate_aud = false;
+        Ok(TokenVerifier { key, validation })
+    }
+
+    /// Whether any token can be verified at all.
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Verifies a token and returns its claims.
+    ///
+    /// # Errors
+    /// A short reason (safe to show the client and to log): bad signature, wrong algorithm,
+    /// expired, malformed, or no key configured.
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        let Some(key) = &self.key else {
+            return Err("no token key is configured on this server".to_owned());
+        };
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature".to_owned(),
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                    "algorithm not allowed".to_owned()
+                }
+                other => format!("malformed token ({other:?})"),
+            })
+    }
+}
+
+/// Mints an HS256 token for `user`, valid for `ttl_secs` (0 = no expiry). For development and
+/// tests; production tokens come from the application's backend.
+///
+/// # Errors
+/// When the secret is empty or encoding fails.
+pub fn mint_hs256(secret: &str, user: &str, ttl_secs: u64) -> Result<String, String> {
+    if secret.is_empty() {
+        return Err("token.hmac_secret is not set".to_owned());
+    }
+    let claims = Claims {
+        sub: user.to_owned(),
+        exp: (ttl_secs > 0).then(|| unix_now() + ttl_secs),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn hs_config(secret: &str) -> TokenConfig {
+        TokenConfig {
+            hmac_secret: Secret(secret.into()),
+            ..TokenConfig::default()
+        }
+    }
+
+    #[test]
+    fn minted_token_verifies_with_the_same_secret_only() {
+        let token = mint_hs256("s3cret-s3cret-s3cret", "42", 60).unwrap();
+        let verifier = TokenVerifier::from_config(&hs_config("s3cret-s3cret-s3cret")).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().sub, "42");
+        let other = TokenVerifier::from_config(&hs_config("another-secret")).unwrap();
+        assert_eq!(other.verify(&token), Err("bad signature".into()));
+    }
+
+    #[test]
+    fn expired_token_is_refused() {
+        let claims = Claims {
+            sub: "1".into(),
+            exp: Some(unix_now() - 10),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        let verifier = TokenVerifier::from_config(&hs_config("k")).unwrap();
+        assert_eq!(verifier.verify(&token), Err("token expired".into()));
+    }
+
+    #[test]
+    fn another_algorithm_is_refused_even_with_the_right_secret() {
+        let claims = Claims {
+            sub: "1".into(),
+            exp: None,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims,
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        let verifier = TokenVerifier::from_config(&hs_config("k")).unwrap();
+        assert_eq!(verifier.verify(&token), Err("algorithm not allowed".into()));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        // header {"alg":"none","typ":"JWT"}, payload {"sub":"1"}, empty signature
+        let token = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIxIn0.";
+        let verifier = TokenVerifier::from_config(&hs_config("k")).unwrap();
+        assert!(verifier.verify(token).is_err());
+    }
+
+    #[test]
+    fn no_key_refuses_everything() {
+        let verifier = TokenVerifier::from_config(&TokenConfig::default()).unwrap();
+        let token = mint_hs256("k", "1", 0).unwrap();
+        assert!(verifier.verify(&token).is_err());
+    }
+}

@@ -1,0 +1,632 @@
+//! Typed, strict configuration: defaults, a TOML file, environment variables and flags, in
+//! that order of precedence (flags win), validated once at start.
+//!
+//! Unknown keys and values that do not parse stop the start with an error naming the key.
+//! Secrets are wrapped in [`Secret`], whose `Debug` never shows the value, so the resolved
+//! configuration can be logged whole. `--dev` changes only the settings whose type is an
+//! `Option` here (resolved by [`Config::resolve`]); everything else means the same in both
+//! modes. docs/configuration.md lists every key; [`GENERATED_CONFIG`] is the commented file
+//! `switchboard genconfig` writes, and a test checks it parses to the defaults.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A string that is never printed (tokens' secrets, API keys).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"********\"")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+impl Secret {
+    /// Whether no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A configuration error: which key, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or holds an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (names the key).
+        message: String,
+    },
+    /// A value is out of its allowed range or inconsistent with another.
+    #[error("invalid value for {key}: {message}")]
+    Invalid {
+        /// The key (`section.name`) or environment variable.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines for a terminal.
+    Pretty,
+}
+
+/// Token signature algorithm; exactly one is accepted, chosen here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TokenAlgorithm {
+    /// HMAC with SHA-256 and a shared secret.
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256 and a public key.
+    RS256,
+    /// ECDSA P-256 with SHA-256 and a public key.
+    ES256,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listener, timeouts and node-wide connection limits.
+    pub server: ServerConfig,
+    /// How tokens are verified.
+    pub token: TokenConfig,
+    /// Which browser origins may connect.
+    pub origins: OriginsConfig,
+    /// The server HTTP API.
+    pub api: ApiConfig,
+    /// Per-connection limits.
+    pub limits: LimitsConfig,
+    /// Which plain doors are open.
+    pub doors: DoorsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Development mode: anonymous plain doors, echo on, localhost origins, pretty logs.
+    pub dev: bool,
+    /// Time a client has to complete the HTTP upgrade request.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Server ping interval; a connection silent for two intervals is closed.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// How long shutdown waits for connections to close before exiting.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_drain: Duration,
+    /// Most connections this node holds (0 = no limit).
+    pub max_connections: usize,
+    /// Most connections one client IP holds (0 = no limit).
+    pub max_connections_per_ip: usize,
+}
+
+/// `[token]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// The only algorithm accepted.
+    pub algorithm: TokenAlgorithm,
+    /// HS256 secret.
+    pub hmac_secret: Secret,
+    /// PEM file with the RS256/ES256 public key.
+    pub public_key_file: Option<PathBuf>,
+    /// Let plain-door clients connect with no token (default: off; on with `--dev`).
+    pub allow_anonymous: Option<bool>,
+}
+
+/// `[origins]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginsConfig {
+    /// Allowed `Origin` values, e.g. `https://app.example.com` or `https://*.example.com`.
+    /// `*` alone allows every origin. With `--dev` any localhost origin is allowed as well.
+    pub allowed: Vec<String>,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The API key; with none set the API refuses every call (or, with `--dev`, takes all).
+    pub key: Secret,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest inbound message (after reassembly), bytes. Over it: close 1009.
+    pub max_message_bytes: usize,
+    /// Most bytes queued for one connection. Over it: close 4000 (slow consumer).
+    pub max_queued_bytes: usize,
+    /// Inbound messages per second per connection (token bucket; 0 = no limit). Over: 4004.
+    pub client_message_rate: u32,
+    /// Burst allowed above the rate, in messages (0 = one second's worth).
+    pub client_message_burst: u32,
+}
+
+/// `[doors]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DoorsConfig {
+    /// `/ws` echo door (default: off; on with `--dev`).
+    pub echo: Option<bool>,
+    /// `/ws/chat/{room}`.
+    pub chat: bool,
+    /// `/ws/notify/user/{id}`.
+    pub notify: bool,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` or `pretty` (default: json; pretty with `--dev`).
+    pub format: Option<LogFormat>,
+    /// A tracing filter, e.g. `info` or `switchboard=debug`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            token: TokenConfig::default(),
+            origins: OriginsConfig::default(),
+            api: ApiConfig::default(),
+            limits: LimitsConfig::default(),
+            doors: DoorsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            dev: false,
+            handshake_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(25),
+            shutdown_drain: Duration::from_secs(10),
+            max_connections: 0,
+            max_connections_per_ip: 0,
+        }
+    }
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            algorithm: TokenAlgorithm::HS256,
+            hmac_secret: Secret::default(),
+            public_key_file: None,
+            allow_anonymous: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 64 * 1024,
+            max_queued_bytes: 1024 * 1024,
+            client_message_rate: 100,
+            client_message_burst: 0,
+        }
+    }
+}
+
+impl Default for DoorsConfig {
+    fn default() -> Self {
+        DoorsConfig {
+            echo: None,
+            chat: true,
+            notify: true,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: None,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// The environment variables read by [`Config::apply_env`], with the key each sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("SWITCHBOARD_LISTEN", "server.listen"),
+    ("SWITCHBOARD_DEV", "server.dev"),
+    ("SWITCHBOARD_HANDSHAKE_TIMEOUT", "server.handshake_timeout"),
+    (
+        "SWITCHBOARD_HEARTBEAT_INTERVAL",
+        "server.heartbeat_interval",
+    ),
+    ("SWITCHBOARD_SHUTDOWN_DRAIN", "server.shutdown_drain"),
+    ("SWITCHBOARD_MAX_CONNECTIONS", "server.max_connections"),
+    (
+        "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
+        "server.max_connections_per_ip",
+    ),
+    ("SWITCHBOARD_TOKEN_ALGORITHM", "token.algorithm"),
+    ("SWITCHBOARD_TOKEN_HMAC_SECRET", "token.hmac_secret"),
+    ("SWITCHBOARD_TOKEN_PUBLIC_KEY_FILE", "token.public_key_file"),
+    ("SWITCHBOARD_ALLOW_ANONYMOUS", "token.allow_anonymous"),
+    ("SWITCHBOARD_ALLOWED_ORIGINS", "origins.allowed"),
+    ("SWITCHBOARD_API_KEY", "api.key"),
+    ("SWITCHBOARD_MAX_MESSAGE_BYTES", "limits.max_message_bytes"),
+    ("SWITCHBOARD_MAX_QUEUED_BYTES", "limits.max_queued_bytes"),
+    (
+        "SWITCHBOARD_CLIENT_MESSAGE_RATE",
+        "limits.client_message_rate",
+    ),
+    (
+        "SWITCHBOARD_CLIENT_MESSAGE_BURST",
+        "limits.client_message_burst",
+    ),
+    ("SWITCHBOARD_ECHO", "doors.echo"),
+    ("SWITCHBOARD_LOG_FORMAT", "log.format"),
+    ("SWITCHBOARD_LOG_LEVEL", "log.level"),
+];
+
+fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e| invalid(key, format!("{value:?}: {e}")))
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(invalid(key, format!("{other:?} is not a boolean"))),
+    }
+}
+
+fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|e| invalid(key, format!("{value:?}: {e}")))
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`] (unknown keys included).
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text over the defaults; the error names the offending key.
+    ///
+    /// # Errors
+    /// The parser's message when the text is not valid for this schema.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Sets one key (as named in [`ENV_VARS`]) from its text form; used for environment
+    /// variables and flags alike.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `source` when the value does not parse.
+    pub fn set(&mut self, key: &str, value: &str, source: &str) -> Result<(), ConfigError> {
+        match key {
+            "server.listen" => self.server.listen = parse(source, value)?,
+            "server.dev" => self.server.dev = parse_bool(source, value)?,
+            "server.handshake_timeout" => {
+                self.server.handshake_timeout = parse_duration(source, value)?
+            }
+            "server.heartbeat_interval" => {
+                self.server.heartbeat_interval = parse_duration(source, value)?
+            }
+            "server.shutdown_drain" => self.server.shutdown_drain = parse_duration(source, value)?,
+            "server.max_connections" => self.server.max_connections = parse(source, value)?,
+            "server.max_connections_per_ip" => {
+                self.server.max_connections_per_ip = parse(source, value)?
+            }
+            "token.algorithm" => {
+                self.token.algorithm = match value.trim() {
+                    "HS256" => TokenAlgorithm::HS256,
+                    "RS256" => TokenAlgorithm::RS256,
+                    "ES256" => TokenAlgorithm::ES256,
+                    other => {
+                        return Err(invalid(
+                            source,
+                            format!("{other:?}: use HS256, RS256 or ES256"),
+                        ))
+                    }
+                }
+            }
+            "token.hmac_secret" => self.token.hmac_secret = Secret(value.to_owned()),
+            "token.public_key_file" => self.token.public_key_file = Some(PathBuf::from(value)),
+            "token.allow_anonymous" => {
+                self.token.allow_anonymous = Some(parse_bool(source, value)?)
+            }
+            "origins.allowed" => {
+                self.origins.allowed = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
+            "api.key" => self.api.key = Secret(value.to_owned()),
+            "limits.max_message_bytes" => self.limits.max_message_bytes = parse(source, value)?,
+            "limits.max_queued_bytes" => self.limits.max_queued_bytes = parse(source, value)?,
+            "limits.client_message_rate" => self.limits.client_message_rate = parse(source, value)?,
+            "limits.client_message_burst" => {
+                self.limits.client_message_burst = parse(source, value)?
+            }
+            "doors.echo" => self.doors.echo = Some(parse_bool(source, value)?),
+            "log.format" => {
+                self.log.format = Some(match value.trim() {
+                    "json" => LogFormat::Json,
+                    "pretty" => LogFormat::Pretty,
+                    other => return Err(invalid(source, format!("{other:?}: use json or pretty"))),
+                })
+            }
+            "log.level" => self.log.level = value.trim().to_owned(),
+            other => return Err(invalid(source, format!("unknown key {other}"))),
+        }
+        Ok(())
+    }
+
+    /// Applies every `SWITCHBOARD_*` variable of [`ENV_VARS`] found in `vars`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the variable whose value does not parse.
+    pub fn apply_env<I>(&mut self, vars: I) -> Result<(), ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        for (name, value) in vars {
+            if let Some((_, key)) = ENV_VARS.iter().find(|(var, _)| *var == name) {
+                self.set(key, &value, &name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and consistency.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if !(125..=64 * 1024 * 1024).contains(&limits.max_message_bytes) {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                "must be between 125 and 67108864",
+            ));
+        }
+        if limits.max_queued_bytes < limits.max_message_bytes {
+            return Err(invalid(
+                "limits.max_queued_bytes",
+                "must be at least limits.max_message_bytes, or no message could be queued",
+            ));
+        }
+        if self.server.heartbeat_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "server.heartbeat_interval",
+                "must be at least 100ms",
+            ));
+        }
+        if self.server.handshake_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "server.handshake_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        match self.token.algorithm {
+            TokenAlgorithm::HS256 => {
+                if self.token.public_key_file.is_some() {
+                    return Err(invalid(
+                        "token.public_key_file",
+                        "is for RS256/ES256; HS256 uses token.hmac_secret",
+                    ));
+                }
+            }
+            TokenAlgorithm::RS256 | TokenAlgorithm::ES256 => {
+                if self.token.public_key_file.is_none() {
+                    return Err(invalid(
+                        "token.public_key_file",
+                        "required for RS256 and ES256",
+                    ));
+                }
+                if !self.token.hmac_secret.is_empty() {
+                    return Err(invalid(
+                        "token.hmac_secret",
+                        "is for HS256; RS256/ES256 use token.public_key_file",
+                    ));
+                }
+            }
+        }
+        for pattern in &self.origins.allowed {
+            crate::origin::OriginPattern::parse(pattern)
+                .map_err(|message| invalid("origins.allowed", format!("{pattern:?}: {message}")))?;
+        }
+        Ok(())
+    }
+
+    /// The settings as they apply, with `--dev`'s changes made.
+    pub fn resolve(&self) -> Resolved {
+        let dev = self.server.dev;
+        Resolved {
+            allow_anonymous: self.token.allow_anonymous.unwrap_or(dev),
+            echo: self.doors.echo.unwrap_or(dev),
+            log_format: self.log.format.unwrap_or(if dev {
+                LogFormat::Pretty
+            } else {
+                LogFormat::Json
+            }),
+            localhost_origins: dev,
+            open_api: dev && self.api.key.is_empty(),
+        }
+    }
+}
+
+/// The settings that depend on `--dev`, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// Plain doors accept connections with no token.
+    pub allow_anonymous: bool,
+    /// The `/ws` echo door is open.
+    pub echo: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Any `http(s)://localhost|127.0.0.1|[::1]` origin is allowed.
+    pub localhost_origins: bool,
+    /// The API takes calls with no key (dev with no key set only).
+    pub open_api: bool,
+}
+
+/// The commented configuration file written by `switchboard genconfig`: every key with its
+/// default.
+pub const GENERATED_CONFIG: &str = include_str!("../../../docs/switchboard.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_config_parses_to_the_defaults() {
+        let parsed = Config::from_toml(GENERATED_CONFIG).unwrap();
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let error = Config::from_toml("[server]\nlisten_on = \"x\"").unwrap_err();
+        assert!(error.contains("listen_on"), "{error}");
+    }
+
+    #[test]
+    fn env_overrides_the_file_and_names_the_variable_on_error() {
+        let mut config = Config::from_toml("[limits]\nmax_message_bytes = 1000").unwrap();
+        config
+            .apply_env([(
+                "SWITCHBOARD_MAX_MESSAGE_BYTES".to_owned(),
+                "2000".to_owned(),
+            )])
+            .unwrap();
+        assert_eq!(config.limits.max_message_bytes, 2000);
+        let error = config
+            .apply_env([(
+                "SWITCHBOARD_CLIENT_MESSAGE_RATE".to_owned(),
+                "fast".to_owned(),
+            )])
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("SWITCHBOARD_CLIENT_MESSAGE_RATE"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn origins_come_from_a_comma_list() {
+        let mut config = Config::default();
+        config
+            .apply_env([(
+                "SWITCHBOARD_ALLOWED_ORIGINS".into(),
+                "https://a.com, https://*.b.com".into(),
+            )])
+            .unwrap();
+        assert_eq!(config.origins.allowed, ["https://a.com", "https://*.b.com"]);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn queue_smaller_than_a_message_is_refused() {
+        let mut config = Config::default();
+        config.limits.max_queued_bytes = 10;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("limits.max_queued_bytes"), "{error}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut config = Config::default();
+        config.api.key = Secret("hunter2".into());
+        config.token.hmac_secret = Secret("topsecret".into());
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("topsecret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn dev_opens_only_the_optional_settings() {
+        let mut config = Config::default();
+        assert_eq!(config.resolve().allow_anonymous, false);
+        config.server.dev = true;
+        let resolved = config.resolve();
+        assert!(resolved.allow_anonymous && resolved.echo && resolved.open_api);
+        config.doors.echo = Some(false);
+        assert!(!config.resolve().echo);
+    }
+}

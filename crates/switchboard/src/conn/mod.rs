@@ -1,0 +1,369 @@
+//! One WebSocket connection: its shared handle ([`Conn`]) with the bounded outbound queue, the
+//! node-wide registry of handles ([`ConnRegistry`]), per-IP admission ([`IpLimits`]) and the
+//! task that owns the socket (`task`).
+//!
+//! Anyone may queue a frame or ask for a close through a [`Conn`]; only the connection's own
+//! task writes to its socket. Queueing never waits: past `max_queued_bytes` the queue is
+//! dropped and the connection is marked a slow consumer, which its task then closes.
+
+mod rate;
+pub(crate) mod task;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::door::Door;
+use crate::error::CloseReason;
+
+pub use rate::MessageRate;
+
+/// The outbound side of a connection, shared between the hub and the connection's task.
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Bytes>,
+    /// Bytes queued here plus bytes taken by the writer and not yet written.
+    queued: usize,
+    close: Option<CloseReason>,
+}
+
+/// The shared handle of one connection.
+pub struct Conn {
+    /// Node-unique connection id.
+    pub id: u64,
+    /// The door it came through.
+    pub door: Door,
+    /// The token's subject (empty when anonymous).
+    pub user: Box<str>,
+    /// Token expiry, Unix seconds (0 = never).
+    pub expires_at: u64,
+    max_queued: usize,
+    outbox: Mutex<Outbox>,
+    wake: Notify,
+    /// Milliseconds since gateway start of the last inbound frame.
+    last_inbound_ms: AtomicU64,
+    /// Milliseconds since gateway start of the last ping sent.
+    last_ping_ms: AtomicU64,
+}
+
+impl Conn {
+    /// A handle with an empty queue.
+    pub fn new(
+        id: u64,
+        door: Door,
+        user: &str,
+        expires_at: u64,
+        max_queued: usize,
+        now_ms: u64,
+    ) -> Self {
+        Conn {
+            id,
+            door,
+            user: user.into(),
+            expires_at,
+            max_queued,
+            outbox: Mutex::new(Outbox::default()),
+            wake: Notify::new(),
+            last_inbound_ms: AtomicU64::new(now_ms),
+            last_ping_ms: AtomicU64::new(now_ms),
+        }
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        // A panic elsewhere while holding this lock leaves a consistent queue; keep going.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame. Returns `false` when the connection is closing or has just been marked a
+    /// slow consumer (its queue would pass `max_queued_bytes`).
+    pub fn push(&self, frame: &Bytes) -> bool {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return false;
+        }
+        if outbox.queued + frame.len() > self.max_queued {
+            outbox.close = Some(CloseReason::SlowConsumer);
+            outbox.frames = VecDeque::new();
+            drop(outbox);
+            self.wake.notify_one();
+            return false;
+        }
+        outbox.queued += frame.len();
+        let was_empty = outbox.frames.is_empty();
+        outbox.frames.push_back(frame.clone());
+        drop(outbox);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Queues a control frame (ping, pong) regardless of the byte limit.
+    pub fn push_control(&self, frame: Bytes) {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return;
+        }
+        outbox.queued += frame.len();
+        outbox.frames.push_back(frame);
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
+    /// Asks the connection's task to close with `reason` (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        let mut outbox = self.outbox();
+        if outbox.close.is_none() {
+            outbox.close = Some(reason);
+        }
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
+    /// Moves every queued frame to the end of `into`; returns the close reason, if any.
+    fn take_queued(&self, into: &mut VecDeque<Bytes>) -> Option<CloseReason> {
+        let mut outbox = self.outbox();
+        if into.is_empty() {
+            std::mem::swap(into, &mut outbox.frames);
+        } else {
+            into.extend(outbox.frames.drain(..));
+        }
+        outbox.close
+    }
+
+    /// Records that the writer put `n` bytes on the wire.
+    fn written(&self, n: usize) {
+        let mut outbox = self.outbox();
+        outbox.queued = outbox.queued.saturating_sub(n);
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbox().queued
+    }
+
+    /// Notes an inbound frame (for the heartbeat deadline).
+    fn touch(&self, now_ms: u64) {
+        self.last_inbound_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The heartbeat sweep's look at this connection: queues a ping when one is due, and closes
+    /// it when it has been silent for two intervals or its token has expired.
+    pub(crate) fn sweep(&self, now_ms: u64, interval_ms: u64, now_unix: u64, ping: &Bytes) {
+        if self.expires_at != 0 && now_unix >= self.expires_at {
+            self.close(CloseReason::TokenExpired);
+        } else if now_ms.saturating_sub(self.last_inbound_ms.load(Ordering::Relaxed))
+            >= 2 * interval_ms
+        {
+            self.close(CloseReason::HeartbeatTimeout);
+        } else if now_ms.saturating_sub(self.last_ping_ms.load(Ordering::Relaxed)) >= interval_ms {
+            self.last_ping_ms.store(now_ms, Ordering::Relaxed);
+            self.push_control(ping.clone());
+        }
+    }
+}
+
+const REGISTRY_SHARDS: usize = 16;
+
+/// Every open connection of the node, by id.
+pub struct ConnRegistry {
+    shards: Box<[Mutex<HashMap<u64, Arc<Conn>>>]>,
+    count: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl Default for ConnRegistry {
+    fn default() -> Self {
+        ConnRegistry {
+            shards: (0..REGISTRY_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            count: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+impl ConnRegistry {
+    /// A fresh connection id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        self.shards[(id as usize) % REGISTRY_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a connection.
+    pub fn insert(&self, conn: Arc<Conn>) {
+        self.shard(conn.id).insert(conn.id, conn);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Removes a connection.
+    pub fn remove(&self, id: u64) {
+        if self.shard(id).remove(&id).is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` on every connection, one shard at a time (never holding two locks).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Conn>)) {
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.values().for_each(&mut f);
+        }
+    }
+
+    /// Closes every connection of `user` with `reason`; returns how many.
+    pub fn close_user(&self, user: &str, reason: CloseReason) -> usize {
+        let mut closed = 0;
+        self.for_each(|conn| {
+            if &*conn.user == user {
+                conn.close(reason);
+                closed += 1;
+            }
+        });
+        closed
+    }
+}
+
+/// Connections per client IP, for `max_connections_per_ip`.
+#[derive(Default)]
+pub struct IpLimits {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection of an IP; dropping it gives the place back.
+pub struct IpPermit {
+    limits: Arc<IpLimits>,
+    ip: IpAddr,
+}
+
+impl IpLimits {
+    /// Admits one more connection from `ip` unless it already holds `max` (0 = no limit).
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpPermit> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if max != 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpPermit {
+            limits: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let mut counts = self.limits.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(max_queued: usize) -> Conn {
+        Conn::new(1, Door::Chat, "", 0, max_queued, 0)
+    }
+
+    #[test]
+    fn overflow_marks_a_slow_consumer_and_drops_the_queue() {
+        let conn = conn(10);
+        let frame = Bytes::from_static(b"123456");
+        assert!(conn.push(&frame));
+        assert!(!conn.push(&frame));
+        let mut taken = VecDeque::new();
+        assert_eq!(
+            conn.take_queued(&mut taken),
+            Some(CloseReason::SlowConsumer)
+        );
+        assert!(taken.is_empty());
+        assert!(
+            !conn.push(&Bytes::from_static(b"1")),
+            "nothing is queued once closing"
+        );
+    }
+
+    #[test]
+    fn written_bytes_free_queue_space() {
+        let conn = conn(10);
+        let frame = Bytes::from_static(b"123456");
+        assert!(conn.push(&frame));
+        let mut taken = VecDeque::new();
+        assert_eq!(conn.take_queued(&mut taken), None);
+        assert_eq!(
+            conn.queued_bytes(),
+            6,
+            "taken but unwritten bytes still count"
+        );
+        conn.written(6);
+        assert!(conn.push(&frame));
+    }
+
+    #[test]
+    fn first_close_reason_wins() {
+        let conn = conn(10);
+        conn.close(CloseReason::GoingAway);
+        conn.close(CloseReason::SlowConsumer);
+        assert_eq!(
+            conn.take_queued(&mut VecDeque::new()),
+            Some(CloseReason::GoingAway)
+        );
+    }
+
+    #[test]
+    fn sweep_pings_then_times_out_and_expires() {
+        let ping = Bytes::from_static(b"p");
+        let conn = conn(100);
+        conn.sweep(1000, 1000, 0, &ping);
+        assert_eq!(conn.queued_bytes(), 1, "a ping is due after one interval");
+        conn.sweep(2000, 1000, 0, &ping);
+        assert_eq!(
+            conn.take_queued(&mut VecDeque::new()),
+            Some(CloseReason::HeartbeatTimeout)
+        );
+        let expiring = Conn::new(2, Door::Chat, "u", 50, 100, 0);
+        expiring.sweep(0, 1000, 50, &ping);
+        assert_eq!(
+            expiring.take_queued(&mut VecDeque::new()),
+            Some(CloseReason::TokenExpired)
+        );
+    }
+
+    #[test]
+    fn ip_permits_are_counted_and_returned() {
+        let limits = Arc::new(IpLimits::default());
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let first = limits.acquire(ip, 2).unwrap();
+        let _second = limits.acquire(ip, 2).unwrap();
+        assert!(limits.acquire(ip, 2).is_none());
+        drop(first);
+        assert!(limits.acquire(ip, 2).is_some());
+    }
+}

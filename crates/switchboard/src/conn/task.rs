@@ -1,0 +1,461 @@
+//! The task that owns one WebSocket's socket: the only reader and the only writer.
+//!
+//! It waits on three things only: its queue's wake-up, the socket becoming readable, and (when
+//! a write would block) the socket becoming writable. No timer per connection: heartbeats,
+//! idle and token deadlines are the sweep's (`sweep`), which asks for a close through the
+//! shared [`Conn`]. Reading uses a stack buffer and keeps bytes between wake-ups only while a
+//! frame is incomplete, so an idle connection holds no buffer. Writing takes everything queued
+//! and hands it to one vectored write, so a burst costs one syscall.
+//!
+//! A panic while handling inbound bytes is caught here and closes this connection alone with
+//! 1011; everything it held is released when its [`Session`] drops.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::IpAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use super::{Conn, IpPermit, MessageRate};
+use crate::door::Door;
+use crate::error::CloseReason;
+use crate::gateway::State;
+use crate::ws::frame::{self, Opcode};
+use crate::ws::{Event, MessageReader};
+
+/// How long a closing connection may take to flush its close frame and hear the client's.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Bytes read per `read` call into the stack buffer.
+const READ_CHUNK: usize = 16 * 1024;
+/// Frames handed to one vectored write.
+const MAX_IOSLICES: usize = 64;
+
+/// Everything a connection holds in the gateway; dropping it releases all of it.
+pub(crate) struct Session {
+    pub(crate) state: Arc<State>,
+    pub(crate) conn: Arc<Conn>,
+    /// The channel the door joined, if any.
+    pub(crate) channel: Option<Box<str>>,
+    pub(crate) ip: IpAddr,
+    pub(crate) trace_id: Box<str>,
+    pub(crate) _ip_permit: Option<IpPermit>,
+}
+
+impl Session {
+    /// Registers the connection with the node and joins its channel.
+    pub(crate) fn open(
+        state: Arc<State>,
+        conn: Arc<Conn>,
+        channel: Option<Box<str>>,
+        ip: IpAddr,
+        trace_id: Box<str>,
+        ip_permit: Option<IpPermit>,
+    ) -> Self {
+        state.conns.insert(Arc::clone(&conn));
+        if let Some(channel) = &channel {
+            state.hub.subscribe(channel, &conn);
+        }
+        let door = state.metrics.door(conn.door);
+        door.connections.inc();
+        door.accepted.inc();
+        Session {
+            state,
+            conn,
+            channel,
+            ip,
+            trace_id,
+            _ip_permit: ip_permit,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(channel) = &self.channel {
+            self.state.hub.unsubscribe(channel, self.conn.id);
+        }
+        self.state.conns.remove(self.conn.id);
+        self.state.metrics.door(self.conn.door).connections.dec();
+    }
+}
+
+/// Per-connection counts for the disconnect log line.
+#[derive(Default)]
+struct Stats {
+    messages_in: u64,
+    bytes_in: u64,
+    messages_out: u64,
+    bytes_out: u64,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// Closed with a close frame (sent by us, or the client's echoed).
+    Closed(CloseReason),
+    /// The socket went away with no close handshake (1006 at the other end).
+    Abnormal(&'static str),
+}
+
+/// Frames taken from the queue and not yet fully written.
+#[derive(Default)]
+struct Writer {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the first frame already written.
+    offset: usize,
+}
+
+impl Writer {
+    /// Writes as much as the socket takes; `Ok(true)` when nothing is left.
+    fn flush(&mut self, tcp: &TcpStream, conn: &Conn, stats: &mut Stats) -> io::Result<bool> {
+        while !self.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOSLICES];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
+                let start = if count == 0 { self.offset } else { 0 };
+                *slot = IoSlice::new(&frame[start..]);
+                count += 1;
+            }
+            let mut written = match tcp.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            conn.written(written);
+            stats.bytes_out += written as u64;
+            while written > 0 {
+                let Some(front) = self.frames.front() else {
+                    break;
+                };
+                let left = front.len() - self.offset;
+                if written >= left {
+                    written -= left;
+                    self.offset = 0;
+                    self.frames.pop_front();
+                    stats.messages_out += 1;
+                } else {
+                    self.offset += written;
+                    written = 0;
+                }
+            }
+        }
+        if self.frames.capacity() > 256 {
+            self.frames = VecDeque::new();
+        }
+        Ok(true)
+    }
+
+    /// Drops every frame not yet started (a partly written one must finish to keep framing).
+    fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.offset > 0);
+        self.frames.truncate(keep);
+    }
+}
+
+/// The socket side of one connection.
+struct Socket {
+    tcp: TcpStream,
+    reader: MessageReader,
+    /// Bytes of an incomplete frame, kept between reads (empty, and unallocated, when idle).
+    partial: Vec<u8>,
+    writer: Writer,
+    rate: Option<MessageRate>,
+    stats: Stats,
+    /// Set when the client's close frame arrived.
+    client_closed: Option<u16>,
+}
+
+enum ReadOutcome {
+    Open,
+    Eof,
+}
+
+impl Socket {
+    /// Reads what the socket has and handles every complete frame.
+    fn read_available(&mut self, session: &Session) -> Result<ReadOutcome, CloseReason> {
+        let mut got_bytes = false;
+        let outcome = self.read_loop(session, &mut got_bytes);
+        if got_bytes {
+            session.conn.touch(session.state.clock_ms());
+        }
+        outcome
+    }
+
+    fn read_loop(
+        &mut self,
+        session: &Session,
+        got_bytes: &mut bool,
+    ) -> Result<ReadOutcome, CloseReason> {
+        // Bounded so one busy client cannot starve the others on this worker.
+        for _ in 0..16 {
+            if self.reader.is_closed() {
+                return Ok(ReadOutcome::Open);
+            }
+            if self.partial.is_empty() {
+                let mut buf = [0u8; READ_CHUNK];
+                let n = match self.tcp.try_read(&mut buf) {
+                    Ok(0) => return Ok(ReadOutcome::Eof),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(ReadOutcome::Open)
+                    }
+                    Err(_) => return Ok(ReadOutcome::Eof),
+                };
+                *got_bytes = true;
+                let used = self.feed(session, &mut buf[..n])?;
+                if used < n {
+                    self.partial.extend_from_slice(&buf[used..n]);
+                }
+                if n < READ_CHUNK {
+                    return Ok(ReadOutcome::Open);
+                }
+            } else {
+                let held = self.partial.len();
+                let want = self
+                    .reader
+                    .frame_len_hint(&self.partial)
+                    .unwrap_or(0)
+                    .saturating_sub(held);
+                self.partial
+                    .resize(held + want.clamp(READ_CHUNK, 1 << 20), 0);
+                let n = match self.tcp.try_read(&mut self.partial[held..]) {
+                    Ok(0) => return Ok(ReadOutcome::Eof),
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.partial.truncate(held);
+                        if e.kind() == io::ErrorKind::WouldBlock {
+                            return Ok(ReadOutcome::Open);
+                        }
+                        return Ok(ReadOutcome::Eof);
+                    }
+                };
+                *got_bytes = true;
+                self.partial.truncate(held + n);
+                let mut partial = std::mem::take(&mut self.partial);
+                let used = self.feed(session, &mut partial)?;
+                partial.drain(..used);
+                if !partial.is_empty() {
+                    self.partial = partial;
+                }
+            }
+        }
+        Ok(ReadOutcome::Open)
+    }
+
+    /// Parses frames out of `buf` and acts on each; returns the bytes consumed.
+    fn feed(&mut self, session: &Session, buf: &mut [u8]) -> Result<usize, CloseReason> {
+        let Socket {
+            reader,
+            rate,
+            stats,
+            client_closed,
+            ..
+        } = self;
+        let conn = &session.conn;
+        reader.feed(buf, &mut |event| match event {
+            Event::Text(data) => on_message(session, rate, stats, Opcode::Text, data),
+            Event::Binary(data) => on_message(session, rate, stats, Opcode::Binary, data),
+            Event::Ping(payload) => {
+                conn.push_control(frame::encode(Opcode::Pong, payload));
+                Ok(())
+            }
+            Event::Pong => Ok(()),
+            Event::Close(code) => {
+                *client_closed = Some(code.unwrap_or(1005));
+                Ok(())
+            }
+        })
+    }
+
+    /// The main loop: until a close is asked for or the socket goes away.
+    async fn serve(&mut self, session: &Session) -> Result<CloseReason, End> {
+        let conn = &session.conn;
+        loop {
+            if let Some(reason) = conn.take_queued(&mut self.writer.frames) {
+                return Ok(reason);
+            }
+            let door = session.state.metrics.door(conn.door);
+            let before = (self.stats.messages_out, self.stats.bytes_out);
+            let flushed = self.writer.flush(&self.tcp, conn, &mut self.stats);
+            door.messages_out.inc_by(self.stats.messages_out - before.0);
+            door.bytes_out.inc_by(self.stats.bytes_out - before.1);
+            let all_written = flushed.map_err(|_| End::Abnormal("write failed"))?;
+            tokio::select! {
+                biased;
+                _ = conn.wake.notified() => {}
+                ready = self.tcp.readable() => {
+                    ready.map_err(|_| End::Abnormal("read failed"))?;
+                    let result = catch_unwind(AssertUnwindSafe(|| self.read_available(session)));
+                    match result {
+                        Ok(Ok(ReadOutcome::Open)) => {}
+                        Ok(Ok(ReadOutcome::Eof)) => return Err(End::Abnormal("connection lost")),
+                        Ok(Err(reason)) => conn.close(reason),
+                        Err(_) => {
+                            tracing::error!(event = "connection_panicked", conn_id = conn.id, trace_id = %session.trace_id, "connection handler panicked; closing this connection only");
+                            conn.close(CloseReason::InternalError);
+                        }
+                    }
+                    if let Some(code) = self.client_closed {
+                        conn.close(CloseReason::ClientClosed(code));
+                    }
+                }
+                ready = self.tcp.writable(), if !all_written => {
+                    ready.map_err(|_| End::Abnormal("write failed"))?;
+                }
+            }
+        }
+    }
+
+    /// Sends the close frame (after what is queued, unless the client is gone or too slow),
+    /// then waits up to [`CLOSE_LINGER`] for the client's close frame before dropping the socket.
+    async fn close(&mut self, session: &Session, reason: CloseReason) -> End {
+        let close_frame = match reason {
+            CloseReason::ClientClosed(1005) => frame::encode(Opcode::Close, &[]),
+            other => frame::encode_close(other.code(), other.text()),
+        };
+        if matches!(
+            reason,
+            CloseReason::SlowConsumer | CloseReason::ClientClosed(_)
+        ) {
+            self.writer.drop_unstarted();
+        }
+        self.writer.frames.push_back(close_frame);
+        let conn = Arc::clone(&session.conn);
+        let handshake = async {
+            loop {
+                match self.writer.flush(&self.tcp, &conn, &mut self.stats) {
+                    Ok(true) => break,
+                    Ok(false) => self.tcp.writable().await.map_err(|_| ())?,
+                    Err(_) => return Err(()),
+                }
+            }
+            if self.client_closed.is_some() {
+                return Ok(());
+            }
+            let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
+            while self.client_closed.is_none() {
+                self.tcp.readable().await.map_err(|_| ())?;
+                let mut buf = [0u8; 4096];
+                match self.tcp.try_read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        let client_closed = &mut self.client_closed;
+                        let _ = self.reader.feed(&mut buf[..n], &mut |event| {
+                            if let Event::Close(code) = event {
+                                *client_closed = Some(code.unwrap_or(1005));
+                            }
+                            Ok(())
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(()),
+                }
+            }
+            Ok(())
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, handshake).await;
+        End::Closed(reason)
+    }
+}
+
+fn on_message(
+    session: &Session,
+    rate: &mut Option<MessageRate>,
+    stats: &mut Stats,
+    opcode: Opcode,
+    data: &[u8],
+) -> Result<(), CloseReason> {
+    if let Some(rate) = rate.as_mut() {
+        if !rate.allow(Instant::now()) {
+            return Err(CloseReason::RateLimited);
+        }
+    }
+    stats.messages_in += 1;
+    stats.bytes_in += data.len() as u64;
+    let state = &session.state;
+    let door = state.metrics.door(session.conn.door);
+    door.messages_in.inc();
+    door.bytes_in.inc_by(data.len() as u64);
+    #[cfg(feature = "test-hooks")]
+    if data == crate::TEST_PANIC_MESSAGE {
+        panic!("test hook: panic requested by the client");
+    }
+    match session.conn.door {
+        Door::Echo => {
+            session.conn.push(&frame::encode(opcode, data));
+        }
+        Door::Chat => {
+            if let Some(channel) = &session.channel {
+                state.metrics.publications.inc();
+                state.hub.publish(channel, &frame::encode(opcode, data));
+            }
+        }
+        // The notify door is receive-only; what a client sends there is counted and ignored.
+        Door::Notify => {}
+    }
+    Ok(())
+}
+
+/// Runs a connection from the upgraded socket to its end, then logs and counts how it ended.
+pub(crate) async fn run(session: Session, tcp: TcpStream, leftover: Bytes) {
+    let state = Arc::clone(&session.state);
+    let limits = &state.config.limits;
+    let started = Instant::now();
+    let mut socket = Socket {
+        tcp,
+        reader: MessageReader::new(limits.max_message_bytes),
+        partial: Vec::new(),
+        writer: Writer::default(),
+        rate: MessageRate::new(limits.client_message_rate, limits.client_message_burst),
+        stats: Stats::default(),
+        client_closed: None,
+    };
+    if !leftover.is_empty() {
+        let mut bytes = leftover.to_vec();
+        match socket.feed(&session, &mut bytes) {
+            Ok(used) => socket.partial = bytes.split_off(used),
+            Err(reason) => session.conn.close(reason),
+        }
+    }
+    let end = match socket.serve(&session).await {
+        Ok(reason) => socket.close(&session, reason).await,
+        Err(abnormal) => abnormal,
+    };
+    let (code, reason) = match end {
+        End::Closed(reason) => (reason.code(), reason.label()),
+        End::Abnormal(why) => (1006, why),
+    };
+    if let End::Closed(CloseReason::SlowConsumer) = end {
+        state.metrics.slow_consumers.inc();
+        tracing::warn!(event = "slow_consumer", conn_id = session.conn.id, user = %session.conn.user, ip = %session.ip, trace_id = %session.trace_id, door = session.conn.door.label(), channel = session.channel.as_deref().unwrap_or(""), max_queued_bytes = limits.max_queued_bytes, "outbound queue overflowed; closing");
+    }
+    if matches!(
+        end,
+        End::Closed(CloseReason::MessageTooBig | CloseReason::RateLimited)
+    ) {
+        tracing::warn!(event = "limit_exceeded", conn_id = session.conn.id, ip = %session.ip, trace_id = %session.trace_id, code, reason, "connection limit exceeded");
+    }
+    state.metrics.disconnected(code, reason);
+    let stats = &socket.stats;
+    tracing::info!(
+        event = "disconnected",
+        conn_id = session.conn.id,
+        user = %session.conn.user,
+        ip = %session.ip,
+        trace_id = %session.trace_id,
+        door = session.conn.door.label(),
+        channel = session.channel.as_deref().unwrap_or(""),
+        code,
+        reason,
+        duration_ms = started.elapsed().as_millis() as u64,
+        messages_in = stats.messages_in,
+        bytes_in = stats.bytes_in,
+        messages_out = stats.messages_out,
+        bytes_out = stats.bytes_out,
+    );
+}

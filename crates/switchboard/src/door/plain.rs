@@ -1,0 +1,297 @@
+//! The plain doors: `/ws` (echo), `/ws/chat/{room}` and `/ws/notify/user/{id}`.
+//!
+//! Every check happens before the upgrade, in this order: draining (503), a valid upgrade
+//! request (400), the channel name (400), the origin (403), the token (401, or 403 for the
+//! wrong subject), then the node and per-IP connection limits (503, 429). Only then is `101`
+//! sent and the connection task spawned on the gateway's tracker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Request, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{rejection, Door};
+use crate::auth::Claims;
+use crate::conn::task::{self, Session};
+use crate::conn::Conn;
+use crate::error::Rejection;
+use crate::gateway::{Response, State};
+use crate::ws::handshake;
+
+/// Longest room or user id in a path.
+const MAX_NAME_LEN: usize = 128;
+
+/// Checks a room or user id from a path: 1 to 128 of `A-Z a-z 0-9 _ - . : @ =`.
+pub(crate) fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err("name longer than 128 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-.:@=".contains(&b))
+    {
+        return Err("name may only hold A-Z a-z 0-9 _ - . : @ =");
+    }
+    Ok(())
+}
+
+/// Which door a path opens, and the channel it joins.
+fn route(state: &State, path: &str) -> Result<(Door, Option<String>), Rejection> {
+    if path == "/ws" {
+        return if state.resolved.echo {
+            Ok((Door::Echo, None))
+        } else {
+            Err(Rejection::NotFound)
+        };
+    }
+    if let Some(room) = path.strip_prefix("/ws/chat/") {
+        if !state.config.doors.chat {
+            return Err(Rejection::NotFound);
+        }
+        check_name(room).map_err(Rejection::BadChannel)?;
+        return Ok((Door::Chat, Some(format!("chat:{room}"))));
+    }
+    if let Some(user) = path.strip_prefix("/ws/notify/user/") {
+        if !state.config.doors.notify {
+            return Err(Rejection::NotFound);
+        }
+        check_name(user).map_err(Rejection::BadChannel)?;
+        return Ok((Door::Notify, Some(format!("#{user}"))));
+    }
+    Err(Rejection::NotFound)
+}
+
+/// Where the token came from, and the subprotocol to answer with.
+struct TokenSource<'a> {
+    token: Option<&'a str>,
+    protocol: Option<&'a str>,
+}
+
+/// Finds the token: `?token=`, then `Authorization: Bearer`, then a `Sec-WebSocket-Protocol`
+/// value that looks like a JWT. A browser sends `new WebSocket(url, ["switchboard", token])`;
+/// the server answers with the first non-token protocol offered (or the token's own, when it
+/// was the only one), since a browser fails the handshake if none is selected.
+fn find_token<B>(req: &Request<B>) -> TokenSource<'_> {
+    let offered = handshake::offered_protocols(req.headers());
+    let looks_like_jwt = |value: &&str| value.bytes().filter(|b| *b == b'.').count() == 2;
+    let protocol_token = offered.iter().copied().find(looks_like_jwt);
+    let protocol = offered
+        .iter()
+        .copied()
+        .find(|p| !looks_like_jwt(p))
+        .or(protocol_token);
+    let query_token = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")))
+        .filter(|t| !t.is_empty());
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    TokenSource {
+        token: query_token.or(bearer).or(protocol_token),
+        protocol,
+    }
+}
+
+/// Runs every check and either refuses the request or answers 101 and spawns the connection.
+pub(crate) fn upgrade(
+    state: &Arc<State>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    trace_id: &str,
+) -> Response {
+    let started = Instant::now();
+    match check(state, peer, &req) {
+        Err(refused) => {
+            state
+                .metrics
+                .rejections
+                .with_label_values(&[refused.code()])
+                .inc();
+            refused_log(&refused, peer, trace_id, req.uri().path());
+            rejection(&refused)
+        }
+        Ok(admitted) => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let mut response = http::Response::new(Full::default());
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            if let Ok(value) = HeaderValue::from_str(&admitted.accept) {
+                headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+            }
+            if let Some(value) = admitted
+                .protocol
+                .as_deref()
+                .and_then(|p| HeaderValue::from_str(p).ok())
+            {
+                headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+            }
+            let state2 = Arc::clone(state);
+            let trace: Box<str> = trace_id.into();
+            let handshake_timeout = state.config.server.handshake_timeout;
+            state.tracker.spawn(async move {
+                let upgraded = match tokio::time::timeout(handshake_timeout, on_upgrade).await {
+                    Ok(Ok(upgraded)) => upgraded,
+                    _ => return,
+                };
+                let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+                    tracing::error!(event = "upgrade_failed", "upgraded connection is not a TCP stream");
+                    return;
+                };
+                let Admitted { door, channel, claims, permit, .. } = admitted;
+                let conn = Arc::new(Conn::new(
+                    state2.conns.next_id(),
+                    door,
+                    &claims.sub,
+                    claims.exp.unwrap_or(0),
+                    state2.config.limits.max_queued_bytes,
+                    state2.clock_ms(),
+                ));
+                tracing::info!(event = "connected", conn_id = conn.id, user = %conn.user, ip = %peer.ip(), trace_id = %trace, door = door.label(), channel = channel.as_deref().unwrap_or(""));
+                let session = Session::open(Arc::clone(&state2), conn, channel.map(Into::into), peer.ip(), trace, permit);
+                task::run(session, parts.io.into_inner(), parts.read_buf).await;
+            });
+            state
+                .metrics
+                .handshake_seconds
+                .observe(started.elapsed().as_secs_f64());
+            response
+        }
+    }
+}
+
+/// What passed the checks.
+struct Admitted {
+    door: Door,
+    channel: Option<String>,
+    claims: Claims,
+    accept: String,
+    protocol: Option<String>,
+    permit: Option<crate::conn::IpPermit>,
+}
+
+fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Admitted, Rejection> {
+    if state.draining() {
+        return Err(Rejection::ShuttingDown);
+    }
+    let (door, channel) = route(state, req.uri().path())?;
+    let accept = handshake::accept_key(req.method(), req.version(), req.headers())?;
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !state.origins.allows(origin) {
+        return Err(Rejection::OriginNotAllowed);
+    }
+    let source = find_token(req);
+    let claims = match source.token {
+        Some(token) => state
+            .verifier
+            .verify(token)
+            .map_err(Rejection::InvalidToken)?,
+        None if door == Door::Notify || !state.resolved.allow_anonymous => {
+            return Err(Rejection::MissingToken)
+        }
+        None => Claims::default(),
+    };
+    if door == Door::Notify {
+        let wanted = channel.as_deref().and_then(|c| c.strip_prefix('#'));
+        if claims.sub.is_empty() || wanted != Some(claims.sub.as_str()) {
+            return Err(Rejection::WrongSubject);
+        }
+    }
+    let max = state.config.server.max_connections;
+    if max != 0 && state.conns.len() >= max {
+        return Err(Rejection::NodeFull);
+    }
+    let permit = state
+        .ip_limits
+        .acquire(peer.ip(), state.config.server.max_connections_per_ip)
+        .ok_or(Rejection::TooManyConnectionsPerIp)?;
+    Ok(Admitted {
+        door,
+        channel,
+        claims,
+        accept,
+        protocol: source.protocol.map(str::to_owned),
+        permit: Some(permit),
+    })
+}
+
+fn refused_log(refused: &Rejection, peer: SocketAddr, trace_id: &str, path: &str) {
+    let code = refused.code();
+    match refused {
+        Rejection::MissingToken | Rejection::InvalidToken(_) | Rejection::WrongSubject => {
+            tracing::warn!(event = "auth_failed", ip = %peer.ip(), trace_id, path, code, reason = %refused, "upgrade refused: authentication");
+        }
+        Rejection::OriginNotAllowed => {
+            tracing::warn!(event = "origin_rejected", ip = %peer.ip(), trace_id, path, code, "upgrade refused: origin not allowed");
+        }
+        Rejection::TooManyConnectionsPerIp | Rejection::NodeFull => {
+            tracing::warn!(event = "limit_exceeded", ip = %peer.ip(), trace_id, path, code, reason = %refused, "upgrade refused: connection limit");
+        }
+        Rejection::BadUpgrade(_)
+        | Rejection::BadChannel(_)
+        | Rejection::ShuttingDown
+        | Rejection::NotFound => {
+            tracing::info!(event = "upgrade_refused", ip = %peer.ip(), trace_id, path, code, reason = %refused);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("lobby-1_a.b:c@d=e").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_name("a%20b").is_err());
+        assert!(check_name(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn token_is_found_in_query_then_header_then_protocol() {
+        let req = Request::builder()
+            .uri("/ws/chat/a?x=1&token=q.q.q")
+            .header("authorization", "Bearer h.h.h")
+            .body(())
+            .unwrap();
+        assert_eq!(find_token(&req).token, Some("q.q.q"));
+        let req = Request::builder()
+            .uri("/ws/chat/a")
+            .header("authorization", "Bearer h.h.h")
+            .body(())
+            .unwrap();
+        assert_eq!(find_token(&req).token, Some("h.h.h"));
+        let req = Request::builder()
+            .uri("/ws/chat/a")
+            .header("sec-websocket-protocol", "switchboard, p.p.p")
+            .body(())
+            .unwrap();
+        let source = find_token(&req);
+        assert_eq!(
+            (source.token, source.protocol),
+            (Some("p.p.p"), Some("switchboard"))
+        );
+    }
+}

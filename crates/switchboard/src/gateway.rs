@@ -1,0 +1,289 @@
+//! The gateway: shared state, the accept loop, the heartbeat sweep and graceful shutdown.
+//!
+//! The accept loop only accepts: it sets TCP_NODELAY and keepalive, and spawns the HTTP
+//! connection on the [`TaskTracker`]; the handshake and its timeout run inside that task.
+//! Upgraded WebSockets are spawned on the same tracker (hyper does not track them), so
+//! shutdown can wait for every socket. One sweep task serves every connection's heartbeat and
+//! token deadline, instead of a timer per connection.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{KeyError, TokenVerifier};
+use crate::config::{Config, ConfigError, Resolved};
+use crate::conn::{ConnRegistry, IpLimits};
+use crate::error::CloseReason;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::origin::OriginPolicy;
+use crate::ws::frame::{self, Opcode};
+
+/// State shared by every task of one gateway.
+pub(crate) struct State {
+    pub(crate) config: Config,
+    pub(crate) resolved: Resolved,
+    pub(crate) hub: Hub,
+    pub(crate) conns: ConnRegistry,
+    pub(crate) ip_limits: Arc<IpLimits>,
+    pub(crate) metrics: Metrics,
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) origins: OriginPolicy,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    started: Instant,
+    node_uid: String,
+    node_name: String,
+}
+
+impl State {
+    /// Milliseconds since the gateway started (the sweep's clock).
+    pub(crate) fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Seconds since the gateway started.
+    pub(crate) fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// This node's unique id (random per start).
+    pub(crate) fn node_uid(&self) -> &str {
+        &self.node_uid
+    }
+
+    /// This node's name (the host name, else "switchboard").
+    pub(crate) fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn draining(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The token key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A bound gateway, ready to [`run`](Gateway::run).
+pub struct Gateway {
+    state: Arc<State>,
+    listener: TcpListener,
+}
+
+impl Gateway {
+    /// Validates `config`, loads keys and binds the listener.
+    ///
+    /// # Errors
+    /// [`StartError`] naming the key, file or address at fault.
+    pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        config.validate()?;
+        let verifier = TokenVerifier::from_config(&config.token)?;
+        let resolved = config.resolve();
+        let addr = config.server.listen;
+        let listener = bind_listener(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let origins = OriginPolicy::new(&config.origins.allowed, resolved.localhost_origins);
+        let state = State {
+            resolved,
+            hub: Hub::new(),
+            conns: ConnRegistry::default(),
+            ip_limits: Arc::new(IpLimits::default()),
+            metrics: Metrics::new(),
+            verifier,
+            origins,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            started: Instant::now(),
+            node_uid: format!("{:016x}", fastrand::u64(..)),
+            node_name: std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "switchboard".to_owned()),
+            config,
+        };
+        Ok(Gateway {
+            state: Arc::new(state),
+            listener,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    ///
+    /// # Errors
+    /// When the OS cannot say (not expected for a bound listener).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: stops accepting, closes every
+    /// WebSocket with 1001, and waits up to `server.shutdown_drain` for them to finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Gateway { state, listener } = self;
+        announce(&state);
+        let sweep = tokio::spawn(sweep(Arc::clone(&state)));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        configure_socket(&tcp);
+                        let state2 = Arc::clone(&state);
+                        state.tracker.spawn(serve_http(state2, tcp, peer));
+                    }
+                    Err(error) => accept_error(error).await,
+                }
+            }
+        }
+        drop(listener);
+        state.shutdown.cancel();
+        tracing::info!(
+            event = "shutdown",
+            phase = "stopped_accepting",
+            connections = state.conns.len(),
+            "shutdown: no longer accepting; closing clients with 1001"
+        );
+        state
+            .conns
+            .for_each(|conn| conn.close(CloseReason::GoingAway));
+        state.tracker.close();
+        let drain = state.config.server.shutdown_drain;
+        match tokio::time::timeout(drain, state.tracker.wait()).await {
+            Ok(()) => tracing::info!(
+                event = "shutdown",
+                phase = "drained",
+                "shutdown: every connection closed"
+            ),
+            Err(_) => tracing::warn!(
+                event = "shutdown",
+                phase = "drain_timeout",
+                remaining = state.conns.len(),
+                drain_ms = drain.as_millis() as u64,
+                "shutdown: drain time over; exiting with connections open"
+            ),
+        }
+        sweep.abort();
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+fn announce(state: &State) {
+    let config = &state.config;
+    if config.server.dev {
+        tracing::warn!(event = "dev_mode", "DEVELOPMENT MODE: anonymous clients, /ws echo, any localhost origin{}. Never use --dev in production.", if state.resolved.open_api { ", and an open server API (no api.key set)" } else { "" });
+    }
+    if !state.verifier.has_key() {
+        tracing::warn!(event = "no_token_key", "no token key configured (token.hmac_secret or token.public_key_file): every token is refused");
+    }
+    if config.api.key.is_empty() && !state.resolved.open_api {
+        tracing::warn!(
+            event = "no_api_key",
+            "no api.key configured: the server API refuses every call"
+        );
+    }
+    tracing::info!(event = "config", config = ?config, "configuration (secrets masked)");
+}
+
+/// TCP_NODELAY (frames are already batched by the writer) and keepalive (idle 60 s, then a
+/// probe every 10 s, 3 probes) so dead peers are found even without heartbeats.
+fn configure_socket(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
+/// Per-connection accept errors are ignored; running out of file descriptors backs off so the
+/// loop does not spin.
+async fn accept_error(error: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        error.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(event = "accept_error", error = %error, "accept failed; backing off");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Serves HTTP/1.1 on one TCP connection. The header read timeout is the handshake timeout; it
+/// never applies after an upgrade, because the upgraded socket leaves hyper.
+async fn serve_http(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
+    let io = TokioIo::new(tcp);
+    let state2 = Arc::clone(&state);
+    let service = service_fn(move |req: http::Request<Incoming>| {
+        let state = Arc::clone(&state2);
+        async move { Ok::<_, Infallible>(crate::door::handle(state, peer, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.server.handshake_timeout);
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = state.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// Pings, heartbeat deadlines and token expiry for every connection, in one task.
+async fn sweep(state: Arc<State>) {
+    let interval = state.config.server.heartbeat_interval;
+    let tick = (interval / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+    let ping = frame::encode(Opcode::Ping, &[]);
+    let interval_ms = interval.as_millis() as u64;
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now_ms = state.clock_ms();
+        let now_unix = crate::auth::unix_now();
+        state
+            .conns
+            .for_each(|conn| conn.sweep(now_ms, interval_ms, now_unix, &ping));
+    }
+}
+
+/// A response with a body, for the door and API handlers.
+pub(crate) type Response = http::Response<Full<Bytes>>;

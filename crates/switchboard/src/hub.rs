@@ -1,0 +1,127 @@
+//! The hub: which connections subscribe to which channel, and fan-out.
+//!
+//! The registry is split into shards by channel name, each behind a short `std` read-write
+//! lock that is never held across an `.await` (nothing in here is async). A publication is
+//! already an encoded frame ([`Bytes`]); fan-out clones the handle into each subscriber's
+//! outbound queue and never waits for a socket: a subscriber whose queue is full is closed as a
+//! slow consumer by its own [`Conn::push`]. The hub never sees a socket.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::conn::Conn;
+
+const SHARDS: usize = 64;
+
+type Channels = HashMap<Box<str>, Vec<Arc<Conn>>>;
+
+/// Channel → subscribers, sharded.
+pub struct Hub {
+    shards: Box<[RwLock<Channels>]>,
+    channels: AtomicUsize,
+    subscriptions: AtomicUsize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+fn shard_of(channel: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    channel.hash(&mut hasher);
+    (hasher.finish() as usize) % SHARDS
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            channels: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &RwLock<Channels> {
+        &self.shards[shard_of(channel)]
+    }
+
+    /// Adds `conn` to `channel`'s subscribers.
+    pub fn subscribe(&self, channel: &str, conn: &Arc<Conn>) {
+        let mut shard = self
+            .shard(channel)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let subscribers = shard.entry(channel.into()).or_insert_with(|| {
+            self.channels.fetch_add(1, Ordering::Relaxed);
+            Vec::new()
+        });
+        subscribers.push(Arc::clone(conn));
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Removes connection `conn_id` from `channel`; drops the channel when it empties.
+    pub fn unsubscribe(&self, channel: &str, conn_id: u64) {
+        let mut shard = self
+            .shard(channel)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(subscribers) = shard.get_mut(channel) else {
+            return;
+        };
+        if let Some(at) = subscribers.iter().position(|c| c.id == conn_id) {
+            subscribers.swap_remove(at);
+            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        if subscribers.is_empty() {
+            shard.remove(channel);
+            self.channels.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues `frame` for every subscriber of `channel`; returns how many it reached.
+    pub fn publish(&self, channel: &str, frame: &Bytes) -> usize {
+        let shard = self
+            .shard(channel)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(subscribers) = shard.get(channel) else {
+            return 0;
+        };
+        subscribers.iter().filter(|conn| conn.push(frame)).count()
+    }
+
+    /// Channels with at least one subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+
+    /// Subscriptions across all channels.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Every channel with its subscriber count, sorted by name.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let mut all: Vec<(String, usize)> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+                shard
+                    .iter()
+                    .map(|(name, subs)| (name.to_string(), subs.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort();
+        all
+    }
+}

@@ -1,0 +1,41 @@
+//! Switchboard: a real-time WebSocket gateway.
+//!
+//! Clients hold a WebSocket each; backends publish to channels and users through the server
+//! HTTP API; the hub fans every publication out to the channel's subscribers. Embed it with
+//! [`Gateway::bind`] and [`Gateway::run`], or run the `switchboard` binary.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed configuration, layered defaults → file → env → flags, validated.
+//! - [`error`]: every close code and error code, with reconnect advice.
+//! - [`ws`]: the WebSocket wire protocol (handshake, frames, reassembly), no I/O.
+//! - `conn`: one connection — shared handle with its bounded queue, and the task that owns the
+//!   socket (single reader, single writer, vectored writes).
+//! - [`hub`]: channel → subscribers, sharded; fan-out of encoded frames.
+//! - `door`: HTTP routing and the plain WebSocket doors, with every pre-upgrade check.
+//! - `api`: the server HTTP API.
+//! - [`auth`]: token verification (algorithm pinned by configuration).
+//! - [`origin`]: the `Origin` allowlist.
+//! - [`metrics`]: Prometheus metrics.
+//! - `gateway`: accept loop, heartbeat sweep, graceful shutdown.
+
+mod api;
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod door;
+pub mod error;
+mod gateway;
+pub mod hub;
+pub mod metrics;
+pub mod origin;
+pub mod ws;
+
+pub use config::Config;
+pub use gateway::{Gateway, StartError};
+pub use tokio_util::sync::CancellationToken;
+
+/// With the `test-hooks` feature, a client message of exactly these bytes makes its
+/// connection's handler panic, so tests can show that a panic ends that connection only.
+#[cfg(feature = "test-hooks")]
+pub const TEST_PANIC_MESSAGE: &[u8] = b"__switchboard_test_panic__";
