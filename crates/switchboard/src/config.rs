@@ -100,7 +100,7 @@ pub enum TokenAlgorithm {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Listener, timeouts and node-wide connection limits.
@@ -207,20 +207,6 @@ pub struct LogConfig {
     pub format: Option<LogFormat>,
     /// A tracing filter, e.g. `info` or `switchboard=debug`.
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            token: TokenConfig::default(),
-            origins: OriginsConfig::default(),
-            api: ApiConfig::default(),
-            limits: LimitsConfig::default(),
-            doors: DoorsConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -622,7 +608,7 @@ mod tests {
     #[test]
     fn dev_opens_only_the_optional_settings() {
         let mut config = Config::default();
-        assert_eq!(config.resolve().allow_anonymous, false);
+        assert!(!config.resolve().allow_anonymous);
         config.server.dev = true;
         let resolved = config.resolve();
         assert!(resolved.allow_anonymous && resolved.echo && resolved.open_api);

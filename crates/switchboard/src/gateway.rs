@@ -147,47 +147,59 @@ impl Gateway {
         let Gateway { state, listener } = self;
         announce(&state);
         let sweep = tokio::spawn(sweep(Arc::clone(&state)));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        configure_socket(&tcp);
-                        let state2 = Arc::clone(&state);
-                        state.tracker.spawn(serve_http(state2, tcp, peer));
-                    }
-                    Err(error) => accept_error(error).await,
-                }
-            }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = accept_loop(&state, &listener) => {}
         }
-        drop(listener);
         state.shutdown.cancel();
         tracing::info!(
             event = "shutdown",
-            phase = "stopped_accepting",
+            phase = "draining",
             connections = state.conns.len(),
-            "shutdown: no longer accepting; closing clients with 1001"
+            "shutdown: refusing new WebSockets, /readyz is 503; closing clients with 1001"
         );
         state
             .conns
             .for_each(|conn| conn.close(CloseReason::GoingAway));
         state.tracker.close();
         let drain = state.config.server.shutdown_drain;
-        match tokio::time::timeout(drain, state.tracker.wait()).await {
-            Ok(()) => tracing::info!(
+        // The listener stays open while draining so health checks get 503, not a refusal.
+        let drained = tokio::select! {
+            _ = state.tracker.wait() => true,
+            _ = tokio::time::sleep(drain) => false,
+            _ = accept_loop(&state, &listener) => false,
+        };
+        if drained {
+            tracing::info!(
                 event = "shutdown",
                 phase = "drained",
                 "shutdown: every connection closed"
-            ),
-            Err(_) => tracing::warn!(
+            );
+        } else {
+            tracing::warn!(
                 event = "shutdown",
                 phase = "drain_timeout",
                 remaining = state.conns.len(),
                 drain_ms = drain.as_millis() as u64,
                 "shutdown: drain time over; exiting with connections open"
-            ),
+            );
         }
         sweep.abort();
+    }
+}
+
+/// Accepts connections until the listener fails for good (it does not, in practice).
+async fn accept_loop(state: &Arc<State>, listener: &TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                configure_socket(&tcp);
+                state
+                    .tracker
+                    .spawn(serve_http(Arc::clone(state), tcp, peer));
+            }
+            Err(error) => accept_error(error).await,
+        }
     }
 }
 
@@ -255,12 +267,14 @@ async fn serve_http(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.server.handshake_timeout);
+        .header_read_timeout(state.config.server.handshake_timeout)
+        // While draining, answer one request (a health check) and close.
+        .keep_alive(!state.draining());
     let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
-        _ = state.shutdown.cancelled() => {
+        _ = state.shutdown.cancelled(), if !state.draining() => {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }

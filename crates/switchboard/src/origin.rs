@@ -31,8 +31,7 @@ impl OriginPattern {
             return Ok(OriginPattern::Any);
         }
         let (scheme, host, port) = split_origin(text).ok_or("expected scheme://host[:port]")?;
-        if host.is_empty() || host[host.starts_with("*.").then_some(2).unwrap_or(0)..].contains('*')
-        {
+        if host.is_empty() || host[if host.starts_with("*.") { 2 } else { 0 }..].contains('*') {
             return Err("'*' is only allowed as the first label, as in https://*.example.com");
         }
         Ok(OriginPattern::Exact { scheme, host, port })

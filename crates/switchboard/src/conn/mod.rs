@@ -169,9 +169,11 @@ impl Conn {
 
 const REGISTRY_SHARDS: usize = 16;
 
+type RegistryShard = Mutex<HashMap<u64, Arc<Conn>>>;
+
 /// Every open connection of the node, by id.
 pub struct ConnRegistry {
-    shards: Box<[Mutex<HashMap<u64, Arc<Conn>>>]>,
+    shards: Box<[RegistryShard]>,
     count: AtomicUsize,
     next_id: AtomicU64,
 }

@@ -123,6 +123,12 @@ pub(crate) fn upgrade(
                 .rejections
                 .with_label_values(&[refused.code()])
                 .inc();
+            if matches!(
+                refused,
+                Rejection::MissingToken | Rejection::InvalidToken(_) | Rejection::WrongSubject
+            ) {
+                state.metrics.auth_failures.inc();
+            }
             refused_log(&refused, peer, trace_id, req.uri().path());
             rejection(&refused)
         }
