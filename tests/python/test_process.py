@@ -1,0 +1,155 @@
+"""The gateway as a process: signals, CLI, configuration errors and logs, with a Python
+`websockets` client over real sockets."""
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+
+import pytest
+import websockets
+
+from conftest import API_KEY, BINARY, SECRET
+
+
+def run(*args, env=None, check=False):
+    return subprocess.run([str(BINARY), *args], env=env or {}, capture_output=True, text=True, timeout=15, check=check)
+
+
+async def recv_text(ws, timeout=5.0):
+    return await asyncio.wait_for(ws.recv(), timeout)
+
+
+def test_room_members_and_api_publications_reach_a_python_client(server):
+    async def scenario():
+        url = f"ws://{server.base}/ws/chat/py?token={server.token('alice')}"
+        async with websockets.connect(url) as a, websockets.connect(url) as b:
+            await a.send("hello from python")
+            assert await recv_text(a) == "hello from python"
+            assert await recv_text(b) == "hello from python"
+            status, body = await asyncio.to_thread(server.api, "publish", {"channel": "chat:py", "data": {"n": 1}})
+            assert (status, body) == (200, {"result": {}})
+            assert await recv_text(b) == '{"n":1}'
+
+    asyncio.run(scenario())
+
+
+def test_sigterm_sends_1001_to_clients_and_exits_0(server):
+    async def scenario():
+        url = f"ws://{server.base}/ws/chat/bye?token={server.token('u')}"
+        async with websockets.connect(url) as ws:
+            server.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd.code == 1001
+
+    asyncio.run(scenario())
+    assert server.proc.wait(timeout=15) == 0
+    phases = [e.get("phase") for e in server.log_events() if e.get("event") == "shutdown"]
+    assert "draining" in phases and "drained" in phases, phases
+
+
+def test_sigint_exits_0_with_no_clients(server):
+    assert server.stop(signal.SIGINT) == 0
+
+
+def test_logs_are_json_lines_with_connection_fields_and_no_secrets(server):
+    token = server.token("log-user")
+
+    async def scenario():
+        url = f"ws://{server.base}/ws/chat/logs?token={token}"
+        async with websockets.connect(url, additional_headers={"X-Trace-ID": "trace-py-1"}) as ws:
+            await ws.send("x")
+            await recv_text(ws)
+        with pytest.raises(websockets.InvalidStatus):
+            await websockets.connect(f"ws://{server.base}/ws/chat/logs?token=bad.token.value")
+
+    asyncio.run(scenario())
+    server.stop()
+    events = server.log_events()
+    assert events, "log lines are JSON"
+    connected = next(e for e in events if e.get("event") == "connected")
+    assert connected["user"] == "log-user" and connected["trace_id"] == "trace-py-1"
+    assert connected["door"] == "chat" and connected["channel"] == "chat:logs"
+    assert "timestamp" in connected and "level" in connected and connected["ip"] == "127.0.0.1"
+    disconnected = next(e for e in events if e.get("event") == "disconnected")
+    assert disconnected["messages_in"] == 1 and disconnected["messages_out"] >= 1
+    assert {"code", "reason", "duration_ms", "bytes_in", "bytes_out"} <= disconnected.keys()
+    assert any(e.get("event") == "auth_failed" for e in events)
+    text = server.read_log()
+    for secret in (SECRET, API_KEY, token):
+        assert secret not in text, "a secret leaked into the log"
+
+
+def test_an_invalid_environment_value_stops_the_start_naming_the_variable(tmp_path):
+    result = run("serve", env={"SWITCHBOARD_MAX_MESSAGE_BYTES": "lots"})
+    assert result.returncode != 0
+    assert "SWITCHBOARD_MAX_MESSAGE_BYTES" in result.stderr
+
+
+def test_flags_override_environment(make_server):
+    import conftest
+    env_port, flag_port = conftest.free_port(), conftest.free_port()
+    server = make_server(env={"SWITCHBOARD_LISTEN": f"127.0.0.1:{env_port}"}, args=["--listen", f"127.0.0.1:{flag_port}"], port=flag_port)
+    assert server.get("/healthz") == (200, "ok")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", env_port), timeout=2).close()
+
+
+def test_genconfig_output_passes_checkconfig(tmp_path):
+    path = tmp_path / "switchboard.toml"
+    run("genconfig", "--output", str(path), check=True)
+    assert "max_message_bytes = 65536" in path.read_text()
+    result = run("checkconfig", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_checkconfig_names_an_unknown_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[limits]\nmax_mesage_bytes = 10\n")
+    result = run("checkconfig", str(path))
+    assert result.returncode != 0
+    assert "max_mesage_bytes" in result.stderr
+
+
+def test_token_command_mints_a_token_the_server_accepts(server):
+    token = server.token("cli-user", ttl="5m")
+    assert token.count(".") == 2
+
+    async def scenario():
+        async with websockets.connect(f"ws://{server.base}/ws/notify/user/cli-user?token={token}") as ws:
+            await asyncio.to_thread(server.api, "publish", {"channel": "#cli-user", "data": "pushed"})
+            assert await recv_text(ws) == "pushed"
+
+    asyncio.run(scenario())
+
+
+def test_dev_mode_opens_echo_and_anonymous_rooms(make_server):
+    server = make_server(args=["--dev"], env={"SWITCHBOARD_TOKEN_HMAC_SECRET": "", "SWITCHBOARD_API_KEY": ""})
+
+    async def scenario():
+        async with websockets.connect(f"ws://{server.base}/ws", origin="http://localhost:5173") as ws:
+            await ws.send("echo me")
+            assert await recv_text(ws) == "echo me"
+        async with websockets.connect(f"ws://{server.base}/ws/chat/open") as ws:
+            await asyncio.to_thread(server.api, "publish", {"channel": "chat:open", "data": "open api in dev"}, "")
+            assert await recv_text(ws) == "open api in dev"
+
+    asyncio.run(scenario())
+
+
+def test_bad_input_from_python_gets_its_close_code_and_others_are_served(server):
+    async def scenario():
+        url = f"ws://{server.base}/ws/chat/big?token={server.token('u')}"
+        async with websockets.connect(url, max_size=None) as big:
+            await big.send("x" * 70_000)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(big.recv(), 5)
+            assert closed.value.rcvd.code == 1009
+        async with websockets.connect(url) as other:
+            await other.send("fine")
+            assert await recv_text(other) == "fine"
+
+    asyncio.run(scenario())
