@@ -176,6 +176,12 @@ async fn a_client_that_stalls_mid_handshake_is_cut_off() {
         .await
         .expect("server closes the stalled socket");
     assert!(!String::from_utf8_lossy(&rest).contains(" 101 "));
+    // A socket that sends nothing at all is cut off the same way.
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut nothing = Vec::new();
+    let _ = tokio::time::timeout(WAIT, silent.read_to_end(&mut nothing))
+        .await
+        .expect("server closes the silent socket");
     server.assert_still_serving().await;
     server.stop().await;
 }
