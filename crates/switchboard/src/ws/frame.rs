@@ -174,6 +174,22 @@ pub fn encode(opcode: Opcode, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Encodes one masked client frame (`fin` and `opcode` as given): what a client sends. Used
+/// by the Rust client and by tests that play a client.
+pub fn encode_masked(fin: bool, opcode: Opcode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(14 + payload.len());
+    put_header(&mut out, opcode, payload.len());
+    if !fin {
+        out[0] &= 0x7F;
+    }
+    out[1] |= 0x80;
+    out.put_slice(&mask);
+    let start = out.len();
+    out.put_slice(payload);
+    unmask(&mut out[start..], mask);
+    out.to_vec()
+}
+
 /// Encodes a close frame carrying `code` and `reason` (the reason is cut to fit 125 bytes).
 pub fn encode_close(code: u16, reason: &str) -> Bytes {
     let mut cut = reason.len().min(123);
@@ -209,22 +225,8 @@ mod tests {
     use super::*;
 
     fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
+        let opcode = Opcode::from_bits(opcode).unwrap();
+        encode_masked(fin, opcode, payload, [1, 2, 3, 4])
     }
 
     #[test]

@@ -201,18 +201,12 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, CloseReason> {
 mod tests {
     use super::*;
 
+    /// A masked frame whose first byte (FIN and opcode) is `first`.
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        let mut out = vec![first];
-        if payload.len() < 126 {
-            out.push(0x80 | payload.len() as u8);
-        } else {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
+        let mut frame =
+            frame::encode_masked(true, Opcode::Binary, payload, [0x11, 0x22, 0x33, 0x44]);
+        frame[0] = first;
+        frame
     }
 
     /// Feeds `bytes` one byte at a time (the worst split) and collects what comes out.

@@ -270,24 +270,12 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
     stream
 }
 
-/// A masked client frame.
+/// A masked client frame whose first byte (FIN and opcode) is `first_byte`.
 pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [7u8, 1, 9, 3];
-    let mut out = vec![first_byte];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    use switchboard::ws::frame::{encode_masked, Opcode};
+    let mut frame = encode_masked(true, Opcode::Binary, payload, [7, 1, 9, 3]);
+    frame[0] = first_byte;
+    frame
 }
 
 /// Reads server frames from a raw socket until a close frame; returns (opcodes seen, close code).
