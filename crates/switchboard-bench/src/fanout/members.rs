@@ -1,0 +1,166 @@
+//! The fanout run's shared state and its receive side: per-publisher window slots, the
+//! counters, and one task per member that parses frames in place, records each delivery's
+//! latency, completes window slots, answers pings and marks a member joined on its first
+//! warm-up message. Nothing here sends publications (that is `phases`).
+
+use crate::payload::{self, now_ns, KIND_PUB, KIND_WARMUP};
+use crate::stats::Hist;
+use crate::ws::{self, FrameReader, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use anyhow::{bail, Result};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+
+/// One in-flight publication of a `--max` publisher.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Slot {
+    pub(super) seq: u64,
+    pub(super) remaining: u32,
+    pub(super) busy: bool,
+    pub(super) sent_at: u64,
+}
+
+pub(super) struct Publisher {
+    pub(super) room: usize,
+    /// Window slots, indexed by `seq % window` (empty in rate mode).
+    pub(super) slots: RefCell<Vec<Slot>>,
+    pub(super) freed: Notify,
+    pub(super) sent: Cell<u64>,
+    pub(super) stalled: Cell<u64>,
+}
+
+impl Publisher {
+    fn delivered(&self, seq: u64) {
+        let mut slots = self.slots.borrow_mut();
+        let k = slots.len() as u64;
+        if k == 0 {
+            return;
+        }
+        let slot = &mut slots[(seq % k) as usize];
+        if slot.busy && slot.seq == seq {
+            slot.remaining = slot.remaining.saturating_sub(1);
+            if slot.remaining == 0 {
+                slot.busy = false;
+                self.freed.notify_one();
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) delivered: Cell<u64>,
+    pub(super) delivered_in_window: Cell<u64>,
+    pub(super) publisher_copies: Cell<u64>,
+    pub(super) unknown: Cell<u64>,
+    pub(super) closed_early: Cell<u64>,
+}
+
+pub(super) struct Shared {
+    pub(super) measuring: Cell<bool>,
+    pub(super) stopping: Cell<bool>,
+    pub(super) unjoined: Cell<usize>,
+    pub(super) room_unjoined: RefCell<Vec<usize>>,
+    pub(super) c: Counters,
+    pub(super) first_error: RefCell<Option<String>>,
+    pub(super) hist: RefCell<Hist>,
+    pub(super) pubs: Vec<Publisher>,
+    pub(super) subs_in_room: Vec<usize>,
+}
+
+/// The write side of a member, shared by its reader (pongs) and its publisher or warm-up sends.
+pub(super) struct Writer(pub(super) tokio::sync::Mutex<OwnedWriteHalf>);
+
+impl Writer {
+    pub(super) async fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.lock().await.write_all(bytes).await
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Role {
+    Sub,
+    Pub,
+}
+
+/// Handles one text/binary message received by a member of `room`.
+#[inline]
+fn on_message(sh: &Shared, role: Role, room: usize, joined: &mut bool, p: &[u8], now: u64) {
+    match (p.first().copied(), role) {
+        (Some(KIND_PUB), Role::Sub) => match payload::parse_pub(p) {
+            Some(m) => {
+                let c = &sh.c;
+                c.delivered.set(c.delivered.get() + 1);
+                if sh.measuring.get() {
+                    c.delivered_in_window.set(c.delivered_in_window.get() + 1);
+                }
+                sh.hist.borrow_mut().record(now.saturating_sub(m.ts));
+                if let Some(p) = sh.pubs.get(m.publisher as usize) {
+                    p.delivered(m.seq);
+                }
+            }
+            None => sh.c.unknown.set(sh.c.unknown.get() + 1),
+        },
+        (Some(KIND_PUB), Role::Pub) => sh.c.publisher_copies.set(sh.c.publisher_copies.get() + 1),
+        (Some(KIND_WARMUP), _) => {
+            if !*joined {
+                *joined = true;
+                sh.unjoined.set(sh.unjoined.get() - 1);
+                sh.room_unjoined.borrow_mut()[room] -= 1;
+            }
+        }
+        _ => sh.c.unknown.set(sh.c.unknown.get() + 1),
+    }
+}
+
+async fn member_loop(
+    sh: &Shared,
+    role: Role,
+    room: usize,
+    mut rd: OwnedReadHalf,
+    mut fr: FrameReader,
+    wr: &Writer,
+) -> Result<()> {
+    let mut joined = false;
+    let mut ctrl = Vec::new();
+    loop {
+        let now = now_ns();
+        while let Some(f) = fr.next_frame()? {
+            match f.opcode {
+                OP_PING => ws::encode_frame(&mut ctrl, OP_PONG, f.payload),
+                OP_CLOSE => bail!("server sent {}", ws::describe_close(f.payload)),
+                OP_TEXT | ws::OP_BINARY => on_message(sh, role, room, &mut joined, f.payload, now),
+                // The bench header is in the first fragment; later ones carry only padding.
+                OP_CONT => {}
+                _ => {} // pongs
+            }
+        }
+        if !ctrl.is_empty() {
+            wr.send(&ctrl).await?;
+            ctrl.clear();
+        }
+        if fr.read_from(&mut rd).await? == 0 {
+            bail!("server closed the connection");
+        }
+    }
+}
+
+pub(super) async fn member(
+    sh: Rc<Shared>,
+    role: Role,
+    room: usize,
+    rd: OwnedReadHalf,
+    fr: FrameReader,
+    wr: Rc<Writer>,
+) {
+    if let Err(e) = member_loop(&sh, role, room, rd, fr, &wr).await {
+        if !sh.stopping.get() {
+            sh.c.closed_early.set(sh.c.closed_early.get() + 1);
+            sh.first_error
+                .borrow_mut()
+                .get_or_insert_with(|| format!("{e:#}"));
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Where the load goes and how one connection is opened: the `--url` parsing (ws:// on a
+//! loopback address only; any path in it is a prefix; `--token` becomes `?token=`), the choice
+//! of a client source address (spread over 127.0.0.2..=127.0.0.255 so thousands of connections
+//! do not exhaust one address' ephemeral ports), the socket set-up through socket2 (bind before
+//! connect, TCP_NODELAY) and the hand-written opening handshake.
+
+use crate::ws::{self, FrameReader};
+use anyhow::{bail, Context, Result};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Time allowed for TCP connect plus the handshake of one connection.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A parsed, loopback-only target.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    host: String,
+    /// Path prefix from the URL (no trailing slash).
+    prefix: String,
+    /// Query string to append (`token=...` and/or the URL's own query), without `?`.
+    query: String,
+}
+
+fn encode_query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Target {
+    /// Parses `ws://HOST[:PORT][/prefix][?query]`; refuses anything but a loopback host.
+    pub fn parse(url: &str, token: Option<&str>) -> Result<Self> {
+        let rest = url
+            .strip_prefix("ws://")
+            .with_context(|| format!("{url:?}: only ws:// URLs are supported"))?;
+        let (before_query, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, q.to_string()),
+            None => (rest, String::new()),
+        };
+        let (authority, path) = match before_query.find('/') {
+            Some(i) => (&before_query[..i], &before_query[i..]),
+            None => (before_query, ""),
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').context("unterminated [IPv6] host")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse::<u16>().context("bad port")?,
+                None if after.is_empty() => 80,
+                None => bail!("garbage after [IPv6] host: {after:?}"),
+            };
+            (h, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (
+                    h,
+                    p.parse::<u16>()
+                        .with_context(|| format!("bad port {p:?}"))?,
+                ),
+                None => (authority, 80),
+            }
+        };
+        let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            host.parse()
+                .with_context(|| format!("{host:?} is not an IP address or localhost"))?
+        };
+        if !ip.is_loopback() {
+            bail!(
+                "refusing non-loopback target {ip}: this bench only drives servers on this machine"
+            );
+        }
+        let mut query = query;
+        if let Some(t) = token {
+            if !query.is_empty() {
+                query.push('&');
+            }
+            query.push_str("token=");
+            query.push_str(&encode_query_value(t));
+        }
+        Ok(Self {
+            addr: SocketAddr::new(ip, port),
+            host: authority.to_string(),
+            prefix: path.trim_end_matches('/').to_string(),
+            query,
+        })
+    }
+
+    /// Request target (path and query) for the door `path` (e.g. `/ws/chat/room-0`).
+    pub fn request_path(&self, path: &str) -> String {
+        let mut p = format!("{}{}", self.prefix, path);
+        if !self.query.is_empty() {
+            p.push('?');
+            p.push_str(&self.query);
+        }
+        p
+    }
+
+    /// Source address for connection number `i`: one of 127.0.0.2..=127.0.0.255 for an IPv4
+    /// target (the kernel picks the port), none (kernel's choice) for IPv6.
+    pub fn source_for(&self, i: usize) -> Option<IpAddr> {
+        match self.addr {
+            SocketAddr::V4(_) => Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 254) as u8))),
+            SocketAddr::V6(_) => None,
+        }
+    }
+}
+
+/// An open WebSocket connection: the TCP stream and the reader holding any bytes that came
+/// after the handshake response.
+pub struct Conn {
+    /// The TCP stream (TCP_NODELAY on).
+    pub stream: TcpStream,
+    /// Frame reader with its buffer.
+    pub reader: FrameReader,
+}
+
+/// Opens a connection to the door `path` of `target` from `source` and completes the handshake.
+pub async fn open(
+    target: &Target,
+    path: &str,
+    source: Option<IpAddr>,
+    read_buf: usize,
+    max_payload: usize,
+) -> Result<Conn> {
+    let fut = async {
+        let socket = Socket::new(
+            Domain::for_address(target.addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .context("socket()")?;
+        socket.set_nodelay(true).context("TCP_NODELAY")?;
+        socket.set_nonblocking(true).context("O_NONBLOCK")?;
+        if let Some(ip) = source {
+            socket
+                .bind(&SocketAddr::new(ip, 0).into())
+                .with_context(|| format!("binding the client socket to {ip}"))?;
+        }
+        let std_stream: std::net::TcpStream = socket.into();
+        let mut stream = TcpSocket::from_std_stream(std_stream)
+            .connect(target.addr)
+            .await
+            .with_context(|| format!("connecting to {}", target.addr))?;
+        let key = ws::new_key();
+        let request = ws::handshake_request(&target.host, &target.request_path(path), &key);
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .context("sending the handshake")?;
+        let mut reader = FrameReader::new(read_buf, max_payload);
+        reader.read_handshake(&mut stream, &key).await?;
+        Ok(Conn { stream, reader })
+    };
+    tokio::time::timeout(OPEN_TIMEOUT, fut)
+        .await
+        .with_context(|| format!("opening {path}: no handshake within {OPEN_TIMEOUT:?}"))?
+}
+
+/// What opening a batch of connections gave: one slot per requested path, in order.
+pub struct Opened {
+    /// The connections (`None` where opening failed).
+    pub conns: Vec<Option<Conn>>,
+    /// How many failed.
+    pub failed: usize,
+    /// The first failure, if any.
+    pub first_error: Option<anyhow::Error>,
+}
+
+/// Opens one connection per entry of `paths` (connection `i` from [`Target::source_for`]`(i)`),
+/// at most `concurrency` handshakes at a time, ticking `progress` per finished attempt.
+/// Must run inside a `LocalSet`.
+pub async fn open_many(
+    target: &Target,
+    paths: &[String],
+    concurrency: usize,
+    read_buf: usize,
+    max_payload: usize,
+    progress: &indicatif::ProgressBar,
+) -> Opened {
+    let target = std::rc::Rc::new(target.clone());
+    let mut conns: Vec<Option<Conn>> = (0..paths.len()).map(|_| None).collect();
+    let mut failed = 0;
+    let mut first_error = None;
+    let mut set = tokio::task::JoinSet::new();
+    let mut next = 0;
+    let mut take = |res: Result<(usize, Result<Conn>), tokio::task::JoinError>| match res {
+        Ok((i, Ok(c))) => conns[i] = Some(c),
+        Ok((_, Err(e))) => {
+            failed += 1;
+            first_error.get_or_insert(e);
+        }
+        Err(e) => {
+            failed += 1;
+            first_error.get_or_insert(anyhow::anyhow!("connect task failed: {e}"));
+        }
+    };
+    while next < paths.len() || !set.is_empty() {
+        while next < paths.len() && set.len() < concurrency.max(1) {
+            let (t, path, i) = (target.clone(), paths[next].clone(), next);
+            set.spawn_local(async move {
+                (
+                    i,
+                    open(&t, &path, t.source_for(i), read_buf, max_payload).await,
+                )
+            });
+            next += 1;
+        }
+        if let Some(res) = set.join_next().await {
+            take(res);
+            progress.inc(1);
+        }
+    }
+    Opened {
+        conns,
+        failed,
+        first_error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_loopback_urls() {
+        let t = Target::parse("ws://127.0.0.1:8081", None).expect("ok");
+        assert_eq!(t.addr, "127.0.0.1:8081".parse().expect("addr"));
+        assert_eq!(t.request_path("/ws"), "/ws");
+        let t = Target::parse("ws://localhost:9/base/?x=1", Some("a b&c")).expect("ok");
+        assert_eq!(
+            t.request_path("/ws/chat/r"),
+            "/base/ws/chat/r?x=1&token=a%20b%26c"
+        );
+        let t = Target::parse("ws://[::1]:7", Some("t")).expect("ok");
+        assert_eq!(t.request_path("/ws"), "/ws?token=t");
+        assert_eq!(t.source_for(3), None);
+        let t = Target::parse("ws://127.0.0.1", None).expect("ok");
+        assert_eq!(t.addr.port(), 80);
+        assert_eq!(t.source_for(0), Some("127.0.0.2".parse().expect("ip")));
+        assert_eq!(t.source_for(253), Some("127.0.0.255".parse().expect("ip")));
+        assert_eq!(t.source_for(254), Some("127.0.0.2".parse().expect("ip")));
+    }
+
+    #[test]
+    fn refuses_other_targets() {
+        for u in [
+            "ws://10.0.0.1:80",
+            "ws://example.com",
+            "wss://127.0.0.1",
+            "http://127.0.0.1",
+            "ws://192.168.1.1:1",
+        ] {
+            assert!(Target::parse(u, None).is_err(), "{u}");
+        }
+    }
+}
