@@ -422,6 +422,8 @@ pub(crate) async fn run(session: Session, tcp: TcpStream, leftover: Bytes) {
             Err(reason) => session.conn.close(reason),
         }
     }
+    // Even empty, the handle may share hyper's whole read buffer: never keep it past here.
+    drop(leftover);
     let end = match socket.serve(&session).await {
         Ok(reason) => socket.close(&session, reason).await,
         Err(abnormal) => abnormal,
