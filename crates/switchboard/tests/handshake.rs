@@ -186,6 +186,24 @@ async fn a_client_that_stalls_mid_handshake_is_cut_off() {
     server.stop().await;
 }
 
+/// The HTTP server's timeouts end at the upgrade: a WebSocket outlives the handshake timeout.
+#[tokio::test]
+async fn the_handshake_timeout_never_cuts_an_upgraded_connection() {
+    let mut config = config();
+    config.server.handshake_timeout = std::time::Duration::from_millis(200);
+    let server = start(config).await;
+    let mut client = server.connect_as("/ws", "u").await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    futures_util::SinkExt::send(
+        &mut client,
+        tokio_tungstenite::tungstenite::Message::text("later"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_text(&mut client).await, "later");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn connections_per_ip_over_the_limit_are_429() {
     let mut config = config();
