@@ -16,7 +16,14 @@ const DEV_SECRET: &str = "switchboard-dev-secret-do-not-use-in-production";
 
 /// Switchboard: a real-time WebSocket gateway.
 #[derive(Parser)]
-#[command(name = "switchboard", version, about, long_about = None)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Switchboard: a real-time WebSocket gateway",
+    after_help = "Quick start: switchboard serve --dev   (then see README.md for a tour)\n\
+                  Configuration precedence: flags > SWITCHBOARD_* environment > --config file > defaults;\n\
+                  `switchboard genconfig` prints every option with its default (docs/configuration.md)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
