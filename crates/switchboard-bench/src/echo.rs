@@ -52,6 +52,7 @@ async fn conn_loop(
     let Conn {
         mut stream,
         mut reader,
+        ..
     } = conn;
     let mut body = Vec::with_capacity(size);
     let mut out = Vec::with_capacity((size + 14) * in_flight.max(1));
@@ -157,8 +158,7 @@ pub async fn run(
         target,
         &paths,
         concurrency,
-        16 * 1024,
-        p.size.max(1 << 16),
+        &net::SocketOpts::new(16 * 1024, p.size.max(1 << 16)),
         &pb,
     )
     .await;

@@ -92,7 +92,14 @@ pub async fn run(
 
     let connect_cpu = CpuMeter::start(server_pid)?;
     let pb = report::bar(p.connections as u64, "connect");
-    let opened = net::open_many(target, &paths, concurrency, 512, 1 << 24, &pb).await;
+    let opened = net::open_many(
+        target,
+        &paths,
+        concurrency,
+        &net::SocketOpts::new(512, 1 << 24),
+        &pb,
+    )
+    .await;
     pb.finish_and_clear();
     let connect_use = connect_cpu.stop()?;
     let established = p.connections - opened.failed;

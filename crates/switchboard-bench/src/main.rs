@@ -7,7 +7,8 @@
 //! - `net`: target URL (loopback only), source addresses, socket set-up, handshake.
 //! - `ws`: client-side RFC 6455 framing (masked sends, in-place parsing of server frames).
 //! - `payload`: the process clock and the timestamped payload layouts.
-//! - `fanout`, `echo`, `idle`: the scenarios.
+//! - `fanout`, `slow`, `echo`, `idle`, `connect`: the scenarios (`slow` is a fanout run with
+//!   stalled subscribers; the stalled members themselves live in `fanout`).
 //! - `stats`: CPU (utime + stime) and RSS from `/proc`, latency histograms.
 //! - `report`: the table, the JSON line, progress bars, duration parsing.
 //!
@@ -17,17 +18,26 @@
 //!     --publishers 1 --duration 10s --max --server-pid "$PID"
 //! taskset -c 1 switchboard-bench echo --url ws://127.0.0.1:8081 --connections 100 --in-flight 8
 //! taskset -c 1 switchboard-bench idle --url ws://127.0.0.1:8081 --connections 19000 --server-pid "$PID"
+//! taskset -c 1 switchboard-bench connect --url ws://127.0.0.1:8081 --connections 2000 \
+//!     --concurrency 64 --server-pid "$PID"
+//! taskset -c 1 switchboard-bench slow --url ws://127.0.0.1:8081 --subscribers 1000 \
+//!     --stalled-percent 1 --rate 33 --duration 10s --baseline --server-pid "$PID"
 //! ```
 //! The last line of stdout is one JSON object with every parameter and figure; the exit code
 //! is 0 for a complete run, 2 for a run that finished incomplete (lost connections, nothing
-//! delivered, failed connects in `idle`), 1 for an error.
+//! delivered, failed connects in `idle` or `connect`, healthy subscribers' loss in `slow`), 1 for
+//! an error.
 
+mod connect;
+#[cfg(test)]
+mod e2e;
 mod echo;
 mod fanout;
 mod idle;
 mod net;
 mod payload;
 mod report;
+mod slow;
 mod stats;
 #[cfg(test)]
 mod testserver;
@@ -45,9 +55,9 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// Options every scenario takes.
+/// Where the load goes.
 #[derive(Args, Debug, Clone)]
-struct Common {
+struct Server {
     /// Server base URL, e.g. ws://127.0.0.1:8081 (loopback only; a path is used as a prefix).
     #[arg(long)]
     url: String,
@@ -57,9 +67,86 @@ struct Common {
     /// Server process id, for its CPU time (/proc/PID/stat) and RSS (/proc/PID/status).
     #[arg(long)]
     server_pid: Option<u32>,
+}
+
+impl Server {
+    fn target(&self) -> Result<net::Target> {
+        net::Target::parse(&self.url, self.token.as_deref())
+    }
+}
+
+/// Options every scenario but `connect` takes.
+#[derive(Args, Debug, Clone)]
+struct Common {
+    #[command(flatten)]
+    server: Server,
     /// Handshakes in progress at once while connecting.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+}
+
+/// The fanout run (`fanout`, and `slow` around it).
+#[derive(Args, Debug, Clone)]
+#[command(group(ArgGroup::new("pace").required(true).args(["max", "rate"])))]
+struct FanoutArgs {
+    /// Number of rooms (/ws/chat/room-N).
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Subscriber connections (room i % rooms).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Publisher connections (room j % rooms; they are members too).
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Publication payload size in bytes (at least 41).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Measured phase.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Publish as fast as deliveries allow (closed loop with --window).
+    #[arg(long)]
+    max: bool,
+    /// Publications per second in total (open loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// With --max: publications in flight per publisher.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Time allowed after the phase for outstanding deliveries.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    drain: Duration,
+    /// With --max: give up a publication still incomplete after this long.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    stall_timeout: Duration,
+    /// Time allowed for every member to join its room.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    join_timeout: Duration,
+}
+
+impl FanoutArgs {
+    /// The run's parameters, rooms named `{room_prefix}-N`, no stalled subscribers.
+    fn params(&self, room_prefix: &str) -> fanout::Params {
+        let mode = match self.rate {
+            Some(r) => fanout::Mode::Rate(r),
+            None => fanout::Mode::Max {
+                window: self.window,
+            },
+        };
+        fanout::Params {
+            room_prefix: room_prefix.to_string(),
+            rooms: self.rooms,
+            subscribers: self.subscribers,
+            publishers: self.publishers,
+            size: self.size,
+            duration: self.duration,
+            mode,
+            drain: self.drain,
+            stall_timeout: self.stall_timeout,
+            join_timeout: self.join_timeout,
+            stall: fanout::Stall::default(),
+        }
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -69,43 +156,44 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Subscribers and publishers in chat rooms: deliveries/s, loss, latency, CPU per delivery.
-    #[command(group(ArgGroup::new("pace").required(true).args(["max", "rate"])))]
     Fanout {
         #[command(flatten)]
         common: Common,
-        /// Number of rooms (/ws/chat/room-N).
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
-        /// Subscriber connections (room i % rooms).
-        #[arg(long, default_value_t = 1000)]
-        subscribers: usize,
-        /// Publisher connections (room j % rooms; they are members too).
-        #[arg(long, default_value_t = 1)]
-        publishers: usize,
-        /// Publication payload size in bytes (at least 41).
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-        /// Measured phase.
-        #[arg(long, default_value = "10s", value_parser = duration)]
-        duration: Duration,
-        /// Publish as fast as deliveries allow (closed loop with --window).
+        #[command(flatten)]
+        run: FanoutArgs,
+    },
+    /// A fanout run where a share of the subscribers stops reading: the healthy ones' figures,
+    /// and how the server ended the stalled ones.
+    Slow {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        run: FanoutArgs,
+        /// Share of --subscribers that stop reading after joining, in percent (at least one
+        /// subscriber when not 0).
+        #[arg(long, default_value_t = 1.0)]
+        stalled_percent: f64,
+        /// SO_RCVBUF of the stalled subscribers' sockets, set before connect (0: the kernel's default).
+        #[arg(long, default_value_t = 4096)]
+        stalled_rcvbuf: usize,
+        /// After the run: longest time spent reading what is left on the stalled sockets.
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        stalled_read_timeout: Duration,
+        /// First run the same fanout without stalled subscribers; report both p99s and their ratio.
         #[arg(long)]
-        max: bool,
-        /// Publications per second in total (open loop).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// With --max: publications in flight per publisher.
-        #[arg(long, default_value_t = 4)]
-        window: usize,
-        /// Time allowed after the phase for outstanding deliveries.
-        #[arg(long, default_value = "2s", value_parser = duration)]
-        drain: Duration,
-        /// With --max: give up a publication still incomplete after this long.
-        #[arg(long, default_value = "2s", value_parser = duration)]
-        stall_timeout: Duration,
-        /// Time allowed for every member to join its room.
-        #[arg(long, default_value = "30s", value_parser = duration)]
-        join_timeout: Duration,
+        baseline: bool,
+    },
+    /// Handshakes per second: connections opened (at most --concurrency at a time), each closed
+    /// right after its handshake.
+    Connect {
+        #[command(flatten)]
+        server: Server,
+        /// Handshakes to make (/ws/chat/connect-{i % 100}).
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        /// Handshakes in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
     },
     /// Many idle room members: server RSS per connection.
     Idle {
@@ -148,37 +236,53 @@ enum Cmd {
 
 async fn run(cmd: Cmd) -> Result<report::Report> {
     match cmd {
-        Cmd::Fanout {
+        Cmd::Fanout { common, run } => {
+            let target = common.server.target()?;
+            let p = run.params("room");
+            fanout::run(
+                &target,
+                &p,
+                common.server.server_pid,
+                common.connect_concurrency,
+            )
+            .await
+        }
+        Cmd::Slow {
             common,
-            rooms,
-            subscribers,
-            publishers,
-            size,
-            duration,
-            max: _,
-            rate,
-            window,
-            drain,
-            stall_timeout,
-            join_timeout,
+            run,
+            stalled_percent,
+            stalled_rcvbuf,
+            stalled_read_timeout,
+            baseline,
         } => {
-            let target = net::Target::parse(&common.url, common.token.as_deref())?;
-            let mode = match rate {
-                Some(r) => fanout::Mode::Rate(r),
-                None => fanout::Mode::Max { window },
+            let target = common.server.target()?;
+            let p = slow::Params {
+                fanout: run.params("slow"),
+                stalled_percent,
+                stalled_rcvbuf: (stalled_rcvbuf > 0).then_some(stalled_rcvbuf),
+                stalled_read_timeout,
+                baseline,
             };
-            let p = fanout::Params {
-                rooms,
-                subscribers,
-                publishers,
-                size,
-                duration,
-                mode,
-                drain,
-                stall_timeout,
-                join_timeout,
+            slow::run(
+                &target,
+                &p,
+                common.server.server_pid,
+                common.connect_concurrency,
+            )
+            .await
+        }
+        Cmd::Connect {
+            server,
+            connections,
+            concurrency,
+        } => {
+            let target = server.target()?;
+            let p = connect::Params {
+                connections,
+                concurrency,
+                with_token: server.token.is_some(),
             };
-            fanout::run(&target, &p, common.server_pid, common.connect_concurrency).await
+            connect::run(&target, &p, server.server_pid).await
         }
         Cmd::Idle {
             common,
@@ -187,14 +291,20 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             rooms,
             hold,
         } => {
-            let target = net::Target::parse(&common.url, common.token.as_deref())?;
+            let target = common.server.target()?;
             let p = idle::Params {
                 connections,
                 room_prefix,
                 rooms,
                 hold,
             };
-            idle::run(&target, &p, common.server_pid, common.connect_concurrency).await
+            idle::run(
+                &target,
+                &p,
+                common.server.server_pid,
+                common.connect_concurrency,
+            )
+            .await
         }
         Cmd::Echo {
             common,
@@ -204,7 +314,7 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             duration,
             drain,
         } => {
-            let target = net::Target::parse(&common.url, common.token.as_deref())?;
+            let target = common.server.target()?;
             let p = echo::Params {
                 connections,
                 in_flight,
@@ -212,7 +322,13 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
                 duration,
                 drain,
             };
-            echo::run(&target, &p, common.server_pid, common.connect_concurrency).await
+            echo::run(
+                &target,
+                &p,
+                common.server.server_pid,
+                common.connect_concurrency,
+            )
+            .await
         }
     }
 }
@@ -244,123 +360,4 @@ fn run_cli(cli: Cli) -> Result<bool> {
     let complete = report.complete;
     report.print();
     Ok(complete)
-}
-
-#[cfg(test)]
-mod tests {
-    //! End-to-end runs of every scenario against the in-process test server.
-    use super::*;
-
-    fn local<F: std::future::Future>(f: F) -> F::Output {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        tokio::task::LocalSet::new().block_on(&rt, f)
-    }
-
-    fn num(r: &report::Report, k: &str) -> f64 {
-        r.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN)
-    }
-
-    #[test]
-    fn echo_end_to_end() {
-        local(async {
-            let (addr, _) = testserver::start(false).await;
-            let t = net::Target::parse(&format!("ws://{addr}"), Some("tok")).expect("target");
-            let p = echo::Params {
-                connections: 3,
-                in_flight: 2,
-                size: 40,
-                duration: Duration::from_millis(300),
-                drain: Duration::from_secs(2),
-            };
-            let r = echo::run(&t, &p, Some(std::process::id()), 8)
-                .await
-                .expect("run");
-            assert!(r.complete);
-            assert_eq!(num(&r, "loss"), 0.0);
-            assert!(num(&r, "received_in_window") > 0.0);
-            assert!(num(&r, "server_cpu_s") >= 0.0);
-        });
-    }
-
-    #[test]
-    fn fanout_max_end_to_end() {
-        local(async {
-            let (addr, _) = testserver::start(false).await;
-            let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
-            let p = fanout::Params {
-                rooms: 2,
-                subscribers: 6,
-                publishers: 2,
-                size: 64,
-                duration: Duration::from_millis(300),
-                mode: fanout::Mode::Max { window: 3 },
-                drain: Duration::from_secs(2),
-                stall_timeout: Duration::from_secs(2),
-                join_timeout: Duration::from_secs(5),
-            };
-            let r = fanout::run(&t, &p, None, 8).await.expect("run");
-            assert!(r.complete);
-            assert_eq!(num(&r, "loss"), 0.0);
-            assert_eq!(num(&r, "stalled_publications"), 0.0);
-            assert!(num(&r, "deliveries") > 0.0);
-            // Every publication reaches the 3 subscribers of its room.
-            assert_eq!(
-                num(&r, "expected_deliveries"),
-                3.0 * num(&r, "publications")
-            );
-        });
-    }
-
-    #[test]
-    fn fanout_rate_end_to_end() {
-        local(async {
-            let (addr, _) = testserver::start(false).await;
-            let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
-            let p = fanout::Params {
-                rooms: 1,
-                subscribers: 4,
-                publishers: 1,
-                size: 100,
-                duration: Duration::from_millis(500),
-                mode: fanout::Mode::Rate(20.0),
-                drain: Duration::from_secs(2),
-                stall_timeout: Duration::from_secs(2),
-                join_timeout: Duration::from_secs(5),
-            };
-            let r = fanout::run(&t, &p, None, 8).await.expect("run");
-            assert!(r.complete);
-            assert_eq!(num(&r, "loss"), 0.0);
-            let pubs = num(&r, "publications");
-            assert!(
-                (9.0..=11.0).contains(&pubs),
-                "{pubs} publications at 20/s for 0.5 s"
-            );
-        });
-    }
-
-    #[test]
-    fn idle_answers_pings() {
-        local(async {
-            let (addr, seen) = testserver::start(true).await;
-            let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
-            let p = idle::Params {
-                connections: 5,
-                room_prefix: "idle".into(),
-                rooms: 2,
-                hold: Duration::from_millis(300),
-            };
-            let r = idle::run(&t, &p, Some(std::process::id()), 8)
-                .await
-                .expect("run");
-            assert!(r.complete);
-            assert_eq!(num(&r, "established"), 5.0);
-            assert!(num(&r, "kib_per_connection").is_finite());
-            let pongs = seen.pongs.lock().expect("lock").clone();
-            assert_eq!(pongs.len(), 5);
-            assert!(pongs.iter().all(|p| p == b"are you there"));
-        });
-    }
 }

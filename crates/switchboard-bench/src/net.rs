@@ -2,13 +2,14 @@
 //! loopback address only; any path in it is a prefix; `--token` becomes `?token=`), the choice
 //! of a client source address (spread over 127.0.0.2..=127.0.0.255 so thousands of connections
 //! do not exhaust one address' ephemeral ports), the socket set-up through socket2 (bind before
-//! connect, TCP_NODELAY) and the hand-written opening handshake.
+//! connect, TCP_NODELAY, optionally a small SO_RCVBUF) and the hand-written opening handshake,
+//! timed from the start of the TCP connect to the complete `101` response head.
 
 use crate::ws::{self, FrameReader};
 use anyhow::{bail, Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -126,6 +127,31 @@ pub struct Conn {
     pub stream: TcpStream,
     /// Frame reader with its buffer.
     pub reader: FrameReader,
+    /// From the start of the TCP connect to the complete, checked `101` response head.
+    pub handshake: Duration,
+}
+
+/// How the client sockets of a batch are set up.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketOpts {
+    /// Initial size of the frame reader's buffer.
+    pub read_buf: usize,
+    /// Largest server frame payload accepted.
+    pub max_payload: usize,
+    /// SO_RCVBUF, set before connect so the advertised window is small from the first
+    /// segment (`None`: the kernel's default and autotuning).
+    pub rcvbuf: Option<usize>,
+}
+
+impl SocketOpts {
+    /// A reader of `read_buf` bytes taking frames up to `max_payload`; kernel-default buffers.
+    pub fn new(read_buf: usize, max_payload: usize) -> Self {
+        Self {
+            read_buf,
+            max_payload,
+            rcvbuf: None,
+        }
+    }
 }
 
 /// Opens a connection to the door `path` of `target` from `source` and completes the handshake.
@@ -133,8 +159,7 @@ pub async fn open(
     target: &Target,
     path: &str,
     source: Option<IpAddr>,
-    read_buf: usize,
-    max_payload: usize,
+    opts: &SocketOpts,
 ) -> Result<Conn> {
     let fut = async {
         let socket = Socket::new(
@@ -145,12 +170,18 @@ pub async fn open(
         .context("socket()")?;
         socket.set_nodelay(true).context("TCP_NODELAY")?;
         socket.set_nonblocking(true).context("O_NONBLOCK")?;
+        if let Some(size) = opts.rcvbuf {
+            socket
+                .set_recv_buffer_size(size)
+                .with_context(|| format!("SO_RCVBUF {size}"))?;
+        }
         if let Some(ip) = source {
             socket
                 .bind(&SocketAddr::new(ip, 0).into())
                 .with_context(|| format!("binding the client socket to {ip}"))?;
         }
         let std_stream: std::net::TcpStream = socket.into();
+        let started = Instant::now();
         let mut stream = TcpSocket::from_std_stream(std_stream)
             .connect(target.addr)
             .await
@@ -161,9 +192,13 @@ pub async fn open(
             .write_all(request.as_bytes())
             .await
             .context("sending the handshake")?;
-        let mut reader = FrameReader::new(read_buf, max_payload);
+        let mut reader = FrameReader::new(opts.read_buf, opts.max_payload);
         reader.read_handshake(&mut stream, &key).await?;
-        Ok(Conn { stream, reader })
+        Ok(Conn {
+            stream,
+            reader,
+            handshake: started.elapsed(),
+        })
     };
     tokio::time::timeout(OPEN_TIMEOUT, fut)
         .await
@@ -187,10 +222,10 @@ pub async fn open_many(
     target: &Target,
     paths: &[String],
     concurrency: usize,
-    read_buf: usize,
-    max_payload: usize,
+    opts: &SocketOpts,
     progress: &indicatif::ProgressBar,
 ) -> Opened {
+    let opts = *opts;
     let target = std::rc::Rc::new(target.clone());
     let mut conns: Vec<Option<Conn>> = (0..paths.len()).map(|_| None).collect();
     let mut failed = 0;
@@ -211,12 +246,7 @@ pub async fn open_many(
     while next < paths.len() || !set.is_empty() {
         while next < paths.len() && set.len() < concurrency.max(1) {
             let (t, path, i) = (target.clone(), paths[next].clone(), next);
-            set.spawn_local(async move {
-                (
-                    i,
-                    open(&t, &path, t.source_for(i), read_buf, max_payload).await,
-                )
-            });
+            set.spawn_local(async move { (i, open(&t, &path, t.source_for(i), &opts).await) });
             next += 1;
         }
         if let Some(res) = set.join_next().await {

@@ -89,6 +89,12 @@ impl Report {
         self.json.insert(key.into(), v.into());
     }
 
+    /// Any JSON value (e.g. an object of counts) under `key`, shown as `shown` in the table.
+    pub fn value(&mut self, key: &str, label: &str, shown: String, v: Value) {
+        self.rows.push((label.into(), shown));
+        self.json.insert(key.into(), v);
+    }
+
     /// An optional number (`null` in JSON, `-` in the table when absent).
     pub fn opt(&mut self, key: &str, label: &str, v: Option<f64>) {
         match v {

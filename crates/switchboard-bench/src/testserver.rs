@@ -1,17 +1,25 @@
 //! Test-only: a tiny plain-door server on 127.0.0.1:0 (`/ws` echo, `/ws/chat/{room}`
 //! broadcast to the room, sender included) so the scenarios can be run end to end in unit
 //! tests without a reference peer. It can also ping every client once on connect, to check
-//! that the bench answers with a pong.
+//! that the bench answers with a pong, and bound each member's queue: a member whose queue is
+//! full is dropped from its room and closed with 4000 once its writer gets to it (the
+//! accepted sockets then get a small SO_SNDBUF, so a member that does not read fills it fast).
 
 use crate::ws;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-type Rooms = Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Vec<u8>>>>>>;
+/// A room member: its queue, and the flag that marks it a slow consumer.
+type Member = (mpsc::Sender<Vec<u8>>, Arc<AtomicBool>);
+type Rooms = Arc<Mutex<HashMap<String, Vec<Member>>>>;
+
+/// Queue length per connection when none is given (effectively unbounded for the tests).
+const DEFAULT_QUEUE: usize = 1 << 16;
 
 /// What the server saw, for assertions.
 #[derive(Default)]
@@ -64,7 +72,7 @@ async fn read_client_frame(s: &mut tokio::net::tcp::OwnedReadHalf) -> Option<(u8
     Some((h[0] & 0x0f, p))
 }
 
-async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool) {
+async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool, queue: usize) {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -93,16 +101,24 @@ async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool)
         ws::accept_for(&key)
     );
     let (mut rd, mut wr) = s.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(queue);
+    let slow = Arc::new(AtomicBool::new(false));
     let mut first = resp.into_bytes();
     if ping {
         first.extend(server_frame(ws::OP_PING, b"are you there"));
     }
+    let slow2 = slow.clone();
     tokio::spawn(async move {
         if wr.write_all(&first).await.is_err() {
             return;
         }
         while let Some(m) = rx.recv().await {
+            if slow2.load(Ordering::Relaxed) {
+                let _ = wr
+                    .write_all(&server_frame(ws::OP_CLOSE, &4000u16.to_be_bytes()))
+                    .await;
+                return;
+            }
             if wr.write_all(&m).await.is_err() {
                 return;
             }
@@ -115,7 +131,7 @@ async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool)
             .expect("lock")
             .entry(r.clone())
             .or_default()
-            .push(tx.clone());
+            .push((tx.clone(), slow));
     }
     while let Some((op, p)) = read_client_frame(&mut rd).await {
         match (op, &room) {
@@ -123,12 +139,20 @@ async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool)
             (ws::OP_CLOSE, _) => return,
             (ws::OP_TEXT, Some(r)) => {
                 let f = server_frame(ws::OP_TEXT, &p);
-                for m in rooms.lock().expect("lock").get(r).into_iter().flatten() {
-                    let _ = m.send(f.clone());
+                let mut rooms = rooms.lock().expect("lock");
+                if let Some(members) = rooms.get_mut(r) {
+                    // A member whose queue is full is dropped; its writer sends the close.
+                    members.retain(|(m, slow)| match m.try_send(f.clone()) {
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            slow.store(true, Ordering::Relaxed);
+                            false
+                        }
+                        _ => true,
+                    });
                 }
             }
             (ws::OP_TEXT | ws::OP_BINARY, None) => {
-                let _ = tx.send(server_frame(op, &p));
+                let _ = tx.send(server_frame(op, &p)).await;
             }
             _ => {}
         }
@@ -137,6 +161,12 @@ async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool)
 
 /// Starts the server; returns its address and what it sees.
 pub async fn start(ping: bool) -> (SocketAddr, Arc<Seen>) {
+    start_with(ping, None).await
+}
+
+/// Starts the server with at most `queue` messages queued per member (then closed with 4000;
+/// the accepted sockets get a 4 KiB SO_SNDBUF), or the default queue and buffers for `None`.
+pub async fn start_with(ping: bool, queue: Option<usize>) -> (SocketAddr, Arc<Seen>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let rooms: Rooms = Arc::default();
@@ -144,7 +174,13 @@ pub async fn start(ping: bool) -> (SocketAddr, Arc<Seen>) {
     let s2 = seen.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(serve_conn(s, rooms.clone(), s2.clone(), ping));
+            if queue.is_some() {
+                socket2::SockRef::from(&s)
+                    .set_send_buffer_size(4096)
+                    .expect("SO_SNDBUF");
+            }
+            let q = queue.unwrap_or(DEFAULT_QUEUE);
+            tokio::spawn(serve_conn(s, rooms.clone(), s2.clone(), ping, q));
         }
     });
     (addr, seen)

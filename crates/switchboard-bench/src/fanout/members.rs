@@ -70,6 +70,16 @@ pub(super) struct Shared {
     pub(super) subs_in_room: Vec<usize>,
 }
 
+impl Shared {
+    /// Counts a member of `room` as joined (call once per member, on its first warm-up message).
+    pub(super) fn mark_joined(&self, room: usize) {
+        self.unjoined.set(self.unjoined.get().saturating_sub(1));
+        if let Some(n) = self.room_unjoined.borrow_mut().get_mut(room) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 /// The write side of a member, shared by its reader (pongs) and its publisher or warm-up sends.
 pub(super) struct Writer(pub(super) tokio::sync::Mutex<OwnedWriteHalf>);
 
@@ -107,8 +117,7 @@ fn on_message(sh: &Shared, role: Role, room: usize, joined: &mut bool, p: &[u8],
         (Some(KIND_WARMUP), _) => {
             if !*joined {
                 *joined = true;
-                sh.unjoined.set(sh.unjoined.get() - 1);
-                sh.room_unjoined.borrow_mut()[room] -= 1;
+                sh.mark_joined(room);
             }
         }
         _ => sh.c.unknown.set(sh.c.unknown.get() + 1),

@@ -6,18 +6,23 @@
 //! has it) or open-loop (`--rate`: paced), drains, and reports deliveries/s, loss, latency and
 //! CPU. Everything runs on one thread: shared state is `Rc` + `Cell`, no locks on the hot path.
 //!
+//! The `slow` scenario runs the same thing with stalled subscribers added ([`Stall`]): they
+//! join like everyone else, then stop reading; they count in no delivery figure, and how the
+//! server ended them is read out after the drain.
+//!
 //! This module owns the parameters, connection set-up and the report; `members` the shared
-//! state and the receive tasks; `phases` the warm-up, the publishers and the drain.
+//! state and the receive tasks; `phases` the warm-up, the publishers and the drain; `stalled`
+//! the subscribers that stop reading.
 
-use crate::net::{self, Target};
+use crate::net::{self, SocketOpts, Target};
 use crate::payload;
 use crate::report::{self, Report};
-use crate::stats::Hist;
+use crate::stats::{CpuUse, Hist};
 use anyhow::{bail, Result};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// How publications are paced.
@@ -32,12 +37,25 @@ pub enum Mode {
     Rate(f64),
 }
 
+/// Subscribers that stop reading once joined (the `slow` scenario; none for `fanout`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stall {
+    /// How many, on top of the (healthy) subscribers; stalled one k joins room k % rooms.
+    pub count: usize,
+    /// SO_RCVBUF of their sockets, set before connect (`None`: the kernel's default).
+    pub rcvbuf: Option<usize>,
+    /// After the drain: the longest time spent reading what is left on their sockets.
+    pub read_timeout: Duration,
+}
+
 /// Parameters of a fanout run.
 #[derive(Debug, Clone)]
 pub struct Params {
+    /// Rooms are `/ws/chat/{room_prefix}-N`.
+    pub room_prefix: String,
     /// Number of rooms.
     pub rooms: usize,
-    /// Subscriber connections.
+    /// Subscriber connections that read everything (the deliveries are theirs).
     pub subscribers: usize,
     /// Publisher connections.
     pub publishers: usize,
@@ -53,13 +71,39 @@ pub struct Params {
     pub stall_timeout: Duration,
     /// Time allowed for every member to join.
     pub join_timeout: Duration,
+    /// Stalled subscribers.
+    pub stall: Stall,
 }
 
 mod members;
 mod phases;
+mod stalled;
 
 use members::{member, Counters, Publisher, Role, Shared, Slot, Writer};
 use phases::measure;
+pub use stalled::{tally, End, How};
+
+/// What one run measured; the report is written from it ([`Outcome::figures`],
+/// [`Outcome::judge`]).
+pub struct Outcome {
+    connect_s: f64,
+    cpu: CpuUse,
+    wall: f64,
+    sent: u64,
+    given_up: u64,
+    expected: u64,
+    delivered: u64,
+    in_window: u64,
+    closed_early: u64,
+    publisher_copies: u64,
+    unknown: u64,
+    /// Publish→delivery latency of the (healthy) subscribers.
+    pub hist: Hist,
+    first_error: Option<String>,
+    problems: Vec<String>,
+    /// How each stalled subscriber ended (empty without any).
+    pub stalled: Vec<End>,
+}
 
 fn validate(p: &Params) -> Result<()> {
     if p.rooms == 0 || p.publishers == 0 {
@@ -67,7 +111,7 @@ fn validate(p: &Params) -> Result<()> {
     }
     if p.subscribers < p.rooms {
         bail!(
-            "--subscribers ({}) must be at least --rooms ({}) so every room has one",
+            "{} subscribers (stalled ones not counted) for {} rooms: every room needs one",
             p.subscribers,
             p.rooms
         );
@@ -92,41 +136,79 @@ pub async fn run(
     server_pid: Option<u32>,
     concurrency: usize,
 ) -> Result<Report> {
+    let o = execute(target, p, server_pid, concurrency).await?;
+    let mut r = Report::new("fanout");
+    r.param("url", target.addr.to_string());
+    write_params(&mut r, p);
+    r.param("server_pid", server_pid);
+    o.figures(&mut r);
+    o.judge(&mut r, "");
+    Ok(r)
+}
+
+/// The parameter rows shared by `fanout` and `slow` (`subscribers` counts stalled ones too).
+pub fn write_params(r: &mut Report, p: &Params) {
+    r.param("rooms", p.rooms);
+    r.param("subscribers", p.subscribers + p.stall.count);
+    r.param("publishers", p.publishers);
+    r.param("size", p.size);
+    r.param("duration_s", p.duration.as_secs_f64());
+    match p.mode {
+        Mode::Max { window } => {
+            r.param("mode", "max");
+            r.param("window", window);
+        }
+        Mode::Rate(rate) => {
+            r.param("mode", "rate");
+            r.param("rate", rate);
+        }
+    }
+}
+
+/// Connects everyone, runs the phases, reads out the stalled subscribers; the figures.
+pub async fn execute(
+    target: &Target,
+    p: &Params,
+    server_pid: Option<u32>,
+    concurrency: usize,
+) -> Result<Outcome> {
     validate(p)?;
-    let members = p.subscribers + p.publishers;
+    let live = p.subscribers + p.publishers;
+    let members = live + p.stall.count;
     if let Some(limit) = crate::stats::open_files_limit() {
         if members as u64 + 64 > limit {
             bail!("{members} connections need more open files than this process may have ({limit}): raise ulimit -n");
         }
     }
-    // Connections 0..S are subscribers (room i % C), then the publishers (room j % C).
+    // Connections 0..S are subscribers (room i % C), then the publishers (room j % C), then
+    // the stalled subscribers (room k % C).
     let room_of = |i: usize| {
         if i < p.subscribers {
             i % p.rooms
-        } else {
+        } else if i < live {
             (i - p.subscribers) % p.rooms
+        } else {
+            (i - live) % p.rooms
         }
     };
-    let paths: Vec<String> = (0..members)
-        .map(|i| format!("/ws/chat/room-{}", room_of(i)))
-        .collect();
+    let path = |i: usize| format!("/ws/chat/{}-{}", p.room_prefix, room_of(i));
+    let paths: Vec<String> = (0..live).map(path).collect();
+    let stalled_paths: Vec<String> = (live..members).map(path).collect();
     let pb = report::bar(members as u64, "connect");
     let t_connect = Instant::now();
-    let opened = net::open_many(
-        target,
-        &paths,
-        concurrency,
-        16 * 1024,
-        p.size.max(1 << 16),
-        &pb,
-    )
-    .await;
+    let opts = SocketOpts::new(16 * 1024, p.size.max(1 << 16));
+    let opened = net::open_many(target, &paths, concurrency, &opts, &pb).await;
+    let stalled_opts = SocketOpts {
+        rcvbuf: p.stall.rcvbuf,
+        ..opts
+    };
+    let opened_stalled =
+        net::open_many(target, &stalled_paths, concurrency, &stalled_opts, &pb).await;
     pb.finish_and_clear();
-    if let Some(e) = opened.first_error {
-        bail!(
-            "{} of {members} connections failed; first: {e:#}",
-            opened.failed
-        );
+    for (o, n) in [(&opened, live), (&opened_stalled, p.stall.count)] {
+        if let Some(e) = &o.first_error {
+            bail!("{} of {n} connections failed; first: {e:#}", o.failed);
+        }
     }
     let connect_s = t_connect.elapsed().as_secs_f64();
 
@@ -163,8 +245,8 @@ pub async fn run(
         subs_in_room,
     });
 
-    let mut readers: Vec<JoinHandle<()>> = Vec::with_capacity(members);
-    let mut writers: Vec<Rc<Writer>> = Vec::with_capacity(members);
+    let mut readers: Vec<JoinHandle<()>> = Vec::with_capacity(live);
+    let mut writers: Vec<Rc<Writer>> = Vec::with_capacity(live);
     for (i, c) in opened.conns.into_iter().enumerate() {
         let Some(c) = c else {
             bail!("connection {i} missing")
@@ -186,110 +268,159 @@ pub async fn run(
         )));
         writers.push(wr);
     }
+    let (resume, resume_rx) = watch::channel(None);
+    let mut stalled_tasks: Vec<JoinHandle<End>> = Vec::with_capacity(p.stall.count);
+    for (k, c) in opened_stalled.conns.into_iter().enumerate() {
+        let Some(c) = c else {
+            bail!("stalled connection {k} missing")
+        };
+        let (rd, wr) = c.stream.into_split();
+        let wr = Rc::new(Writer(tokio::sync::Mutex::new(wr)));
+        stalled_tasks.push(tokio::task::spawn_local(stalled::member(
+            sh.clone(),
+            room_of(live + k),
+            rd,
+            c.reader,
+            wr,
+            resume_rx.clone(),
+        )));
+    }
 
     let outcome = measure(&sh, p, &writers, &room_of, server_pid).await;
+    let stalled_ends = match &outcome {
+        Ok(_) if !stalled_tasks.is_empty() => {
+            stalled::collect(&resume, &mut stalled_tasks, p.stall.read_timeout).await
+        }
+        _ => Vec::new(),
+    };
     sh.stopping.set(true);
     for r in &readers {
         r.abort();
     }
+    for t in &stalled_tasks {
+        t.abort();
+    }
     drop(writers);
-    let (cpu, wall_end, pub_problems) = outcome?;
+    let (cpu, wall_end, problems) = outcome?;
 
-    let sent: u64 = sh.pubs.iter().map(|x| x.sent.get()).sum();
-    let stalled: u64 = sh.pubs.iter().map(|x| x.stalled.get()).sum();
     let expected: u64 = sh
         .pubs
         .iter()
         .map(|x| x.sent.get() * sh.subs_in_room[x.room] as u64)
         .sum();
-    let delivered = sh.c.delivered.get();
-    let in_window = sh.c.delivered_in_window.get();
-    let wall = wall_end.max(1e-9);
+    let first_error = sh.first_error.borrow().clone();
+    let hist = sh.hist.replace(Hist::new()?);
+    Ok(Outcome {
+        connect_s,
+        cpu,
+        wall: wall_end.max(1e-9),
+        sent: sh.pubs.iter().map(|x| x.sent.get()).sum(),
+        given_up: sh.pubs.iter().map(|x| x.stalled.get()).sum(),
+        expected,
+        delivered: sh.c.delivered.get(),
+        in_window: sh.c.delivered_in_window.get(),
+        closed_early: sh.c.closed_early.get(),
+        publisher_copies: sh.c.publisher_copies.get(),
+        unknown: sh.c.unknown.get(),
+        hist,
+        first_error,
+        problems,
+        stalled: stalled_ends,
+    })
+}
 
-    let mut r = Report::new("fanout");
-    r.param("url", target.addr.to_string());
-    r.param("rooms", p.rooms);
-    r.param("subscribers", p.subscribers);
-    r.param("publishers", p.publishers);
-    r.param("size", p.size);
-    r.param("duration_s", p.duration.as_secs_f64());
-    match p.mode {
-        Mode::Max { window } => {
-            r.param("mode", "max");
-            r.param("window", window);
+impl Outcome {
+    /// Deliveries the subscribers did not get (after the drain).
+    pub fn loss(&self) -> u64 {
+        self.expected.saturating_sub(self.delivered)
+    }
+
+    /// Deliveries per second in the measured phase.
+    pub fn deliveries_per_s(&self) -> f64 {
+        self.in_window as f64 / self.wall
+    }
+
+    /// CPU use of the measured phase.
+    pub fn cpu(&self) -> &CpuUse {
+        &self.cpu
+    }
+
+    /// Deliveries counted in the measured phase.
+    pub fn in_window(&self) -> u64 {
+        self.in_window
+    }
+
+    /// Writes every figure of the run (the `fanout` keys).
+    pub fn figures(&self, r: &mut Report) {
+        let (expected, delivered, in_window) = (self.expected, self.delivered, self.in_window);
+        r.num("connect_s", "connect time (s)", self.connect_s);
+        r.num("deliveries_per_s", "deliveries/s", self.deliveries_per_s());
+        r.num(
+            "publications_per_s",
+            "publications/s",
+            self.sent as f64 / self.wall,
+        );
+        r.int("publications", "publications sent", self.sent);
+        r.int("expected_deliveries", "expected deliveries", expected);
+        r.int("deliveries", "deliveries received (after drain)", delivered);
+        r.int(
+            "deliveries_in_window",
+            "deliveries in measured phase",
+            in_window,
+        );
+        r.int("loss", "loss (expected - received)", self.loss());
+        r.num(
+            "loss_pct",
+            "loss (%)",
+            if expected == 0 {
+                0.0
+            } else {
+                100.0 * self.loss() as f64 / expected as f64
+            },
+        );
+        r.int(
+            "extra_deliveries",
+            "unexpected extra deliveries",
+            delivered.saturating_sub(expected),
+        );
+        r.int(
+            "stalled_publications",
+            "publications given up (stall timeout)",
+            self.given_up,
+        );
+        r.int(
+            "closed_early",
+            "connections closed by the server",
+            self.closed_early,
+        );
+        r.int(
+            "publisher_copies",
+            "publisher self-copies (not counted)",
+            self.publisher_copies,
+        );
+        r.int("unknown_messages", "unrecognised messages", self.unknown);
+        r.latency("latency", "publish→delivery", &self.hist);
+        r.cpu("", &self.cpu, Some((in_window, "delivery")));
+    }
+
+    /// Marks the report incomplete for what went wrong (`what` prefixes the reasons).
+    pub fn judge(&self, r: &mut Report, what: &str) {
+        if let Some(e) = &self.first_error {
+            r.fail(format!(
+                "{what}{} connection(s) lost during the run; first: {e}",
+                self.closed_early
+            ));
         }
-        Mode::Rate(rate) => {
-            r.param("mode", "rate");
-            r.param("rate", rate);
+        for problem in &self.problems {
+            r.fail(format!("{what}{problem}"));
+        }
+        if self.in_window == 0 {
+            r.fail(format!("{what}no delivery during the measured phase"));
+        }
+        if self.cpu.generator_s > 0.9 * self.cpu.wall_s {
+            r.note(format!(
+                "{what}the generator used >90% of a core: the result may be bounded by the generator"
+            ));
         }
     }
-    r.param("server_pid", server_pid);
-    r.num("connect_s", "connect time (s)", connect_s);
-    r.num("deliveries_per_s", "deliveries/s", in_window as f64 / wall);
-    r.num("publications_per_s", "publications/s", sent as f64 / wall);
-    r.int("publications", "publications sent", sent);
-    r.int("expected_deliveries", "expected deliveries", expected);
-    r.int("deliveries", "deliveries received (after drain)", delivered);
-    r.int(
-        "deliveries_in_window",
-        "deliveries in measured phase",
-        in_window,
-    );
-    r.int(
-        "loss",
-        "loss (expected - received)",
-        expected.saturating_sub(delivered),
-    );
-    r.num(
-        "loss_pct",
-        "loss (%)",
-        if expected == 0 {
-            0.0
-        } else {
-            100.0 * expected.saturating_sub(delivered) as f64 / expected as f64
-        },
-    );
-    r.int(
-        "extra_deliveries",
-        "unexpected extra deliveries",
-        delivered.saturating_sub(expected),
-    );
-    r.int(
-        "stalled_publications",
-        "publications given up (stall timeout)",
-        stalled,
-    );
-    r.int(
-        "closed_early",
-        "connections closed by the server",
-        sh.c.closed_early.get(),
-    );
-    r.int(
-        "publisher_copies",
-        "publisher self-copies (not counted)",
-        sh.c.publisher_copies.get(),
-    );
-    r.int(
-        "unknown_messages",
-        "unrecognised messages",
-        sh.c.unknown.get(),
-    );
-    r.latency("latency", "publish→delivery", &sh.hist.borrow());
-    r.cpu("", &cpu, Some((in_window, "delivery")));
-    if let Some(e) = sh.first_error.borrow().as_ref() {
-        r.fail(format!(
-            "{} connection(s) lost during the run; first: {e}",
-            sh.c.closed_early.get()
-        ));
-    }
-    for problem in pub_problems {
-        r.fail(problem);
-    }
-    if in_window == 0 {
-        r.fail("no delivery during the measured phase");
-    }
-    if cpu.generator_s > 0.9 * cpu.wall_s {
-        r.note("the generator used >90% of a core: the result may be bounded by the generator");
-    }
-    Ok(r)
 }

@@ -106,10 +106,11 @@ pub(super) async fn measure(
     room_of: &dyn Fn(usize) -> usize,
     server_pid: Option<u32>,
 ) -> Result<Measured> {
-    // Warm-up sender per room: its first publisher if it has one, else its first subscriber.
-    let members = writers.len();
+    // Warm-up sender per room: its first publisher if it has one, else its first subscriber
+    // (never a stalled one: `writers` holds the subscribers and publishers only).
+    let members = writers.len() + p.stall.count;
     let mut sender: Vec<Option<usize>> = vec![None; p.rooms];
-    for i in (p.subscribers..members).chain(0..p.subscribers) {
+    for i in (p.subscribers..writers.len()).chain(0..p.subscribers) {
         sender[room_of(i)].get_or_insert(i);
     }
     let mut warm = Vec::new();

@@ -1,0 +1,246 @@
+//! Test-only: end-to-end runs of every scenario against the in-process test server
+//! (`testserver`), through the same entry points the command line uses.
+
+use super::*;
+
+fn local<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+fn num(r: &report::Report, k: &str) -> f64 {
+    r.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN)
+}
+
+#[test]
+fn echo_end_to_end() {
+    local(async {
+        let (addr, _) = testserver::start(false).await;
+        let t = net::Target::parse(&format!("ws://{addr}"), Some("tok")).expect("target");
+        let p = echo::Params {
+            connections: 3,
+            in_flight: 2,
+            size: 40,
+            duration: Duration::from_millis(300),
+            drain: Duration::from_secs(2),
+        };
+        let r = echo::run(&t, &p, Some(std::process::id()), 8)
+            .await
+            .expect("run");
+        assert!(r.complete);
+        assert_eq!(num(&r, "loss"), 0.0);
+        assert!(num(&r, "received_in_window") > 0.0);
+        assert!(num(&r, "server_cpu_s") >= 0.0);
+    });
+}
+
+#[test]
+fn fanout_max_end_to_end() {
+    local(async {
+        let (addr, _) = testserver::start(false).await;
+        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let p = fanout::Params {
+            room_prefix: "room".into(),
+            rooms: 2,
+            subscribers: 6,
+            publishers: 2,
+            size: 64,
+            duration: Duration::from_millis(300),
+            mode: fanout::Mode::Max { window: 3 },
+            drain: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(5),
+            stall: fanout::Stall::default(),
+        };
+        let r = fanout::run(&t, &p, None, 8).await.expect("run");
+        assert!(r.complete);
+        assert_eq!(num(&r, "loss"), 0.0);
+        assert_eq!(num(&r, "stalled_publications"), 0.0);
+        assert!(num(&r, "deliveries") > 0.0);
+        // Every publication reaches the 3 subscribers of its room.
+        assert_eq!(
+            num(&r, "expected_deliveries"),
+            3.0 * num(&r, "publications")
+        );
+    });
+}
+
+#[test]
+fn fanout_rate_end_to_end() {
+    local(async {
+        let (addr, _) = testserver::start(false).await;
+        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let p = fanout::Params {
+            room_prefix: "room".into(),
+            rooms: 1,
+            subscribers: 4,
+            publishers: 1,
+            size: 100,
+            duration: Duration::from_millis(500),
+            mode: fanout::Mode::Rate(20.0),
+            drain: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(5),
+            stall: fanout::Stall::default(),
+        };
+        let r = fanout::run(&t, &p, None, 8).await.expect("run");
+        assert!(r.complete);
+        assert_eq!(num(&r, "loss"), 0.0);
+        let pubs = num(&r, "publications");
+        assert!(
+            (9.0..=11.0).contains(&pubs),
+            "{pubs} publications at 20/s for 0.5 s"
+        );
+    });
+}
+
+#[test]
+fn connect_end_to_end() {
+    local(async {
+        let (addr, _) = testserver::start(false).await;
+        let t = net::Target::parse(&format!("ws://{addr}"), Some("tok")).expect("target");
+        let p = connect::Params {
+            connections: 40,
+            concurrency: 8,
+            with_token: true,
+        };
+        let r = connect::run(&t, &p, Some(std::process::id()))
+            .await
+            .expect("run");
+        assert!(r.complete);
+        assert_eq!(num(&r, "handshakes"), 40.0);
+        assert_eq!(num(&r, "failed"), 0.0);
+        assert_eq!(num(&r, "connect_samples"), 40.0);
+        assert!(num(&r, "connect_p99_us") > 0.0);
+        assert!(num(&r, "handshakes_per_s") > 0.0);
+    });
+}
+
+#[test]
+fn connect_failures_make_the_run_incomplete() {
+    local(async {
+        // A port nobody listens on: every connect is refused.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = free.local_addr().expect("addr");
+        drop(free);
+        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let p = connect::Params {
+            connections: 5,
+            concurrency: 2,
+            with_token: false,
+        };
+        let r = connect::run(&t, &p, None).await.expect("run");
+        assert!(!r.complete);
+        assert_eq!(num(&r, "failed"), 5.0);
+    });
+}
+
+fn slow_params(mode: fanout::Mode, baseline: bool) -> slow::Params {
+    slow::Params {
+        fanout: fanout::Params {
+            room_prefix: "slow".into(),
+            rooms: 1,
+            subscribers: 8,
+            publishers: 1,
+            size: 100,
+            duration: Duration::from_millis(400),
+            mode,
+            drain: Duration::from_secs(2),
+            stall_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(5),
+            stall: fanout::Stall::default(),
+        },
+        stalled_percent: 25.0,
+        stalled_rcvbuf: Some(4096),
+        stalled_read_timeout: Duration::from_secs(3),
+        baseline,
+    }
+}
+
+#[test]
+fn slow_with_baseline_end_to_end() {
+    local(async {
+        // The test server never closes anyone: the stalled subscribers are still open at
+        // the end and get every publication once they read again.
+        let (addr, _) = testserver::start(false).await;
+        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let p = slow_params(fanout::Mode::Rate(50.0), true);
+        let r = slow::run(&t, &p, None, 8).await.expect("run");
+        assert!(r.complete);
+        assert_eq!(num(&r, "stalled_subscribers"), 2.0);
+        assert_eq!(num(&r, "healthy_subscribers"), 6.0);
+        assert_eq!(num(&r, "loss"), 0.0);
+        let pubs = num(&r, "publications");
+        assert_eq!(num(&r, "expected_deliveries"), 6.0 * pubs);
+        assert_eq!(num(&r, "stalled_closed"), 0.0);
+        assert_eq!(num(&r, "stalled_open"), 2.0);
+        assert_eq!(num(&r, "stalled_backlog_max"), pubs);
+        let codes = r.get("stalled_close_codes").expect("codes");
+        assert_eq!(codes.get("open").and_then(|v| v.as_u64()), Some(2));
+        assert_eq!(num(&r, "baseline_loss"), 0.0);
+        assert!(num(&r, "baseline_latency_p99_us") > 0.0);
+        assert!(num(&r, "p99_ratio") > 0.0);
+    });
+}
+
+#[test]
+fn slow_max_is_not_held_back_by_stalled_subscribers() {
+    local(async {
+        // In --max a publication completes when every healthy subscriber has it: the
+        // stalled ones must not hold the window (no publication given up).
+        let (addr, _) = testserver::start(false).await;
+        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let p = slow_params(fanout::Mode::Max { window: 2 }, false);
+        let r = slow::run(&t, &p, None, 8).await.expect("run");
+        assert!(r.complete);
+        assert_eq!(num(&r, "stalled_publications"), 0.0);
+        assert!(num(&r, "publications") > 10.0);
+        assert_eq!(num(&r, "loss"), 0.0);
+        assert!(r.get("p99_ratio").is_none());
+    });
+}
+
+#[test]
+fn slow_reports_stalled_subscribers_closed_by_the_server() {
+    local(async {
+        // A queue of 8 messages, 4 KiB socket buffers both ways and 2 KB publications:
+        // the stalled subscribers overflow within a few dozen publications.
+        let (addr, _) = testserver::start_with(false, Some(8)).await;
+        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let mut p = slow_params(fanout::Mode::Rate(200.0), false);
+        p.fanout.size = 2000;
+        let r = slow::run(&t, &p, None, 8).await.expect("run");
+        assert!(r.complete, "healthy subscribers are not affected");
+        assert_eq!(num(&r, "loss"), 0.0);
+        assert_eq!(num(&r, "stalled_closed"), 2.0);
+        let codes = r.get("stalled_close_codes").expect("codes");
+        assert_eq!(codes.get("4000").and_then(|v| v.as_u64()), Some(2));
+        assert!(num(&r, "stalled_backlog_max") < num(&r, "publications"));
+    });
+}
+
+#[test]
+fn idle_answers_pings() {
+    local(async {
+        let (addr, seen) = testserver::start(true).await;
+        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let p = idle::Params {
+            connections: 5,
+            room_prefix: "idle".into(),
+            rooms: 2,
+            hold: Duration::from_millis(300),
+        };
+        let r = idle::run(&t, &p, Some(std::process::id()), 8)
+            .await
+            .expect("run");
+        assert!(r.complete);
+        assert_eq!(num(&r, "established"), 5.0);
+        assert!(num(&r, "kib_per_connection").is_finite());
+        let pongs = seen.pongs.lock().expect("lock").clone();
+        assert_eq!(pongs.len(), 5);
+        assert!(pongs.iter().all(|p| p == b"are you there"));
+    });
+}
