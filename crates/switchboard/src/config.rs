@@ -185,6 +185,10 @@ pub struct LimitsConfig {
     pub client_message_rate: u32,
     /// Burst allowed above the rate, in messages (0 = one second's worth).
     pub client_message_burst: u32,
+    /// Kernel send buffer (SO_SNDBUF) of each accepted socket, bytes (0 = the OS default, which
+    /// auto-grows to megabytes). It bounds how much a stalled client can owe beyond
+    /// `max_queued_bytes` before it is closed as a slow consumer.
+    pub socket_send_buffer_bytes: usize,
 }
 
 /// `[doors]`
@@ -241,6 +245,7 @@ impl Default for LimitsConfig {
             max_queued_bytes: 1024 * 1024,
             client_message_rate: 100,
             client_message_burst: 0,
+            socket_send_buffer_bytes: 128 * 1024,
         }
     }
 }
@@ -299,6 +304,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "SWITCHBOARD_CLIENT_MESSAGE_BURST",
         "limits.client_message_burst",
+    ),
+    (
+        "SWITCHBOARD_SOCKET_SEND_BUFFER_BYTES",
+        "limits.socket_send_buffer_bytes",
     ),
     ("SWITCHBOARD_ECHO", "doors.echo"),
     ("SWITCHBOARD_LOG_FORMAT", "log.format"),
@@ -403,6 +412,9 @@ impl Config {
             "limits.client_message_rate" => self.limits.client_message_rate = parse(source, value)?,
             "limits.client_message_burst" => {
                 self.limits.client_message_burst = parse(source, value)?
+            }
+            "limits.socket_send_buffer_bytes" => {
+                self.limits.socket_send_buffer_bytes = parse(source, value)?
             }
             "doors.echo" => self.doors.echo = Some(parse_bool(source, value)?),
             "log.format" => {

@@ -193,7 +193,7 @@ async fn accept_loop(state: &Arc<State>, listener: &TcpListener) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                configure_socket(&tcp);
+                configure_socket(&tcp, state.config.limits.socket_send_buffer_bytes);
                 state
                     .tracker
                     .spawn(serve_http(Arc::clone(state), tcp, peer));
@@ -230,15 +230,20 @@ fn announce(state: &State) {
     tracing::info!(event = "config", config = ?config, "configuration (secrets masked)");
 }
 
-/// TCP_NODELAY (frames are already batched by the writer) and keepalive (idle 60 s, then a
-/// probe every 10 s, 3 probes) so dead peers are found even without heartbeats.
-fn configure_socket(tcp: &TcpStream) {
+/// TCP_NODELAY (frames are already batched by the writer), keepalive (idle 60 s, then a probe
+/// every 10 s, 3 probes) so dead peers are found even without heartbeats, and a bounded send
+/// buffer so a stalled client's backlog shows up in its queue, not in the kernel.
+fn configure_socket(tcp: &TcpStream, send_buffer: usize) {
     let _ = tcp.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
         .with_retries(3);
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+    let socket = socket2::SockRef::from(tcp);
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    if send_buffer > 0 {
+        let _ = socket.set_send_buffer_size(send_buffer);
+    }
 }
 
 /// Per-connection accept errors are ignored; running out of file descriptors backs off so the
