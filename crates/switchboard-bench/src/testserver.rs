@@ -28,22 +28,6 @@ pub struct Seen {
     pub pongs: Mutex<Vec<Vec<u8>>>,
 }
 
-fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x80 | opcode];
-    let len = payload.len();
-    if len < 126 {
-        v.push(len as u8);
-    } else if len <= 65535 {
-        v.push(126);
-        v.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        v.push(127);
-        v.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    v.extend_from_slice(payload);
-    v
-}
-
 /// Reads one masked client frame: (opcode, unmasked payload); `None` at EOF.
 async fn read_client_frame(s: &mut tokio::net::tcp::OwnedReadHalf) -> Option<(u8, Vec<u8>)> {
     let mut h = [0u8; 2];
@@ -105,7 +89,7 @@ async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool,
     let slow = Arc::new(AtomicBool::new(false));
     let mut first = resp.into_bytes();
     if ping {
-        first.extend(server_frame(ws::OP_PING, b"are you there"));
+        first.extend(ws::server_frame(ws::OP_PING, true, b"are you there"));
     }
     let slow2 = slow.clone();
     tokio::spawn(async move {
@@ -115,7 +99,11 @@ async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool,
         while let Some(m) = rx.recv().await {
             if slow2.load(Ordering::Relaxed) {
                 let _ = wr
-                    .write_all(&server_frame(ws::OP_CLOSE, &4000u16.to_be_bytes()))
+                    .write_all(&ws::server_frame(
+                        ws::OP_CLOSE,
+                        true,
+                        &4000u16.to_be_bytes(),
+                    ))
                     .await;
                 return;
             }
@@ -138,7 +126,7 @@ async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool,
             (ws::OP_PONG, _) => seen.pongs.lock().expect("lock").push(p),
             (ws::OP_CLOSE, _) => return,
             (ws::OP_TEXT, Some(r)) => {
-                let f = server_frame(ws::OP_TEXT, &p);
+                let f = ws::server_frame(ws::OP_TEXT, true, &p);
                 let mut rooms = rooms.lock().expect("lock");
                 if let Some(members) = rooms.get_mut(r) {
                     // A member whose queue is full is dropped; its writer sends the close.
@@ -152,7 +140,7 @@ async fn serve_conn(mut s: TcpStream, rooms: Rooms, seen: Arc<Seen>, ping: bool,
                 }
             }
             (ws::OP_TEXT | ws::OP_BINARY, None) => {
-                let _ = tx.send(server_frame(op, &p)).await;
+                let _ = tx.send(ws::server_frame(op, true, &p)).await;
             }
             _ => {}
         }

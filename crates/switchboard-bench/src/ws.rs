@@ -292,25 +292,27 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
     b.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
+/// An unmasked server frame, for the tests' own servers.
+#[cfg(test)]
+pub(crate) fn server_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let len = payload.len();
+    if len < 126 {
+        v.push(len as u8);
+    } else if len <= 65535 {
+        v.push(126);
+        v.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        v.push(127);
+        v.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    v.extend_from_slice(payload);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn server_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let len = payload.len();
-        if len < 126 {
-            v.push(len as u8);
-        } else if len <= 65535 {
-            v.push(126);
-            v.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            v.push(127);
-            v.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        v.extend_from_slice(payload);
-        v
-    }
 
     #[test]
     fn close_descriptions() {
