@@ -14,12 +14,14 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::door::json;
-use crate::error::{error_body, ApiError, CloseReason};
+use crate::conn::{Conn, ServerCommand};
+use crate::door::{json, Door};
+use crate::error::{ApiError, ClientError, CloseReason};
 use crate::gateway::{Response, State};
-use crate::ws::frame::{self, Opcode};
+use crate::publication::Publication;
 
 /// Largest API request body.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -28,20 +30,55 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 #[serde(deny_unknown_fields)]
 struct Publish {
     channel: String,
-    data: Value,
+    data: Box<RawValue>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Broadcast {
     channels: Vec<String>,
-    data: Value,
+    data: Box<RawValue>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Disconnect {
+struct User {
     user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Channel {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserChannel {
+    user: String,
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Refresh {
+    user: String,
+    /// Unix seconds when the session ends (absent: never).
+    #[serde(default)]
+    expire_at: Option<u64>,
+    /// End the session now (close 3005 / 4002).
+    #[serde(default)]
+    expired: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    commands: Vec<serde_json::Map<String, Value>>,
+    /// Accepted for compatibility; commands always run in order here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    parallel: bool,
 }
 
 #[derive(Deserialize)]
@@ -67,15 +104,24 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
             json!({ "result": value }).to_string(),
             method,
         ),
-        Err(error) => (
-            error.status(),
-            error_body(error.code(), &error.to_string()),
-            path_method,
-        ),
+        Err(error) => (error.status(), error_json(&error).to_string(), path_method),
     };
     let label = if matches!(
         method.as_str(),
-        "publish" | "broadcast" | "disconnect" | "info" | "channels" | ""
+        "publish"
+            | "broadcast"
+            | "disconnect"
+            | "subscribe"
+            | "unsubscribe"
+            | "refresh"
+            | "presence"
+            | "presence_stats"
+            | "history"
+            | "history_remove"
+            | "batch"
+            | "info"
+            | "channels"
+            | ""
     ) {
         method.as_str()
     } else {
@@ -130,42 +176,127 @@ fn dispatch(state: &State, method: &str, value: Value) -> Result<Value, ApiError
     match method {
         "publish" => {
             let publish: Publish = params(value)?;
-            check_channel(&publish.channel)?;
-            publish_to(state, &publish.channel, &plain_frame(&publish.data));
-            Ok(json!({}))
+            let data = Bytes::copy_from_slice(publish.data.get().as_bytes());
+            publish_to(state, &publish.channel, Publication::json(data))
         }
         "broadcast" => {
             let broadcast: Broadcast = params(value)?;
-            for channel in &broadcast.channels {
-                check_channel(channel)?;
-            }
-            let frame = plain_frame(&broadcast.data);
+            let data = Bytes::copy_from_slice(broadcast.data.get().as_bytes());
             let responses: Vec<Value> = broadcast
                 .channels
                 .iter()
-                .map(|channel| {
-                    publish_to(state, channel, &frame);
-                    json!({ "result": {} })
-                })
+                .map(
+                    |channel| match publish_to(state, channel, Publication::json(data.clone())) {
+                        Ok(result) => json!({ "result": result }),
+                        Err(error) => error_json(&error),
+                    },
+                )
                 .collect();
             Ok(json!({ "responses": responses }))
         }
         "disconnect" => {
-            let disconnect: Disconnect = params(value)?;
-            if disconnect.user.is_empty() {
-                return Err(ApiError::BadRequest("user must not be empty".to_owned()));
-            }
+            let user: User = params(value)?;
+            check_user(&user.user)?;
             let closed = state
                 .conns
-                .close_user(&disconnect.user, CloseReason::DisconnectedByServer);
-            tracing::info!(event = "api_disconnect", user = %disconnect.user, connections = closed);
+                .close_user(&user.user, CloseReason::DisconnectedByServer);
+            tracing::info!(event = "api_disconnect", user = %user.user, connections = closed);
             Ok(json!({}))
+        }
+        "subscribe" | "unsubscribe" => {
+            let request: UserChannel = params(value)?;
+            check_user(&request.user)?;
+            state
+                .channels
+                .rules(&request.channel)
+                .map_err(ClientError::from)?;
+            let channel: Box<str> = request.channel.into();
+            let command = if method == "subscribe" {
+                ServerCommand::Subscribe(channel)
+            } else {
+                ServerCommand::Unsubscribe(channel)
+            };
+            for_protocol_conns(state, &request.user, |conn| conn.request(command.clone()));
+            Ok(json!({}))
+        }
+        "refresh" => {
+            let refresh: Refresh = params(value)?;
+            check_user(&refresh.user)?;
+            if refresh.expired {
+                state
+                    .conns
+                    .close_user(&refresh.user, CloseReason::TokenExpired);
+            } else {
+                let expire_at = refresh.expire_at.unwrap_or(0);
+                for_protocol_conns(state, &refresh.user, |conn| {
+                    conn.request(ServerCommand::Refresh(expire_at))
+                });
+            }
+            Ok(json!({}))
+        }
+        "presence" | "presence_stats" => {
+            let request: Channel = params(value)?;
+            let rules = state
+                .channels
+                .rules(&request.channel)
+                .map_err(ClientError::from)?;
+            if !rules.presence {
+                return Err(ClientError::NotAvailable.into());
+            }
+            if method == "presence" {
+                Ok(crate::protocol::presence_json(state, &request.channel))
+            } else {
+                let (clients, users) = state.broker.presence_stats(&request.channel);
+                Ok(json!({ "num_clients": clients, "num_users": users }))
+            }
+        }
+        "history" => {
+            let request: crate::protocol::wire::HistoryRequest = params(value)?;
+            let rules = state
+                .channels
+                .rules(&request.channel)
+                .map_err(ClientError::from)?;
+            if !rules.keeps_history() {
+                return Err(ClientError::NotAvailable.into());
+            }
+            Ok(crate::protocol::history_json(state, &request)?)
+        }
+        "history_remove" => {
+            let request: Channel = params(value)?;
+            state
+                .channels
+                .rules(&request.channel)
+                .map_err(ClientError::from)?;
+            state.broker.remove_history(&request.channel);
+            Ok(json!({}))
+        }
+        "batch" => {
+            let batch: Batch = params(value)?;
+            let replies: Vec<Value> = batch
+                .commands
+                .into_iter()
+                .map(|command| {
+                    let mut entries = command.into_iter();
+                    match (entries.next(), entries.next()) {
+                        (Some((method, params)), None) if method != "batch" => {
+                            match dispatch(state, &method, params) {
+                                Ok(result) => json!({ method: result }),
+                                Err(error) => error_json(&error),
+                            }
+                        }
+                        _ => error_json(&ApiError::BadRequest(
+                            "each batch command is an object with exactly one method".to_owned(),
+                        )),
+                    }
+                })
+                .collect();
+            Ok(json!({ "replies": replies }))
         }
         "info" => {
             let mut users = std::collections::HashSet::new();
             state.conns.for_each(|conn| {
-                if !conn.user.is_empty() {
-                    users.insert(conn.user.to_string());
+                if !conn.user().is_empty() {
+                    users.insert(conn.user().to_owned());
                 }
             });
             Ok(json!({ "nodes": [{
@@ -192,33 +323,37 @@ fn dispatch(state: &State, method: &str, value: Value) -> Result<Value, ApiError
     }
 }
 
-/// A channel name from the API: 1 to 255 bytes, no whitespace or control characters.
-fn check_channel(channel: &str) -> Result<(), ApiError> {
-    if channel.is_empty() {
-        return Err(ApiError::BadChannel("empty channel"));
-    }
-    if channel.len() > 255 {
-        return Err(ApiError::BadChannel("channel longer than 255 bytes"));
-    }
-    if channel.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ApiError::BadChannel(
-            "channel may not hold whitespace or control characters",
-        ));
+/// `{"error":{"code","message"}}` for one entry of a batch or broadcast.
+fn error_json(error: &ApiError) -> Value {
+    json!({ "error": { "code": error.code(), "message": error.to_string() } })
+}
+
+fn check_user(user: &str) -> Result<(), ApiError> {
+    if user.is_empty() {
+        return Err(ApiError::BadRequest("user must not be empty".to_owned()));
     }
     Ok(())
 }
 
-fn publish_to(state: &State, channel: &str, frame: &Bytes) {
-    state.metrics.publications.inc();
-    state.hub.publish(channel, frame);
+/// Calls `f` on every client-protocol connection of `user` (plain doors have no
+/// subscriptions to change).
+fn for_protocol_conns(state: &State, user: &str, mut f: impl FnMut(&Conn)) {
+    state.conns.for_each(|conn| {
+        if conn.door == Door::Protocol && conn.user() == user {
+            f(conn);
+        }
+    });
 }
 
-/// The text frame plain doors receive for `data`.
-fn plain_frame(data: &Value) -> Bytes {
-    match data {
-        Value::String(text) => frame::encode(Opcode::Text, text.as_bytes()),
-        other => frame::encode(Opcode::Text, other.to_string().as_bytes()),
-    }
+/// Publishes and answers `{}` or, for a channel that keeps history, `{"offset","epoch"}`.
+fn publish_to(state: &State, channel: &str, publication: Publication) -> Result<Value, ApiError> {
+    let published = state
+        .publish(channel, publication)
+        .map_err(ClientError::from)?;
+    Ok(match published.position {
+        Some(position) => json!({ "offset": position.offset, "epoch": &*position.epoch }),
+        None => json!({}),
+    })
 }
 
 fn authorize<B>(state: &State, req: &Request<B>) -> Result<(), ApiError> {
@@ -254,20 +389,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strings_are_sent_as_is_and_other_values_serialized() {
-        assert_eq!(&plain_frame(&json!("hi"))[2..], b"hi");
-        assert_eq!(&plain_frame(&json!({"a": 1}))[2..], br#"{"a":1}"#);
-    }
-
-    #[test]
-    fn channel_names_are_checked() {
-        assert!(check_channel("chat:lobby").is_ok());
-        assert!(check_channel("#42").is_ok());
-        assert!(check_channel("").is_err());
-        assert!(check_channel("a b").is_err());
-    }
 
     #[test]
     fn key_comparison_needs_equal_bytes() {

@@ -21,6 +21,27 @@ pub struct Claims {
     /// Expiry, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
+    /// Client protocol: channels the server subscribes the connection to at connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// Client protocol: any JSON shown to others as the connection's (or, in a subscription
+    /// token, the subscription's) info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
+    /// Subscription tokens: the one channel the token grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
+/// Why a token was refused. The text is safe to show the client and to log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// Anything else: bad signature, wrong algorithm, malformed, no key configured.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Why a key could not be loaded.
@@ -130,19 +151,23 @@ impl TokenVerifier {
     /// # Errors
     /// A short reason (safe to show the client and to log): bad signature, wrong algorithm,
     /// expired, malformed, or no key configured.
-    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let Some(key) = &self.key else {
-            return Err("no token key is configured on this server".to_owned());
+            return Err(TokenError::Invalid(
+                "no token key is configured on this server".to_owned(),
+            ));
         };
         jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad signature".to_owned(),
-                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
-                    "algorithm not allowed".to_owned()
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    TokenError::Invalid("bad signature".to_owned())
                 }
-                other => format!("malformed token ({other:?})"),
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                    TokenError::Invalid("algorithm not allowed".to_owned())
+                }
+                other => TokenError::Invalid(format!("malformed token ({other:?})")),
             })
     }
 }
@@ -153,16 +178,26 @@ impl TokenVerifier {
 /// # Errors
 /// When the secret is empty or encoding fails.
 pub fn mint_hs256(secret: &str, user: &str, ttl_secs: u64) -> Result<String, String> {
-    if secret.is_empty() {
-        return Err("token.hmac_secret is not set".to_owned());
-    }
     let claims = Claims {
         sub: user.to_owned(),
         exp: (ttl_secs > 0).then(|| unix_now() + ttl_secs),
+        ..Claims::default()
     };
+    mint_claims_hs256(secret, &claims)
+}
+
+/// Mints an HS256 token holding `claims` (channels, info, a subscription token's channel).
+/// For development and tests.
+///
+/// # Errors
+/// When the secret is empty or encoding fails.
+pub fn mint_claims_hs256(secret: &str, claims: &Claims) -> Result<String, String> {
+    if secret.is_empty() {
+        return Err("token.hmac_secret is not set".to_owned());
+    }
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .map_err(|e| e.to_string())
@@ -186,7 +221,10 @@ mod tests {
         let verifier = TokenVerifier::from_config(&hs_config("s3cret-s3cret-s3cret")).unwrap();
         assert_eq!(verifier.verify(&token).unwrap().sub, "42");
         let other = TokenVerifier::from_config(&hs_config("another-secret")).unwrap();
-        assert_eq!(other.verify(&token), Err("bad signature".into()));
+        assert_eq!(
+            other.verify(&token),
+            Err(TokenError::Invalid("bad signature".into()))
+        );
     }
 
     #[test]
@@ -194,6 +232,7 @@ mod tests {
         let claims = Claims {
             sub: "1".into(),
             exp: Some(unix_now() - 10),
+            ..Claims::default()
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -202,7 +241,7 @@ mod tests {
         )
         .unwrap();
         let verifier = TokenVerifier::from_config(&hs_config("k")).unwrap();
-        assert_eq!(verifier.verify(&token), Err("token expired".into()));
+        assert_eq!(verifier.verify(&token), Err(TokenError::Expired));
     }
 
     #[test]
@@ -210,6 +249,7 @@ mod tests {
         let claims = Claims {
             sub: "1".into(),
             exp: None,
+            ..Claims::default()
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
@@ -218,7 +258,10 @@ mod tests {
         )
         .unwrap();
         let verifier = TokenVerifier::from_config(&hs_config("k")).unwrap();
-        assert_eq!(verifier.verify(&token), Err("algorithm not allowed".into()));
+        assert_eq!(
+            verifier.verify(&token),
+            Err(TokenError::Invalid("algorithm not allowed".into()))
+        );
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Which plain doors are open.
     pub doors: DoorsConfig,
+    /// The client-protocol door `/connection/websocket`.
+    pub client: ClientConfig,
+    /// Channel rules: the default namespace, and named namespaces under `namespaces`.
+    pub channels: ChannelsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -203,6 +207,94 @@ pub struct DoorsConfig {
     pub notify: bool,
 }
 
+/// `[client]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Whether `/connection/websocket` is open.
+    pub enabled: bool,
+    /// Time a new connection has to send its `connect` command (then: close 3502, stale).
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Most channels one connection may subscribe to (more: error 106).
+    pub max_subscriptions: usize,
+    /// How long a channel's stream position (epoch and last offset) outlives its last
+    /// publication; after that the history is gone and the next publication starts a new epoch.
+    #[serde(deserialize_with = "duration")]
+    pub history_meta_ttl: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            enabled: true,
+            connect_timeout: Duration::from_secs(10),
+            max_subscriptions: 128,
+            history_meta_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Who may subscribe to a namespace's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribeRule {
+    /// Any connection, with or without a user.
+    Anonymous,
+    /// A connection whose token named a user.
+    Authenticated,
+    /// Only with a subscription token for the channel.
+    Token,
+}
+
+/// Who may publish from a client connection into a namespace's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishRule {
+    /// Nobody; only the server API publishes.
+    None,
+    /// Connections subscribed to the channel.
+    Subscribers,
+    /// Any connection whose token named a user.
+    Authenticated,
+    /// Any connection.
+    Anonymous,
+}
+
+/// The rules of one namespace as written; an unset key takes the default namespace's value
+/// (and, in the default namespace, the closed default or `--dev`'s open one).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    /// Who may subscribe (default `token`; `anonymous` with `--dev`).
+    pub subscribe: Option<SubscribeRule>,
+    /// Who may publish from a client (default `none`; `subscribers` with `--dev`).
+    pub publish: Option<PublishRule>,
+    /// Presence on (default false; true with `--dev`).
+    pub presence: Option<bool>,
+    /// Join and leave pushes (default false; true with `--dev`).
+    pub join_leave: Option<bool>,
+    /// Publications kept per channel (default 0; 100 with `--dev`).
+    pub history_size: Option<usize>,
+    /// How long each kept publication lives (default 0s; 5m with `--dev`).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub history_ttl: Option<Duration>,
+    /// Subscriptions recover missed publications after a reconnect (default false; true with
+    /// `--dev`). Needs history.
+    pub recover: Option<bool>,
+}
+
+/// `[channels]`: the default namespace's rules, and named namespaces.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// The default namespace (channels with no `ns:` prefix).
+    #[serde(flatten)]
+    pub default: NamespaceConfig,
+    /// Named namespaces: `[channels.namespaces.NAME]`.
+    pub namespaces: std::collections::BTreeMap<String, NamespaceConfig>,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -274,6 +366,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 /// The environment variables read by [`Config::apply_env`], with the key each sets.
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_LISTEN", "server.listen"),
@@ -310,6 +406,15 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "limits.socket_send_buffer_bytes",
     ),
     ("SWITCHBOARD_ECHO", "doors.echo"),
+    ("SWITCHBOARD_CLIENT_ENABLED", "client.enabled"),
+    (
+        "SWITCHBOARD_CLIENT_CONNECT_TIMEOUT",
+        "client.connect_timeout",
+    ),
+    (
+        "SWITCHBOARD_CLIENT_MAX_SUBSCRIPTIONS",
+        "client.max_subscriptions",
+    ),
     ("SWITCHBOARD_LOG_FORMAT", "log.format"),
     ("SWITCHBOARD_LOG_LEVEL", "log.level"),
 ];
@@ -417,6 +522,11 @@ impl Config {
                 self.limits.socket_send_buffer_bytes = parse(source, value)?
             }
             "doors.echo" => self.doors.echo = Some(parse_bool(source, value)?),
+            "client.enabled" => self.client.enabled = parse_bool(source, value)?,
+            "client.connect_timeout" => {
+                self.client.connect_timeout = parse_duration(source, value)?
+            }
+            "client.max_subscriptions" => self.client.max_subscriptions = parse(source, value)?,
             "log.format" => {
                 self.log.format = Some(match value.trim() {
                     "json" => LogFormat::Json,
@@ -499,6 +609,22 @@ impl Config {
                     ));
                 }
             }
+        }
+        for name in self.channels.namespaces.keys() {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !valid {
+                return Err(invalid(
+                    &format!("channels.namespaces.{name}"),
+                    "a namespace name is 1 to 64 of A-Z a-z 0-9 _ - .",
+                ));
+            }
+        }
+        if self.client.connect_timeout < Duration::from_millis(100) {
+            return Err(invalid("client.connect_timeout", "must be at least 100ms"));
         }
         for pattern in &self.origins.allowed {
             crate::origin::OriginPattern::parse(pattern)

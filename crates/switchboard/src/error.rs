@@ -8,6 +8,8 @@
 
 use http::StatusCode;
 
+use crate::door::Door;
+
 /// Why Switchboard ended a WebSocket connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -33,10 +35,40 @@ pub enum CloseReason {
     DisconnectedByServer,
     /// The client sent more messages than `limits.client_message_rate` allows.
     RateLimited,
+    /// Client protocol: no `connect` command within `client.connect_timeout`.
+    Stale,
+    /// Client protocol: the connect token is malformed or badly signed.
+    InvalidToken,
+    /// Client protocol: a frame that is not valid protocol JSON, or a second `connect`.
+    BadRequest,
 }
 
 impl CloseReason {
-    /// The WebSocket close code sent in the close frame.
+    /// The close code and reason text sent to a client of `door`. The client protocol has its
+    /// own codes, which its SDKs read as "reconnect" (3000–3499) or "stop" (3500–3999).
+    pub fn wire(self, door: Door) -> (u16, &'static str) {
+        if door != Door::Protocol {
+            return (self.code(), self.text());
+        }
+        match self {
+            CloseReason::ClientClosed(code) => (code, ""),
+            CloseReason::GoingAway => (3001, "shutdown"),
+            CloseReason::ProtocolError => (1002, "protocol error"),
+            CloseReason::InvalidUtf8 => (1007, "invalid utf-8"),
+            CloseReason::MessageTooBig => (1009, "message too big"),
+            CloseReason::InternalError => (3004, "internal server error"),
+            CloseReason::TokenExpired => (3005, "connection expired"),
+            CloseReason::SlowConsumer => (3008, "slow"),
+            CloseReason::HeartbeatTimeout => (3012, "no pong"),
+            CloseReason::RateLimited => (3013, "too many requests"),
+            CloseReason::InvalidToken => (3500, "invalid token"),
+            CloseReason::BadRequest => (3501, "bad request"),
+            CloseReason::Stale => (3502, "stale"),
+            CloseReason::DisconnectedByServer => (3503, "force disconnect"),
+        }
+    }
+
+    /// The WebSocket close code sent in the close frame on the plain doors.
     pub fn code(self) -> u16 {
         match self {
             CloseReason::ClientClosed(code) => code,
@@ -50,6 +82,8 @@ impl CloseReason {
             CloseReason::TokenExpired => 4002,
             CloseReason::DisconnectedByServer => 4003,
             CloseReason::RateLimited => 4004,
+            // Only the client protocol ends a connection for these; its codes are in `wire`.
+            CloseReason::Stale | CloseReason::InvalidToken | CloseReason::BadRequest => 1008,
         }
     }
 
@@ -67,6 +101,9 @@ impl CloseReason {
             CloseReason::TokenExpired => "token expired",
             CloseReason::DisconnectedByServer => "disconnected by server",
             CloseReason::RateLimited => "message rate exceeded",
+            CloseReason::Stale => "stale",
+            CloseReason::InvalidToken => "invalid token",
+            CloseReason::BadRequest => "bad request",
         }
     }
 
@@ -84,6 +121,7 @@ impl CloseReason {
             CloseReason::TokenExpired => true,
             CloseReason::DisconnectedByServer => false,
             CloseReason::RateLimited => true,
+            CloseReason::Stale | CloseReason::InvalidToken | CloseReason::BadRequest => false,
         }
     }
 
@@ -101,6 +139,9 @@ impl CloseReason {
             CloseReason::TokenExpired => "token_expired",
             CloseReason::DisconnectedByServer => "disconnected_by_server",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::Stale => "stale",
+            CloseReason::InvalidToken => "invalid_token",
+            CloseReason::BadRequest => "bad_request",
         }
     }
 }
@@ -170,7 +211,10 @@ impl Rejection {
     }
 }
 
-/// An error answered by the server HTTP API, as `{"error":{"code","message"}}`.
+/// An error answered by the server HTTP API, as `{"error":{"code","message"}}` with a numeric
+/// code. Errors of the request itself (key, method, body) have an HTTP status of their own;
+/// errors of what was asked (a channel, a feature) are answered with 200 and the same codes as
+/// the client protocol, as Centrifugo's server SDKs (the Python `cent`) expect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// Missing or wrong API key.
@@ -180,7 +224,7 @@ pub enum ApiError {
     #[error("bad request: {0}")]
     BadRequest(String),
     /// No such API method.
-    #[error("unknown method")]
+    #[error("method not found")]
     UnknownMethod,
     /// The API takes POST only.
     #[error("method not allowed: use POST")]
@@ -188,9 +232,9 @@ pub enum ApiError {
     /// The body is larger than the API accepts.
     #[error("request body too large")]
     BodyTooLarge,
-    /// The channel name is not valid.
-    #[error("bad channel name: {0}")]
-    BadChannel(&'static str),
+    /// What was asked cannot be done (unknown channel, not available, unrecoverable).
+    #[error("{0}")]
+    Client(#[from] ClientError),
 }
 
 impl ApiError {
@@ -198,22 +242,22 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::BadRequest(_) | ApiError::BadChannel(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownMethod => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Client(_) => StatusCode::OK,
         }
     }
 
-    /// The stable machine-readable code in the JSON error body.
-    pub fn code(&self) -> &'static str {
+    /// The numeric code in the JSON error body.
+    pub fn code(&self) -> u32 {
         match self {
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::UnknownMethod => "unknown_method",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::BodyTooLarge => "body_too_large",
-            ApiError::BadChannel(_) => "bad_channel",
+            ApiError::Unauthorized => ClientError::Unauthorized.code(),
+            ApiError::BadRequest(_) | ApiError::MethodNotAllowed => ClientError::BadRequest.code(),
+            ApiError::UnknownMethod => ClientError::MethodNotFound.code(),
+            ApiError::BodyTooLarge => ClientError::LimitExceeded.code(),
+            ApiError::Client(error) => error.code(),
         }
     }
 }
@@ -221,4 +265,73 @@ impl ApiError {
 /// The JSON body `{"error":{"code":..,"message":..}}` shared by rejections and API errors.
 pub(crate) fn error_body(code: &str, message: &str) -> String {
     serde_json::json!({ "error": { "code": code, "message": message } }).to_string()
+}
+
+/// An error in a client-protocol reply, `{"id":N,"error":{"code","message"}}`. The codes are
+/// the ones the protocol's SDKs act on (109: fetch a new token; temporary: retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// A bug on our side.
+    #[error("internal server error")]
+    Internal,
+    /// No token where one is required, or a command before `connect`.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// A bad channel name, or a namespace that is not configured.
+    #[error("unknown channel")]
+    UnknownChannel,
+    /// The channel's rules refuse this connection.
+    #[error("permission denied")]
+    PermissionDenied,
+    /// `rpc`, or a method the server does not know.
+    #[error("method not found")]
+    MethodNotFound,
+    /// The connection is already subscribed to the channel.
+    #[error("already subscribed")]
+    AlreadySubscribed,
+    /// More subscriptions than `client.max_subscriptions`.
+    #[error("limit exceeded")]
+    LimitExceeded,
+    /// Missing or wrong fields.
+    #[error("bad request")]
+    BadRequest,
+    /// Presence or history asked of a namespace without it.
+    #[error("not available")]
+    NotAvailable,
+    /// The token has expired.
+    #[error("token expired")]
+    TokenExpired,
+    /// The stream no longer holds the asked range (or another epoch was named).
+    #[error("unrecoverable position")]
+    Unrecoverable,
+}
+
+impl ClientError {
+    /// The numeric code.
+    pub fn code(self) -> u32 {
+        match self {
+            ClientError::Internal => 100,
+            ClientError::Unauthorized => 101,
+            ClientError::UnknownChannel => 102,
+            ClientError::PermissionDenied => 103,
+            ClientError::MethodNotFound => 104,
+            ClientError::AlreadySubscribed => 105,
+            ClientError::LimitExceeded => 106,
+            ClientError::BadRequest => 107,
+            ClientError::NotAvailable => 108,
+            ClientError::TokenExpired => 109,
+            ClientError::Unrecoverable => 112,
+        }
+    }
+
+    /// Whether the client should retry the same command later.
+    pub fn temporary(self) -> bool {
+        matches!(self, ClientError::Internal)
+    }
+}
+
+impl From<crate::channels::ChannelError> for ClientError {
+    fn from(_: crate::channels::ChannelError) -> Self {
+        ClientError::UnknownChannel
+    }
 }

@@ -21,12 +21,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{KeyError, TokenVerifier};
+use crate::broker::{Broker, Published};
+use crate::channels::{ChannelError, ChannelRules, Namespaces};
 use crate::config::{Config, ConfigError, Resolved};
-use crate::conn::{ConnRegistry, IpLimits};
+use crate::conn::{ConnRegistry, IpLimits, SweepTiming};
 use crate::error::CloseReason;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
+use crate::publication::Publication;
 use crate::ws::frame::{self, Opcode};
 
 /// State shared by every task of one gateway.
@@ -34,6 +37,8 @@ pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) resolved: Resolved,
     pub(crate) hub: Hub,
+    pub(crate) broker: Broker,
+    pub(crate) channels: Namespaces,
     pub(crate) conns: ConnRegistry,
     pub(crate) ip_limits: Arc<IpLimits>,
     pub(crate) metrics: Metrics,
@@ -70,6 +75,32 @@ impl State {
     /// Whether shutdown has begun.
     pub(crate) fn draining(&self) -> bool {
         self.shutdown.is_cancelled()
+    }
+
+    /// Publishes to `channel` under its namespace's rules (history, offsets), from any door or
+    /// the API.
+    ///
+    /// # Errors
+    /// [`ChannelError`] when the name is bad or its namespace unknown.
+    pub(crate) fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+    ) -> Result<Published, ChannelError> {
+        let rules = self.channels.rules(channel)?;
+        Ok(self.publish_with(channel, rules, publication))
+    }
+
+    /// Publishes to `channel` whose rules the caller already has.
+    pub(crate) fn publish_with(
+        &self,
+        channel: &str,
+        rules: &ChannelRules,
+        publication: Publication,
+    ) -> Published {
+        self.metrics.publications.inc();
+        self.broker
+            .publish(&self.hub, channel, rules, publication, self.clock_ms())
     }
 }
 
@@ -112,9 +143,12 @@ impl Gateway {
         let listener =
             bind_listener(addr, send_buffer).map_err(|source| StartError::Bind { addr, source })?;
         let origins = OriginPolicy::new(&config.origins.allowed, resolved.localhost_origins);
+        let channels = Namespaces::from_config(&config, &resolved);
         let state = State {
             resolved,
             hub: Hub::new(),
+            broker: Broker::default(),
+            channels,
             conns: ConnRegistry::default(),
             ip_limits: Arc::new(IpLimits::default()),
             metrics: Metrics::new(),
@@ -286,21 +320,39 @@ async fn serve_http(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     }
 }
 
-/// Pings, heartbeat deadlines and token expiry for every connection, in one task.
+/// Pings, heartbeat deadlines, token expiry and connect deadlines for every connection, and
+/// history expiry, in one task.
 async fn sweep(state: Arc<State>) {
     let interval = state.config.server.heartbeat_interval;
     let tick = (interval / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+    // Plain doors get a WebSocket ping; protocol clients the protocol's own `{}` (browsers
+    // cannot see WebSocket pings), which they answer with `{}`.
     let ping = frame::encode(Opcode::Ping, &[]);
-    let interval_ms = interval.as_millis() as u64;
+    let protocol_ping = frame::encode(Opcode::Text, b"{}");
+    let timing = SweepTiming {
+        heartbeat_ms: interval.as_millis() as u64,
+        connect_timeout_ms: state.config.client.connect_timeout.as_millis() as u64,
+    };
+    let meta_ttl_ms = state.config.client.history_meta_ttl.as_millis() as u64;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_expiry_ms = 0;
     loop {
         ticker.tick().await;
         let now_ms = state.clock_ms();
         let now_unix = crate::auth::unix_now();
-        state
-            .conns
-            .for_each(|conn| conn.sweep(now_ms, interval_ms, now_unix, &ping));
+        state.conns.for_each(|conn| {
+            let ping = if conn.door == crate::door::Door::Protocol {
+                &protocol_ping
+            } else {
+                &ping
+            };
+            conn.sweep(now_ms, &timing, now_unix, ping)
+        });
+        if now_ms.saturating_sub(last_expiry_ms) >= 1000 {
+            last_expiry_ms = now_ms;
+            state.broker.expire(now_ms, meta_ttl_ms);
+        }
     }
 }
 

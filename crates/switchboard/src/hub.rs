@@ -1,10 +1,11 @@
 //! The hub: which connections subscribe to which channel, and fan-out.
 //!
 //! The registry is split into shards by channel name, each behind a short `std` read-write
-//! lock that is never held across an `.await` (nothing in here is async). A publication is
-//! already an encoded frame ([`Bytes`]); fan-out clones the handle into each subscriber's
-//! outbound queue and never waits for a socket: a subscriber whose queue is full is closed as a
-//! slow consumer by its own [`Conn::push`]. The hub never sees a socket.
+//! lock that is never held across an `.await` (nothing in here is async). A [`Publication`]
+//! carries its frame for each door format, each encoded at most once (plain bytes for plain
+//! doors, a JSON push for the client protocol); fan-out clones the right handle into each
+//! subscriber's outbound queue and never waits for a socket: a subscriber whose queue is full
+//! is closed as a slow consumer by its own [`Conn::push`]. The hub never sees a socket.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use crate::conn::Conn;
+use crate::door::Door;
+use crate::publication::Publication;
 
 const SHARDS: usize = 64;
 
@@ -86,8 +89,9 @@ impl Hub {
         }
     }
 
-    /// Queues `frame` for every subscriber of `channel`; returns how many it reached.
-    pub fn publish(&self, channel: &str, frame: &Bytes) -> usize {
+    /// Queues `publication` for every subscriber of `channel`, each in its door's format;
+    /// returns how many it reached.
+    pub fn publish(&self, channel: &str, publication: &Publication) -> usize {
         let shard = self
             .shard(channel)
             .read()
@@ -95,7 +99,43 @@ impl Hub {
         let Some(subscribers) = shard.get(channel) else {
             return 0;
         };
-        subscribers.iter().filter(|conn| conn.push(frame)).count()
+        subscribers
+            .iter()
+            .filter(|conn| {
+                let frame = match conn.door {
+                    Door::Protocol => publication.push_frame(channel),
+                    Door::Echo | Door::Chat | Door::Notify => publication.plain_frame(),
+                };
+                conn.push(frame)
+            })
+            .count()
+    }
+
+    /// Queues `frame` for the client-protocol subscribers of `channel` only (join and leave
+    /// pushes, which plain doors have no way to show), except connection `except`.
+    pub fn push_to_protocol(&self, channel: &str, frame: &Bytes, except: u64) {
+        let shard = self
+            .shard(channel)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(subscribers) = shard.get(channel) {
+            for conn in subscribers {
+                if conn.door == Door::Protocol && conn.id != except {
+                    conn.push(frame);
+                }
+            }
+        }
+    }
+
+    /// Whether connection `conn_id` subscribes to `channel`.
+    pub fn is_subscribed(&self, channel: &str, conn_id: u64) -> bool {
+        let shard = self
+            .shard(channel)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        shard
+            .get(channel)
+            .is_some_and(|subscribers| subscribers.iter().any(|c| c.id == conn_id))
     }
 
     /// Channels with at least one subscriber.

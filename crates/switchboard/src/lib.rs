@@ -12,7 +12,13 @@
 //! - `conn`: one connection — shared handle with its bounded queue, and the task that owns the
 //!   socket (single reader, single writer, vectored writes).
 //! - [`hub`]: channel → subscribers, sharded; fan-out of encoded frames.
-//! - `door`: HTTP routing and the plain WebSocket doors, with every pre-upgrade check.
+//! - [`publication`]: one publication and its encoding per door format, made once each.
+//! - [`channels`]: channel names, namespaces and their rules.
+//! - [`history`]: one channel's kept publications, offsets, epoch; recovery.
+//! - [`broker`]: the memory broker (streams, presence) and the one publish path.
+//! - `protocol`: the client protocol of `/connection/websocket` (commands, subscriptions).
+//! - `door`: HTTP routing and the upgrade of every WebSocket door, with every pre-upgrade
+//!   check.
 //! - `api`: the server HTTP API.
 //! - [`auth`]: token verification (algorithm pinned by configuration).
 //! - [`origin`]: the `Origin` allowlist.
@@ -21,14 +27,19 @@
 
 mod api;
 pub mod auth;
+pub mod broker;
+pub mod channels;
 pub mod config;
 pub mod conn;
 pub mod door;
 pub mod error;
 mod gateway;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod origin;
+pub(crate) mod protocol;
+pub mod publication;
 pub mod ws;
 
 pub use config::Config;

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub publications: IntCounter,
     /// Server API calls by method and HTTP status.
     pub api_requests: IntCounterVec,
+    /// Client-protocol subscribes that asked to recover, by outcome (`recovered` or
+    /// `unrecovered`).
+    pub recoveries: IntCounterVec,
     channels: IntGauge,
     subscriptions: IntGauge,
     uptime: IntGauge,
@@ -170,6 +173,11 @@ impl Metrics {
                 "switchboard_api_requests_total",
                 "Server API calls by method and status",
                 &["method", "status"],
+            ),
+            recoveries: counter_vec(
+                "switchboard_recoveries_total",
+                "Client-protocol subscribes that asked to recover, by outcome",
+                &["outcome"],
             ),
             channels: gauge(
                 "switchboard_channels",

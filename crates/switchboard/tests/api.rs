@@ -116,7 +116,7 @@ async fn wrong_or_missing_key_is_401() {
     )
     .await;
     assert_eq!(status, 401);
-    assert!(text.contains("unauthorized"));
+    assert!(text.contains(r#""code":101"#), "{text}");
     let (status, _) = http(server.addr, "POST", "/api/publish", &[], body).await;
     assert_eq!(status, 401);
     server.stop().await;
@@ -153,30 +153,46 @@ async fn bad_requests_get_clear_errors_and_the_server_carries_on() {
     let server = start(config()).await;
     let key = [("X-API-Key", API_KEY)];
     let cases = [
-        ("POST", "/api/publish", "{not json", 400, "bad_request"),
+        // The request itself is wrong: an HTTP status of its own.
+        ("POST", "/api/publish", "{not json", 400, r#""code":107"#),
         (
             "POST",
             "/api/publish",
             r#"{"channel":"a"}"#,
             400,
-            "bad_request",
-        ),
-        (
-            "POST",
-            "/api/publish",
-            r#"{"channel":"","data":1}"#,
-            400,
-            "bad_channel",
+            r#""code":107"#,
         ),
         (
             "POST",
             "/api/publish",
             r#"{"channel":"a","data":1,"extra":true}"#,
             400,
-            "bad_request",
+            r#""code":107"#,
         ),
-        ("POST", "/api/frobnicate", "{}", 404, "unknown_method"),
-        ("GET", "/api/info", "", 405, "method_not_allowed"),
+        ("POST", "/api/frobnicate", "{}", 404, r#""code":104"#),
+        ("GET", "/api/info", "", 405, r#""code":107"#),
+        // What was asked is wrong: 200 and the client protocol's code, as server SDKs expect.
+        (
+            "POST",
+            "/api/publish",
+            r#"{"channel":"","data":1}"#,
+            200,
+            r#""code":102"#,
+        ),
+        (
+            "POST",
+            "/api/publish",
+            r#"{"channel":"nope:x","data":1}"#,
+            200,
+            r#""code":102"#,
+        ),
+        (
+            "POST",
+            "/api/history",
+            r#"{"channel":"news"}"#,
+            200,
+            r#""code":108"#,
+        ),
     ];
     for (method, path, body, status, code) in cases {
         let (got, text) = http(server.addr, method, path, &key, body).await;

@@ -42,6 +42,7 @@ async fn expired_token_is_401() {
     let claims = switchboard::auth::Claims {
         sub: "u".into(),
         exp: Some(switchboard::auth::unix_now() - 5),
+        ..Default::default()
     };
     let expired = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),

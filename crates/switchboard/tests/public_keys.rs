@@ -20,6 +20,7 @@ fn claims(user: &str) -> Claims {
     Claims {
         sub: user.into(),
         exp: Some(unix_now() + 60),
+        ..Claims::default()
     }
 }
 

@@ -11,8 +11,8 @@ pub(crate) mod task;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -22,6 +22,18 @@ use crate::error::CloseReason;
 
 pub use rate::MessageRate;
 
+/// What the server API asks of a client-protocol connection; its task carries it out, since
+/// only the task owns the connection's subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerCommand {
+    /// Subscribe to a channel (server-side subscription).
+    Subscribe(Box<str>),
+    /// Unsubscribe from a channel.
+    Unsubscribe(Box<str>),
+    /// Extend the session to this Unix time (0: never expires).
+    Refresh(u64),
+}
+
 /// The outbound side of a connection, shared between the hub and the connection's task.
 #[derive(Default)]
 struct Outbox {
@@ -29,6 +41,7 @@ struct Outbox {
     /// Bytes queued here plus bytes taken by the writer and not yet written.
     queued: usize,
     close: Option<CloseReason>,
+    commands: Vec<ServerCommand>,
 }
 
 /// The shared handle of one connection.
@@ -37,10 +50,14 @@ pub struct Conn {
     pub id: u64,
     /// The door it came through.
     pub door: Door,
-    /// The token's subject (empty when anonymous).
-    pub user: Box<str>,
-    /// Token expiry, Unix seconds (0 = never).
-    pub expires_at: u64,
+    /// The token's subject; set once, at the upgrade or (client protocol) at `connect`.
+    user: OnceLock<Box<str>>,
+    /// Token expiry, Unix seconds (0 = never); a protocol client's `refresh` moves it.
+    expires_at: AtomicU64,
+    /// Whether the client-protocol `connect` succeeded (plain doors: from the start).
+    connected: AtomicBool,
+    /// Milliseconds since gateway start when the connection opened.
+    opened_ms: u64,
     max_queued: usize,
     outbox: Mutex<Outbox>,
     wake: Notify,
@@ -60,17 +77,65 @@ impl Conn {
         max_queued: usize,
         now_ms: u64,
     ) -> Self {
+        let user_cell = OnceLock::new();
+        if door != Door::Protocol {
+            let _ = user_cell.set(user.into());
+        }
         Conn {
             id,
             door,
-            user: user.into(),
-            expires_at,
+            user: user_cell,
+            expires_at: AtomicU64::new(expires_at),
+            connected: AtomicBool::new(door != Door::Protocol),
+            opened_ms: now_ms,
             max_queued,
             outbox: Mutex::new(Outbox::default()),
             wake: Notify::new(),
             last_inbound_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
         }
+    }
+
+    /// The user (empty when anonymous, or before a protocol client's `connect`).
+    pub fn user(&self) -> &str {
+        self.user.get().map_or("", |user| user)
+    }
+
+    /// Records a protocol client's `connect`: its user and token expiry.
+    pub(crate) fn set_connected(&self, user: &str, expires_at: u64) {
+        let _ = self.user.set(user.into());
+        self.expires_at.store(expires_at, Ordering::Relaxed);
+        self.connected.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection is past its `connect` (always, on plain doors).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Moves the session's expiry (Unix seconds, 0 = never).
+    pub(crate) fn set_expires_at(&self, expires_at: u64) {
+        self.expires_at.store(expires_at, Ordering::Relaxed);
+    }
+
+    /// Hands a server API request to the connection's task.
+    pub fn request(&self, command: ServerCommand) {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return;
+        }
+        outbox.commands.push(command);
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
+    /// Takes the pending server API requests.
+    pub(crate) fn take_commands(&self) -> Vec<ServerCommand> {
+        let mut outbox = self.outbox();
+        if outbox.commands.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut outbox.commands)
     }
 
     fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
@@ -102,6 +167,26 @@ impl Conn {
         true
     }
 
+    /// Frames waiting in the queue (not yet taken by the writer).
+    pub(crate) fn queued_frames(&self) -> usize {
+        self.outbox().frames.len()
+    }
+
+    /// Queues `frame` at `index` of the queue, ahead of frames queued after that point (a
+    /// reply that must precede publications queued while it was being built). Only the
+    /// connection's own task calls this, so the writer has not taken those frames.
+    pub(crate) fn insert_frame(&self, index: usize, frame: Bytes) {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return;
+        }
+        outbox.queued += frame.len();
+        let index = index.min(outbox.frames.len());
+        outbox.frames.insert(index, frame);
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
     /// Queues a control frame (ping, pong) regardless of the byte limit.
     pub fn push_control(&self, frame: Bytes) {
         let mut outbox = self.outbox();
@@ -125,7 +210,7 @@ impl Conn {
     }
 
     /// Moves every queued frame to the end of `into`; returns the close reason, if any.
-    fn take_queued(&self, into: &mut VecDeque<Bytes>) -> Option<CloseReason> {
+    pub(crate) fn take_queued(&self, into: &mut VecDeque<Bytes>) -> Option<CloseReason> {
         let mut outbox = self.outbox();
         if into.is_empty() {
             std::mem::swap(into, &mut outbox.frames);
@@ -152,19 +237,37 @@ impl Conn {
     }
 
     /// The heartbeat sweep's look at this connection: queues a ping when one is due, and closes
-    /// it when it has been silent for two intervals or its token has expired.
-    pub(crate) fn sweep(&self, now_ms: u64, interval_ms: u64, now_unix: u64, ping: &Bytes) {
-        if self.expires_at != 0 && now_unix >= self.expires_at {
+    /// it when it has been silent for two intervals, its token has expired, or (client
+    /// protocol) it sent no `connect` within `connect_timeout_ms`.
+    pub(crate) fn sweep(&self, now_ms: u64, timing: &SweepTiming, now_unix: u64, ping: &Bytes) {
+        let interval_ms = timing.heartbeat_ms;
+        let expires_at = self.expires_at.load(Ordering::Relaxed);
+        if expires_at != 0 && now_unix >= expires_at {
             self.close(CloseReason::TokenExpired);
+        } else if !self.is_connected()
+            && now_ms.saturating_sub(self.opened_ms) >= timing.connect_timeout_ms
+        {
+            self.close(CloseReason::Stale);
         } else if now_ms.saturating_sub(self.last_inbound_ms.load(Ordering::Relaxed))
             >= 2 * interval_ms
         {
             self.close(CloseReason::HeartbeatTimeout);
-        } else if now_ms.saturating_sub(self.last_ping_ms.load(Ordering::Relaxed)) >= interval_ms {
+        } else if self.is_connected()
+            && now_ms.saturating_sub(self.last_ping_ms.load(Ordering::Relaxed)) >= interval_ms
+        {
             self.last_ping_ms.store(now_ms, Ordering::Relaxed);
             self.push_control(ping.clone());
         }
     }
+}
+
+/// The sweep's deadlines, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SweepTiming {
+    /// Ping interval; silent for two intervals closes.
+    pub(crate) heartbeat_ms: u64,
+    /// Time a protocol client has to send `connect`.
+    pub(crate) connect_timeout_ms: u64,
 }
 
 const REGISTRY_SHARDS: usize = 16;
@@ -237,7 +340,7 @@ impl ConnRegistry {
     pub fn close_user(&self, user: &str, reason: CloseReason) -> usize {
         let mut closed = 0;
         self.for_each(|conn| {
-            if &*conn.user == user {
+            if conn.user() == user {
                 conn.close(reason);
                 closed += 1;
             }
@@ -342,19 +445,32 @@ mod tests {
     #[test]
     fn sweep_pings_then_times_out_and_expires() {
         let ping = Bytes::from_static(b"p");
+        let timing = SweepTiming {
+            heartbeat_ms: 1000,
+            connect_timeout_ms: 500,
+        };
         let conn = conn(100);
-        conn.sweep(1000, 1000, 0, &ping);
+        conn.sweep(1000, &timing, 0, &ping);
         assert_eq!(conn.queued_bytes(), 1, "a ping is due after one interval");
-        conn.sweep(2000, 1000, 0, &ping);
+        conn.sweep(2000, &timing, 0, &ping);
         assert_eq!(
             conn.take_queued(&mut VecDeque::new()),
             Some(CloseReason::HeartbeatTimeout)
         );
         let expiring = Conn::new(2, Door::Chat, "u", 50, 100, 0);
-        expiring.sweep(0, 1000, 50, &ping);
+        expiring.sweep(0, &timing, 50, &ping);
         assert_eq!(
             expiring.take_queued(&mut VecDeque::new()),
             Some(CloseReason::TokenExpired)
+        );
+        let silent = Conn::new(3, Door::Protocol, "", 0, 100, 0);
+        silent.sweep(400, &timing, 0, &ping);
+        assert_eq!(silent.take_queued(&mut VecDeque::new()), None);
+        silent.sweep(500, &timing, 0, &ping);
+        assert_eq!(
+            silent.take_queued(&mut VecDeque::new()),
+            Some(CloseReason::Stale),
+            "a protocol client that never sends connect is closed"
         );
     }
 

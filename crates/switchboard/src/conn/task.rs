@@ -24,6 +24,8 @@ use super::{Conn, IpPermit, MessageRate};
 use crate::door::Door;
 use crate::error::CloseReason;
 use crate::gateway::State;
+use crate::protocol::ClientSession;
+use crate::publication::Publication;
 use crate::ws::frame::{self, Opcode};
 use crate::ws::{Event, MessageReader};
 
@@ -168,6 +170,8 @@ struct Socket {
     stats: Stats,
     /// Set when the client's close frame arrived.
     client_closed: Option<u16>,
+    /// The client protocol's state (client-protocol door only).
+    protocol: Option<ClientSession>,
 }
 
 enum ReadOutcome {
@@ -254,12 +258,19 @@ impl Socket {
             rate,
             stats,
             client_closed,
+            protocol,
             ..
         } = self;
         let conn = &session.conn;
+        let mut inbound = Inbound {
+            session,
+            rate,
+            stats,
+            protocol,
+        };
         reader.feed(buf, &mut |event| match event {
-            Event::Text(data) => on_message(session, rate, stats, Opcode::Text, data),
-            Event::Binary(data) => on_message(session, rate, stats, Opcode::Binary, data),
+            Event::Text(data) => inbound.message(Opcode::Text, data),
+            Event::Binary(data) => inbound.message(Opcode::Binary, data),
             Event::Ping(payload) => {
                 conn.push_control(frame::encode(Opcode::Pong, payload));
                 Ok(())
@@ -287,7 +298,13 @@ impl Socket {
             let all_written = flushed.map_err(|_| End::Abnormal("write failed"))?;
             tokio::select! {
                 biased;
-                _ = conn.wake.notified() => {}
+                _ = conn.wake.notified() => {
+                    if let Some(protocol) = self.protocol.as_mut() {
+                        for command in conn.take_commands() {
+                            protocol.handle_server_command(command);
+                        }
+                    }
+                }
                 ready = self.tcp.readable() => {
                     ready.map_err(|_| End::Abnormal("read failed"))?;
                     let result = catch_unwind(AssertUnwindSafe(|| self.read_available(session)));
@@ -316,7 +333,10 @@ impl Socket {
     async fn close(&mut self, session: &Session, reason: CloseReason) -> End {
         let close_frame = match reason {
             CloseReason::ClientClosed(1005) => frame::encode(Opcode::Close, &[]),
-            other => frame::encode_close(other.code(), other.text()),
+            other => {
+                let (code, text) = other.wire(session.conn.door);
+                frame::encode_close(code, text)
+            }
         };
         if matches!(
             reason,
@@ -363,13 +383,27 @@ impl Socket {
     }
 }
 
-fn on_message(
-    session: &Session,
-    rate: &mut Option<MessageRate>,
-    stats: &mut Stats,
-    opcode: Opcode,
-    data: &[u8],
-) -> Result<(), CloseReason> {
+/// What handling one inbound message needs: the connection, and the socket's per-message state.
+struct Inbound<'a> {
+    session: &'a Session,
+    rate: &'a mut Option<MessageRate>,
+    stats: &'a mut Stats,
+    protocol: &'a mut Option<ClientSession>,
+}
+
+impl Inbound<'_> {
+    fn message(&mut self, opcode: Opcode, data: &[u8]) -> Result<(), CloseReason> {
+        on_message(self, opcode, data)
+    }
+}
+
+fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<(), CloseReason> {
+    let Inbound {
+        session,
+        rate,
+        stats,
+        protocol,
+    } = inbound;
     if let Some(rate) = rate.as_mut() {
         if !rate.allow(Instant::now()) {
             return Err(CloseReason::RateLimited);
@@ -391,12 +425,24 @@ fn on_message(
         }
         Door::Chat => {
             if let Some(channel) = &session.channel {
-                state.metrics.publications.inc();
-                state.hub.publish(channel, &frame::encode(opcode, data));
+                let publication = Publication::plain(opcode, Bytes::copy_from_slice(data));
+                // The room's name was checked at the upgrade, and `chat` always has rules.
+                if let Err(error) = state.publish(channel, publication) {
+                    tracing::error!(event = "publish_failed", channel = %channel, %error);
+                }
             }
         }
         // The notify door is receive-only; what a client sends there is counted and ignored.
         Door::Notify => {}
+        Door::Protocol => {
+            if opcode == Opcode::Binary {
+                // The JSON protocol is text only.
+                return Err(CloseReason::BadRequest);
+            }
+            if let Some(protocol) = protocol.as_mut() {
+                protocol.handle_frame(data)?;
+            }
+        }
     }
     Ok(())
 }
@@ -414,6 +460,8 @@ pub(crate) async fn run(session: Session, tcp: TcpStream, leftover: Bytes) {
         rate: MessageRate::new(limits.client_message_rate, limits.client_message_burst),
         stats: Stats::default(),
         client_closed: None,
+        protocol: (session.conn.door == Door::Protocol)
+            .then(|| ClientSession::new(Arc::clone(&state), Arc::clone(&session.conn))),
     };
     if !leftover.is_empty() {
         let mut bytes = leftover.to_vec();
@@ -429,12 +477,12 @@ pub(crate) async fn run(session: Session, tcp: TcpStream, leftover: Bytes) {
         Err(abnormal) => abnormal,
     };
     let (code, reason) = match end {
-        End::Closed(reason) => (reason.code(), reason.label()),
+        End::Closed(reason) => (reason.wire(session.conn.door).0, reason.label()),
         End::Abnormal(why) => (1006, why),
     };
     if let End::Closed(CloseReason::SlowConsumer) = end {
         state.metrics.slow_consumers.inc();
-        tracing::warn!(event = "slow_consumer", conn_id = session.conn.id, user = %session.conn.user, ip = %session.ip, trace_id = %session.trace_id, door = session.conn.door.label(), channel = session.channel.as_deref().unwrap_or(""), max_queued_bytes = limits.max_queued_bytes, "outbound queue overflowed; closing");
+        tracing::warn!(event = "slow_consumer", conn_id = session.conn.id, user = %session.conn.user(), ip = %session.ip, trace_id = %session.trace_id, door = session.conn.door.label(), channel = session.channel.as_deref().unwrap_or(""), max_queued_bytes = limits.max_queued_bytes, "outbound queue overflowed; closing");
     }
     if matches!(
         end,
@@ -447,7 +495,7 @@ pub(crate) async fn run(session: Session, tcp: TcpStream, leftover: Bytes) {
     tracing::info!(
         event = "disconnected",
         conn_id = session.conn.id,
-        user = %session.conn.user,
+        user = %session.conn.user(),
         ip = %session.ip,
         trace_id = %session.trace_id,
         door = session.conn.door.label(),

@@ -3,7 +3,7 @@
 //! Every response carries `X-Trace-ID` (taken from the request's `X-Trace-ID` or
 //! `traceparent`, or generated) so a client's report can be matched to the log lines.
 
-pub(crate) mod plain;
+pub(crate) mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,11 +25,13 @@ pub enum Door {
     Chat = 1,
     /// `/ws/notify/user/{id}`: plain user push.
     Notify = 2,
+    /// `/connection/websocket`: the client protocol (JSON commands, replies, pushes).
+    Protocol = 3,
 }
 
 impl Door {
     /// Every door, in index order.
-    pub const ALL: [Door; 3] = [Door::Echo, Door::Chat, Door::Notify];
+    pub const ALL: [Door; 4] = [Door::Echo, Door::Chat, Door::Notify, Door::Protocol];
 
     /// The label used in logs and metrics.
     pub fn label(self) -> &'static str {
@@ -37,6 +39,7 @@ impl Door {
             Door::Echo => "echo",
             Door::Chat => "chat",
             Door::Notify => "notify",
+            Door::Protocol => "protocol",
         }
     }
 }
@@ -71,8 +74,8 @@ pub(crate) async fn handle(
         (_, api) if api == "/api" || api.starts_with("/api/") => {
             crate::api::handle(&state, req).await
         }
-        (_, ws) if ws == "/ws" || ws.starts_with("/ws/") => {
-            plain::upgrade(&state, peer, req, &trace_id)
+        (_, ws) if ws == "/ws" || ws.starts_with("/ws/") || ws == "/connection/websocket" => {
+            upgrade::upgrade(&state, peer, req, &trace_id)
         }
         _ => rejection(&Rejection::NotFound),
     };

@@ -1,9 +1,12 @@
-//! The plain doors: `/ws` (echo), `/ws/chat/{room}` and `/ws/notify/user/{id}`.
+//! The upgrade of every WebSocket door: the plain doors `/ws` (echo), `/ws/chat/{room}` and
+//! `/ws/notify/user/{id}`, and the client-protocol door `/connection/websocket`.
 //!
 //! Every check happens before the upgrade, in this order: draining (503), a valid upgrade
 //! request (400), the channel name (400), the origin (403), the token (401, or 403 for the
 //! wrong subject), then the node and per-IP connection limits (503, 429). Only then is `101`
-//! sent and the connection task spawned on the gateway's tracker.
+//! sent and the connection task spawned on the gateway's tracker. The client-protocol door
+//! takes its token in the `connect` command instead (see `protocol`), so it skips the token
+//! check here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +48,13 @@ pub(crate) fn check_name(name: &str) -> Result<(), &'static str> {
 
 /// Which door a path opens, and the channel it joins.
 fn route(state: &State, path: &str) -> Result<(Door, Option<String>), Rejection> {
+    if path == "/connection/websocket" {
+        return if state.config.client.enabled {
+            Ok((Door::Protocol, None))
+        } else {
+            Err(Rejection::NotFound)
+        };
+    }
     if path == "/ws" {
         return if state.resolved.echo {
             Ok((Door::Echo, None))
@@ -170,7 +180,7 @@ pub(crate) fn upgrade(
                     state2.config.limits.max_queued_bytes,
                     state2.clock_ms(),
                 ));
-                tracing::info!(event = "connected", conn_id = conn.id, user = %conn.user, ip = %peer.ip(), trace_id = %trace, door = door.label(), channel = channel.as_deref().unwrap_or(""));
+                tracing::info!(event = "connected", conn_id = conn.id, user = %conn.user(), ip = %peer.ip(), trace_id = %trace, door = door.label(), channel = channel.as_deref().unwrap_or(""));
                 let session = Session::open(Arc::clone(&state2), conn, channel.map(Into::into), peer.ip(), trace, permit);
                 task::run(session, parts.io.into_inner(), parts.read_buf).await;
             });
@@ -199,6 +209,16 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
     }
     let (door, channel) = route(state, req.uri().path())?;
     let accept = handshake::accept_key(req.method(), req.version(), req.headers())?;
+    if door == Door::Protocol
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|pair| pair == "cf_protocol=protobuf"))
+    {
+        return Err(Rejection::BadUpgrade(
+            "the protobuf protocol is not supported; use the JSON protocol",
+        ));
+    }
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -208,10 +228,12 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
     }
     let source = find_token(req);
     let claims = match source.token {
+        // The client protocol authenticates with its `connect` command.
+        _ if door == Door::Protocol => Claims::default(),
         Some(token) => state
             .verifier
             .verify(token)
-            .map_err(Rejection::InvalidToken)?,
+            .map_err(|e| Rejection::InvalidToken(e.to_string()))?,
         None if door == Door::Notify || !state.resolved.allow_anonymous => {
             return Err(Rejection::MissingToken)
         }

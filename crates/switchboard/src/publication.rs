@@ -1,0 +1,227 @@
+//! A publication: its payload once, and its encoding for each door format, each made at most
+//! once however many subscribers there are.
+//!
+//! Plain doors receive the payload itself as a WebSocket frame; client-protocol subscribers
+//! receive it as `data` inside a JSON push. The two encodings are made lazily and cached in
+//! the publication, so a channel with only plain members never builds JSON and the other way
+//! round, and history keeps the same [`Publication`] that was fanned out.
+//!
+//! Between the formats: JSON from the API or a protocol client reaches plain doors as a string's
+//! text or any other value's serialized text; text from a plain door reaches protocol clients
+//! as-is when it is valid JSON, otherwise as a JSON string; binary becomes a base64 string.
+
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::ws::frame::{self, Opcode};
+
+/// Who published or subscribed, as others see it (presence, join/leave, a publication's `info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The connection's client id.
+    pub client: Box<str>,
+    /// Its user (empty when anonymous).
+    pub user: Box<str>,
+    /// The whole object, serialized once.
+    json: Box<str>,
+}
+
+impl ClientInfo {
+    /// Info for a connection, with the token's `info` as `conn_info` and a subscription token's
+    /// as `chan_info`.
+    pub fn new(
+        client: &str,
+        user: &str,
+        conn_info: Option<&Value>,
+        chan_info: Option<&Value>,
+    ) -> Self {
+        let mut object = serde_json::Map::new();
+        object.insert("client".into(), Value::from(client));
+        object.insert("user".into(), Value::from(user));
+        if let Some(info) = conn_info {
+            object.insert("conn_info".into(), info.clone());
+        }
+        if let Some(info) = chan_info {
+            object.insert("chan_info".into(), info.clone());
+        }
+        ClientInfo {
+            client: client.into(),
+            user: user.into(),
+            json: Value::Object(object).to_string().into(),
+        }
+    }
+
+    /// The serialized `{"client", "user", "conn_info"?, "chan_info"?}` object.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+/// Where the payload came from, which decides the other format's encoding.
+#[derive(Debug)]
+enum Source {
+    /// JSON text (server API, protocol client).
+    Json(Bytes),
+    /// A plain door's text message.
+    Text(Bytes),
+    /// A plain door's binary message.
+    Binary(Bytes),
+}
+
+/// One publication to one channel.
+#[derive(Debug)]
+pub struct Publication {
+    source: Source,
+    /// Position in the channel's history (0 = the channel keeps none).
+    pub offset: u64,
+    /// The publishing client, when a protocol client published it.
+    pub info: Option<Arc<ClientInfo>>,
+    plain_frame: OnceLock<Bytes>,
+    data_json: OnceLock<Bytes>,
+    object_json: OnceLock<Bytes>,
+    push_frame: OnceLock<Bytes>,
+}
+
+impl Publication {
+    fn new(source: Source) -> Self {
+        Publication {
+            source,
+            offset: 0,
+            info: None,
+            plain_frame: OnceLock::new(),
+            data_json: OnceLock::new(),
+            object_json: OnceLock::new(),
+            push_frame: OnceLock::new(),
+        }
+    }
+
+    /// A publication whose `data` is JSON text (already validated by the caller's parser).
+    pub fn json(data: Bytes) -> Self {
+        Publication::new(Source::Json(data))
+    }
+
+    /// A plain door's message.
+    pub fn plain(opcode: Opcode, payload: Bytes) -> Self {
+        match opcode {
+            Opcode::Binary => Publication::new(Source::Binary(payload)),
+            _ => Publication::new(Source::Text(payload)),
+        }
+    }
+
+    /// Sets the history offset and the publisher's info.
+    pub fn positioned(mut self, offset: u64, info: Option<Arc<ClientInfo>>) -> Self {
+        self.offset = offset;
+        self.info = info;
+        self
+    }
+
+    /// The frame a plain door member receives.
+    pub fn plain_frame(&self) -> &Bytes {
+        self.plain_frame.get_or_init(|| match &self.source {
+            Source::Text(text) => frame::encode(Opcode::Text, text),
+            Source::Binary(bytes) => frame::encode(Opcode::Binary, bytes),
+            Source::Json(json) => match serde_json::from_slice::<String>(json) {
+                Ok(text) => frame::encode(Opcode::Text, text.as_bytes()),
+                Err(_) => frame::encode(Opcode::Text, json),
+            },
+        })
+    }
+
+    /// The JSON text of `data` as protocol clients receive it.
+    pub fn data_json(&self) -> &Bytes {
+        self.data_json.get_or_init(|| match &self.source {
+            Source::Json(json) => json.clone(),
+            Source::Text(text) => {
+                if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok() {
+                    text.clone()
+                } else {
+                    let text = String::from_utf8_lossy(text);
+                    Bytes::from(Value::from(text.as_ref()).to_string())
+                }
+            }
+            Source::Binary(bytes) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+                Bytes::from(Value::from(encoded).to_string())
+            }
+        })
+    }
+
+    /// The publication object: `{"data": ..., "offset"?: N, "info"?: {...}}`.
+    pub fn object_json(&self) -> &Bytes {
+        self.object_json.get_or_init(|| {
+            let data = self.data_json();
+            let mut out = Vec::with_capacity(data.len() + 64);
+            out.extend_from_slice(b"{\"data\":");
+            out.extend_from_slice(data);
+            if self.offset != 0 {
+                out.extend_from_slice(format!(",\"offset\":{}", self.offset).as_bytes());
+            }
+            if let Some(info) = &self.info {
+                out.extend_from_slice(b",\"info\":");
+                out.extend_from_slice(info.json().as_bytes());
+            }
+            out.push(b'}');
+            Bytes::from(out)
+        })
+    }
+
+    /// The text frame a protocol subscriber of `channel` receives:
+    /// `{"push":{"channel":...,"pub":{...}}}`. Every subscriber of one channel gets the same
+    /// one, so `channel` must be the channel this publication was published to.
+    pub fn push_frame(&self, channel: &str) -> &Bytes {
+        self.push_frame.get_or_init(|| {
+            let object = self.object_json();
+            let channel = Value::from(channel).to_string();
+            let mut out = Vec::with_capacity(object.len() + channel.len() + 32);
+            out.extend_from_slice(b"{\"push\":{\"channel\":");
+            out.extend_from_slice(channel.as_bytes());
+            out.extend_from_slice(b",\"pub\":");
+            out.extend_from_slice(object);
+            out.extend_from_slice(b"}}");
+            frame::encode(Opcode::Text, &out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_of(frame: &Bytes) -> String {
+        // Server frames of these sizes have a 2-byte header.
+        String::from_utf8(frame[2..].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn json_strings_reach_plain_doors_as_their_text() {
+        let publication = Publication::json(Bytes::from_static(b"\"hi\""));
+        assert_eq!(text_of(publication.plain_frame()), "hi");
+        let publication = Publication::json(Bytes::from_static(br#"{"a":1}"#));
+        assert_eq!(text_of(publication.plain_frame()), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn plain_text_reaches_protocol_clients_as_json() {
+        let json = Publication::plain(Opcode::Text, Bytes::from_static(br#"{"a":1}"#));
+        assert_eq!(&json.data_json()[..], br#"{"a":1}"#);
+        let text = Publication::plain(Opcode::Text, Bytes::from_static(b"hello \"you\""));
+        assert_eq!(&text.data_json()[..], br#""hello \"you\"""#);
+        let binary = Publication::plain(Opcode::Binary, Bytes::from_static(&[0, 255]));
+        assert_eq!(&binary.data_json()[..], br#""AP8=""#);
+    }
+
+    #[test]
+    fn the_push_carries_channel_offset_and_info() {
+        let info = Arc::new(ClientInfo::new("c1", "u1", None, None));
+        let publication =
+            Publication::json(Bytes::from_static(b"1")).positioned(7, Some(Arc::clone(&info)));
+        let push: Value = serde_json::from_str(&text_of(publication.push_frame("a\"b"))).unwrap();
+        assert_eq!(push["push"]["channel"], "a\"b");
+        assert_eq!(push["push"]["pub"]["data"], 1);
+        assert_eq!(push["push"]["pub"]["offset"], 7);
+        assert_eq!(push["push"]["pub"]["info"]["user"], "u1");
+    }
+}

@@ -1,0 +1,750 @@
+//! The client protocol on `/connection/websocket`, spoken by hand over a real socket: each test
+//! is one behaviour of docs/protocol.md. (The real SDKs are exercised by tests/node.)
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use switchboard::auth::{mint_claims_hs256, unix_now, Claims};
+use switchboard::config::{NamespaceConfig, PublishRule, SubscribeRule};
+use switchboard::Config;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Production-like defaults plus namespaces for the tests: `feed` keeps history with
+/// recovery; `room` is open to any user with presence and join/leave; `secret` needs a
+/// subscription token; the default namespace stays closed.
+fn protocol_config() -> Config {
+    let mut config = config();
+    let feed = NamespaceConfig {
+        subscribe: Some(SubscribeRule::Authenticated),
+        history_size: Some(5),
+        history_ttl: Some(Duration::from_secs(60)),
+        recover: Some(true),
+        ..NamespaceConfig::default()
+    };
+    let room = NamespaceConfig {
+        subscribe: Some(SubscribeRule::Authenticated),
+        publish: Some(PublishRule::Subscribers),
+        presence: Some(true),
+        join_leave: Some(true),
+        ..NamespaceConfig::default()
+    };
+    let secret = NamespaceConfig {
+        subscribe: Some(SubscribeRule::Token),
+        ..NamespaceConfig::default()
+    };
+    let namespaces = &mut config.channels.namespaces;
+    namespaces.insert("feed".into(), feed);
+    namespaces.insert("room".into(), room);
+    namespaces.insert("secret".into(), secret);
+    config
+}
+
+struct Proto {
+    ws: Client,
+    next_id: u64,
+}
+
+impl Proto {
+    async fn open(server: &TestServer) -> Proto {
+        let ws = connect(&server.url("/connection/websocket")).await.unwrap();
+        Proto { ws, next_id: 0 }
+    }
+
+    /// Opens and connects with a token for `user`; returns the connect result too.
+    async fn connected(server: &TestServer, user: &str) -> (Proto, Value) {
+        let mut proto = Proto::open(server).await;
+        let reply = proto
+            .call("connect", json!({ "token": token(user, 3600) }))
+            .await;
+        let result = reply["connect"].clone();
+        assert!(result["client"].is_string(), "{reply}");
+        (proto, result)
+    }
+
+    async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// Sends one command and returns its reply (pushes before it are skipped).
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut command = json!({ "id": id });
+        command[method] = params;
+        self.send_raw(&command.to_string()).await;
+        loop {
+            let message = self.next_json().await;
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+
+    /// The next JSON object from the server (a frame may hold several, one per line),
+    /// skipping the server's `{}` pings.
+    async fn next_json(&mut self) -> Value {
+        loop {
+            let text = next_text(&mut self.ws).await;
+            for line in text.lines() {
+                let value: Value = serde_json::from_str(line).unwrap();
+                if value != json!({}) {
+                    return value;
+                }
+            }
+        }
+    }
+
+    /// The next push (a message with no id).
+    async fn next_push(&mut self) -> Value {
+        loop {
+            let message = self.next_json().await;
+            if message.get("push").is_some() {
+                return message["push"].clone();
+            }
+        }
+    }
+}
+
+fn sub_token(user: &str, channel: &str, ttl: u64) -> String {
+    let claims = Claims {
+        sub: user.into(),
+        exp: Some(unix_now() + ttl),
+        channel: Some(channel.into()),
+        ..Claims::default()
+    };
+    mint_claims_hs256(SECRET, &claims).unwrap()
+}
+
+async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
+    let (status, body) = server
+        .api("publish", json!({ "channel": channel, "data": data }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["result"].clone()
+}
+
+#[tokio::test]
+async fn connect_with_a_token_returns_a_client_id_and_the_ping_settings() {
+    let server = start(protocol_config()).await;
+    let (_proto, result) = Proto::connected(&server, "alice").await;
+    assert_eq!(result["pong"], true);
+    assert_eq!(result["ping"], 25);
+    assert_eq!(result["expires"], true, "the token has an exp");
+    assert!(result["ttl"].as_u64().unwrap() > 3500);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_connect_is_unauthorized_unless_allowed() {
+    let server = start(protocol_config()).await;
+    let mut proto = Proto::open(&server).await;
+    let reply = proto.call("connect", json!({})).await;
+    assert_eq!(reply["error"]["code"], 101, "{reply}");
+    server.assert_still_serving().await;
+    server.stop().await;
+
+    let mut config = protocol_config();
+    config.token.allow_anonymous = Some(true);
+    let server = start(config).await;
+    let mut proto = Proto::open(&server).await;
+    let reply = proto.call("connect", json!({})).await;
+    assert!(reply["connect"]["client"].is_string(), "{reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_token_closes_with_3500_and_an_expired_one_is_error_109() {
+    let server = start(protocol_config()).await;
+    let mut proto = Proto::open(&server).await;
+    proto
+        .send_raw(r#"{"id":1,"connect":{"token":"not.a.jwt"}}"#)
+        .await;
+    assert_eq!(close_code(&mut proto.ws).await, 3500);
+
+    let expired = mint_claims_hs256(
+        SECRET,
+        &Claims {
+            sub: "u".into(),
+            exp: Some(unix_now() - 5),
+            ..Claims::default()
+        },
+    )
+    .unwrap();
+    let mut proto = Proto::open(&server).await;
+    let reply = proto.call("connect", json!({ "token": expired })).await;
+    assert_eq!(reply["error"]["code"], 109, "{reply}");
+    server.assert_still_serving().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_command_before_connect_is_unauthorized() {
+    let server = start(protocol_config()).await;
+    let mut proto = Proto::open(&server).await;
+    let reply = proto
+        .call("subscribe", json!({ "channel": "feed:a" }))
+        .await;
+    assert_eq!(reply["error"]["code"], 101, "{reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_that_is_not_protocol_json_closes_with_3501_and_others_carry_on() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    proto.send_raw("this is not json").await;
+    assert_eq!(close_code(&mut proto.ws).await, 3501);
+    let (mut other, _) = Proto::connected(&server, "v").await;
+    let reply = other
+        .call("subscribe", json!({ "channel": "feed:ok" }))
+        .await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn several_commands_in_one_frame_each_get_their_reply_in_order() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    proto
+        .send_raw(
+            "{\"id\":10,\"subscribe\":{\"channel\":\"feed:a\"}}\n{\"id\":11,\"subscribe\":{\"channel\":\"feed:b\"}}",
+        )
+        .await;
+    assert_eq!(proto.next_json().await["id"], 10);
+    assert_eq!(proto.next_json().await["id"], 11);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn subscribers_receive_api_publications_with_offsets_and_publish_returns_the_position() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let reply = proto
+        .call("subscribe", json!({ "channel": "feed:news" }))
+        .await;
+    let subscribed = &reply["subscribe"];
+    assert_eq!(subscribed["recoverable"], true, "{reply}");
+    assert_eq!(subscribed["offset"], 0);
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    let result = publish(&server, "feed:news", json!({ "n": 1 })).await;
+    assert_eq!(result, json!({ "offset": 1, "epoch": epoch }));
+    let push = proto.next_push().await;
+    assert_eq!(push["channel"], "feed:news");
+    assert_eq!(push["pub"]["data"], json!({ "n": 1 }));
+    assert_eq!(push["pub"]["offset"], 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn recovery_returns_exactly_the_missed_publications_then_live_ones() {
+    let server = start(protocol_config()).await;
+    let (mut first, _) = Proto::connected(&server, "u").await;
+    let reply = first
+        .call("subscribe", json!({ "channel": "feed:r" }))
+        .await;
+    let epoch = reply["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    publish(&server, "feed:r", json!(1)).await;
+    assert_eq!(first.next_push().await["pub"]["offset"], 1);
+    drop(first);
+    for n in 2..=4 {
+        publish(&server, "feed:r", json!(n)).await;
+    }
+    let (mut again, _) = Proto::connected(&server, "u").await;
+    let reply = again
+        .call(
+            "subscribe",
+            json!({ "channel": "feed:r", "recover": true, "offset": 1, "epoch": epoch }),
+        )
+        .await;
+    let result = &reply["subscribe"];
+    assert_eq!(result["recovered"], true, "{reply}");
+    assert_eq!(result["was_recovering"], true);
+    let offsets: Vec<u64> = result["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [2, 3, 4]);
+    publish(&server, "feed:r", json!(5)).await;
+    assert_eq!(again.next_push().await["pub"]["offset"], 5);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_gap_history_cannot_fill_is_reported_as_not_recovered() {
+    let server = start(protocol_config()).await;
+    for n in 1..=8 {
+        publish(&server, "feed:gap", json!(n)).await;
+    }
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let epoch = proto
+        .call("history", json!({ "channel": "feed:gap" }))
+        .await["history"]["epoch"]
+        .clone();
+    // history_size is 5: offsets 4..=8 are kept, so recovering from 1 leaves a gap.
+    let reply = proto
+        .call(
+            "subscribe",
+            json!({ "channel": "feed:gap", "recover": true, "offset": 1, "epoch": epoch }),
+        )
+        .await;
+    assert_eq!(reply["subscribe"]["recovered"], false, "{reply}");
+    assert!(reply["subscribe"].get("publications").is_none());
+    let reply = proto
+        .call(
+            "subscribe",
+            json!({ "channel": "feed:other", "recover": true, "offset": 3, "epoch": "gone" }),
+        )
+        .await;
+    assert_eq!(
+        reply["subscribe"]["recovered"], false,
+        "another epoch: {reply}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reject_unrecovered_answers_error_112_instead() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let reply = proto
+        .call(
+            "subscribe",
+            json!({ "channel": "feed:x", "recover": true, "offset": 3, "epoch": "old", "flag": 2 }),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], 112, "{reply}");
+    let reply = proto
+        .call("subscribe", json!({ "channel": "feed:x" }))
+        .await;
+    assert!(
+        reply.get("subscribe").is_some(),
+        "it did not stay subscribed: {reply}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn channel_rules_are_enforced_with_clear_error_codes() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let code = |reply: Value| reply["error"]["code"].clone();
+    assert_eq!(
+        code(
+            proto
+                .call("subscribe", json!({ "channel": "nope:x" }))
+                .await
+        ),
+        102
+    );
+    assert_eq!(
+        code(
+            proto
+                .call("subscribe", json!({ "channel": "closed" }))
+                .await
+        ),
+        103,
+        "the default namespace needs a token"
+    );
+    assert_eq!(
+        code(
+            proto
+                .call("subscribe", json!({ "channel": "secret:s" }))
+                .await
+        ),
+        103
+    );
+    let granted = proto
+        .call(
+            "subscribe",
+            json!({ "channel": "secret:s", "token": sub_token("u", "secret:s", 60) }),
+        )
+        .await;
+    assert_eq!(granted["subscribe"]["expires"], Value::Null, "{granted}");
+    let stolen = sub_token("someone-else", "secret:t", 60);
+    assert_eq!(
+        code(
+            proto
+                .call(
+                    "subscribe",
+                    json!({ "channel": "secret:t", "token": stolen })
+                )
+                .await
+        ),
+        103
+    );
+    assert_eq!(
+        code(
+            proto
+                .call("subscribe", json!({ "channel": "secret:s" }))
+                .await
+        ),
+        105,
+        "already subscribed"
+    );
+    assert_eq!(
+        code(proto.call("presence", json!({ "channel": "feed:a" })).await),
+        108,
+        "feed has no presence"
+    );
+    assert_eq!(
+        code(
+            proto
+                .call("publish", json!({ "channel": "feed:a", "data": 1 }))
+                .await
+        ),
+        103,
+        "feed takes publications from the API only"
+    );
+    assert_eq!(code(proto.call("rpc", json!({ "method": "x" })).await), 104);
+    // The connection is still good after every refusal.
+    assert!(proto
+        .call("subscribe", json!({ "channel": "feed:fine" }))
+        .await
+        .get("subscribe")
+        .is_some());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn user_limited_channels_admit_only_their_users() {
+    let server = start(protocol_config()).await;
+    let (mut alice, _) = Proto::connected(&server, "alice").await;
+    let (mut bob, _) = Proto::connected(&server, "bob").await;
+    let ok = alice
+        .call("subscribe", json!({ "channel": "#alice,carol" }))
+        .await;
+    assert!(ok.get("subscribe").is_some(), "{ok}");
+    let refused = bob
+        .call("subscribe", json!({ "channel": "#alice,carol" }))
+        .await;
+    assert_eq!(refused["error"]["code"], 103);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_token_past_its_exp_is_error_109() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let claims = Claims {
+        sub: "u".into(),
+        exp: Some(unix_now() - 1),
+        channel: Some("secret:s".into()),
+        ..Claims::default()
+    };
+    let token = mint_claims_hs256(SECRET, &claims).unwrap();
+    let reply = proto
+        .call(
+            "subscribe",
+            json!({ "channel": "secret:s", "token": token }),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], 109, "{reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn clients_publish_to_rooms_they_subscribe_and_others_see_who_sent_it() {
+    let server = start(protocol_config()).await;
+    let (mut alice, _) = Proto::connected(&server, "alice").await;
+    let (mut bob, _) = Proto::connected(&server, "bob").await;
+    alice
+        .call("subscribe", json!({ "channel": "room:1" }))
+        .await;
+    bob.call("subscribe", json!({ "channel": "room:1" })).await;
+    let reply = alice
+        .call(
+            "publish",
+            json!({ "channel": "room:1", "data": { "text": "hi" } }),
+        )
+        .await;
+    assert_eq!(reply["publish"], json!({}), "{reply}");
+    let push = loop {
+        let push = bob.next_push().await;
+        if push.get("pub").is_some() {
+            break push;
+        }
+    };
+    assert_eq!(push["pub"]["data"], json!({ "text": "hi" }));
+    assert_eq!(push["pub"]["info"]["user"], "alice");
+    let outsider = alice
+        .call("publish", json!({ "channel": "room:2", "data": 1 }))
+        .await;
+    assert_eq!(outsider["error"]["code"], 103, "not a subscriber of room:2");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn presence_join_and_leave() {
+    let server = start(protocol_config()).await;
+    let (mut alice, _) = Proto::connected(&server, "alice").await;
+    let (mut bob, bob_connect) = Proto::connected(&server, "bob").await;
+    alice
+        .call("subscribe", json!({ "channel": "room:p" }))
+        .await;
+    bob.call("subscribe", json!({ "channel": "room:p" })).await;
+    let join = alice.next_push().await;
+    assert_eq!(join["join"]["info"]["user"], "bob", "{join}");
+    let presence = alice.call("presence", json!({ "channel": "room:p" })).await;
+    let clients = presence["presence"]["presence"].as_object().unwrap();
+    assert_eq!(clients.len(), 2);
+    assert_eq!(
+        clients[bob_connect["client"].as_str().unwrap()]["user"],
+        "bob"
+    );
+    let stats = alice
+        .call("presence_stats", json!({ "channel": "room:p" }))
+        .await;
+    assert_eq!(
+        stats["presence_stats"],
+        json!({ "num_clients": 2, "num_users": 2 })
+    );
+    bob.call("unsubscribe", json!({ "channel": "room:p" }))
+        .await;
+    let leave = alice.next_push().await;
+    assert_eq!(leave["leave"]["info"]["user"], "bob", "{leave}");
+    drop(bob);
+    let (status, body) = server
+        .api("presence_stats", json!({ "channel": "room:p" }))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"]["num_clients"], 1, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_chat_member_and_a_protocol_subscriber_share_the_channel_both_ways() {
+    let server = start(protocol_config()).await;
+    let mut member = server.connect_as("/ws/chat/lobby", "m").await;
+    let (mut proto, _) = Proto::connected(&server, "p").await;
+    let reply = proto
+        .call("subscribe", json!({ "channel": "chat:lobby" }))
+        .await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    member.send(Message::text("plain hello")).await.unwrap();
+    assert_eq!(next_text(&mut member).await, "plain hello");
+    assert_eq!(proto.next_push().await["pub"]["data"], "plain hello");
+    member
+        .send(Message::text(r#"{"kind":"json"}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut member).await, r#"{"kind":"json"}"#);
+    assert_eq!(
+        proto.next_push().await["pub"]["data"],
+        json!({ "kind": "json" })
+    );
+    proto
+        .call(
+            "publish",
+            json!({ "channel": "chat:lobby", "data": { "from": "protocol" } }),
+        )
+        .await;
+    assert_eq!(next_text(&mut member).await, r#"{"from":"protocol"}"#);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_tokens_channels_are_subscribed_at_connect() {
+    let server = start(protocol_config()).await;
+    let claims = Claims {
+        sub: "s".into(),
+        channels: vec!["feed:server".into()],
+        ..Claims::default()
+    };
+    let mut proto = Proto::open(&server).await;
+    let reply = proto
+        .call(
+            "connect",
+            json!({ "token": mint_claims_hs256(SECRET, &claims).unwrap() }),
+        )
+        .await;
+    assert_eq!(
+        reply["connect"]["subs"]["feed:server"]["recoverable"], true,
+        "{reply}"
+    );
+    publish(&server, "feed:server", json!("pushed")).await;
+    let push = proto.next_push().await;
+    assert_eq!(
+        (push["channel"].clone(), push["pub"]["data"].clone()),
+        (json!("feed:server"), json!("pushed"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_subscribes_and_unsubscribes_a_users_connections() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "target").await;
+    let (status, body) = server
+        .api(
+            "subscribe",
+            json!({ "user": "target", "channel": "feed:api" }),
+        )
+        .await;
+    assert_eq!((status, body["result"].clone()), (200, json!({})));
+    let push = proto.next_push().await;
+    assert_eq!(push["channel"], "feed:api");
+    assert!(push.get("subscribe").is_some(), "{push}");
+    publish(&server, "feed:api", json!(1)).await;
+    assert_eq!(proto.next_push().await["pub"]["data"], 1);
+    server
+        .api(
+            "unsubscribe",
+            json!({ "user": "target", "channel": "feed:api" }),
+        )
+        .await;
+    let push = proto.next_push().await;
+    assert_eq!(push["unsubscribe"]["code"], 2000, "{push}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_disconnect_closes_protocol_clients_with_3503() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "gone").await;
+    server.api("disconnect", json!({ "user": "gone" })).await;
+    assert_eq!(close_code(&mut proto.ws).await, 3503);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn history_answers_with_limit_reverse_and_can_be_removed() {
+    let server = start(protocol_config()).await;
+    for n in 1..=4 {
+        publish(&server, "feed:h", json!(n)).await;
+    }
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let reply = proto
+        .call(
+            "history",
+            json!({ "channel": "feed:h", "limit": 2, "reverse": true }),
+        )
+        .await;
+    let data: Vec<Value> = reply["history"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"].clone())
+        .collect();
+    assert_eq!(data, [json!(4), json!(3)]);
+    assert_eq!(reply["history"]["offset"], 4);
+    let (_, body) = server
+        .api("history", json!({ "channel": "feed:h", "limit": -1 }))
+        .await;
+    assert_eq!(body["result"]["publications"].as_array().unwrap().len(), 4);
+    server
+        .api("history_remove", json!({ "channel": "feed:h" }))
+        .await;
+    let (_, body) = server
+        .api("history", json!({ "channel": "feed:h", "limit": -1 }))
+        .await;
+    assert_eq!(body["result"]["publications"], json!([]));
+    assert_eq!(body["result"]["offset"], 4, "the position survives");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn batch_runs_each_command_and_answers_each() {
+    let server = start(protocol_config()).await;
+    let (status, body) = server
+        .api(
+            "batch",
+            json!({ "commands": [
+                { "publish": { "channel": "feed:b", "data": 1 } },
+                { "publish": { "channel": "nope:x", "data": 1 } },
+                { "history": { "channel": "feed:b", "limit": -1 } },
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let replies = body["result"]["replies"].as_array().unwrap();
+    assert_eq!(replies[0]["publish"]["offset"], 1, "{body}");
+    assert_eq!(replies[1]["error"]["code"], 102);
+    assert_eq!(
+        replies[2]["history"]["publications"][0]["data"], 1,
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_connect_is_closed_as_stale() {
+    let mut config = protocol_config();
+    config.client.connect_timeout = Duration::from_millis(300);
+    let server = start(config).await;
+    let mut proto = Proto::open(&server).await;
+    assert_eq!(close_code(&mut proto.ws).await, 3502);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_session_closes_with_3005_unless_refreshed() {
+    let server = start(protocol_config()).await;
+    let short = |user: &str| {
+        mint_claims_hs256(
+            SECRET,
+            &Claims {
+                sub: user.into(),
+                exp: Some(unix_now() + 2),
+                ..Claims::default()
+            },
+        )
+        .unwrap()
+    };
+    let mut lapsing = Proto::open(&server).await;
+    lapsing
+        .call("connect", json!({ "token": short("u") }))
+        .await;
+    let mut refreshed = Proto::open(&server).await;
+    refreshed
+        .call("connect", json!({ "token": short("v") }))
+        .await;
+    let reply = refreshed
+        .call("refresh", json!({ "token": token("v", 3600) }))
+        .await;
+    assert!(reply["refresh"]["ttl"].as_u64().unwrap() > 3500, "{reply}");
+    assert_eq!(close_code(&mut lapsing.ws).await, 3005);
+    let still = refreshed
+        .call("subscribe", json!({ "channel": "feed:alive" }))
+        .await;
+    assert!(still.get("subscribe").is_some(), "{still}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_protobuf_flavour_is_refused_with_a_clear_400() {
+    let server = start(protocol_config()).await;
+    let (status, body) = refused(
+        &server.url("/connection/websocket?cf_protocol=protobuf"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("protobuf"),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_protocol_clients_with_3001() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    server.shutdown.cancel();
+    assert_eq!(close_code(&mut proto.ws).await, 3001);
+    tokio::time::timeout(WAIT, server.handle)
+        .await
+        .unwrap()
+        .unwrap();
+}
