@@ -58,6 +58,14 @@ enum Command {
         /// Use the development secret that `serve --dev` uses when none is configured.
         #[arg(long)]
         dev: bool,
+        /// Make a subscription token for this one channel (client protocol) instead of a
+        /// connection token.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Channels the server subscribes the connection to at connect (client protocol);
+        /// repeat or separate with commas.
+        #[arg(long = "subscribe", value_delimiter = ',')]
+        subscribe: Vec<String>,
     },
 }
 
@@ -69,8 +77,10 @@ struct ServeArgs {
     /// TOML configuration file (see `switchboard genconfig`).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Development mode: anonymous plain doors, /ws echo on, any localhost origin, pretty logs,
-    /// a built-in token secret and an open API when none are configured. Never in production.
+    /// Development mode: anonymous clients, an open default channel namespace (subscribe,
+    /// publish, presence, history with recovery), /ws echo on, any localhost origin, pretty
+    /// logs, a built-in token secret and an open API when none are configured. Never in
+    /// production.
     #[arg(long)]
     dev: bool,
     /// Log format: json or pretty [default: json; pretty with --dev].
@@ -194,6 +204,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ttl,
             config,
             dev,
+            channel,
+            subscribe,
         } => {
             let config = load(config.as_ref())?;
             let ttl = humantime_secs(&ttl)?;
@@ -205,8 +217,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if secret.is_empty() {
                 anyhow::bail!("no token.hmac_secret configured: set SWITCHBOARD_TOKEN_HMAC_SECRET, pass --config, or use --dev");
             }
-            let token =
-                switchboard::auth::mint_hs256(secret, &user, ttl).map_err(anyhow::Error::msg)?;
+            let claims = switchboard::auth::Claims {
+                sub: user,
+                exp: (ttl > 0).then(|| switchboard::auth::unix_now() + ttl),
+                channels: subscribe,
+                channel,
+                info: None,
+            };
+            let token = switchboard::auth::mint_claims_hs256(secret, &claims)
+                .map_err(anyhow::Error::msg)?;
             println!("{token}");
             Ok(())
         }
