@@ -37,6 +37,8 @@ pub enum CloseReason {
     RateLimited,
     /// Client protocol: no `connect` command within `client.connect_timeout`.
     Stale,
+    /// Client protocol: a subscription token expired without a `sub_refresh`.
+    SubscriptionExpired,
     /// Client protocol: the connect token is malformed or badly signed.
     InvalidToken,
     /// Client protocol: a frame that is not valid protocol JSON, or a second `connect`.
@@ -58,6 +60,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => (1009, "message too big"),
             CloseReason::InternalError => (3004, "internal server error"),
             CloseReason::TokenExpired => (3005, "connection expired"),
+            CloseReason::SubscriptionExpired => (3006, "subscription expired"),
             CloseReason::SlowConsumer => (3008, "slow"),
             CloseReason::HeartbeatTimeout => (3012, "no pong"),
             CloseReason::RateLimited => (3013, "too many requests"),
@@ -83,7 +86,10 @@ impl CloseReason {
             CloseReason::DisconnectedByServer => 4003,
             CloseReason::RateLimited => 4004,
             // Only the client protocol ends a connection for these; its codes are in `wire`.
-            CloseReason::Stale | CloseReason::InvalidToken | CloseReason::BadRequest => 1008,
+            CloseReason::Stale
+            | CloseReason::SubscriptionExpired
+            | CloseReason::InvalidToken
+            | CloseReason::BadRequest => 1008,
         }
     }
 
@@ -102,6 +108,7 @@ impl CloseReason {
             CloseReason::DisconnectedByServer => "disconnected by server",
             CloseReason::RateLimited => "message rate exceeded",
             CloseReason::Stale => "stale",
+            CloseReason::SubscriptionExpired => "subscription expired",
             CloseReason::InvalidToken => "invalid token",
             CloseReason::BadRequest => "bad request",
         }
@@ -121,6 +128,7 @@ impl CloseReason {
             CloseReason::TokenExpired => true,
             CloseReason::DisconnectedByServer => false,
             CloseReason::RateLimited => true,
+            CloseReason::SubscriptionExpired => true,
             CloseReason::Stale | CloseReason::InvalidToken | CloseReason::BadRequest => false,
         }
     }
@@ -140,6 +148,7 @@ impl CloseReason {
             CloseReason::DisconnectedByServer => "disconnected_by_server",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Stale => "stale",
+            CloseReason::SubscriptionExpired => "subscription_expired",
             CloseReason::InvalidToken => "invalid_token",
             CloseReason::BadRequest => "bad_request",
         }

@@ -367,7 +367,10 @@ async fn channel_rules_are_enforced_with_clear_error_codes() {
             json!({ "channel": "secret:s", "token": sub_token("u", "secret:s", 60) }),
         )
         .await;
-    assert_eq!(granted["subscribe"]["expires"], Value::Null, "{granted}");
+    assert_eq!(
+        granted["subscribe"]["expires"], true,
+        "the subscription token's exp: {granted}"
+    );
     let stolen = sub_token("someone-else", "secret:t", 60);
     assert_eq!(
         code(
@@ -715,6 +718,42 @@ async fn an_expired_session_closes_with_3005_unless_refreshed() {
         .call("subscribe", json!({ "channel": "feed:alive" }))
         .await;
     assert!(still.get("subscribe").is_some(), "{still}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_subscription_token_closes_with_3006_unless_refreshed() {
+    let server = start(protocol_config()).await;
+    let (mut lapsing, _) = Proto::connected(&server, "u").await;
+    let reply = lapsing
+        .call(
+            "subscribe",
+            json!({ "channel": "secret:a", "token": sub_token("u", "secret:a", 2) }),
+        )
+        .await;
+    assert_eq!(reply["subscribe"]["expires"], true, "{reply}");
+    let (mut refreshed, _) = Proto::connected(&server, "v").await;
+    refreshed
+        .call(
+            "subscribe",
+            json!({ "channel": "secret:b", "token": sub_token("v", "secret:b", 2) }),
+        )
+        .await;
+    let reply = refreshed
+        .call(
+            "sub_refresh",
+            json!({ "channel": "secret:b", "token": sub_token("v", "secret:b", 3600) }),
+        )
+        .await;
+    assert!(
+        reply["sub_refresh"]["ttl"].as_u64().unwrap() > 3500,
+        "{reply}"
+    );
+    assert_eq!(close_code(&mut lapsing.ws).await, 3006);
+    let still = refreshed
+        .call("presence_stats", json!({ "channel": "room:x" }))
+        .await;
+    assert!(still.get("presence_stats").is_some(), "{still}");
     server.stop().await;
 }
 

@@ -54,6 +54,8 @@ pub struct Conn {
     user: OnceLock<Box<str>>,
     /// Token expiry, Unix seconds (0 = never); a protocol client's `refresh` moves it.
     expires_at: AtomicU64,
+    /// Earliest expiry of a subscription token of this connection, Unix seconds (0 = none).
+    subscription_expires_at: AtomicU64,
     /// Whether the client-protocol `connect` succeeded (plain doors: from the start).
     connected: AtomicBool,
     /// Milliseconds since gateway start when the connection opened.
@@ -86,6 +88,7 @@ impl Conn {
             door,
             user: user_cell,
             expires_at: AtomicU64::new(expires_at),
+            subscription_expires_at: AtomicU64::new(0),
             connected: AtomicBool::new(door != Door::Protocol),
             opened_ms: now_ms,
             max_queued,
@@ -116,6 +119,12 @@ impl Conn {
     /// Moves the session's expiry (Unix seconds, 0 = never).
     pub(crate) fn set_expires_at(&self, expires_at: u64) {
         self.expires_at.store(expires_at, Ordering::Relaxed);
+    }
+
+    /// Sets the earliest subscription-token expiry (Unix seconds, 0 = none).
+    pub(crate) fn set_subscription_expires_at(&self, expires_at: u64) {
+        self.subscription_expires_at
+            .store(expires_at, Ordering::Relaxed);
     }
 
     /// Hands a server API request to the connection's task.
@@ -242,8 +251,11 @@ impl Conn {
     pub(crate) fn sweep(&self, now_ms: u64, timing: &SweepTiming, now_unix: u64, ping: &Bytes) {
         let interval_ms = timing.heartbeat_ms;
         let expires_at = self.expires_at.load(Ordering::Relaxed);
+        let subscription_expires_at = self.subscription_expires_at.load(Ordering::Relaxed);
         if expires_at != 0 && now_unix >= expires_at {
             self.close(CloseReason::TokenExpired);
+        } else if subscription_expires_at != 0 && now_unix >= subscription_expires_at {
+            self.close(CloseReason::SubscriptionExpired);
         } else if !self.is_connected()
             && now_ms.saturating_sub(self.opened_ms) >= timing.connect_timeout_ms
         {

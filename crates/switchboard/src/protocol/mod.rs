@@ -38,6 +38,8 @@ struct Subscription {
     rules: ChannelRules,
     /// How this connection appears in the channel's presence and join/leave.
     info: Arc<ClientInfo>,
+    /// When its subscription token expires, Unix seconds (0 = never).
+    expires_at: u64,
 }
 
 /// The protocol state of one client-protocol connection.
@@ -49,6 +51,15 @@ pub(crate) struct ClientSession {
     /// The connection token's `info` claim (others see it as `conn_info`).
     conn_info: Option<Value>,
     subscriptions: HashMap<Box<str>, Subscription>,
+}
+
+/// What a subscribe permission check granted.
+#[derive(Default)]
+struct Granted {
+    /// The subscription token's `info` (others see it as `chan_info`).
+    chan_info: Option<Value>,
+    /// The subscription token's expiry, Unix seconds (0 = never).
+    expires_at: u64,
 }
 
 /// What handling a command needs done to the connection.
@@ -232,7 +243,7 @@ impl ClientSession {
                 continue;
             }
             let recover = request.subs.get(channel.as_str());
-            let result = self.join(channel, rules, None, recover, |_| true);
+            let result = self.join(channel, rules, Granted::default(), recover, |_| true);
             if let Some(result) = result {
                 subs.insert(channel.clone(), result);
             }
@@ -263,7 +274,7 @@ impl ClientSession {
         channel: &str,
         rules: &ChannelRules,
         token: &str,
-    ) -> Result<Option<Value>, ClientError> {
+    ) -> Result<Granted, ClientError> {
         let user = self.conn.user();
         if !token.is_empty() {
             let claims = match self.state.verifier.verify(token) {
@@ -274,18 +285,21 @@ impl ClientSession {
             if claims.channel.as_deref() != Some(channel) || claims.sub != user {
                 return Err(ClientError::PermissionDenied);
             }
-            return Ok(claims.info);
+            return Ok(Granted {
+                chan_info: claims.info,
+                expires_at: claims.exp.unwrap_or(0),
+            });
         }
         if let Some(allowed) = user_limited(channel, user) {
             return if allowed {
-                Ok(None)
+                Ok(Granted::default())
             } else {
                 Err(ClientError::PermissionDenied)
             };
         }
         match rules.subscribe {
-            SubscribeRule::Anonymous => Ok(None),
-            SubscribeRule::Authenticated if !user.is_empty() => Ok(None),
+            SubscribeRule::Anonymous => Ok(Granted::default()),
+            SubscribeRule::Authenticated if !user.is_empty() => Ok(Granted::default()),
             SubscribeRule::Authenticated | SubscribeRule::Token => {
                 Err(ClientError::PermissionDenied)
             }
@@ -306,10 +320,10 @@ impl ClientSession {
                 if self.subscriptions.len() >= self.state.config.client.max_subscriptions {
                     return Err(ClientError::LimitExceeded);
                 }
-                let chan_info = self.may_subscribe(channel, rules, &request.token)?;
-                Ok((rules.clone(), chan_info))
+                let granted = self.may_subscribe(channel, rules, &request.token)?;
+                Ok((rules.clone(), granted))
             });
-        let (rules, chan_info) = match checked {
+        let (rules, granted) = match checked {
             Ok(checked) => checked,
             Err(error) => return self.reply_error(id, error),
         };
@@ -323,7 +337,7 @@ impl ClientSession {
         self.join(
             channel,
             rules,
-            chan_info,
+            granted,
             Some(&recover),
             |result: &Result<Value, ClientError>| {
                 let unrecovered = result
@@ -349,7 +363,7 @@ impl ClientSession {
         &mut self,
         channel: &str,
         rules: ChannelRules,
-        chan_info: Option<Value>,
+        granted: Granted,
         recover: Option<&RecoverFrom>,
         queue: impl FnOnce(&Result<Value, ClientError>) -> bool,
     ) -> Option<Value> {
@@ -368,7 +382,11 @@ impl ClientSession {
         self.state
             .broker
             .subscribe(&self.state.hub, joining, now_ms, |found: StreamState| {
-                let result = subscribe_result(found, recoverable);
+                let mut result = subscribe_result(found, recoverable);
+                if let (Ok(value), true) = (result.as_mut(), granted.expires_at != 0) {
+                    value["expires"] = Value::Bool(true);
+                    value["ttl"] = Value::from(ttl_of(granted.expires_at));
+                }
                 let go = queue(&result);
                 if go {
                     joined = result.ok();
@@ -380,7 +398,7 @@ impl ClientSession {
             &self.client_id,
             self.conn.user(),
             self.conn_info.as_ref(),
-            chan_info.as_ref(),
+            granted.chan_info.as_ref(),
         ));
         if rules.presence {
             self.state.broker.join(channel, Arc::clone(&info));
@@ -412,8 +430,15 @@ impl ClientSession {
                 .inc(),
             None => {}
         }
-        self.subscriptions
-            .insert(channel.into(), Subscription { rules, info });
+        self.subscriptions.insert(
+            channel.into(),
+            Subscription {
+                rules,
+                info,
+                expires_at: granted.expires_at,
+            },
+        );
+        self.track_subscription_expiry();
         Some(result)
     }
 
@@ -422,6 +447,7 @@ impl ClientSession {
         let Some(subscription) = self.subscriptions.remove(channel) else {
             return;
         };
+        self.track_subscription_expiry();
         self.leave(channel, &subscription);
         if let Some(code) = push_code {
             let push = wire::push(
@@ -538,7 +564,19 @@ impl ClientSession {
         Ok(())
     }
 
-    fn sub_refresh(&self, channel: &str, token: &str) -> Result<Value, ClientError> {
+    /// Tells the sweep the earliest subscription-token expiry (it closes with 3006 then).
+    fn track_subscription_expiry(&self) {
+        let earliest = self
+            .subscriptions
+            .values()
+            .map(|s| s.expires_at)
+            .filter(|exp| *exp != 0)
+            .min()
+            .unwrap_or(0);
+        self.conn.set_subscription_expires_at(earliest);
+    }
+
+    fn sub_refresh(&mut self, channel: &str, token: &str) -> Result<Value, ClientError> {
         if !self.subscriptions.contains_key(channel) {
             return Err(ClientError::PermissionDenied);
         }
@@ -550,6 +588,10 @@ impl ClientSession {
         if claims.channel.as_deref() != Some(channel) || claims.sub != self.conn.user() {
             return Err(ClientError::PermissionDenied);
         }
+        if let Some(subscription) = self.subscriptions.get_mut(channel) {
+            subscription.expires_at = claims.exp.unwrap_or(0);
+        }
+        self.track_subscription_expiry();
         Ok(match claims.exp {
             Some(exp) => json!({ "expires": true, "ttl": ttl_of(exp) }),
             None => json!({}),
@@ -571,7 +613,7 @@ impl ClientSession {
                 };
                 let conn = Arc::clone(&self.conn);
                 let target = channel.clone();
-                self.join(&channel, rules, None, None, move |result| {
+                self.join(&channel, rules, Granted::default(), None, move |result| {
                     if let Ok(value) = result {
                         let push = wire::push(&target, "subscribe", value.clone());
                         conn.push(&frame::encode(Opcode::Text, push.as_bytes()));
