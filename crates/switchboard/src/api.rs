@@ -9,41 +9,98 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::conn::{Conn, ServerCommand};
 use crate::door::{json, Door};
 use crate::error::{ApiError, ClientError, CloseReason};
 use crate::gateway::{Response, State};
+use crate::protocol::wire::Encoding;
 use crate::publication::Publication;
 
 /// Largest API request body.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
+/// A field Centrifugo's server SDKs may send that Switchboard accepts and does not act on
+/// (docs/api.md lists them), so an SDK call with it still works and a misspelt field is still
+/// an error.
+type Ignored = Option<IgnoredAny>;
+
+/// The payload of a publish or broadcast: JSON `data`, or bytes as base64 `b64data`.
+// The `Ignored` fields are read only to accept them (see `Ignored`).
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Payload {
+    // A `Value`, not a raw slice: serde's `flatten` (which shares these fields between
+    // publish and broadcast) buffers the input, and raw JSON cannot come out of that buffer.
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    b64data: Option<String>,
+    /// Publish without keeping it in history (no offset).
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: Ignored,
+    #[serde(default)]
+    idempotency_key: Ignored,
+    #[serde(default)]
+    delta: Ignored,
+}
+
+impl Payload {
+    fn publication(&self) -> Result<Publication, ApiError> {
+        match (&self.data, &self.b64data) {
+            (Some(data), None) => Ok(Publication::json(Bytes::from(data.to_string()))),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map(|bytes| Publication::bytes(Bytes::from(bytes)))
+                .map_err(|e| ApiError::BadRequest(format!("b64data: {e}"))),
+            _ => Err(ApiError::BadRequest(
+                "exactly one of data and b64data is required".to_owned(),
+            )),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Publish {
     channel: String,
-    data: Box<RawValue>,
+    #[serde(flatten)]
+    payload: Payload,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Broadcast {
     channels: Vec<String>,
-    data: Box<RawValue>,
+    #[serde(flatten)]
+    payload: Payload,
 }
 
+// The `Ignored` fields are read only to accept them (see `Ignored`).
+#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct User {
     user: String,
+    #[serde(default)]
+    client: Ignored,
+    #[serde(default)]
+    session: Ignored,
+    #[serde(default)]
+    whitelist: Ignored,
+    #[serde(default)]
+    disconnect: Ignored,
 }
 
 #[derive(Deserialize)]
@@ -54,11 +111,39 @@ struct Channel {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct Channels {
+    /// Only channels matching this pattern (`*` any run of characters, `?` one).
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+// The `Ignored` fields are read only to accept them (see `Ignored`).
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UserChannel {
     user: String,
     channel: String,
+    #[serde(default)]
+    client: Ignored,
+    #[serde(default)]
+    session: Ignored,
+    #[serde(default)]
+    info: Ignored,
+    #[serde(default)]
+    b64info: Ignored,
+    #[serde(default)]
+    data: Ignored,
+    #[serde(default)]
+    b64data: Ignored,
+    #[serde(default)]
+    recover_since: Ignored,
+    #[serde(rename = "override", default)]
+    override_options: Ignored,
 }
 
+// The `Ignored` fields are read only to accept them (see `Ignored`).
+#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Refresh {
@@ -69,6 +154,14 @@ struct Refresh {
     /// End the session now (close 3005 / 4002).
     #[serde(default)]
     expired: bool,
+    #[serde(default)]
+    client: Ignored,
+    #[serde(default)]
+    session: Ignored,
+    #[serde(default)]
+    info: Ignored,
+    #[serde(default)]
+    b64info: Ignored,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +192,8 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
         .to_owned();
     let result = call(state, req, &path_method).await;
     let (status, body, method) = match result {
+        // Centrifugo answers a batch with its replies at the top level; its SDKs expect that.
+        Ok((method, value)) if method == "batch" => (StatusCode::OK, value.to_string(), method),
         Ok((method, value)) => (
             StatusCode::OK,
             json!({ "result": value }).to_string(),
@@ -176,21 +271,26 @@ fn dispatch(state: &State, method: &str, value: Value) -> Result<Value, ApiError
     match method {
         "publish" => {
             let publish: Publish = params(value)?;
-            let data = Bytes::copy_from_slice(publish.data.get().as_bytes());
-            publish_to(state, &publish.channel, Publication::json(data))
+            let publication = publish.payload.publication()?;
+            publish_to(state, &publish.channel, &publish.payload, publication)
         }
         "broadcast" => {
             let broadcast: Broadcast = params(value)?;
-            let data = Bytes::copy_from_slice(broadcast.data.get().as_bytes());
+            // Validate the payload once, before anything is published.
+            broadcast.payload.publication()?;
             let responses: Vec<Value> = broadcast
                 .channels
                 .iter()
-                .map(
-                    |channel| match publish_to(state, channel, Publication::json(data.clone())) {
+                .map(|channel| {
+                    let published = broadcast
+                        .payload
+                        .publication()
+                        .and_then(|p| publish_to(state, channel, &broadcast.payload, p));
+                    match published {
                         Ok(result) => json!({ "result": result }),
                         Err(error) => error_json(&error),
-                    },
-                )
+                    }
+                })
                 .collect();
             Ok(json!({ "responses": responses }))
         }
@@ -244,10 +344,12 @@ fn dispatch(state: &State, method: &str, value: Value) -> Result<Value, ApiError
                 return Err(ClientError::NotAvailable.into());
             }
             if method == "presence" {
-                Ok(crate::protocol::presence_json(state, &request.channel))
+                to_json(&crate::protocol::presence_result(state, &request.channel))
             } else {
-                let (clients, users) = state.broker.presence_stats(&request.channel);
-                Ok(json!({ "num_clients": clients, "num_users": users }))
+                to_json(&crate::protocol::presence_stats_result(
+                    state,
+                    &request.channel,
+                ))
             }
         }
         "history" => {
@@ -259,7 +361,11 @@ fn dispatch(state: &State, method: &str, value: Value) -> Result<Value, ApiError
             if !rules.keeps_history() {
                 return Err(ClientError::NotAvailable.into());
             }
-            Ok(crate::protocol::history_json(state, &request)?)
+            to_json(&crate::protocol::history_result(
+                state,
+                &request,
+                Encoding::Json,
+            )?)
         }
         "history_remove" => {
             let request: Channel = params(value)?;
@@ -311,16 +417,23 @@ fn dispatch(state: &State, method: &str, value: Value) -> Result<Value, ApiError
             }]}))
         }
         "channels" => {
+            let request: Channels = params(value)?;
             let channels: serde_json::Map<String, Value> = state
                 .hub
                 .channels()
                 .into_iter()
+                .filter(|(name, _)| request.pattern.as_deref().is_none_or(|p| glob(p, name)))
                 .map(|(name, count)| (name, json!({ "num_clients": count })))
                 .collect();
             Ok(json!({ "channels": channels }))
         }
         _ => Err(ApiError::UnknownMethod),
     }
+}
+
+/// A protocol result as the API's JSON.
+fn to_json<T: serde::Serialize>(result: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(result).map_err(|_| ApiError::Client(ClientError::Internal))
 }
 
 /// `{"error":{"code","message"}}` for one entry of a batch or broadcast.
@@ -345,11 +458,47 @@ fn for_protocol_conns(state: &State, user: &str, mut f: impl FnMut(&Conn)) {
     });
 }
 
+/// Whether `name` matches `pattern` (`*` any run of characters, `?` exactly one).
+fn glob(pattern: &str, name: &str) -> bool {
+    let (pattern, name): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer wildcard match with backtracking to the last `*`.
+    let (mut p, mut n, mut star, mut mark) = (0, 0, None, 0);
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some(p);
+            mark = n;
+            p += 1;
+        } else if let Some(at) = star {
+            p = at + 1;
+            mark += 1;
+            n = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
+}
+
 /// Publishes and answers `{}` or, for a channel that keeps history, `{"offset","epoch"}`.
-fn publish_to(state: &State, channel: &str, publication: Publication) -> Result<Value, ApiError> {
-    let published = state
-        .publish(channel, publication)
-        .map_err(ClientError::from)?;
+fn publish_to(
+    state: &State,
+    channel: &str,
+    payload: &Payload,
+    publication: Publication,
+) -> Result<Value, ApiError> {
+    let mut rules = state
+        .channels
+        .rules(channel)
+        .map_err(ClientError::from)?
+        .clone();
+    if payload.skip_history {
+        rules.history_size = 0;
+    }
+    let published = state.publish_with(channel, &rules, publication);
     Ok(match published.position {
         Some(position) => json!({ "offset": position.offset, "epoch": &*position.epoch }),
         None => json!({}),
@@ -389,6 +538,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_patterns_match_with_star_and_question_mark() {
+        assert!(glob("room:*", "room:1"));
+        assert!(glob("*", "anything"));
+        assert!(glob("a?c", "abc"));
+        assert!(glob("*:lobby", "chat:lobby"));
+        assert!(!glob("room:*", "chat:1"));
+        assert!(!glob("a?c", "ac"));
+    }
 
     #[test]
     fn key_comparison_needs_equal_bytes() {

@@ -218,6 +218,11 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Most channels one connection may subscribe to (more: error 106).
     pub max_subscriptions: usize,
+    /// How long after its token's `exp` a connection (3005) or a subscription (3006) is
+    /// closed, if not refreshed: the SDKs refresh when the TTL they were given runs out, so
+    /// closing exactly at `exp` would always beat them.
+    #[serde(deserialize_with = "duration")]
+    pub expiry_grace: Duration,
     /// How long a channel's stream position (epoch and last offset) outlives its last
     /// publication; after that the history is gone and the next publication starts a new epoch.
     #[serde(deserialize_with = "duration")]
@@ -230,6 +235,7 @@ impl Default for ClientConfig {
             enabled: true,
             connect_timeout: Duration::from_secs(10),
             max_subscriptions: 128,
+            expiry_grace: Duration::from_secs(25),
             history_meta_ttl: Duration::from_secs(24 * 3600),
         }
     }
@@ -415,6 +421,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "SWITCHBOARD_CLIENT_MAX_SUBSCRIPTIONS",
         "client.max_subscriptions",
     ),
+    ("SWITCHBOARD_CLIENT_EXPIRY_GRACE", "client.expiry_grace"),
     ("SWITCHBOARD_LOG_FORMAT", "log.format"),
     ("SWITCHBOARD_LOG_LEVEL", "log.level"),
 ];
@@ -527,6 +534,7 @@ impl Config {
                 self.client.connect_timeout = parse_duration(source, value)?
             }
             "client.max_subscriptions" => self.client.max_subscriptions = parse(source, value)?,
+            "client.expiry_grace" => self.client.expiry_grace = parse_duration(source, value)?,
             "log.format" => {
                 self.log.format = Some(match value.trim() {
                     "json" => LogFormat::Json,

@@ -29,6 +29,7 @@ use crate::error::CloseReason;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
+use crate::protocol::wire::Encoding;
 use crate::publication::Publication;
 use crate::ws::frame::{self, Opcode};
 
@@ -329,9 +330,12 @@ async fn sweep(state: Arc<State>) {
     // cannot see WebSocket pings), which they answer with `{}`.
     let ping = frame::encode(Opcode::Ping, &[]);
     let protocol_ping = frame::encode(Opcode::Text, b"{}");
+    // An empty Reply, length-delimited: one zero byte.
+    let protobuf_ping = frame::encode(Opcode::Binary, &[0]);
     let timing = SweepTiming {
         heartbeat_ms: interval.as_millis() as u64,
         connect_timeout_ms: state.config.client.connect_timeout.as_millis() as u64,
+        expiry_grace_secs: state.config.client.expiry_grace.as_secs(),
     };
     let meta_ttl_ms = state.config.client.history_meta_ttl.as_millis() as u64;
     let mut ticker = tokio::time::interval(tick);
@@ -342,10 +346,10 @@ async fn sweep(state: Arc<State>) {
         let now_ms = state.clock_ms();
         let now_unix = crate::auth::unix_now();
         state.conns.for_each(|conn| {
-            let ping = if conn.door == crate::door::Door::Protocol {
-                &protocol_ping
-            } else {
-                &ping
+            let ping = match (conn.door, conn.encoding) {
+                (crate::door::Door::Protocol, Encoding::Json) => &protocol_ping,
+                (crate::door::Door::Protocol, Encoding::Protobuf) => &protobuf_ping,
+                _ => &ping,
             };
             conn.sweep(now_ms, &timing, now_unix, ping)
         });

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use crate::conn::Conn;
 use crate::door::Door;
+use crate::protocol::wire::Encoding;
 use crate::publication::Publication;
 
 const SHARDS: usize = 64;
@@ -103,7 +104,7 @@ impl Hub {
             .iter()
             .filter(|conn| {
                 let frame = match conn.door {
-                    Door::Protocol => publication.push_frame(channel),
+                    Door::Protocol => publication.push_frame(channel, conn.encoding),
                     Door::Echo | Door::Chat | Door::Notify => publication.plain_frame(),
                 };
                 conn.push(frame)
@@ -111,9 +112,10 @@ impl Hub {
             .count()
     }
 
-    /// Queues `frame` for the client-protocol subscribers of `channel` only (join and leave
-    /// pushes, which plain doors have no way to show), except connection `except`.
-    pub fn push_to_protocol(&self, channel: &str, frame: &Bytes, except: u64) {
+    /// Queues a push for the client-protocol subscribers of `channel` only (join and leave,
+    /// which plain doors have no way to show), in each one's encoding, except connection
+    /// `except`.
+    pub fn push_to_protocol(&self, channel: &str, json: &Bytes, protobuf: &Bytes, except: u64) {
         let shard = self
             .shard(channel)
             .read()
@@ -121,7 +123,10 @@ impl Hub {
         if let Some(subscribers) = shard.get(channel) {
             for conn in subscribers {
                 if conn.door == Door::Protocol && conn.id != except {
-                    conn.push(frame);
+                    conn.push(match conn.encoding {
+                        Encoding::Json => json,
+                        Encoding::Protobuf => protobuf,
+                    });
                 }
             }
         }

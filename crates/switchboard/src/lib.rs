@@ -38,7 +38,7 @@ pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod origin;
-pub(crate) mod protocol;
+pub mod protocol;
 pub mod publication;
 pub mod ws;
 

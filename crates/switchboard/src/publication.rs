@@ -2,13 +2,15 @@
 //! once however many subscribers there are.
 //!
 //! Plain doors receive the payload itself as a WebSocket frame; client-protocol subscribers
-//! receive it as `data` inside a JSON push. The two encodings are made lazily and cached in
-//! the publication, so a channel with only plain members never builds JSON and the other way
-//! round, and history keeps the same [`Publication`] that was fanned out.
+//! receive it as `data` inside a push, in JSON or in Protobuf. The three encodings are made
+//! lazily and cached in the publication, so a channel with only plain members never builds a
+//! push, and history keeps the same [`Publication`] that was fanned out.
 //!
 //! Between the formats: JSON from the API or a protocol client reaches plain doors as a string's
 //! text or any other value's serialized text; text from a plain door reaches protocol clients
 //! as-is when it is valid JSON, otherwise as a JSON string; binary becomes a base64 string.
+//! Protobuf clients receive the payload's bytes as they are; what they publish reaches plain
+//! doors as a text frame when it is UTF-8, a binary frame otherwise.
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,6 +18,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::protocol::wire::{ClientInfoBody, Encoding, PublicationBody, Push, Reply};
 use crate::ws::frame::{self, Opcode};
 
 /// Who published or subscribed, as others see it (presence, join/leave, a publication's `info`).
@@ -25,8 +28,10 @@ pub struct ClientInfo {
     pub client: Box<str>,
     /// Its user (empty when anonymous).
     pub user: Box<str>,
-    /// The whole object, serialized once.
-    json: Box<str>,
+    /// The connection token's `info`, as JSON text (empty: none).
+    conn_info: Bytes,
+    /// The subscription token's `info`, as JSON text (empty: none).
+    chan_info: Bytes,
 }
 
 impl ClientInfo {
@@ -38,25 +43,23 @@ impl ClientInfo {
         conn_info: Option<&Value>,
         chan_info: Option<&Value>,
     ) -> Self {
-        let mut object = serde_json::Map::new();
-        object.insert("client".into(), Value::from(client));
-        object.insert("user".into(), Value::from(user));
-        if let Some(info) = conn_info {
-            object.insert("conn_info".into(), info.clone());
-        }
-        if let Some(info) = chan_info {
-            object.insert("chan_info".into(), info.clone());
-        }
+        let json = |info: Option<&Value>| info.map_or(Bytes::new(), |v| Bytes::from(v.to_string()));
         ClientInfo {
             client: client.into(),
             user: user.into(),
-            json: Value::Object(object).to_string().into(),
+            conn_info: json(conn_info),
+            chan_info: json(chan_info),
         }
     }
 
-    /// The serialized `{"client", "user", "conn_info"?, "chan_info"?}` object.
-    pub fn json(&self) -> &str {
-        &self.json
+    /// The wire form.
+    pub(crate) fn body(&self) -> ClientInfoBody {
+        ClientInfoBody {
+            user: self.user.to_string(),
+            client: self.client.to_string(),
+            conn_info: self.conn_info.clone(),
+            chan_info: self.chan_info.clone(),
+        }
     }
 }
 
@@ -81,8 +84,8 @@ pub struct Publication {
     pub info: Option<Arc<ClientInfo>>,
     plain_frame: OnceLock<Bytes>,
     data_json: OnceLock<Bytes>,
-    object_json: OnceLock<Bytes>,
-    push_frame: OnceLock<Bytes>,
+    json_push: OnceLock<Bytes>,
+    protobuf_push: OnceLock<Bytes>,
 }
 
 impl Publication {
@@ -93,14 +96,23 @@ impl Publication {
             info: None,
             plain_frame: OnceLock::new(),
             data_json: OnceLock::new(),
-            object_json: OnceLock::new(),
-            push_frame: OnceLock::new(),
+            json_push: OnceLock::new(),
+            protobuf_push: OnceLock::new(),
         }
     }
 
     /// A publication whose `data` is JSON text (already validated by the caller's parser).
     pub fn json(data: Bytes) -> Self {
         Publication::new(Source::Json(data))
+    }
+
+    /// A Protobuf client's payload (any bytes).
+    pub fn bytes(payload: Bytes) -> Self {
+        if std::str::from_utf8(&payload).is_ok() {
+            Publication::new(Source::Text(payload))
+        } else {
+            Publication::new(Source::Binary(payload))
+        }
     }
 
     /// A plain door's message.
@@ -149,39 +161,41 @@ impl Publication {
         })
     }
 
-    /// The publication object: `{"data": ..., "offset"?: N, "info"?: {...}}`.
-    pub fn object_json(&self) -> &Bytes {
-        self.object_json.get_or_init(|| {
-            let data = self.data_json();
-            let mut out = Vec::with_capacity(data.len() + 64);
-            out.extend_from_slice(b"{\"data\":");
-            out.extend_from_slice(data);
-            if self.offset != 0 {
-                out.extend_from_slice(format!(",\"offset\":{}", self.offset).as_bytes());
-            }
-            if let Some(info) = &self.info {
-                out.extend_from_slice(b",\"info\":");
-                out.extend_from_slice(info.json().as_bytes());
-            }
-            out.push(b'}');
-            Bytes::from(out)
-        })
+    /// The payload's bytes as Protobuf clients receive them.
+    fn data_bytes(&self) -> &Bytes {
+        match &self.source {
+            Source::Json(bytes) | Source::Text(bytes) | Source::Binary(bytes) => bytes,
+        }
     }
 
-    /// The text frame a protocol subscriber of `channel` receives:
-    /// `{"push":{"channel":...,"pub":{...}}}`. Every subscriber of one channel gets the same
-    /// one, so `channel` must be the channel this publication was published to.
-    pub fn push_frame(&self, channel: &str) -> &Bytes {
-        self.push_frame.get_or_init(|| {
-            let object = self.object_json();
-            let channel = Value::from(channel).to_string();
-            let mut out = Vec::with_capacity(object.len() + channel.len() + 32);
-            out.extend_from_slice(b"{\"push\":{\"channel\":");
-            out.extend_from_slice(channel.as_bytes());
-            out.extend_from_slice(b",\"pub\":");
-            out.extend_from_slice(object);
-            out.extend_from_slice(b"}}");
-            frame::encode(Opcode::Text, &out)
+    /// The publication as a protocol message, in `encoding`.
+    pub(crate) fn body(&self, encoding: Encoding) -> PublicationBody {
+        PublicationBody {
+            data: match encoding {
+                Encoding::Json => self.data_json().clone(),
+                Encoding::Protobuf => self.data_bytes().clone(),
+            },
+            info: self.info.as_ref().map(|info| info.body()),
+            offset: self.offset,
+        }
+    }
+
+    /// The frame a protocol subscriber of `channel` receives, in `encoding`:
+    /// `{"push":{"channel":...,"pub":{...}}}` or its Protobuf form. Every subscriber of one
+    /// channel gets the same one, so `channel` must be the channel this publication was
+    /// published to.
+    pub fn push_frame(&self, channel: &str, encoding: Encoding) -> &Bytes {
+        let (cell, opcode) = match encoding {
+            Encoding::Json => (&self.json_push, Opcode::Text),
+            Encoding::Protobuf => (&self.protobuf_push, Opcode::Binary),
+        };
+        cell.get_or_init(|| {
+            let push = Reply::push(Push {
+                channel: channel.to_owned(),
+                publication: Some(self.body(encoding)),
+                ..Push::default()
+            });
+            frame::encode(opcode, &push.encode_as(encoding))
         })
     }
 }
@@ -218,10 +232,22 @@ mod tests {
         let info = Arc::new(ClientInfo::new("c1", "u1", None, None));
         let publication =
             Publication::json(Bytes::from_static(b"1")).positioned(7, Some(Arc::clone(&info)));
-        let push: Value = serde_json::from_str(&text_of(publication.push_frame("a\"b"))).unwrap();
+        let frame = publication.push_frame("a\"b", Encoding::Json);
+        let push: Value = serde_json::from_str(&text_of(frame)).unwrap();
         assert_eq!(push["push"]["channel"], "a\"b");
         assert_eq!(push["push"]["pub"]["data"], 1);
         assert_eq!(push["push"]["pub"]["offset"], 7);
         assert_eq!(push["push"]["pub"]["info"]["user"], "u1");
+    }
+
+    #[test]
+    fn protobuf_subscribers_get_the_payload_bytes() {
+        use prost::Message;
+        let publication = Publication::plain(Opcode::Binary, Bytes::from_static(&[0, 255]));
+        let frame = publication.push_frame("c", Encoding::Protobuf);
+        let reply = Reply::decode_length_delimited(&frame[2..]).unwrap();
+        let push = reply.push.unwrap();
+        assert_eq!(push.channel, "c");
+        assert_eq!(&push.publication.unwrap().data[..], &[0, 255]);
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::door::Door;
 use crate::error::CloseReason;
+use crate::protocol::wire::Encoding;
 
 pub use rate::MessageRate;
 
@@ -50,6 +51,8 @@ pub struct Conn {
     pub id: u64,
     /// The door it came through.
     pub door: Door,
+    /// The client protocol's encoding (JSON unless the client asked for Protobuf).
+    pub encoding: Encoding,
     /// The token's subject; set once, at the upgrade or (client protocol) at `connect`.
     user: OnceLock<Box<str>>,
     /// Token expiry, Unix seconds (0 = never); a protocol client's `refresh` moves it.
@@ -86,6 +89,7 @@ impl Conn {
         Conn {
             id,
             door,
+            encoding: Encoding::Json,
             user: user_cell,
             expires_at: AtomicU64::new(expires_at),
             subscription_expires_at: AtomicU64::new(0),
@@ -97,6 +101,12 @@ impl Conn {
             last_inbound_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
         }
+    }
+
+    /// The same handle speaking the client protocol in `encoding`.
+    pub fn with_encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
     }
 
     /// The user (empty when anonymous, or before a protocol client's `connect`).
@@ -250,11 +260,18 @@ impl Conn {
     /// protocol) it sent no `connect` within `connect_timeout_ms`.
     pub(crate) fn sweep(&self, now_ms: u64, timing: &SweepTiming, now_unix: u64, ping: &Bytes) {
         let interval_ms = timing.heartbeat_ms;
+        // Protocol clients refresh when their TTL runs out; give them the grace to do it.
+        let grace = if self.door == Door::Protocol {
+            timing.expiry_grace_secs
+        } else {
+            0
+        };
         let expires_at = self.expires_at.load(Ordering::Relaxed);
         let subscription_expires_at = self.subscription_expires_at.load(Ordering::Relaxed);
-        if expires_at != 0 && now_unix >= expires_at {
+        let expired = |at: u64| at != 0 && now_unix >= at.saturating_add(grace);
+        if expired(expires_at) {
             self.close(CloseReason::TokenExpired);
-        } else if subscription_expires_at != 0 && now_unix >= subscription_expires_at {
+        } else if expired(subscription_expires_at) {
             self.close(CloseReason::SubscriptionExpired);
         } else if !self.is_connected()
             && now_ms.saturating_sub(self.opened_ms) >= timing.connect_timeout_ms
@@ -280,6 +297,8 @@ pub(crate) struct SweepTiming {
     pub(crate) heartbeat_ms: u64,
     /// Time a protocol client has to send `connect`.
     pub(crate) connect_timeout_ms: u64,
+    /// Seconds past a protocol client's token expiry before it is closed.
+    pub(crate) expiry_grace_secs: u64,
 }
 
 const REGISTRY_SHARDS: usize = 16;
@@ -460,6 +479,7 @@ mod tests {
         let timing = SweepTiming {
             heartbeat_ms: 1000,
             connect_timeout_ms: 500,
+            expiry_grace_secs: 10,
         };
         let conn = conn(100);
         conn.sweep(1000, &timing, 0, &ping);

@@ -435,12 +435,8 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
         // The notify door is receive-only; what a client sends there is counted and ignored.
         Door::Notify => {}
         Door::Protocol => {
-            if opcode == Opcode::Binary {
-                // The JSON protocol is text only.
-                return Err(CloseReason::BadRequest);
-            }
             if let Some(protocol) = protocol.as_mut() {
-                protocol.handle_frame(data)?;
+                protocol.handle_frame(opcode, data)?;
             }
         }
     }

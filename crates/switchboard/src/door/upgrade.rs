@@ -24,6 +24,7 @@ use crate::conn::task::{self, Session};
 use crate::conn::Conn;
 use crate::error::Rejection;
 use crate::gateway::{Response, State};
+use crate::protocol::wire::Encoding;
 use crate::ws::handshake;
 
 /// Longest room or user id in a path.
@@ -171,7 +172,7 @@ pub(crate) fn upgrade(
                     tracing::error!(event = "upgrade_failed", "upgraded connection is not a TCP stream");
                     return;
                 };
-                let Admitted { door, channel, claims, permit, .. } = admitted;
+                let Admitted { door, channel, claims, permit, encoding: admitted_encoding, .. } = admitted;
                 let conn = Arc::new(Conn::new(
                     state2.conns.next_id(),
                     door,
@@ -179,7 +180,7 @@ pub(crate) fn upgrade(
                     claims.exp.unwrap_or(0),
                     state2.config.limits.max_queued_bytes,
                     state2.clock_ms(),
-                ));
+                ).with_encoding(admitted_encoding));
                 tracing::info!(event = "connected", conn_id = conn.id, user = %conn.user(), ip = %peer.ip(), trace_id = %trace, door = door.label(), channel = channel.as_deref().unwrap_or(""));
                 let session = Session::open(Arc::clone(&state2), conn, channel.map(Into::into), peer.ip(), trace, permit);
                 task::run(session, parts.io.into_inner(), parts.read_buf).await;
@@ -201,6 +202,9 @@ struct Admitted {
     accept: String,
     protocol: Option<String>,
     permit: Option<crate::conn::IpPermit>,
+    /// The client protocol's encoding: Protobuf when asked with `?cf_protocol=protobuf`, as
+    /// the SDKs' protobuf builds do.
+    encoding: Encoding,
 }
 
 fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Admitted, Rejection> {
@@ -209,16 +213,7 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
     }
     let (door, channel) = route(state, req.uri().path())?;
     let accept = handshake::accept_key(req.method(), req.version(), req.headers())?;
-    if door == Door::Protocol
-        && req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|pair| pair == "cf_protocol=protobuf"))
-    {
-        return Err(Rejection::BadUpgrade(
-            "the protobuf protocol is not supported; use the JSON protocol",
-        ));
-    }
+
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -260,6 +255,15 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
         accept,
         protocol: source.protocol.map(str::to_owned),
         permit: Some(permit),
+        encoding: if req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|pair| pair == "cf_protocol=protobuf"))
+        {
+            Encoding::Protobuf
+        } else {
+            Encoding::Json
+        },
     })
 }
 

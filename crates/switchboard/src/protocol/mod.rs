@@ -1,11 +1,12 @@
 //! The client protocol of `/connection/websocket`, one connection's side: the commands it
-//! sends, its subscriptions, and what the server API asks of it.
+//! sends, its subscriptions, and what the server API asks of it, in either encoding (JSON or
+//! Protobuf, chosen at the upgrade; see `wire`).
 //!
 //! A [`ClientSession`] lives in the connection's task and is driven synchronously from the
-//! socket reader (one text frame may hold several newline-separated commands) and from the
-//! task's wake-up (server-side subscribe, unsubscribe, refresh). Replies and pushes go through
-//! the connection's bounded queue like everything else. A reply is queued before the
-//! connection joins a channel (under the channel's stream lock, see `broker`), so a client
+//! socket reader (one frame may hold several commands) and from the task's wake-up
+//! (server-side subscribe, unsubscribe, refresh). Replies and pushes go through the
+//! connection's bounded queue like everything else. A subscribe reply is queued before the
+//! connection joins the channel (under the channel's stream lock, see `broker`), so a client
 //! always reads its subscribe reply, with any recovered publications, before the first live
 //! publication. Dropping the session leaves every channel and presence it joined.
 
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::{Claims, TokenError};
 use crate::broker::{Joining, StreamState};
@@ -24,14 +25,20 @@ use crate::config::{PublishRule, SubscribeRule};
 use crate::conn::{Conn, ServerCommand};
 use crate::error::{ClientError, CloseReason};
 use crate::gateway::State;
-use crate::history::{HistoryQuery, Position};
+use crate::history::HistoryQuery;
 use crate::publication::{ClientInfo, Publication};
 use crate::ws::frame::{self, Opcode};
-use wire::{Command, RecoverFrom};
+use wire::{
+    Command, ConnectResult, Empty, Encoding, ExpiryResult, HistoryResult, PresenceResult,
+    PresenceStatsResult, Push, RefreshResult, Reply, SubscribeRequest, SubscribeResult,
+};
 
 /// Unsubscribe push code for a server-side unsubscribe (below 2500: the SDK does not
 /// resubscribe).
 const UNSUBSCRIBE_BY_SERVER: u32 = 2000;
+
+/// The server's version string, as the SDKs show it.
+const VERSION: &str = concat!("switchboard ", env!("CARGO_PKG_VERSION"));
 
 /// One subscription of this connection.
 struct Subscription {
@@ -39,6 +46,15 @@ struct Subscription {
     /// How this connection appears in the channel's presence and join/leave.
     info: Arc<ClientInfo>,
     /// When its subscription token expires, Unix seconds (0 = never).
+    expires_at: u64,
+}
+
+/// What a subscribe permission check granted.
+#[derive(Default)]
+struct Granted {
+    /// The subscription token's `info` (others see it as `chan_info`).
+    chan_info: Option<Value>,
+    /// The subscription token's expiry, Unix seconds (0 = never).
     expires_at: u64,
 }
 
@@ -51,15 +67,6 @@ pub(crate) struct ClientSession {
     /// The connection token's `info` claim (others see it as `conn_info`).
     conn_info: Option<Value>,
     subscriptions: HashMap<Box<str>, Subscription>,
-}
-
-/// What a subscribe permission check granted.
-#[derive(Default)]
-struct Granted {
-    /// The subscription token's `info` (others see it as `chan_info`).
-    chan_info: Option<Value>,
-    /// The subscription token's expiry, Unix seconds (0 = never).
-    expires_at: u64,
 }
 
 /// What handling a command needs done to the connection.
@@ -79,23 +86,31 @@ fn new_client_id() -> Box<str> {
     .into()
 }
 
-fn position_fields(result: &mut Value, position: &Position) {
-    result["offset"] = Value::from(position.offset);
-    result["epoch"] = Value::from(&*position.epoch);
-}
-
-fn publications_json(publications: &[Arc<Publication>]) -> Value {
-    Value::Array(
-        publications
-            .iter()
-            .map(|p| wire::raw(p.object_json()))
-            .collect(),
-    )
-}
-
 /// Seconds from now until `exp` (Unix seconds), at least 1.
-fn ttl_of(exp: u64) -> u64 {
-    exp.saturating_sub(crate::auth::unix_now()).max(1)
+fn ttl_of(exp: u64) -> u32 {
+    let ttl = exp.saturating_sub(crate::auth::unix_now()).max(1);
+    u32::try_from(ttl).unwrap_or(u32::MAX)
+}
+
+/// `expires`/`ttl` for an expiry in Unix seconds (0 = never).
+fn expiry(expires_at: u64) -> ExpiryResult {
+    ExpiryResult {
+        expires: expires_at != 0,
+        ttl: if expires_at != 0 {
+            ttl_of(expires_at)
+        } else {
+            0
+        },
+    }
+}
+
+/// The frame that carries `reply` in `encoding`.
+fn encode_frame(reply: &Reply, encoding: Encoding) -> Bytes {
+    let opcode = match encoding {
+        Encoding::Json => Opcode::Text,
+        Encoding::Protobuf => Opcode::Binary,
+    };
+    frame::encode(opcode, &reply.encode_as(encoding))
 }
 
 impl ClientSession {
@@ -111,25 +126,33 @@ impl ClientSession {
         }
     }
 
-    fn send(&self, text: String) {
-        self.conn
-            .push(&frame::encode(Opcode::Text, text.as_bytes()));
+    fn encoding(&self) -> Encoding {
+        self.conn.encoding
     }
 
-    fn reply_error(&self, id: u64, error: ClientError) {
+    fn send(&self, reply: &Reply) {
+        self.conn.push(&encode_frame(reply, self.encoding()));
+    }
+
+    fn reply_error(&self, id: u32, error: ClientError) {
         if id != 0 {
-            self.send(wire::error_reply(id, error));
+            self.send(&Reply::error(id, error));
         }
     }
 
-    /// Handles one text frame: one or more newline-separated commands.
-    pub(crate) fn handle_frame(&mut self, data: &[u8]) -> Outcome {
-        for line in data.split(|b| *b == b'\n') {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let command: Command =
-                serde_json::from_slice(line).map_err(|_| CloseReason::BadRequest)?;
+    /// Handles one data frame: one or more commands (newline-separated JSON in a text frame,
+    /// length-delimited Protobuf in a binary frame).
+    pub(crate) fn handle_frame(&mut self, opcode: Opcode, data: &[u8]) -> Outcome {
+        let expected = match self.encoding() {
+            Encoding::Json => Opcode::Text,
+            Encoding::Protobuf => Opcode::Binary,
+        };
+        if opcode != expected {
+            return Err(CloseReason::BadRequest);
+        }
+        let commands =
+            wire::decode_commands(self.encoding(), data).map_err(|_| CloseReason::BadRequest)?;
+        for command in commands {
             self.handle(command)?;
         }
         Ok(())
@@ -137,20 +160,7 @@ impl ClientSession {
 
     fn handle(&mut self, command: Command) -> Outcome {
         let id = command.id;
-        if let Some(connect) = command.connect {
-            return self.connect(id, connect);
-        }
-        let is_pong = command.subscribe.is_none()
-            && command.unsubscribe.is_none()
-            && command.publish.is_none()
-            && command.presence.is_none()
-            && command.presence_stats.is_none()
-            && command.history.is_none()
-            && command.refresh.is_none()
-            && command.sub_refresh.is_none()
-            && command.send.is_none()
-            && command.rpc.is_none();
-        if is_pong {
+        if command.is_empty() {
             // `{}` answers the server's ping; a command with an id and no known method is one
             // this server does not have.
             if id != 0 {
@@ -158,49 +168,59 @@ impl ClientSession {
             }
             return Ok(());
         }
+        if let Some(connect) = command.connect {
+            return self.connect(id, connect);
+        }
         if !self.connected {
             self.reply_error(id, ClientError::Unauthorized);
             return Ok(());
         }
-        let result = if let Some(request) = command.subscribe {
+        let mut reply = Reply {
+            id,
+            ..Reply::default()
+        };
+        let outcome = if let Some(request) = command.subscribe {
             self.subscribe(id, request);
             return Ok(());
-        } else if let Some(request) = command.unsubscribe {
-            self.unsubscribe(&request.channel, None);
-            Ok(("unsubscribe", json!({})))
-        } else if let Some(request) = command.publish {
-            self.publish(request).map(|()| ("publish", json!({})))
-        } else if let Some(request) = command.presence {
-            self.presence(&request.channel)
-                .map(|result| ("presence", result))
-        } else if let Some(request) = command.presence_stats {
-            self.presence_stats(&request.channel)
-                .map(|result| ("presence_stats", result))
-        } else if let Some(request) = command.history {
-            self.history(request).map(|result| ("history", result))
         } else if let Some(request) = command.refresh {
             return self.refresh(id, &request.token);
+        } else if let Some(request) = command.unsubscribe {
+            self.unsubscribe(&request.channel, None);
+            reply.unsubscribe = Some(Empty {});
+            Ok(())
+        } else if let Some(request) = command.publish {
+            self.publish(request)
+                .map(|()| reply.publish = Some(Empty {}))
+        } else if let Some(request) = command.presence {
+            self.presence(&request.channel)
+                .map(|result| reply.presence = Some(result))
+        } else if let Some(request) = command.presence_stats {
+            self.presence_stats(&request.channel)
+                .map(|result| reply.presence_stats = Some(result))
+        } else if let Some(request) = command.history {
+            self.history(&request)
+                .map(|result| reply.history = Some(result))
         } else if let Some(request) = command.sub_refresh {
             self.sub_refresh(&request.channel, &request.token)
-                .map(|result| ("sub_refresh", result))
+                .map(|result| reply.sub_refresh = Some(result))
+        } else if command.ping.is_some() {
+            reply.ping = Some(Empty {});
+            Ok(())
         } else if command.send.is_some() {
             // Asynchronous messages have no handler on this server; nothing to answer.
             return Ok(());
         } else {
             Err(ClientError::MethodNotFound)
         };
-        match result {
-            Ok((method, value)) => {
-                if id != 0 {
-                    self.send(wire::reply(id, method, value));
-                }
-            }
+        match outcome {
+            Ok(()) if id != 0 => self.send(&reply),
+            Ok(()) => {}
             Err(error) => self.reply_error(id, error),
         }
         Ok(())
     }
 
-    fn connect(&mut self, id: u64, request: wire::ConnectRequest) -> Outcome {
+    fn connect(&mut self, id: u32, request: wire::ConnectRequest) -> Outcome {
         if self.connected {
             return Err(CloseReason::BadRequest);
         }
@@ -233,7 +253,7 @@ impl ClientSession {
         // Server-side subscriptions join first; their publications queue behind the connect
         // reply, which is put in front of them once it is complete.
         let queued_before = self.conn.queued_frames();
-        let mut subs = serde_json::Map::new();
+        let mut subs = HashMap::new();
         for channel in &claims.channels {
             let Ok(rules) = self.state.channels.rules(channel).cloned() else {
                 tracing::warn!(event = "server_subscription_skipped", conn_id = self.conn.id, channel = %channel, "token names a channel in an unknown namespace");
@@ -248,23 +268,24 @@ impl ClientSession {
                 subs.insert(channel.clone(), result);
             }
         }
-        let mut result = json!({
-            "client": &*self.client_id,
-            "version": concat!("switchboard ", env!("CARGO_PKG_VERSION")),
-            "ping": self.state.config.server.heartbeat_interval.as_secs().max(1),
-            "pong": true,
-            "node": self.state.node_uid(),
-        });
-        if expires_at != 0 {
-            result["expires"] = Value::Bool(true);
-            result["ttl"] = Value::from(ttl_of(expires_at));
-        }
-        if !subs.is_empty() {
-            result["subs"] = Value::Object(subs);
-        }
-        let reply = wire::reply(id, "connect", result);
+        let heartbeat = self.state.config.server.heartbeat_interval.as_secs().max(1);
+        let expires = expiry(expires_at);
+        let reply = Reply {
+            id,
+            connect: Some(ConnectResult {
+                client: self.client_id.to_string(),
+                version: VERSION.to_owned(),
+                expires: expires.expires,
+                ttl: expires.ttl,
+                subs,
+                ping: u32::try_from(heartbeat).unwrap_or(u32::MAX),
+                pong: true,
+                node: self.state.node_uid().to_owned(),
+            }),
+            ..Reply::default()
+        };
         self.conn
-            .insert_frame(queued_before, frame::encode(Opcode::Text, reply.as_bytes()));
+            .insert_frame(queued_before, encode_frame(&reply, self.encoding()));
         Ok(())
     }
 
@@ -306,7 +327,7 @@ impl ClientSession {
         }
     }
 
-    fn subscribe(&mut self, id: u64, request: wire::SubscribeRequest) {
+    fn subscribe(&mut self, id: u32, request: SubscribeRequest) {
         let channel = request.channel.as_str();
         let checked = self
             .state
@@ -327,50 +348,47 @@ impl ClientSession {
             Ok(checked) => checked,
             Err(error) => return self.reply_error(id, error),
         };
-        let recover = RecoverFrom {
-            recover: request.recover,
-            offset: request.offset,
-            epoch: request.epoch.clone(),
-        };
         let reject_unrecovered = request.flag & wire::FLAG_REJECT_UNRECOVERED != 0;
         let conn = Arc::clone(&self.conn);
+        let encoding = self.encoding();
         self.join(
             channel,
             rules,
             granted,
-            Some(&recover),
-            |result: &Result<Value, ClientError>| {
-                let unrecovered = result
-                    .as_ref()
-                    .is_ok_and(|value| value.get("recovered") == Some(&Value::Bool(false)));
-                let text = match result {
-                    Ok(_) if unrecovered && reject_unrecovered => {
-                        wire::error_reply(id, ClientError::Unrecoverable)
+            Some(&request),
+            |result: &SubscribeResult| {
+                let refused = reject_unrecovered && result.was_recovering && !result.recovered;
+                let reply = if refused {
+                    Reply::error(id, ClientError::Unrecoverable)
+                } else {
+                    Reply {
+                        id,
+                        subscribe: Some(result.clone()),
+                        ..Reply::default()
                     }
-                    Ok(value) => wire::reply(id, "subscribe", value.clone()),
-                    Err(error) => wire::error_reply(id, *error),
                 };
-                conn.push(&frame::encode(Opcode::Text, text.as_bytes()));
-                result.is_ok() && !(unrecovered && reject_unrecovered)
+                conn.push(&encode_frame(&reply, encoding));
+                !refused
             },
         );
     }
 
     /// Joins `channel` (presence, join push) and builds its subscribe result. `queue` runs
-    /// under the channel's lock with the result (an `Err` for a refused recovery with
-    /// `rejectUnrecovered`) and returns whether to join. Returns the result when joined.
+    /// under the channel's lock with the result and returns whether to join (not, for a
+    /// refused recovery with `rejectUnrecovered`). Returns the result when joined.
     fn join(
         &mut self,
         channel: &str,
         rules: ChannelRules,
         granted: Granted,
-        recover: Option<&RecoverFrom>,
-        queue: impl FnOnce(&Result<Value, ClientError>) -> bool,
-    ) -> Option<Value> {
+        recover: Option<&SubscribeRequest>,
+        queue: impl FnOnce(&SubscribeResult) -> bool,
+    ) -> Option<SubscribeResult> {
         let recover_from = recover
             .filter(|r| r.recover && rules.recover)
             .map(|r| (r.offset, r.epoch.as_str()));
         let recoverable = rules.recover && rules.keeps_history();
+        let encoding = self.encoding();
         let mut joined = None;
         let now_ms = self.state.clock_ms();
         let joining = Joining {
@@ -382,14 +400,14 @@ impl ClientSession {
         self.state
             .broker
             .subscribe(&self.state.hub, joining, now_ms, |found: StreamState| {
-                let mut result = subscribe_result(found, recoverable);
-                if let (Ok(value), true) = (result.as_mut(), granted.expires_at != 0) {
-                    value["expires"] = Value::Bool(true);
-                    value["ttl"] = Value::from(ttl_of(granted.expires_at));
+                let mut result = subscribe_result(found, recoverable, encoding);
+                if granted.expires_at != 0 {
+                    result.expires = true;
+                    result.ttl = ttl_of(granted.expires_at);
                 }
                 let go = queue(&result);
                 if go {
-                    joined = result.ok();
+                    joined = Some(result);
                 }
                 go
             });
@@ -404,31 +422,19 @@ impl ClientSession {
             self.state.broker.join(channel, Arc::clone(&info));
         }
         if rules.join_leave {
-            let push = wire::push(
-                channel,
-                "join",
-                json!({ "info": wire::raw(info.json().as_bytes()) }),
-            );
-            self.state.hub.push_to_protocol(
-                channel,
-                &frame::encode(Opcode::Text, push.as_bytes()),
-                self.conn.id,
-            );
+            self.push_presence(channel, &info, true);
         }
-        match result.get("recovered") {
-            Some(Value::Bool(true)) => self
-                .state
+        if result.was_recovering {
+            let outcome = if result.recovered {
+                "recovered"
+            } else {
+                "unrecovered"
+            };
+            self.state
                 .metrics
                 .recoveries
-                .with_label_values(&["recovered"])
-                .inc(),
-            Some(_) => self
-                .state
-                .metrics
-                .recoveries
-                .with_label_values(&["unrecovered"])
-                .inc(),
-            None => {}
+                .with_label_values(&[outcome])
+                .inc();
         }
         self.subscriptions.insert(
             channel.into(),
@@ -442,6 +448,29 @@ impl ClientSession {
         Some(result)
     }
 
+    /// Tells the channel's other protocol subscribers that `info` joined (or left).
+    fn push_presence(&self, channel: &str, info: &ClientInfo, joined: bool) {
+        let presence = Some(wire::Presence {
+            info: Some(info.body()),
+        });
+        let mut push = Push {
+            channel: channel.to_owned(),
+            ..Push::default()
+        };
+        if joined {
+            push.join = presence;
+        } else {
+            push.leave = presence;
+        }
+        let reply = Reply::push(push);
+        self.state.hub.push_to_protocol(
+            channel,
+            &encode_frame(&reply, Encoding::Json),
+            &encode_frame(&reply, Encoding::Protobuf),
+            self.conn.id,
+        );
+    }
+
     /// Leaves `channel`; with `push_code`, tells the client it was unsubscribed by the server.
     fn unsubscribe(&mut self, channel: &str, push_code: Option<u32>) {
         let Some(subscription) = self.subscriptions.remove(channel) else {
@@ -450,12 +479,14 @@ impl ClientSession {
         self.track_subscription_expiry();
         self.leave(channel, &subscription);
         if let Some(code) = push_code {
-            let push = wire::push(
-                channel,
-                "unsubscribe",
-                json!({ "code": code, "reason": "server unsubscribe" }),
-            );
-            self.send(push);
+            self.send(&Reply::push(Push {
+                channel: channel.to_owned(),
+                unsubscribe: Some(wire::Unsubscribed {
+                    code,
+                    reason: "server unsubscribe".to_owned(),
+                }),
+                ..Push::default()
+            }));
         }
     }
 
@@ -465,16 +496,7 @@ impl ClientSession {
             self.state.broker.leave(channel, &subscription.info.client);
         }
         if subscription.rules.join_leave {
-            let push = wire::push(
-                channel,
-                "leave",
-                json!({ "info": wire::raw(subscription.info.json().as_bytes()) }),
-            );
-            self.state.hub.push_to_protocol(
-                channel,
-                &frame::encode(Opcode::Text, push.as_bytes()),
-                self.conn.id,
-            );
+            self.push_presence(channel, &subscription.info, false);
         }
     }
 
@@ -500,8 +522,10 @@ impl ClientSession {
                 None,
             )),
         };
-        let mut publication =
-            Publication::json(Bytes::copy_from_slice(request.data.get().as_bytes()));
+        let mut publication = match self.encoding() {
+            Encoding::Json => Publication::json(request.data),
+            Encoding::Protobuf => Publication::bytes(request.data),
+        };
         publication.info = Some(info);
         self.state.publish_with(channel, &rules, publication);
         Ok(())
@@ -516,29 +540,28 @@ impl ClientSession {
         Ok(rules)
     }
 
-    fn presence(&self, channel: &str) -> Result<Value, ClientError> {
+    fn presence(&self, channel: &str) -> Result<PresenceResult, ClientError> {
         if !self.may_read(channel)?.presence {
             return Err(ClientError::NotAvailable);
         }
-        Ok(presence_json(&self.state, channel))
+        Ok(presence_result(&self.state, channel))
     }
 
-    fn presence_stats(&self, channel: &str) -> Result<Value, ClientError> {
+    fn presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, ClientError> {
         if !self.may_read(channel)?.presence {
             return Err(ClientError::NotAvailable);
         }
-        let (clients, users) = self.state.broker.presence_stats(channel);
-        Ok(json!({ "num_clients": clients, "num_users": users }))
+        Ok(presence_stats_result(&self.state, channel))
     }
 
-    fn history(&self, request: wire::HistoryRequest) -> Result<Value, ClientError> {
+    fn history(&self, request: &wire::HistoryRequest) -> Result<HistoryResult, ClientError> {
         if !self.may_read(&request.channel)?.keeps_history() {
             return Err(ClientError::NotAvailable);
         }
-        history_json(&self.state, &request)
+        history_result(&self.state, request, self.encoding())
     }
 
-    fn refresh(&mut self, id: u64, token: &str) -> Outcome {
+    fn refresh(&mut self, id: u32, token: &str) -> Outcome {
         let claims = match self.state.verifier.verify(token) {
             Ok(claims) => claims,
             Err(TokenError::Expired) => {
@@ -552,15 +575,17 @@ impl ClientSession {
         }
         let expires_at = claims.exp.unwrap_or(0);
         self.conn.set_expires_at(expires_at);
-        let mut result = json!({
-            "client": &*self.client_id,
-            "version": concat!("switchboard ", env!("CARGO_PKG_VERSION")),
+        let expires = expiry(expires_at);
+        self.send(&Reply {
+            id,
+            refresh: Some(RefreshResult {
+                client: self.client_id.to_string(),
+                version: VERSION.to_owned(),
+                expires: expires.expires,
+                ttl: expires.ttl,
+            }),
+            ..Reply::default()
         });
-        if expires_at != 0 {
-            result["expires"] = Value::Bool(true);
-            result["ttl"] = Value::from(ttl_of(expires_at));
-        }
-        self.send(wire::reply(id, "refresh", result));
         Ok(())
     }
 
@@ -576,7 +601,7 @@ impl ClientSession {
         self.conn.set_subscription_expires_at(earliest);
     }
 
-    fn sub_refresh(&mut self, channel: &str, token: &str) -> Result<Value, ClientError> {
+    fn sub_refresh(&mut self, channel: &str, token: &str) -> Result<ExpiryResult, ClientError> {
         if !self.subscriptions.contains_key(channel) {
             return Err(ClientError::PermissionDenied);
         }
@@ -592,10 +617,7 @@ impl ClientSession {
             subscription.expires_at = claims.exp.unwrap_or(0);
         }
         self.track_subscription_expiry();
-        Ok(match claims.exp {
-            Some(exp) => json!({ "expires": true, "ttl": ttl_of(exp) }),
-            None => json!({}),
-        })
+        Ok(expiry(claims.exp.unwrap_or(0)))
     }
 
     /// Carries out what the server API asked of this connection.
@@ -612,13 +634,16 @@ impl ClientSession {
                     return;
                 };
                 let conn = Arc::clone(&self.conn);
-                let target = channel.clone();
+                let encoding = self.encoding();
+                let target = channel.to_string();
                 self.join(&channel, rules, Granted::default(), None, move |result| {
-                    if let Ok(value) = result {
-                        let push = wire::push(&target, "subscribe", value.clone());
-                        conn.push(&frame::encode(Opcode::Text, push.as_bytes()));
-                    }
-                    result.is_ok()
+                    let reply = Reply::push(Push {
+                        channel: target,
+                        subscribe: Some(result.clone()),
+                        ..Push::default()
+                    });
+                    conn.push(&encode_frame(&reply, encoding));
+                    true
                 });
             }
             ServerCommand::Unsubscribe(channel) => {
@@ -626,13 +651,10 @@ impl ClientSession {
             }
             ServerCommand::Refresh(expires_at) => {
                 self.conn.set_expires_at(expires_at);
-                let body = if expires_at == 0 {
-                    json!({ "expires": false })
-                } else {
-                    json!({ "expires": true, "ttl": ttl_of(expires_at) })
-                };
-                let push = json!({ "push": { "refresh": body } }).to_string();
-                self.send(push);
+                self.send(&Reply::push(Push {
+                    refresh: Some(expiry(expires_at)),
+                    ..Push::default()
+                }));
             }
         }
     }
@@ -646,55 +668,63 @@ impl Drop for ClientSession {
     }
 }
 
+fn publication_bodies(
+    publications: &[Arc<Publication>],
+    encoding: Encoding,
+) -> Vec<wire::PublicationBody> {
+    publications.iter().map(|p| p.body(encoding)).collect()
+}
+
 /// The subscribe result for what the stream held (and, when asked, what recovery found).
-fn subscribe_result(found: StreamState, recoverable: bool) -> Result<Value, ClientError> {
-    let mut result = json!({});
+fn subscribe_result(found: StreamState, recoverable: bool, encoding: Encoding) -> SubscribeResult {
+    let mut result = SubscribeResult::default();
     let Some(position) = found.position else {
         // No history: nothing to position or recover.
-        return Ok(result);
+        return result;
     };
-    if recoverable {
-        result["recoverable"] = Value::Bool(true);
-        result["positioned"] = Value::Bool(true);
-    }
-    position_fields(&mut result, &position);
+    result.recoverable = recoverable;
+    result.positioned = recoverable;
+    result.offset = position.offset;
+    result.epoch = position.epoch.to_string();
     if let Some(recovery) = found.recovery {
-        result["was_recovering"] = Value::Bool(true);
-        match recovery {
-            Ok(publications) => {
-                result["recovered"] = Value::Bool(true);
-                if !publications.is_empty() {
-                    result["publications"] = publications_json(&publications);
-                }
-            }
-            Err(_) => result["recovered"] = Value::Bool(false),
+        result.was_recovering = true;
+        if let Ok(publications) = recovery {
+            result.recovered = true;
+            result.publications = publication_bodies(&publications, encoding);
         }
     }
-    Ok(result)
+    result
 }
 
-/// `{"presence": {client id: info}}` of a channel (shared with the server API).
-pub(crate) fn presence_json(state: &State, channel: &str) -> Value {
-    let presence: serde_json::Map<String, Value> = state
-        .broker
-        .presence(channel)
-        .iter()
-        .map(|info| (info.client.to_string(), wire::raw(info.json().as_bytes())))
-        .collect();
-    json!({ "presence": presence })
+/// Who is present in a channel (shared with the server API).
+pub(crate) fn presence_result(state: &State, channel: &str) -> PresenceResult {
+    PresenceResult {
+        presence: state
+            .broker
+            .presence(channel)
+            .iter()
+            .map(|info| (info.client.to_string(), info.body()))
+            .collect(),
+    }
 }
 
-/// The history result of a channel (shared with the server API).
-pub(crate) fn history_json(
+/// How many are present in a channel (shared with the server API).
+pub(crate) fn presence_stats_result(state: &State, channel: &str) -> PresenceStatsResult {
+    let (clients, users) = state.broker.presence_stats(channel);
+    PresenceStatsResult {
+        num_clients: u32::try_from(clients).unwrap_or(u32::MAX),
+        num_users: u32::try_from(users).unwrap_or(u32::MAX),
+    }
+}
+
+/// A channel's history as asked (shared with the server API).
+pub(crate) fn history_result(
     state: &State,
     request: &wire::HistoryRequest,
-) -> Result<Value, ClientError> {
+    encoding: Encoding,
+) -> Result<HistoryResult, ClientError> {
     let query = HistoryQuery {
-        limit: if request.limit < 0 {
-            None
-        } else {
-            Some(request.limit as usize)
-        },
+        limit: usize::try_from(request.limit).ok(),
         since: request
             .since
             .as_ref()
@@ -705,7 +735,9 @@ pub(crate) fn history_json(
         .broker
         .history(&request.channel, &query, state.clock_ms())
         .map_err(|_| ClientError::Unrecoverable)?;
-    let mut result = json!({ "publications": publications_json(&publications) });
-    position_fields(&mut result, &position);
-    Ok(result)
+    Ok(HistoryResult {
+        publications: publication_bodies(&publications, encoding),
+        epoch: position.epoch.to_string(),
+        offset: position.offset,
+    })
 }

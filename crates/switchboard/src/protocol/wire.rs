@@ -1,182 +1,613 @@
-//! The client protocol's JSON shapes: the commands a client sends, and the builders of the
-//! replies and pushes the server sends. docs/protocol.md is the description of these shapes.
+//! The client protocol's messages, one set of types for both encodings: JSON (text frames,
+//! newline-separated objects) and Protobuf (binary frames, length-delimited messages), as the
+//! SDKs' JSON and protobuf builds speak them. docs/protocol.md describes the shapes.
 //!
-//! Unknown fields are ignored (SDKs add fields over time); a frame that is not JSON, or a
-//! field of the wrong type, is a bad request.
+//! Each type derives serde (JSON) and prost (Protobuf) with the same field names and the
+//! protocol's field numbers. Payloads (`data`, `conn_info`, `chan_info`) are bytes: in JSON
+//! they are embedded as the raw JSON they hold, in Protobuf sent as they are. JSON output
+//! leaves out empty fields, as the SDKs expect. Unknown fields are ignored in both encodings
+//! (SDKs add fields over time); a frame that does not decode is a bad request.
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use bytes::{Buf, Bytes};
+use prost::Message;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 
-/// One command. Exactly one method field is set (none at all is the client's pong).
-#[derive(Debug, Default, Deserialize)]
+use crate::error::ClientError;
+
+/// How a connection encodes the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// JSON objects in text frames.
+    Json,
+    /// Length-delimited Protobuf messages in binary frames.
+    Protobuf,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+fn is_zero_u32(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_zero_u64(value: &u64) -> bool {
+    *value == 0
+}
+
+/// Writes bytes that hold JSON as that JSON (not as a string).
+fn raw_json<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    let text = std::str::from_utf8(bytes).map_err(serde::ser::Error::custom)?;
+    let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
+    raw.serialize(serializer)
+}
+
+/// Reads any JSON value as its raw text bytes.
+fn json_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    let raw = Box::<RawValue>::deserialize(deserializer)?;
+    Ok(Bytes::copy_from_slice(raw.get().as_bytes()))
+}
+
+// ---- commands (client → server) ----
+
+/// One command. At most one request field is set; none at all is the client's pong.
+#[derive(Clone, PartialEq, Message, Deserialize)]
 pub struct Command {
-    /// Reply id (0: the client wants no reply, as for `send`).
+    /// Reply id (0: no reply wanted).
+    #[prost(uint32, tag = "1")]
     #[serde(default)]
-    pub id: u64,
+    pub id: u32,
     /// `connect`.
+    #[prost(message, optional, tag = "4")]
+    #[serde(default)]
     pub connect: Option<ConnectRequest>,
     /// `subscribe`.
+    #[prost(message, optional, tag = "5")]
+    #[serde(default)]
     pub subscribe: Option<SubscribeRequest>,
     /// `unsubscribe`.
+    #[prost(message, optional, tag = "6")]
+    #[serde(default)]
     pub unsubscribe: Option<ChannelRequest>,
     /// `publish`.
+    #[prost(message, optional, tag = "7")]
+    #[serde(default)]
     pub publish: Option<PublishRequest>,
     /// `presence`.
+    #[prost(message, optional, tag = "8")]
+    #[serde(default)]
     pub presence: Option<ChannelRequest>,
     /// `presence_stats`.
+    #[prost(message, optional, tag = "9")]
+    #[serde(default)]
     pub presence_stats: Option<ChannelRequest>,
     /// `history`.
+    #[prost(message, optional, tag = "10")]
+    #[serde(default)]
     pub history: Option<HistoryRequest>,
+    /// `ping` (answered with an empty result).
+    #[prost(message, optional, tag = "11")]
+    #[serde(default)]
+    pub ping: Option<Empty>,
+    /// `send` (asynchronous message; no handler here).
+    #[prost(message, optional, tag = "12")]
+    #[serde(default)]
+    pub send: Option<Empty>,
+    /// `rpc` (no handlers here).
+    #[prost(message, optional, tag = "13")]
+    #[serde(default)]
+    pub rpc: Option<Empty>,
     /// `refresh`.
+    #[prost(message, optional, tag = "14")]
+    #[serde(default)]
     pub refresh: Option<RefreshRequest>,
     /// `sub_refresh`.
+    #[prost(message, optional, tag = "15")]
+    #[serde(default)]
     pub sub_refresh: Option<SubRefreshRequest>,
-    /// `send` (asynchronous message; no handler here).
-    pub send: Option<Box<RawValue>>,
-    /// `rpc` (no handlers here).
-    pub rpc: Option<Box<RawValue>>,
 }
 
-/// Where a recovering subscription left off.
-#[derive(Debug, Default, Deserialize)]
-pub struct RecoverFrom {
-    /// Whether to recover.
-    #[serde(default)]
-    pub recover: bool,
-    /// Last offset seen.
-    #[serde(default)]
-    pub offset: u64,
-    /// Epoch it belongs to.
-    #[serde(default)]
-    pub epoch: String,
-}
+/// A message whose fields are not read (or that has none).
+#[derive(Clone, PartialEq, Message, Deserialize, Serialize)]
+pub struct Empty {}
 
 /// `connect`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
 pub struct ConnectRequest {
     /// The connection token (empty: anonymous).
-    #[serde(default)]
+    #[prost(string, tag = "1")]
     pub token: String,
     /// Recovery positions of server-side subscriptions, by channel.
-    #[serde(default)]
-    pub subs: HashMap<String, RecoverFrom>,
+    #[prost(map = "string, message", tag = "3")]
+    pub subs: HashMap<String, SubscribeRequest>,
 }
 
-/// `subscribe`.
-#[derive(Debug, Default, Deserialize)]
+/// `subscribe` (also a server-side subscription's recovery position in `connect`).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
 pub struct SubscribeRequest {
     /// The channel.
+    #[prost(string, tag = "1")]
     pub channel: String,
     /// A subscription token.
-    #[serde(default)]
+    #[prost(string, tag = "2")]
     pub token: String,
     /// Recover from `offset`/`epoch`.
-    #[serde(default)]
+    #[prost(bool, tag = "3")]
     pub recover: bool,
-    /// Last offset seen.
-    #[serde(default)]
-    pub offset: u64,
-    /// Epoch it belongs to.
-    #[serde(default)]
+    /// Epoch of the last publication seen.
+    #[prost(string, tag = "6")]
     pub epoch: String,
+    /// Last offset seen.
+    #[prost(uint64, tag = "7")]
+    pub offset: u64,
     /// Bit 2 (`rejectUnrecovered`): answer error 112 instead of `recovered: false`.
-    #[serde(default)]
-    pub flag: u64,
+    #[prost(int64, tag = "14")]
+    pub flag: i64,
 }
 
 /// The `rejectUnrecovered` bit of `SubscribeRequest::flag`.
-pub const FLAG_REJECT_UNRECOVERED: u64 = 2;
+pub const FLAG_REJECT_UNRECOVERED: i64 = 2;
 
 /// A command that names only a channel.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
 pub struct ChannelRequest {
     /// The channel.
+    #[prost(string, tag = "1")]
     pub channel: String,
 }
 
 /// `publish`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, PartialEq, Message, Deserialize)]
 pub struct PublishRequest {
     /// The channel.
+    #[prost(string, tag = "1")]
     pub channel: String,
-    /// Any JSON.
-    pub data: Box<RawValue>,
+    /// The payload: any JSON (JSON encoding) or any bytes (Protobuf).
+    #[prost(bytes = "bytes", tag = "2")]
+    #[serde(deserialize_with = "json_bytes")]
+    pub data: Bytes,
 }
 
-/// A stream position in a request.
-#[derive(Debug, Default, Deserialize)]
-pub struct Since {
+/// A stream position.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
+pub struct StreamPosition {
     /// Offset.
-    #[serde(default)]
+    #[prost(uint64, tag = "1")]
     pub offset: u64,
     /// Epoch.
-    #[serde(default)]
+    #[prost(string, tag = "2")]
     pub epoch: String,
 }
 
 /// `history`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
 pub struct HistoryRequest {
     /// The channel.
+    #[prost(string, tag = "1")]
     pub channel: String,
     /// 0 (or absent): no publications, only the position; negative: all kept.
-    #[serde(default)]
-    pub limit: i64,
+    #[prost(int32, tag = "7")]
+    pub limit: i32,
     /// Only after this position.
-    pub since: Option<Since>,
+    #[prost(message, optional, tag = "8")]
+    pub since: Option<StreamPosition>,
     /// Newest first.
-    #[serde(default)]
+    #[prost(bool, tag = "9")]
     pub reverse: bool,
 }
 
 /// `refresh`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
 pub struct RefreshRequest {
     /// A new connection token.
+    #[prost(string, tag = "1")]
     pub token: String,
 }
 
 /// `sub_refresh`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
 pub struct SubRefreshRequest {
     /// The channel.
+    #[prost(string, tag = "1")]
     pub channel: String,
     /// A new subscription token.
+    #[prost(string, tag = "2")]
     pub token: String,
 }
 
-/// `{"id":N,"METHOD":result}`.
-pub fn reply(id: u64, method: &str, result: Value) -> String {
-    let mut object = serde_json::Map::new();
-    object.insert("id".into(), Value::from(id));
-    object.insert(method.into(), result);
-    Value::Object(object).to_string()
-}
-
-/// `{"id":N,"error":{"code","message","temporary"?}}`.
-pub fn error_reply(id: u64, error: crate::error::ClientError) -> String {
-    let mut body = json!({ "code": error.code(), "message": error.to_string() });
-    if error.temporary() {
-        body["temporary"] = Value::Bool(true);
+impl Command {
+    /// Whether no request field is set: the client's answer to a ping.
+    pub fn is_empty(&self) -> bool {
+        self.connect.is_none()
+            && self.subscribe.is_none()
+            && self.unsubscribe.is_none()
+            && self.publish.is_none()
+            && self.presence.is_none()
+            && self.presence_stats.is_none()
+            && self.history.is_none()
+            && self.ping.is_none()
+            && self.send.is_none()
+            && self.rpc.is_none()
+            && self.refresh.is_none()
+            && self.sub_refresh.is_none()
     }
-    json!({ "id": id, "error": body }).to_string()
 }
 
-/// `{"push":{"channel":...,KIND:body}}`.
-pub fn push(channel: &str, kind: &str, body: Value) -> String {
-    let mut inner = serde_json::Map::new();
-    inner.insert("channel".into(), Value::from(channel));
-    inner.insert(kind.into(), body);
-    json!({ "push": Value::Object(inner) }).to_string()
+/// A frame that is not valid protocol in the connection's encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("frame does not decode as protocol commands")]
+pub struct BadFrame;
+
+/// Decodes every command of one frame.
+///
+/// # Errors
+/// [`BadFrame`] when the frame does not decode in `encoding` (the connection is then closed
+/// with 3501).
+pub fn decode_commands(encoding: Encoding, frame: &[u8]) -> Result<Vec<Command>, BadFrame> {
+    match encoding {
+        Encoding::Json => frame
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|line| serde_json::from_slice(line).map_err(|_| BadFrame))
+            .collect(),
+        Encoding::Protobuf => {
+            let mut buf = frame;
+            let mut commands = Vec::new();
+            while buf.has_remaining() {
+                commands.push(Command::decode_length_delimited(&mut buf).map_err(|_| BadFrame)?);
+            }
+            Ok(commands)
+        }
+    }
 }
 
-/// Parses one JSON value that is already known to be valid (a publication object built by
-/// us) so it can sit inside a `json!` tree.
-pub fn raw(text: &[u8]) -> Value {
-    serde_json::from_slice(text).unwrap_or(Value::Null)
+// ---- replies and pushes (server → client) ----
+
+/// An error in a reply.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct ErrorBody {
+    /// The code (docs/protocol.md).
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    /// Its message.
+    #[prost(string, tag = "2")]
+    pub message: String,
+    /// Retrying may succeed.
+    #[prost(bool, tag = "3")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub temporary: bool,
+}
+
+impl From<ClientError> for ErrorBody {
+    fn from(error: ClientError) -> Self {
+        ErrorBody {
+            code: error.code(),
+            message: error.to_string(),
+            temporary: error.temporary(),
+        }
+    }
+}
+
+/// Who a connection is, as others see it.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct ClientInfoBody {
+    /// The user.
+    #[prost(string, tag = "1")]
+    pub user: String,
+    /// The client id.
+    #[prost(string, tag = "2")]
+    pub client: String,
+    /// The connection token's `info` (JSON).
+    #[prost(bytes = "bytes", tag = "3")]
+    #[serde(skip_serializing_if = "Bytes::is_empty", serialize_with = "raw_json")]
+    pub conn_info: Bytes,
+    /// The subscription token's `info` (JSON).
+    #[prost(bytes = "bytes", tag = "4")]
+    #[serde(skip_serializing_if = "Bytes::is_empty", serialize_with = "raw_json")]
+    pub chan_info: Bytes,
+}
+
+/// A publication.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct PublicationBody {
+    /// The payload (JSON in the JSON encoding).
+    #[prost(bytes = "bytes", tag = "4")]
+    #[serde(serialize_with = "raw_json")]
+    pub data: Bytes,
+    /// The publisher, when a client published it.
+    #[prost(message, optional, tag = "5")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<ClientInfoBody>,
+    /// Its offset in the channel's history (0: none kept).
+    #[prost(uint64, tag = "6")]
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+}
+
+/// The result of `connect`.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct ConnectResult {
+    /// The client id.
+    #[prost(string, tag = "1")]
+    pub client: String,
+    /// Server version.
+    #[prost(string, tag = "2")]
+    pub version: String,
+    /// The session expires (send `refresh` before `ttl`).
+    #[prost(bool, tag = "3")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    /// Seconds until it does.
+    #[prost(uint32, tag = "4")]
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    /// Server-side subscriptions.
+    #[prost(map = "string, message", tag = "6")]
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub subs: HashMap<String, SubscribeResult>,
+    /// Server ping interval, seconds.
+    #[prost(uint32, tag = "7")]
+    pub ping: u32,
+    /// The client answers pings.
+    #[prost(bool, tag = "8")]
+    pub pong: bool,
+    /// Node id.
+    #[prost(string, tag = "10")]
+    pub node: String,
+}
+
+/// The result of `subscribe` (also the body of a `subscribe` push).
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct SubscribeResult {
+    /// The subscription token expires.
+    #[prost(bool, tag = "1")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    /// Seconds until it does.
+    #[prost(uint32, tag = "2")]
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    /// The subscription can recover after a reconnect.
+    #[prost(bool, tag = "3")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub recoverable: bool,
+    /// The stream's epoch.
+    #[prost(string, tag = "6")]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    /// Recovered publications, in order.
+    #[prost(message, repeated, tag = "7")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<PublicationBody>,
+    /// Every missed publication is in `publications`.
+    #[prost(bool, tag = "8")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub recovered: bool,
+    /// The stream's last offset.
+    #[prost(uint64, tag = "9")]
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    /// Publications carry positions.
+    #[prost(bool, tag = "10")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub positioned: bool,
+    /// Recovery was asked for.
+    #[prost(bool, tag = "12")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub was_recovering: bool,
+}
+
+/// The result of `presence`.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct PresenceResult {
+    /// Client id → who.
+    #[prost(map = "string, message", tag = "1")]
+    pub presence: HashMap<String, ClientInfoBody>,
+}
+
+/// The result of `presence_stats`.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct PresenceStatsResult {
+    /// Connections present.
+    #[prost(uint32, tag = "1")]
+    pub num_clients: u32,
+    /// Distinct users present.
+    #[prost(uint32, tag = "2")]
+    pub num_users: u32,
+}
+
+/// The result of `history`.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct HistoryResult {
+    /// The publications asked for.
+    #[prost(message, repeated, tag = "1")]
+    pub publications: Vec<PublicationBody>,
+    /// The stream's epoch.
+    #[prost(string, tag = "2")]
+    pub epoch: String,
+    /// The stream's last offset.
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+}
+
+/// The result of `refresh`.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct RefreshResult {
+    /// The client id.
+    #[prost(string, tag = "1")]
+    pub client: String,
+    /// Server version.
+    #[prost(string, tag = "2")]
+    pub version: String,
+    /// The session expires.
+    #[prost(bool, tag = "3")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    /// Seconds until it does.
+    #[prost(uint32, tag = "4")]
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+/// The result of `sub_refresh`, and the body of a `refresh` push.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct ExpiryResult {
+    /// It expires.
+    #[prost(bool, tag = "1")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    /// Seconds until it does.
+    #[prost(uint32, tag = "2")]
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+/// Join or leave.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct Presence {
+    /// Who.
+    #[prost(message, optional, tag = "1")]
+    pub info: Option<ClientInfoBody>,
+}
+
+/// The body of an `unsubscribe` push.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct Unsubscribed {
+    /// Below 2500: do not resubscribe.
+    #[prost(uint32, tag = "2")]
+    pub code: u32,
+    /// Why.
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+/// A push: something the server sends unasked.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct Push {
+    /// The channel it is about.
+    #[prost(string, tag = "2")]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    /// A publication.
+    #[prost(message, optional, tag = "4")]
+    #[serde(rename = "pub", skip_serializing_if = "Option::is_none")]
+    pub publication: Option<PublicationBody>,
+    /// Someone subscribed.
+    #[prost(message, optional, tag = "5")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<Presence>,
+    /// Someone unsubscribed.
+    #[prost(message, optional, tag = "6")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leave: Option<Presence>,
+    /// The server unsubscribed this connection.
+    #[prost(message, optional, tag = "7")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<Unsubscribed>,
+    /// The server subscribed this connection.
+    #[prost(message, optional, tag = "9")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<SubscribeResult>,
+    /// The session's expiry moved.
+    #[prost(message, optional, tag = "12")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<ExpiryResult>,
+}
+
+/// Everything the server sends: a reply to a command (with its id) or a push.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct Reply {
+    /// The command's id (0 for pushes).
+    #[prost(uint32, tag = "1")]
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub id: u32,
+    /// The command failed.
+    #[prost(message, optional, tag = "2")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    /// A push.
+    #[prost(message, optional, tag = "4")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<Push>,
+    /// `connect`'s result.
+    #[prost(message, optional, tag = "5")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ConnectResult>,
+    /// `subscribe`'s result.
+    #[prost(message, optional, tag = "6")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<SubscribeResult>,
+    /// `unsubscribe`'s result.
+    #[prost(message, optional, tag = "7")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<Empty>,
+    /// `publish`'s result.
+    #[prost(message, optional, tag = "8")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Empty>,
+    /// `presence`'s result.
+    #[prost(message, optional, tag = "9")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceResult>,
+    /// `presence_stats`'s result.
+    #[prost(message, optional, tag = "10")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_stats: Option<PresenceStatsResult>,
+    /// `history`'s result.
+    #[prost(message, optional, tag = "11")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryResult>,
+    /// `ping`'s result.
+    #[prost(message, optional, tag = "12")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping: Option<Empty>,
+    /// `refresh`'s result.
+    #[prost(message, optional, tag = "14")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshResult>,
+    /// `sub_refresh`'s result.
+    #[prost(message, optional, tag = "15")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_refresh: Option<ExpiryResult>,
+}
+
+impl Reply {
+    /// A reply to command `id` carrying `error`.
+    pub fn error(id: u32, error: ClientError) -> Reply {
+        Reply {
+            id,
+            error: Some(error.into()),
+            ..Reply::default()
+        }
+    }
+
+    /// A push.
+    pub fn push(push: Push) -> Reply {
+        Reply {
+            push: Some(push),
+            ..Reply::default()
+        }
+    }
+
+    /// The payload of the WebSocket frame that carries this reply.
+    pub fn encode_as(&self, encoding: Encoding) -> Vec<u8> {
+        match encoding {
+            // Serializing these types cannot fail: every `raw_json` field holds JSON we
+            // produced or parsed; an empty object is the fallback.
+            Encoding::Json => serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec()),
+            Encoding::Protobuf => self.encode_length_delimited_to_vec(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -184,13 +615,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_subscribe_command_parses_with_recovery_fields() {
-        let command: Command = serde_json::from_str(
-            r#"{"id":3,"subscribe":{"channel":"a","recover":true,"offset":5,"epoch":"e","flag":3,"new_field":1}}"#,
+    fn a_json_subscribe_command_decodes_with_recovery_fields() {
+        let commands = decode_commands(
+            Encoding::Json,
+            br#"{"id":3,"subscribe":{"channel":"a","recover":true,"offset":5,"epoch":"e","flag":3,"new_field":1}}"#,
         )
         .unwrap();
-        let subscribe = command.subscribe.unwrap();
-        assert_eq!(command.id, 3);
+        let subscribe = commands[0].subscribe.clone().unwrap();
+        assert_eq!(commands[0].id, 3);
         assert_eq!(
             (
                 subscribe.channel.as_str(),
@@ -203,25 +635,75 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_object_is_a_pong() {
-        let command: Command = serde_json::from_str("{}").unwrap();
-        assert!(command.connect.is_none() && command.id == 0);
+    fn several_json_commands_share_a_frame() {
+        let commands = decode_commands(Encoding::Json, b"{\"id\":1,\"ping\":{}}\n\n{}\n").unwrap();
+        assert_eq!(commands.len(), 2);
+        assert!(commands[1].is_empty(), "{{}} is a pong");
     }
 
     #[test]
-    fn publish_data_is_kept_as_raw_json() {
-        let command: Command =
-            serde_json::from_str(r#"{"id":1,"publish":{"channel":"a","data":{"x": [1, 2]}}}"#)
-                .unwrap();
-        assert_eq!(command.publish.unwrap().data.get(), r#"{"x": [1, 2]}"#);
+    fn json_publish_data_is_kept_as_its_raw_text() {
+        let commands = decode_commands(
+            Encoding::Json,
+            br#"{"id":1,"publish":{"channel":"a","data":{"x": [1, 2]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            &commands[0].publish.as_ref().unwrap().data[..],
+            br#"{"x": [1, 2]}"#
+        );
+    }
+
+    #[test]
+    fn protobuf_commands_are_length_delimited() {
+        let mut frame = Vec::new();
+        for id in [1, 2] {
+            let command = Command {
+                id,
+                subscribe: Some(SubscribeRequest {
+                    channel: format!("c{id}"),
+                    ..SubscribeRequest::default()
+                }),
+                ..Command::default()
+            };
+            command.encode_length_delimited(&mut frame).unwrap();
+        }
+        let commands = decode_commands(Encoding::Protobuf, &frame).unwrap();
+        assert_eq!(commands.len(), 2);
+        assert_eq!(commands[1].subscribe.as_ref().unwrap().channel, "c2");
+        assert!(decode_commands(Encoding::Protobuf, &frame[..frame.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn json_replies_leave_out_empty_fields_and_embed_data() {
+        let reply = Reply {
+            id: 7,
+            subscribe: Some(SubscribeResult {
+                publications: vec![PublicationBody {
+                    data: Bytes::from_static(br#"{"a":1}"#),
+                    offset: 2,
+                    info: None,
+                }],
+                recovered: true,
+                ..SubscribeResult::default()
+            }),
+            ..Reply::default()
+        };
+        assert_eq!(
+            String::from_utf8(reply.encode_as(Encoding::Json)).unwrap(),
+            r#"{"id":7,"subscribe":{"publications":[{"data":{"a":1},"offset":2}],"recovered":true}}"#
+        );
     }
 
     #[test]
     fn errors_carry_code_and_message() {
-        let text = error_reply(7, crate::error::ClientError::PermissionDenied);
+        let reply = Reply::error(7, ClientError::PermissionDenied);
         assert_eq!(
-            text,
-            r#"{"error":{"code":103,"message":"permission denied"},"id":7}"#
+            String::from_utf8(reply.encode_as(Encoding::Json)).unwrap(),
+            r#"{"id":7,"error":{"code":103,"message":"permission denied"}}"#
         );
+        let decoded =
+            Reply::decode_length_delimited(&reply.encode_as(Encoding::Protobuf)[..]).unwrap();
+        assert_eq!(decoded.error.unwrap().code, 103);
     }
 }
