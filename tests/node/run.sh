@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Node and browser tests of the client protocol door with the real `centrifuge` SDK.
+# Installs what is missing (Chromium from Debian's packages, the npm packages from the lock
+# file), then runs `npm test` against the release binary ($SWITCHBOARD_BIN, default
+# target/release/switchboard). Exits non-zero when a test fails.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(cd ../.. && pwd)
+export SWITCHBOARD_BIN=${SWITCHBOARD_BIN:-$ROOT/target/release/switchboard}
+export CHROMIUM_PATH=${CHROMIUM_PATH:-/usr/bin/chromium}
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 20 ]; then
+  echo "tests/node needs Node.js 20 or later (found $(node --version))" >&2
+  exit 1
+fi
+
+if [ ! -x "$CHROMIUM_PATH" ]; then
+  echo "installing chromium (Debian package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+# npm ci when node_modules is missing or was installed from another lock file.
+lock_sum=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f node_modules/.lock-sha256 ] || [ "$(cat node_modules/.lock-sha256)" != "$lock_sum" ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$lock_sum" > node_modules/.lock-sha256
+fi
+
+if [ ! -x "$SWITCHBOARD_BIN" ]; then
+  echo "no server binary at $SWITCHBOARD_BIN (cargo build --release -p switchboard-server)" >&2
+  exit 1
+fi
+
+npm test

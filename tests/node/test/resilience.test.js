@@ -1,0 +1,172 @@
+'use strict';
+// Reconnects and recovery with the real `centrifuge` SDK: a server killed and restarted, the
+// client's own network dropping (a TCP proxy in between), and a terminal disconnect by the API.
+
+const assert = require('node:assert/strict');
+const net = require('node:net');
+const { test } = require('node:test');
+
+const { HOST, connectionToken, nextEvent, sleep, until } = require('../lib/harness');
+const { config } = require('../lib/config');
+const { subscribed, withClients } = require('../lib/sdk');
+
+const feed = { subscribe: 'authenticated', history_size: 1000, history_ttl: '5m', recover: true };
+
+/**
+ * A TCP proxy on a free loopback port forwarding to `target`. `drop()` resets every proxied
+ * connection (both sides); while `blocked`, new connections are reset at once.
+ */
+async function startProxy(targetPort) {
+  const sockets = new Set();
+  const proxy = {
+    blocked: false,
+    accepted: 0,
+    port: 0,
+    drop() {
+      for (const socket of sockets) socket.resetAndDestroy();
+      sockets.clear();
+    },
+  };
+  const server = net.createServer((client) => {
+    proxy.accepted += 1;
+    if (proxy.blocked) {
+      client.resetAndDestroy();
+      return;
+    }
+    const upstream = net.connect(targetPort, HOST);
+    for (const [a, b] of [[client, upstream], [upstream, client]]) {
+      sockets.add(a);
+      a.on('error', () => {});
+      a.on('close', () => {
+        sockets.delete(a);
+        b.destroy();
+      });
+      a.pipe(b);
+    }
+  });
+  await new Promise((resolve) => server.listen(0, HOST, resolve));
+  proxy.port = server.address().port;
+  proxy.close = () =>
+    new Promise((resolve) => {
+      proxy.drop();
+      server.close(() => resolve());
+    });
+  return proxy;
+}
+
+test('server killed (SIGKILL) and restarted on the same port: the SDK reconnects, resubscribes, wasRecovering and not recovered', async () => {
+  await withClients({ config: config({ feed }) }, async (server, clients) => {
+    const client = await clients.connected(server.wsUrl, connectionToken('alice'));
+    const sub = await subscribed(client, 'feed:restart');
+    assert.equal(sub.subscribedCtx.recoverable, true, JSON.stringify(sub.subscribedCtx));
+    assert.equal(sub.subscribedCtx.wasRecovering, false);
+    for (let n = 1; n <= 3; n++) await server.publish('feed:restart', { n });
+    await until(() => sub.pubs.length >= 3, '3 publications before the restart');
+    assert.deepEqual(sub.pubs.map((p) => p.offset), [1, 2, 3]);
+    const oldEpoch = sub.subscribedCtx.streamPosition?.epoch;
+    assert.ok(oldEpoch, JSON.stringify(sub.subscribedCtx));
+
+    const lost = nextEvent(client, 'connecting');
+    const resubscribed = nextEvent(sub, 'subscribed', () => true, 30000);
+    const killed = await server.kill('SIGKILL');
+    assert.equal(killed.signal, 'SIGKILL');
+    await lost;
+    assert.equal(sub.state, 'subscribing');
+
+    await server.start();
+    const ctx = await resubscribed;
+    assert.equal(client.state, 'connected');
+    assert.equal(ctx.wasRecovering, true, JSON.stringify(ctx));
+    assert.equal(ctx.recovered, false, JSON.stringify(ctx));
+    assert.equal(ctx.recoverable, true, JSON.stringify(ctx));
+    assert.notEqual(ctx.streamPosition?.epoch, oldEpoch, 'a restarted memory broker starts a new epoch');
+
+    // Live again in the new epoch.
+    await server.publish('feed:restart', { n: 'after' });
+    await until(() => sub.pubs.length >= 4, 'a publication after the restart');
+    assert.deepEqual(sub.pubs[3].data, { n: 'after' });
+    assert.equal(sub.pubs[3].offset, 1);
+  });
+});
+
+test("the client's network drops while publications flow: the SDK reconnects and recovers every one, once, in order", async () => {
+  // History deep enough that nothing published during the test is dropped from it.
+  await withClients({ config: config({ feed: { ...feed, history_size: 10000 } }) }, async (server, clients) => {
+    const proxy = await startProxy(server.port);
+    let publishing = true;
+    let published = 0;
+    const publisher = (async () => {
+      // Publications keep flowing through the API, paced lightly, until told to stop.
+      while (publishing && published < 5000) {
+        published += 1;
+        await server.publish('feed:live', { n: published });
+        await sleep(5);
+      }
+    })();
+    try {
+      const client = await clients.connected(`ws://${HOST}:${proxy.port}/connection/websocket`, connectionToken('alice'));
+      const sub = await subscribed(client, 'feed:live');
+      assert.equal(sub.subscribedCtx.recoverable, true);
+      const firstOffset = sub.subscribedCtx.streamPosition.offset + 1;
+      await until(() => sub.pubs.length >= 20, '20 live publications');
+
+      // The network goes: both sides of the proxied connection reset, reconnects refused.
+      const lost = nextEvent(client, 'connecting');
+      const recovered = nextEvent(sub, 'subscribed', () => true, 30000);
+      proxy.blocked = true;
+      const accepted = proxy.accepted;
+      proxy.drop();
+      await lost;
+      const missedFrom = published;
+      // Publications go on while the client is cut off, and it keeps trying.
+      await until(() => published >= missedFrom + 50 && proxy.accepted > accepted, 'publications and a refused reconnect while cut off', 20000);
+      proxy.blocked = false;
+
+      const ctx = await recovered;
+      assert.equal(ctx.wasRecovering, true, JSON.stringify(ctx));
+      assert.equal(ctx.recovered, true, JSON.stringify(ctx));
+      // Live publications go on after the recovery; then the publisher stops.
+      const lastOffset = () => (sub.pubs.length ? sub.pubs[sub.pubs.length - 1].offset : 0);
+      await until(() => lastOffset() >= missedFrom + 100, 'live publications after the recovery', 20000);
+      publishing = false;
+      await publisher;
+      // A gap would never let this complete: the comparison below then shows it.
+      await until(() => lastOffset() >= published, 'the last publication', 10000).catch(() => {});
+
+      const expected = Array.from({ length: published - firstOffset + 1 }, (_, i) => firstOffset + i);
+      assert.deepEqual(sub.pubs.map((p) => p.offset), expected, 'every publication exactly once, in offset order');
+      assert.deepEqual(sub.pubs.map((p) => p.data.n), expected, 'offsets follow the publication order');
+      assert.equal(client.state, 'connected');
+    } finally {
+      publishing = false;
+      await publisher.catch(() => {});
+      await proxy.close();
+    }
+  });
+});
+
+test('the API disconnects a user: the SDK gets 3503, stays disconnected, and others are still served', async () => {
+  const cfg = config({ news: { subscribe: 'authenticated' } });
+  await withClients({ config: cfg }, async (server, clients) => {
+    const alice = await clients.connected(server.wsUrl, connectionToken('alice'));
+    await subscribed(alice, 'news:x');
+    const bob = await clients.connected(server.wsUrl, connectionToken('bob'));
+    const bobSub = await subscribed(bob, 'news:x');
+
+    const gone = nextEvent(alice, 'disconnected');
+    assert.deepEqual(await server.call('disconnect', { user: 'alice' }), {});
+    const ctx = await gone;
+    assert.equal(ctx.code, 3503, JSON.stringify(ctx));
+    assert.equal(alice.state, 'disconnected');
+
+    // Bob is served; Alice did not come back (her reconnect delay would be at most 1 s).
+    await server.publish('news:x', 'for bob');
+    await until(() => bobSub.pubs.length >= 1, 'a publication for bob');
+    await sleep(1500);
+    assert.equal(alice.state, 'disconnected');
+    assert.equal(alice.events.filter((e) => e.name === 'connecting').length, 1, JSON.stringify(alice.events.map((e) => e.name)));
+    const channels = await server.call('channels', {});
+    assert.equal(channels.channels['news:x']?.num_clients, 1, JSON.stringify(channels));
+    assert.equal(bob.state, 'connected');
+  });
+});
