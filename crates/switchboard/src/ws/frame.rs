@@ -166,10 +166,26 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// The first header byte's RSV1 bit: set on the first frame of a message compressed by
+/// permessage-deflate (RFC 7692 §6), only when that extension was negotiated.
+pub const RSV1: u8 = 0x40;
+
 /// Encodes one unfragmented, unmasked server frame.
 pub fn encode(opcode: Opcode, payload: &[u8]) -> Bytes {
+    encode_with_flags(opcode, payload, 0)
+}
+
+/// Encodes one unfragmented, unmasked server frame with [`RSV1`] set: `payload` is a message
+/// compressed by permessage-deflate (`ws::deflate::encode_compressed` builds one). Otherwise
+/// the same bytes as [`encode`].
+pub fn encode_rsv1(opcode: Opcode, payload: &[u8]) -> Bytes {
+    encode_with_flags(opcode, payload, RSV1)
+}
+
+fn encode_with_flags(opcode: Opcode, payload: &[u8], flags: u8) -> Bytes {
     let mut out = BytesMut::with_capacity(10 + payload.len());
     put_header(&mut out, opcode, payload.len());
+    out[0] |= flags;
     out.put_slice(payload);
     out.freeze()
 }
@@ -302,6 +318,19 @@ mod tests {
         assert_eq!(encode(Opcode::Text, b"hi")[..], [0x81, 2, b'h', b'i']);
         assert_eq!(encode(Opcode::Binary, &[0; 200])[..4], [0x82, 126, 0, 200]);
         assert_eq!(encode(Opcode::Binary, &[0; 70_000])[..2], [0x82, 127]);
+    }
+
+    #[test]
+    fn encode_rsv1_differs_from_encode_only_in_rsv1() {
+        for len in [2, 200, 70_000] {
+            let payload = vec![7u8; len];
+            let (plain, compressed) = (
+                encode(Opcode::Binary, &payload),
+                encode_rsv1(Opcode::Binary, &payload),
+            );
+            assert_eq!(compressed[0], plain[0] | RSV1);
+            assert_eq!(compressed[1..], plain[1..]);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! I/O. Why hand-written rather than a crate: docs/websocket.md (frames are encoded once per
 //! publication and shared by every subscriber, and an idle connection holds no buffer at all).
 
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod reader;
