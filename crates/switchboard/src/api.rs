@@ -7,6 +7,7 @@
 //! `{"error": {"code", "message"}}`. Plain doors receive `data` as a text frame: a JSON string's
 //! content as-is, any other JSON value serialized; it is encoded once per publication.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -14,8 +15,10 @@ use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::conn::{Conn, ServerCommand};
@@ -33,16 +36,19 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 /// an error.
 type Ignored = Option<IgnoredAny>;
 
-/// The payload of a publish or broadcast: JSON `data`, or bytes as base64 `b64data`.
+/// A publish (`channel`) or broadcast (`channels`): JSON `data` kept as the exact bytes given,
+/// or bytes as base64 `b64data`.
 // The `Ignored` fields are read only to accept them (see `Ignored`).
 #[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Payload {
-    // A `Value`, not a raw slice: serde's `flatten` (which shares these fields between
-    // publish and broadcast) buffers the input, and raw JSON cannot come out of that buffer.
+struct Publish {
     #[serde(default)]
-    data: Option<Value>,
+    channel: Option<String>,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
     #[serde(default)]
     b64data: Option<String>,
     /// Publish without keeping it in history (no offset).
@@ -56,10 +62,12 @@ struct Payload {
     delta: Ignored,
 }
 
-impl Payload {
+impl Publish {
     fn publication(&self) -> Result<Publication, ApiError> {
         match (&self.data, &self.b64data) {
-            (Some(data), None) => Ok(Publication::json(Bytes::from(data.to_string()))),
+            (Some(data), None) => Ok(Publication::json(Bytes::copy_from_slice(
+                data.get().as_bytes(),
+            ))),
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map(|bytes| Publication::bytes(Bytes::from(bytes)))
@@ -69,22 +77,6 @@ impl Payload {
             )),
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Publish {
-    channel: String,
-    #[serde(flatten)]
-    payload: Payload,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Broadcast {
-    channels: Vec<String>,
-    #[serde(flatten)]
-    payload: Payload,
 }
 
 // The `Ignored` fields are read only to accept them (see `Ignored`).
@@ -167,7 +159,7 @@ struct Refresh {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Batch {
-    commands: Vec<serde_json::Map<String, Value>>,
+    commands: Vec<HashMap<String, Box<RawValue>>>,
     /// Accepted for compatibility; commands always run in order here.
     #[serde(default)]
     #[allow(dead_code)]
@@ -178,7 +170,7 @@ struct Batch {
 struct Envelope {
     method: String,
     #[serde(default)]
-    params: Value,
+    params: Option<Box<RawValue>>,
 }
 
 /// Handles one API request.
@@ -244,18 +236,23 @@ async fn call(
         .await
         .map_err(|_| ApiError::BodyTooLarge)?
         .to_bytes();
-    let (method, params) = if path_method.is_empty() {
+    // Parameters stay raw JSON until each method parses its own, so `data` reaches subscribers
+    // as the exact bytes the backend sent.
+    let (method, params): (String, Box<RawValue>) = if path_method.is_empty() {
         let envelope: Envelope = parse(&body)?;
-        (envelope.method, envelope.params)
+        (
+            envelope.method,
+            envelope.params.unwrap_or_else(empty_object),
+        )
     } else {
         let params = if body.is_empty() {
-            json!({})
+            empty_object()
         } else {
             parse(&body)?
         };
         (path_method.to_owned(), params)
     };
-    let value = dispatch(state, &method, params)?;
+    let value = dispatch(state, &method, &params)?;
     Ok((method, value))
 }
 
@@ -263,29 +260,43 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-fn params<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(e.to_string()))
+fn params<T: serde::de::DeserializeOwned>(value: &RawValue) -> Result<T, ApiError> {
+    serde_json::from_str(value.get()).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-fn dispatch(state: &State, method: &str, value: Value) -> Result<Value, ApiError> {
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| Box::<RawValue>::default())
+}
+
+fn dispatch(state: &State, method: &str, value: &RawValue) -> Result<Value, ApiError> {
     match method {
         "publish" => {
             let publish: Publish = params(value)?;
-            let publication = publish.payload.publication()?;
-            publish_to(state, &publish.channel, &publish.payload, publication)
+            let channel = match (&publish.channel, &publish.channels) {
+                (Some(channel), None) => channel,
+                _ => return Err(ApiError::BadRequest("publish takes `channel`".to_owned())),
+            };
+            let publication = publish.publication()?;
+            publish_to(state, channel, &publish, publication)
         }
         "broadcast" => {
-            let broadcast: Broadcast = params(value)?;
+            let broadcast: Publish = params(value)?;
+            let channels = match (&broadcast.channel, &broadcast.channels) {
+                (None, Some(channels)) => channels,
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "broadcast takes `channels`".to_owned(),
+                    ))
+                }
+            };
             // Validate the payload once, before anything is published.
-            broadcast.payload.publication()?;
-            let responses: Vec<Value> = broadcast
-                .channels
+            broadcast.publication()?;
+            let responses: Vec<Value> = channels
                 .iter()
                 .map(|channel| {
                     let published = broadcast
-                        .payload
                         .publication()
-                        .and_then(|p| publish_to(state, channel, &broadcast.payload, p));
+                        .and_then(|p| publish_to(state, channel, &broadcast, p));
                     match published {
                         Ok(result) => json!({ "result": result }),
                         Err(error) => error_json(&error),
@@ -385,7 +396,7 @@ fn dispatch(state: &State, method: &str, value: Value) -> Result<Value, ApiError
                     let mut entries = command.into_iter();
                     match (entries.next(), entries.next()) {
                         (Some((method, params)), None) if method != "batch" => {
-                            match dispatch(state, &method, params) {
+                            match dispatch(state, &method, &params) {
                                 Ok(result) => json!({ method: result }),
                                 Err(error) => error_json(&error),
                             }
@@ -487,7 +498,7 @@ fn glob(pattern: &str, name: &str) -> bool {
 fn publish_to(
     state: &State,
     channel: &str,
-    payload: &Payload,
+    payload: &Publish,
     publication: Publication,
 ) -> Result<Value, ApiError> {
     let mut rules = state

@@ -144,6 +144,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most connections one client IP holds (0 = no limit).
     pub max_connections_per_ip: usize,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it.
+    pub permessage_deflate: bool,
 }
 
 /// `[token]`
@@ -321,6 +323,7 @@ impl Default for ServerConfig {
             shutdown_drain: Duration::from_secs(10),
             max_connections: 0,
             max_connections_per_ip: 0,
+            permessage_deflate: false,
         }
     }
 }
@@ -390,6 +393,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
         "server.max_connections_per_ip",
+    ),
+    (
+        "SWITCHBOARD_PERMESSAGE_DEFLATE",
+        "server.permessage_deflate",
     ),
     ("SWITCHBOARD_TOKEN_ALGORITHM", "token.algorithm"),
     ("SWITCHBOARD_TOKEN_HMAC_SECRET", "token.hmac_secret"),
@@ -491,6 +498,9 @@ impl Config {
             "server.max_connections" => self.server.max_connections = parse(source, value)?,
             "server.max_connections_per_ip" => {
                 self.server.max_connections_per_ip = parse(source, value)?
+            }
+            "server.permessage_deflate" => {
+                self.server.permessage_deflate = parse_bool(source, value)?
             }
             "token.algorithm" => {
                 self.token.algorithm = match value.trim() {

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use crate::conn::Conn;
 use crate::door::Door;
 use crate::protocol::wire::Encoding;
-use crate::publication::Publication;
+use crate::publication::{Format, Publication};
 
 const SHARDS: usize = 64;
 
@@ -103,11 +103,8 @@ impl Hub {
         subscribers
             .iter()
             .filter(|conn| {
-                let frame = match conn.door {
-                    Door::Protocol => publication.push_frame(channel, conn.encoding),
-                    Door::Echo | Door::Chat | Door::Notify => publication.plain_frame(),
-                };
-                conn.push(frame)
+                let format = Format::of(conn.door, conn.encoding);
+                conn.push(publication.frame(channel, format, conn.deflate))
             })
             .count()
     }

@@ -82,10 +82,42 @@ pub struct Publication {
     pub offset: u64,
     /// The publishing client, when a protocol client published it.
     pub info: Option<Arc<ClientInfo>>,
-    plain_frame: OnceLock<Bytes>,
     data_json: OnceLock<Bytes>,
-    json_push: OnceLock<Bytes>,
-    protobuf_push: OnceLock<Bytes>,
+    /// One frame per (format, compressed): see [`Publication::frame`].
+    frames: [OnceLock<Bytes>; 6],
+}
+
+/// The frame formats a publication is sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The payload itself (plain doors).
+    Plain = 0,
+    /// A JSON push (client protocol, JSON).
+    Json = 1,
+    /// A Protobuf push (client protocol, Protobuf).
+    Protobuf = 2,
+}
+
+impl Format {
+    /// The format a connection of `door` speaking `encoding` receives.
+    pub fn of(door: crate::door::Door, encoding: Encoding) -> Format {
+        match (door, encoding) {
+            (crate::door::Door::Protocol, Encoding::Json) => Format::Json,
+            (crate::door::Door::Protocol, Encoding::Protobuf) => Format::Protobuf,
+            _ => Format::Plain,
+        }
+    }
+}
+
+/// The opcode and payload of an unmasked server frame built by `frame::encode`.
+fn split_frame(frame: &[u8]) -> (Opcode, &[u8]) {
+    let opcode = Opcode::from_bits(frame[0] & 0x0F).unwrap_or(Opcode::Binary);
+    let header = match frame[1] & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    (opcode, &frame[header..])
 }
 
 impl Publication {
@@ -94,10 +126,8 @@ impl Publication {
             source,
             offset: 0,
             info: None,
-            plain_frame: OnceLock::new(),
             data_json: OnceLock::new(),
-            json_push: OnceLock::new(),
-            protobuf_push: OnceLock::new(),
+            frames: Default::default(),
         }
     }
 
@@ -130,16 +160,43 @@ impl Publication {
         self
     }
 
+    /// The frame a subscriber of `channel` receives in `format`, compressed (permessage-deflate
+    /// with no context takeover) when `deflate` and the compressed form is smaller. Each of the
+    /// six is made at most once and shared by every subscriber that takes it; `channel` must be
+    /// the channel this publication was published to.
+    pub fn frame(&self, channel: &str, format: Format, deflate: bool) -> &Bytes {
+        let cell = &self.frames[format as usize * 2 + usize::from(deflate)];
+        cell.get_or_init(|| {
+            let plain = match format {
+                _ if deflate => self.frame(channel, format, false),
+                Format::Plain => return self.encode_plain(),
+                Format::Json => return self.encode_push(channel, Encoding::Json),
+                Format::Protobuf => return self.encode_push(channel, Encoding::Protobuf),
+            };
+            let (opcode, payload) = split_frame(plain);
+            let compressed = crate::ws::deflate::deflate_message(payload, 15);
+            if compressed.len() < payload.len() {
+                frame::encode_rsv1(opcode, &compressed)
+            } else {
+                plain.clone()
+            }
+        })
+    }
+
     /// The frame a plain door member receives.
     pub fn plain_frame(&self) -> &Bytes {
-        self.plain_frame.get_or_init(|| match &self.source {
+        self.frame("", Format::Plain, false)
+    }
+
+    fn encode_plain(&self) -> Bytes {
+        match &self.source {
             Source::Text(text) => frame::encode(Opcode::Text, text),
             Source::Binary(bytes) => frame::encode(Opcode::Binary, bytes),
             Source::Json(json) => match serde_json::from_slice::<String>(json) {
                 Ok(text) => frame::encode(Opcode::Text, text.as_bytes()),
                 Err(_) => frame::encode(Opcode::Text, json),
             },
-        })
+        }
     }
 
     /// The JSON text of `data` as protocol clients receive it.
@@ -185,18 +242,24 @@ impl Publication {
     /// channel gets the same one, so `channel` must be the channel this publication was
     /// published to.
     pub fn push_frame(&self, channel: &str, encoding: Encoding) -> &Bytes {
-        let (cell, opcode) = match encoding {
-            Encoding::Json => (&self.json_push, Opcode::Text),
-            Encoding::Protobuf => (&self.protobuf_push, Opcode::Binary),
+        let format = match encoding {
+            Encoding::Json => Format::Json,
+            Encoding::Protobuf => Format::Protobuf,
         };
-        cell.get_or_init(|| {
-            let push = Reply::push(Push {
-                channel: channel.to_owned(),
-                publication: Some(self.body(encoding)),
-                ..Push::default()
-            });
-            frame::encode(opcode, &push.encode_as(encoding))
-        })
+        self.frame(channel, format, false)
+    }
+
+    fn encode_push(&self, channel: &str, encoding: Encoding) -> Bytes {
+        let opcode = match encoding {
+            Encoding::Json => Opcode::Text,
+            Encoding::Protobuf => Opcode::Binary,
+        };
+        let push = Reply::push(Push {
+            channel: channel.to_owned(),
+            publication: Some(self.body(encoding)),
+            ..Push::default()
+        });
+        frame::encode(opcode, &push.encode_as(encoding))
     }
 }
 
@@ -238,6 +301,32 @@ mod tests {
         assert_eq!(push["push"]["pub"]["data"], 1);
         assert_eq!(push["push"]["pub"]["offset"], 7);
         assert_eq!(push["push"]["pub"]["info"]["user"], "u1");
+    }
+
+    #[test]
+    fn deflate_subscribers_share_one_compressed_frame_that_inflates_to_the_plain_one() {
+        use crate::ws::deflate::{negotiate_offers, Inflater};
+        let text = "a repetitive payload, a repetitive payload, a repetitive payload".repeat(4);
+        let publication = Publication::plain(Opcode::Text, Bytes::from(text.clone()));
+        let compressed = publication.frame("c", Format::Plain, true);
+        assert!(
+            std::ptr::eq(compressed, publication.frame("c", Format::Plain, true)),
+            "made once"
+        );
+        assert_eq!(compressed[0] & frame::RSV1, frame::RSV1);
+        assert!(compressed.len() < publication.plain_frame().len());
+        let negotiated = negotiate_offers(["permessage-deflate"]).unwrap();
+        let (_, payload) = split_frame(compressed);
+        let inflated = Inflater::new(&negotiated)
+            .inflate(payload, 1 << 20)
+            .unwrap();
+        assert_eq!(inflated, text.as_bytes());
+        let tiny = Publication::plain(Opcode::Text, Bytes::from_static(b"x"));
+        assert_eq!(
+            tiny.frame("c", Format::Plain, true),
+            tiny.plain_frame(),
+            "sent as is when compression would not shrink it"
+        );
     }
 
     #[test]

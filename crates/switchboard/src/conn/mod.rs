@@ -53,6 +53,8 @@ pub struct Conn {
     pub door: Door,
     /// The client protocol's encoding (JSON unless the client asked for Protobuf).
     pub encoding: Encoding,
+    /// permessage-deflate was negotiated: publications go out compressed (shared frames).
+    pub deflate: bool,
     /// The token's subject; set once, at the upgrade or (client protocol) at `connect`.
     user: OnceLock<Box<str>>,
     /// Token expiry, Unix seconds (0 = never); a protocol client's `refresh` moves it.
@@ -90,6 +92,7 @@ impl Conn {
             id,
             door,
             encoding: Encoding::Json,
+            deflate: false,
             user: user_cell,
             expires_at: AtomicU64::new(expires_at),
             subscription_expires_at: AtomicU64::new(0),
@@ -106,6 +109,12 @@ impl Conn {
     /// The same handle speaking the client protocol in `encoding`.
     pub fn with_encoding(mut self, encoding: Encoding) -> Self {
         self.encoding = encoding;
+        self
+    }
+
+    /// The same handle with permessage-deflate negotiated.
+    pub fn with_deflate(mut self, deflate: bool) -> Self {
+        self.deflate = deflate;
         self
     }
 

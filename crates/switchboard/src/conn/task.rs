@@ -26,6 +26,7 @@ use crate::error::CloseReason;
 use crate::gateway::State;
 use crate::protocol::ClientSession;
 use crate::publication::Publication;
+use crate::ws::deflate::{self, Negotiated};
 use crate::ws::frame::{self, Opcode};
 use crate::ws::{Event, MessageReader};
 
@@ -172,6 +173,8 @@ struct Socket {
     client_closed: Option<u16>,
     /// The client protocol's state (client-protocol door only).
     protocol: Option<ClientSession>,
+    /// The echo door compresses its replies with this window when deflate was negotiated.
+    echo_window: Option<u8>,
 }
 
 enum ReadOutcome {
@@ -259,6 +262,7 @@ impl Socket {
             stats,
             client_closed,
             protocol,
+            echo_window,
             ..
         } = self;
         let conn = &session.conn;
@@ -267,6 +271,7 @@ impl Socket {
             rate,
             stats,
             protocol,
+            echo_window: *echo_window,
         };
         reader.feed(buf, &mut |event| match event {
             Event::Text(data) => inbound.message(Opcode::Text, data),
@@ -389,6 +394,7 @@ struct Inbound<'a> {
     rate: &'a mut Option<MessageRate>,
     stats: &'a mut Stats,
     protocol: &'a mut Option<ClientSession>,
+    echo_window: Option<u8>,
 }
 
 impl Inbound<'_> {
@@ -403,6 +409,7 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
         rate,
         stats,
         protocol,
+        echo_window,
     } = inbound;
     if let Some(rate) = rate.as_mut() {
         if !rate.allow(Instant::now()) {
@@ -421,7 +428,11 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
     }
     match session.conn.door {
         Door::Echo => {
-            session.conn.push(&frame::encode(opcode, data));
+            let reply = match echo_window {
+                Some(window) => deflate::encode_compressed(opcode, data, *window),
+                None => frame::encode(opcode, data),
+            };
+            session.conn.push(&reply);
         }
         Door::Chat => {
             if let Some(channel) = &session.channel {
@@ -444,13 +455,24 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
 }
 
 /// Runs a connection from the upgraded socket to its end, then logs and counts how it ended.
-pub(crate) async fn run(session: Session, tcp: TcpStream, leftover: Bytes) {
+pub(crate) async fn run(
+    session: Session,
+    tcp: TcpStream,
+    leftover: Bytes,
+    deflate: Option<Negotiated>,
+) {
     let state = Arc::clone(&session.state);
     let limits = &state.config.limits;
     let started = Instant::now();
     let mut socket = Socket {
         tcp,
-        reader: MessageReader::new(limits.max_message_bytes),
+        reader: match &deflate {
+            Some(negotiated) => {
+                MessageReader::new(limits.max_message_bytes).with_inflater(negotiated.inflater())
+            }
+            None => MessageReader::new(limits.max_message_bytes),
+        },
+        echo_window: deflate.map(|n| n.server_window_bits()),
         partial: Vec::new(),
         writer: Writer::default(),
         rate: MessageRate::new(limits.client_message_rate, limits.client_message_burst),

@@ -25,7 +25,12 @@ use crate::conn::Conn;
 use crate::error::Rejection;
 use crate::gateway::{Response, State};
 use crate::protocol::wire::Encoding;
+use crate::ws::deflate::{self, Negotiated};
 use crate::ws::handshake;
+
+/// The subprotocol the SDKs' protobuf builds offer on WebSocket; choosing it answers in
+/// Protobuf.
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
 
 /// Longest room or user id in a path.
 const MAX_NAME_LEN: usize = 128;
@@ -160,6 +165,12 @@ pub(crate) fn upgrade(
             {
                 headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
             }
+            if let Some(value) = admitted
+                .deflate
+                .and_then(|n| HeaderValue::from_str(&n.response_header()).ok())
+            {
+                headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+            }
             let state2 = Arc::clone(state);
             let trace: Box<str> = trace_id.into();
             let handshake_timeout = state.config.server.handshake_timeout;
@@ -172,7 +183,7 @@ pub(crate) fn upgrade(
                     tracing::error!(event = "upgrade_failed", "upgraded connection is not a TCP stream");
                     return;
                 };
-                let Admitted { door, channel, claims, permit, encoding: admitted_encoding, .. } = admitted;
+                let Admitted { door, channel, claims, permit, encoding: admitted_encoding, deflate, .. } = admitted;
                 let conn = Arc::new(Conn::new(
                     state2.conns.next_id(),
                     door,
@@ -180,10 +191,14 @@ pub(crate) fn upgrade(
                     claims.exp.unwrap_or(0),
                     state2.config.limits.max_queued_bytes,
                     state2.clock_ms(),
-                ).with_encoding(admitted_encoding));
+                )
+                .with_encoding(admitted_encoding)
+                // Shared compressed frames are made with the full window; a client that asked
+                // for a smaller one gets publications uncompressed (always allowed).
+                .with_deflate(deflate.is_some_and(|n| n.server_window_bits() == 15)));
                 tracing::info!(event = "connected", conn_id = conn.id, user = %conn.user(), ip = %peer.ip(), trace_id = %trace, door = door.label(), channel = channel.as_deref().unwrap_or(""));
                 let session = Session::open(Arc::clone(&state2), conn, channel.map(Into::into), peer.ip(), trace, permit);
-                task::run(session, parts.io.into_inner(), parts.read_buf).await;
+                task::run(session, parts.io.into_inner(), parts.read_buf, deflate).await;
             });
             state
                 .metrics
@@ -205,6 +220,10 @@ struct Admitted {
     /// The client protocol's encoding: Protobuf when asked with `?cf_protocol=protobuf`, as
     /// the SDKs' protobuf builds do.
     encoding: Encoding,
+    /// permessage-deflate as agreed, when enabled and offered. The server always asks for no
+    /// context takeover both ways: one compressed frame then serves every subscriber, and an
+    /// idle connection keeps no compression state.
+    deflate: Option<Negotiated>,
 }
 
 fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Admitted, Rejection> {
@@ -255,10 +274,18 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
         accept,
         protocol: source.protocol.map(str::to_owned),
         permit: Some(permit),
-        encoding: if req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|pair| pair == "cf_protocol=protobuf"))
+        deflate: state
+            .config
+            .server
+            .permessage_deflate
+            .then(|| deflate::negotiate(req.headers()))
+            .flatten()
+            .map(Negotiated::with_client_no_context_takeover),
+        encoding: if source.protocol == Some(PROTOBUF_SUBPROTOCOL)
+            || req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|pair| pair == "cf_protocol=protobuf"))
         {
             Encoding::Protobuf
         } else {

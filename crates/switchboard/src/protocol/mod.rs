@@ -253,7 +253,7 @@ impl ClientSession {
         // Server-side subscriptions join first; their publications queue behind the connect
         // reply, which is put in front of them once it is complete.
         let queued_before = self.conn.queued_frames();
-        let mut subs = HashMap::new();
+        let mut subs = Vec::new();
         for channel in &claims.channels {
             let Ok(rules) = self.state.channels.rules(channel).cloned() else {
                 tracing::warn!(event = "server_subscription_skipped", conn_id = self.conn.id, channel = %channel, "token names a channel in an unknown namespace");
@@ -265,7 +265,10 @@ impl ClientSession {
             let recover = request.subs.get(channel.as_str());
             let result = self.join(channel, rules, Granted::default(), recover, |_| true);
             if let Some(result) = result {
-                subs.insert(channel.clone(), result);
+                subs.push(wire::SubscriptionEntry {
+                    channel: channel.clone(),
+                    result: Some(result),
+                });
             }
         }
         let heartbeat = self.state.config.server.heartbeat_interval.as_secs().max(1);

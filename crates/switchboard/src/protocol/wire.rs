@@ -351,10 +351,13 @@ pub struct ConnectResult {
     #[prost(uint32, tag = "4")]
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub ttl: u32,
-    /// Server-side subscriptions.
-    #[prost(map = "string, message", tag = "6")]
-    #[serde(skip_serializing_if = "HashMap::is_empty")]
-    pub subs: HashMap<String, SubscribeResult>,
+    /// Server-side subscriptions (a `map<string, SubscribeResult>` on the wire).
+    #[prost(message, repeated, tag = "6")]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "entries_as_map"
+    )]
+    pub subs: Vec<SubscriptionEntry>,
     /// Server ping interval, seconds.
     #[prost(uint32, tag = "7")]
     pub ping: u32,
@@ -364,6 +367,32 @@ pub struct ConnectResult {
     /// Node id.
     #[prost(string, tag = "10")]
     pub node: String,
+}
+
+/// One entry of [`ConnectResult::subs`], written out by hand rather than as a prost map: a
+/// map leaves out a value equal to the default (a channel with no history has an all-default
+/// result), and the SDK's protobuf build reads a missing value as `null` and fails.
+#[derive(Clone, PartialEq, Message)]
+pub struct SubscriptionEntry {
+    /// The channel.
+    #[prost(string, tag = "1")]
+    pub channel: String,
+    /// Its subscribe result, always present on the wire.
+    #[prost(message, optional, tag = "2")]
+    pub result: Option<SubscribeResult>,
+}
+
+/// Writes the entries as a JSON object: channel → result.
+fn entries_as_map<S: Serializer>(
+    entries: &[SubscriptionEntry],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(entries.len()))?;
+    for entry in entries {
+        map.serialize_entry(&entry.channel, &entry.result.clone().unwrap_or_default())?;
+    }
+    map.end()
 }
 
 /// The result of `subscribe` (also the body of a `subscribe` push).
@@ -693,6 +722,25 @@ mod tests {
             String::from_utf8(reply.encode_as(Encoding::Json)).unwrap(),
             r#"{"id":7,"subscribe":{"publications":[{"data":{"a":1},"offset":2}],"recovered":true}}"#
         );
+    }
+
+    #[test]
+    fn a_server_side_subscription_with_a_default_result_is_still_written() {
+        let result = ConnectResult {
+            subs: vec![SubscriptionEntry {
+                channel: "news".into(),
+                result: Some(SubscribeResult::default()),
+            }],
+            ..ConnectResult::default()
+        };
+        let bytes = result.encode_to_vec();
+        // field 6 entry: key (field 1) and an empty value (field 2, length 0).
+        assert!(
+            bytes.windows(2).any(|w| w == [0x12, 0x00]),
+            "the empty value is on the wire: {bytes:02x?}"
+        );
+        let json = serde_json::to_string(&result).unwrap();
+        assert!(json.contains(r#""subs":{"news":{}}"#), "{json}");
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    fn from_bits(bits: u8) -> Option<Opcode> {
+    /// The opcode of a frame header's low four bits, if it is one RFC 6455 defines.
+    pub fn from_bits(bits: u8) -> Option<Opcode> {
         match bits {
             0x0 => Some(Opcode::Continuation),
             0x1 => Some(Opcode::Text),
@@ -66,6 +67,8 @@ pub struct FrameHeader {
     pub payload_len: usize,
     /// Header length in bytes (2 to 14).
     pub header_len: usize,
+    /// RSV1: with permessage-deflate, the message this frame starts is compressed.
+    pub rsv1: bool,
 }
 
 /// A client frame that breaks the protocol or a limit.
@@ -88,15 +91,30 @@ pub enum FrameError {
 /// oversized control frames and non-minimal-safe 64-bit lengths; [`FrameError::TooBig`] when
 /// the payload is longer than `max_payload`.
 pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<FrameHeader>, FrameError> {
+    parse_header_with(buf, max_payload, false)
+}
+
+/// [`parse_header`] on a connection where RSV1 may be set (permessage-deflate negotiated);
+/// whether it is legal on this frame's opcode is the reader's to check.
+///
+/// # Errors
+/// As [`parse_header`], with RSV1 allowed when `rsv1_allowed`.
+pub fn parse_header_with(
+    buf: &[u8],
+    max_payload: usize,
+    rsv1_allowed: bool,
+) -> Result<Option<FrameHeader>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let reserved = if rsv1_allowed { 0x30 } else { 0x70 };
+    if b0 & reserved != 0 {
         return Err(FrameError::Protocol(
             "reserved bits set without a negotiated extension",
         ));
     }
+    let rsv1 = b0 & RSV1 != 0;
     let fin = b0 & 0x80 != 0;
     let opcode = Opcode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("unknown opcode"))?;
     if b1 & 0x80 == 0 {
@@ -147,6 +165,7 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<FrameHeader
         mask,
         payload_len,
         header_len: mask_at + 4,
+        rsv1,
     }))
 }
 

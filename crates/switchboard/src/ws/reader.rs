@@ -6,7 +6,12 @@
 //! messages are gathered in a buffer of the reader's own, which is freed once delivered. Text is
 //! checked for UTF-8 fragment by fragment, so a bad byte ends the connection without waiting for
 //! the rest of the message.
+//!
+//! With permessage-deflate negotiated, a message whose first frame has RSV1 set is compressed:
+//! its frames are gathered as they come, inflated whole (never past the message limit), and
+//! only then checked for UTF-8 and handed over. RSV1 anywhere else is a protocol error.
 
+use super::deflate::{DeflateError, Inflater};
 use super::frame::{self, FrameError, Opcode};
 use crate::error::CloseReason;
 
@@ -34,6 +39,10 @@ pub struct MessageReader {
     /// How many leading bytes of the fragmented text have been checked as UTF-8.
     utf8_checked: usize,
     closed: bool,
+    /// permessage-deflate, when negotiated.
+    inflater: Option<Inflater>,
+    /// The message in progress is compressed.
+    compressed: bool,
 }
 
 /// Checks that `bytes` is UTF-8, allowing an incomplete character at the end when `partial`.
@@ -53,6 +62,12 @@ impl MessageReader {
             max_message,
             ..Default::default()
         }
+    }
+
+    /// A reader for a connection that negotiated permessage-deflate.
+    pub fn with_inflater(mut self, inflater: Inflater) -> Self {
+        self.inflater = Some(inflater);
+        self
     }
 
     /// Whether a close frame has been read (nothing more will be).
@@ -81,7 +96,9 @@ impl MessageReader {
     ) -> Result<usize, CloseReason> {
         let mut at = 0;
         while !self.closed {
-            let header = match frame::parse_header(&buf[at..], self.max_message) {
+            let rsv1_allowed = self.inflater.is_some();
+            let header = match frame::parse_header_with(&buf[at..], self.max_message, rsv1_allowed)
+            {
                 Ok(Some(header)) => header,
                 Ok(None) => break,
                 Err(FrameError::TooBig) => return Err(CloseReason::MessageTooBig),
@@ -95,7 +112,20 @@ impl MessageReader {
             at = end;
             let payload = &mut buf[start..end];
             frame::unmask(payload, header.mask);
-            self.on_frame(header.fin, header.opcode, payload, on_event)?;
+            if header.rsv1 {
+                // Only the first frame of a data message may say "compressed".
+                if !matches!(header.opcode, Opcode::Text | Opcode::Binary) {
+                    return Err(CloseReason::ProtocolError);
+                }
+                if self.fragmented.is_some() {
+                    return Err(CloseReason::ProtocolError);
+                }
+                self.on_compressed_frame(header.fin, header.opcode, payload, on_event)?;
+            } else if self.compressed && header.opcode == Opcode::Continuation {
+                self.on_compressed_frame(header.fin, header.opcode, payload, on_event)?;
+            } else {
+                self.on_frame(header.fin, header.opcode, payload, on_event)?;
+            }
         }
         Ok(at)
     }
@@ -103,7 +133,7 @@ impl MessageReader {
     /// The number of bytes needed before the frame at the start of `buf` is complete, when its
     /// header is known; lets the caller size its buffer once for a large frame.
     pub fn frame_len_hint(&self, buf: &[u8]) -> Option<usize> {
-        match frame::parse_header(buf, self.max_message) {
+        match frame::parse_header_with(buf, self.max_message, self.inflater.is_some()) {
             Ok(Some(header)) => Some(header.header_len + header.payload_len),
             _ => None,
         }
@@ -148,6 +178,68 @@ impl MessageReader {
                 }
                 self.append_fragment(fin, payload, on_event)
             }
+        }
+    }
+
+    /// A frame of a compressed message: gathered until the last, then inflated and checked.
+    fn on_compressed_frame(
+        &mut self,
+        fin: bool,
+        opcode: Opcode,
+        payload: &[u8],
+        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), CloseReason>,
+    ) -> Result<(), CloseReason> {
+        let opcode = match (opcode, self.fragmented.as_mut()) {
+            (Opcode::Continuation, Some((opcode, bytes))) => {
+                if bytes.len() + payload.len() > self.max_message {
+                    return Err(CloseReason::MessageTooBig);
+                }
+                bytes.extend_from_slice(payload);
+                *opcode
+            }
+            (Opcode::Text | Opcode::Binary, None) => {
+                if !fin {
+                    self.compressed = true;
+                    self.fragmented = Some((opcode, payload.to_vec()));
+                    return Ok(());
+                }
+                return self.inflate_and_deliver(opcode, payload, on_event);
+            }
+            _ => return Err(CloseReason::ProtocolError),
+        };
+        if !fin {
+            return Ok(());
+        }
+        self.compressed = false;
+        let Some((_, bytes)) = self.fragmented.take() else {
+            return Err(CloseReason::ProtocolError);
+        };
+        self.inflate_and_deliver(opcode, &bytes, on_event)
+    }
+
+    fn inflate_and_deliver(
+        &mut self,
+        opcode: Opcode,
+        compressed: &[u8],
+        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), CloseReason>,
+    ) -> Result<(), CloseReason> {
+        let Some(inflater) = self.inflater.as_mut() else {
+            return Err(CloseReason::ProtocolError);
+        };
+        let message =
+            inflater
+                .inflate(compressed, self.max_message)
+                .map_err(|error| match error {
+                    DeflateError::TooBig { .. } => CloseReason::MessageTooBig,
+                    DeflateError::Corrupt(_) | DeflateError::TrailingData => {
+                        CloseReason::ProtocolError
+                    }
+                })?;
+        if opcode == Opcode::Text {
+            check_utf8(&message, false)?;
+            on_event(Event::Text(&message))
+        } else {
+            on_event(Event::Binary(&message))
         }
     }
 

@@ -248,9 +248,22 @@ where
 
 /// A raw WebSocket: handshake by hand, then bytes. For clients that misbehave on purpose.
 pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
+    raw_upgrade_with(addr, path, &[]).await.0
+}
+
+/// [`raw_upgrade`] with extra request headers; also returns the response head.
+pub async fn raw_upgrade_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
@@ -262,12 +275,31 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
             .unwrap();
         head.push(byte[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (stream, head)
+}
+
+/// Reads one server frame from a raw socket: its first byte (FIN, RSV1, opcode) and payload.
+pub async fn raw_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 2];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut header))
+        .await
+        .expect("frame in time")
+        .unwrap();
+    let mut len = u64::from(header[1] & 0x7F);
+    if len == 126 {
+        let mut ext = [0u8; 2];
+        stream.read_exact(&mut ext).await.unwrap();
+        len = u64::from(u16::from_be_bytes(ext));
+    } else if len == 127 {
+        let mut ext = [0u8; 8];
+        stream.read_exact(&mut ext).await.unwrap();
+        len = u64::from_be_bytes(ext);
+    }
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload).await.unwrap();
+    (header[0], payload)
 }
 
 /// A masked client frame whose first byte (FIN and opcode) is `first_byte`.
