@@ -1,5 +1,7 @@
 //! Test-only: end-to-end runs of every scenario against the in-process test server
-//! (`testserver`), through the same entry points the command line uses.
+//! (`testserver`), and of the client protocol's door (`fanout --door protocol`, also in
+//! `slow`) against the real gateway (`gateway`), through the same entry points the command
+//! line uses.
 
 use super::*;
 
@@ -54,6 +56,7 @@ fn fanout_max_end_to_end() {
             stall_timeout: Duration::from_secs(2),
             join_timeout: Duration::from_secs(5),
             stall: fanout::Stall::default(),
+            door: fanout::Door::Plain,
         };
         let r = fanout::run(&t, &p, None, 8).await.expect("run");
         assert!(r.complete);
@@ -85,6 +88,7 @@ fn fanout_rate_end_to_end() {
             stall_timeout: Duration::from_secs(2),
             join_timeout: Duration::from_secs(5),
             stall: fanout::Stall::default(),
+            door: fanout::Door::Plain,
         };
         let r = fanout::run(&t, &p, None, 8).await.expect("run");
         assert!(r.complete);
@@ -152,6 +156,7 @@ fn slow_params(mode: fanout::Mode, baseline: bool) -> slow::Params {
             stall_timeout: Duration::from_secs(2),
             join_timeout: Duration::from_secs(5),
             stall: fanout::Stall::default(),
+            door: fanout::Door::Plain,
         },
         stalled_percent: 25.0,
         stalled_rcvbuf: Some(4096),
@@ -242,5 +247,97 @@ fn idle_answers_pings() {
         let pongs = seen.pongs.lock().expect("lock").clone();
         assert_eq!(pongs.len(), 5);
         assert!(pongs.iter().all(|p| p == b"are you there"));
+    });
+}
+
+fn protocol_params(mode: fanout::Mode) -> fanout::Params {
+    fanout::Params {
+        room_prefix: "proto".into(),
+        rooms: 2,
+        subscribers: 6,
+        publishers: 2,
+        size: 100,
+        duration: Duration::from_millis(500),
+        mode,
+        drain: Duration::from_secs(2),
+        stall_timeout: Duration::from_secs(2),
+        join_timeout: Duration::from_secs(5),
+        stall: fanout::Stall::default(),
+        door: fanout::Door::Protocol,
+    }
+}
+
+/// The figures every complete protocol-door run shows.
+fn assert_lossless_protocol_run(r: &report::Report) {
+    assert!(r.complete, "incomplete run");
+    assert_eq!(r.get("door").and_then(|v| v.as_str()), Some("protocol"));
+    assert_eq!(num(r, "loss"), 0.0);
+    assert_eq!(num(r, "closed_early"), 0.0);
+    assert_eq!(num(r, "unknown_messages"), 0.0);
+    assert_eq!(num(r, "stalled_publications"), 0.0);
+    assert!(num(r, "deliveries_in_window") > 0.0);
+    assert!(num(r, "latency_p50_us") > 0.0);
+}
+
+#[test]
+fn fanout_protocol_door_against_the_gateway() {
+    // `--dev`: anonymous connect. The 100 ms heartbeat closes a protocol client that does not
+    // answer the server's `{}` pings within 200 ms, so a complete run also shows they were.
+    let gw = gateway::start(gateway::config(true));
+    local(async {
+        let t = net::Target::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let p = protocol_params(fanout::Mode::Max { window: 3 });
+        let r = fanout::run(&t, &p, None, 8).await.expect("run");
+        assert_lossless_protocol_run(&r);
+        // Every publication reaches the 3 protocol subscribers of its room.
+        assert!(num(&r, "publications") > 10.0);
+        assert_eq!(
+            num(&r, "expected_deliveries"),
+            3.0 * num(&r, "publications")
+        );
+        assert_eq!(num(&r, "deliveries"), num(&r, "expected_deliveries"));
+    });
+}
+
+#[test]
+fn fanout_protocol_door_with_a_token() {
+    // Tokens required: the subscribers send theirs in `connect`, the publishers as ?token=.
+    let gw = gateway::start(gateway::config(false));
+    let token = switchboard::auth::mint_hs256(gateway::SECRET, "bench", 3600).expect("token");
+    local(async {
+        let addr = format!("ws://{}", gw.addr);
+        let p = protocol_params(fanout::Mode::Rate(40.0));
+        let t = net::Target::parse(&addr, Some(&token)).expect("target");
+        let r = fanout::run(&t, &p, None, 8).await.expect("run");
+        assert_lossless_protocol_run(&r);
+        // Without one, connect is refused with the server's error.
+        let t = net::Target::parse(&addr, None).expect("target");
+        let e = fanout::run(&t, &p, None, 8).await.err().expect("refused");
+        assert!(format!("{e:#}").contains("failed"), "{e:#}");
+    });
+}
+
+#[test]
+fn slow_protocol_door_against_the_gateway() {
+    // The stalled subscribers answer no `{}` ping once they stop reading: with a 100 ms
+    // heartbeat the gateway closes them with 3012 (no pong) during the run.
+    let gw = gateway::start(gateway::config(true));
+    local(async {
+        let t = net::Target::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let mut p = slow_params(fanout::Mode::Rate(50.0), true);
+        p.fanout.door = fanout::Door::Protocol;
+        let r = slow::run(&t, &p, None, 8).await.expect("run");
+        assert!(r.complete);
+        assert_eq!(r.get("door").and_then(|v| v.as_str()), Some("protocol"));
+        assert_eq!(num(&r, "loss"), 0.0);
+        assert_eq!(num(&r, "baseline_loss"), 0.0);
+        assert_eq!(num(&r, "unknown_messages"), 0.0);
+        assert_eq!(num(&r, "stalled_closed"), 2.0);
+        let codes = r.get("stalled_close_codes").expect("codes");
+        assert_eq!(
+            codes.get("3012").and_then(|v| v.as_u64()),
+            Some(2),
+            "{codes}"
+        );
     });
 }

@@ -1,5 +1,6 @@
 //! `switchboard-bench`: a lean WebSocket load generator for servers with the "plain door"
-//! contract (`/ws` echo, `/ws/chat/{room}` broadcast, `/healthz`). This module owns the
+//! contract (`/ws` echo, `/ws/chat/{room}` broadcast, `/healthz`); `fanout` and `slow` can also
+//! subscribe through Switchboard's client protocol (`--door protocol`). This module owns the
 //! command line and the runtime: one current-thread tokio runtime with a `LocalSet`, so the
 //! generator costs one core at most and its shared state needs no atomics or locks.
 //!
@@ -7,6 +8,8 @@
 //! - `net`: target URL (loopback only), source addresses, socket set-up, handshake.
 //! - `ws`: client-side RFC 6455 framing (masked sends, in-place parsing of server frames).
 //! - `payload`: the process clock and the timestamped payload layouts.
+//! - `protocol`: the client protocol's side of a subscriber (`fanout --door protocol`):
+//!   connect and subscribe, pings, the `data` of a push found in place.
 //! - `fanout`, `slow`, `echo`, `idle`, `connect`: the scenarios (`slow` is a fanout run with
 //!   stalled subscribers; the stalled members themselves live in `fanout`).
 //! - `stats`: CPU (utime + stime) and RSS from `/proc`, latency histograms.
@@ -16,6 +19,8 @@
 //! ```text
 //! taskset -c 1 switchboard-bench fanout --url ws://127.0.0.1:8081 --rooms 1 --subscribers 1000 \
 //!     --publishers 1 --duration 10s --max --server-pid "$PID"
+//! taskset -c 1 switchboard-bench fanout --door protocol --url ws://127.0.0.1:8081 \
+//!     --subscribers 1000 --duration 10s --max --server-pid "$PID"
 //! taskset -c 1 switchboard-bench echo --url ws://127.0.0.1:8081 --connections 100 --in-flight 8
 //! taskset -c 1 switchboard-bench idle --url ws://127.0.0.1:8081 --connections 19000 --server-pid "$PID"
 //! taskset -c 1 switchboard-bench connect --url ws://127.0.0.1:8081 --connections 2000 \
@@ -33,9 +38,12 @@ mod connect;
 mod e2e;
 mod echo;
 mod fanout;
+#[cfg(test)]
+mod gateway;
 mod idle;
 mod net;
 mod payload;
+mod protocol;
 mod report;
 mod slow;
 mod stats;
@@ -61,7 +69,8 @@ struct Server {
     /// Server base URL, e.g. ws://127.0.0.1:8081 (loopback only; a path is used as a prefix).
     #[arg(long)]
     url: String,
-    /// Appended to every request as ?token=T.
+    /// Appended to every plain-door request as ?token=T; client-protocol subscribers
+    /// (--door protocol) send it in their connect command instead.
     #[arg(long)]
     token: Option<String>,
     /// Server process id, for its CPU time (/proc/PID/stat) and RSS (/proc/PID/status).
@@ -89,9 +98,14 @@ struct Common {
 #[derive(Args, Debug, Clone)]
 #[command(group(ArgGroup::new("pace").required(true).args(["max", "rate"])))]
 struct FanoutArgs {
-    /// Number of rooms (/ws/chat/room-N).
+    /// Number of rooms (/ws/chat/room-N; channel chat:room-N on the client protocol).
     #[arg(long, default_value_t = 1)]
     rooms: usize,
+    /// The subscribers' door: plain (/ws/chat/room-N) or protocol (/connection/websocket, the
+    /// JSON client protocol, subscribed to chat:room-N; --token goes in its connect command).
+    /// Publishers always use the plain door.
+    #[arg(long, value_enum, default_value_t = fanout::Door::Plain)]
+    door: fanout::Door,
     /// Subscriber connections (room i % rooms).
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -145,6 +159,7 @@ impl FanoutArgs {
             stall_timeout: self.stall_timeout,
             join_timeout: self.join_timeout,
             stall: fanout::Stall::default(),
+            door: self.door,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Where the load goes and how one connection is opened: the `--url` parsing (ws:// on a
-//! loopback address only; any path in it is a prefix; `--token` becomes `?token=`), the choice
+//! loopback address only; any path in it is a prefix; `--token` becomes `?token=` on the plain
+//! doors and is kept as given for the client protocol's `connect` command), the choice
 //! of a client source address (spread over 127.0.0.2..=127.0.0.255 so thousands of connections
 //! do not exhaust one address' ephemeral ports), the socket set-up through socket2 (bind before
 //! connect, TCP_NODELAY, optionally a small SO_RCVBUF) and the hand-written opening handshake,
-//! timed from the start of the TCP connect to the complete `101` response head.
+//! timed from the start of the TCP connect to the complete `101` response head. Batches of
+//! connections are opened a bounded number at a time ([`open_many`], [`open_many_with`]).
 
 use crate::ws::{self, FrameReader};
 use anyhow::{bail, Context, Result};
@@ -25,8 +27,11 @@ pub struct Target {
     host: String,
     /// Path prefix from the URL (no trailing slash).
     prefix: String,
-    /// Query string to append (`token=...` and/or the URL's own query), without `?`.
-    query: String,
+    /// The URL's own query string, without `?` (empty: none).
+    url_query: String,
+    /// `--token`, as given (the plain doors get it as `?token=`, the client protocol in its
+    /// `connect` command).
+    token: Option<String>,
 }
 
 fn encode_query_value(v: &str) -> String {
@@ -84,30 +89,41 @@ impl Target {
                 "refusing non-loopback target {ip}: this bench only drives servers on this machine"
             );
         }
-        let mut query = query;
-        if let Some(t) = token {
-            if !query.is_empty() {
-                query.push('&');
-            }
-            query.push_str("token=");
-            query.push_str(&encode_query_value(t));
-        }
         Ok(Self {
             addr: SocketAddr::new(ip, port),
             host: authority.to_string(),
             prefix: path.trim_end_matches('/').to_string(),
-            query,
+            url_query: query,
+            token: token.map(str::to_string),
         })
     }
 
-    /// Request target (path and query) for the door `path` (e.g. `/ws/chat/room-0`).
+    /// Request target (path and query, `?token=` included) for the plain door `path`
+    /// (e.g. `/ws/chat/room-0`).
     pub fn request_path(&self, path: &str) -> String {
-        let mut p = format!("{}{}", self.prefix, path);
-        if !self.query.is_empty() {
-            p.push('?');
-            p.push_str(&self.query);
+        let mut p = self.request_path_without_token(path);
+        if let Some(t) = &self.token {
+            p.push(if self.url_query.is_empty() { '?' } else { '&' });
+            p.push_str("token=");
+            p.push_str(&encode_query_value(t));
         }
         p
+    }
+
+    /// Request target for `path` with the URL's own query only: the client protocol's door,
+    /// which takes its token in the `connect` command.
+    pub fn request_path_without_token(&self, path: &str) -> String {
+        let mut p = format!("{}{}", self.prefix, path);
+        if !self.url_query.is_empty() {
+            p.push('?');
+            p.push_str(&self.url_query);
+        }
+        p
+    }
+
+    /// `--token`, as given.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// Source address for connection number `i`: one of 127.0.0.2..=127.0.0.255 for an IPv4
@@ -161,6 +177,17 @@ pub async fn open(
     source: Option<IpAddr>,
     opts: &SocketOpts,
 ) -> Result<Conn> {
+    open_request(target, &target.request_path(path), source, opts).await
+}
+
+/// Like [`open`], with the request target (path and query) given as is (see
+/// [`Target::request_path_without_token`]).
+pub async fn open_request(
+    target: &Target,
+    request_path: &str,
+    source: Option<IpAddr>,
+    opts: &SocketOpts,
+) -> Result<Conn> {
     let fut = async {
         let socket = Socket::new(
             Domain::for_address(target.addr),
@@ -187,7 +214,7 @@ pub async fn open(
             .await
             .with_context(|| format!("connecting to {}", target.addr))?;
         let key = ws::new_key();
-        let request = ws::handshake_request(&target.host, &target.request_path(path), &key);
+        let request = ws::handshake_request(&target.host, request_path, &key);
         stream
             .write_all(request.as_bytes())
             .await
@@ -202,7 +229,11 @@ pub async fn open(
     };
     tokio::time::timeout(OPEN_TIMEOUT, fut)
         .await
-        .with_context(|| format!("opening {path}: no handshake within {OPEN_TIMEOUT:?}"))?
+        .with_context(|| {
+            // Without the query: it may hold the token.
+            let path = request_path.split('?').next().unwrap_or_default();
+            format!("opening {path}: no handshake within {OPEN_TIMEOUT:?}")
+        })?
 }
 
 /// What opening a batch of connections gave: one slot per requested path, in order.
@@ -227,7 +258,28 @@ pub async fn open_many(
 ) -> Opened {
     let opts = *opts;
     let target = std::rc::Rc::new(target.clone());
-    let mut conns: Vec<Option<Conn>> = (0..paths.len()).map(|_| None).collect();
+    open_many_with(paths.len(), concurrency, progress, |i| {
+        let (t, path) = (target.clone(), paths[i].clone());
+        async move { open(&t, &path, t.source_for(i), &opts).await }
+    })
+    .await
+}
+
+/// Runs `open_one(i)` for every `i` in `0..count`, at most `concurrency` at a time (each a
+/// local task), ticking `progress` per finished attempt; the connections in order of `i`.
+/// What one attempt does beyond the handshake (e.g. the client protocol's connect and
+/// subscribe) is up to `open_one`. Must run inside a `LocalSet`.
+pub async fn open_many_with<F, Fut>(
+    count: usize,
+    concurrency: usize,
+    progress: &indicatif::ProgressBar,
+    mut open_one: F,
+) -> Opened
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Conn>> + 'static,
+{
+    let mut conns: Vec<Option<Conn>> = (0..count).map(|_| None).collect();
     let mut failed = 0;
     let mut first_error = None;
     let mut set = tokio::task::JoinSet::new();
@@ -243,10 +295,10 @@ pub async fn open_many(
             first_error.get_or_insert(anyhow::anyhow!("connect task failed: {e}"));
         }
     };
-    while next < paths.len() || !set.is_empty() {
-        while next < paths.len() && set.len() < concurrency.max(1) {
-            let (t, path, i) = (target.clone(), paths[next].clone(), next);
-            set.spawn_local(async move { (i, open(&t, &path, t.source_for(i), &opts).await) });
+    while next < count || !set.is_empty() {
+        while next < count && set.len() < concurrency.max(1) {
+            let (i, fut) = (next, open_one(next));
+            set.spawn_local(async move { (i, fut.await) });
             next += 1;
         }
         if let Some(res) = set.join_next().await {
@@ -277,12 +329,19 @@ mod tests {
         );
         let t = Target::parse("ws://[::1]:7", Some("t")).expect("ok");
         assert_eq!(t.request_path("/ws"), "/ws?token=t");
+        assert_eq!(t.request_path_without_token("/ws"), "/ws");
+        assert_eq!(t.token(), Some("t"));
         assert_eq!(t.source_for(3), None);
         let t = Target::parse("ws://127.0.0.1", None).expect("ok");
         assert_eq!(t.addr.port(), 80);
         assert_eq!(t.source_for(0), Some("127.0.0.2".parse().expect("ip")));
         assert_eq!(t.source_for(253), Some("127.0.0.255".parse().expect("ip")));
         assert_eq!(t.source_for(254), Some("127.0.0.2".parse().expect("ip")));
+        let t = Target::parse("ws://127.0.0.1:1/p?x=1", Some("t")).expect("ok");
+        assert_eq!(
+            t.request_path_without_token("/connection/websocket"),
+            "/p/connection/websocket?x=1"
+        );
     }
 
     #[test]

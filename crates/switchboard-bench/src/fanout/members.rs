@@ -1,9 +1,13 @@
 //! The fanout run's shared state and its receive side: per-publisher window slots, the
 //! counters, and one task per member that parses frames in place, records each delivery's
 //! latency, completes window slots, answers pings and marks a member joined on its first
-//! warm-up message. Nothing here sends publications (that is `phases`).
+//! warm-up message. On the client protocol's door the bench message is the `data` of a push,
+//! found in place ([`each_message`]), and the server's `{}` pings are answered with `{}`.
+//! Nothing here sends publications (that is `phases`).
 
+use super::Door;
 use crate::payload::{self, now_ns, KIND_PUB, KIND_WARMUP};
+use crate::protocol::{self, Msg};
 use crate::stats::Hist;
 use crate::ws::{self, FrameReader, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use anyhow::{bail, Result};
@@ -55,6 +59,8 @@ pub(super) struct Counters {
     pub(super) delivered_in_window: Cell<u64>,
     pub(super) publisher_copies: Cell<u64>,
     pub(super) unknown: Cell<u64>,
+    /// Client protocol pushes that carry no publication (join/leave), not counted otherwise.
+    pub(super) other_pushes: Cell<u64>,
     pub(super) closed_early: Cell<u64>,
 }
 
@@ -95,6 +101,17 @@ pub(super) enum Role {
     Pub,
 }
 
+/// Calls `on` for what one text or binary frame received through `door` holds: on the plain
+/// door the frame's payload is the bench message ([`Msg::Data`]); on the client protocol's
+/// door each JSON object of the frame is classified ([`protocol::classify`]).
+#[inline]
+pub(super) fn each_message<'a>(door: Door, payload: &'a [u8], mut on: impl FnMut(Msg<'a>)) {
+    match door {
+        Door::Plain => on(Msg::Data(payload)),
+        Door::Protocol => protocol::messages(payload).for_each(on),
+    }
+}
+
 /// Handles one text/binary message received by a member of `room`.
 #[inline]
 fn on_message(sh: &Shared, role: Role, room: usize, joined: &mut bool, p: &[u8], now: u64) {
@@ -127,6 +144,7 @@ fn on_message(sh: &Shared, role: Role, room: usize, joined: &mut bool, p: &[u8],
 async fn member_loop(
     sh: &Shared,
     role: Role,
+    door: Door,
     room: usize,
     mut rd: OwnedReadHalf,
     mut fr: FrameReader,
@@ -140,7 +158,12 @@ async fn member_loop(
             match f.opcode {
                 OP_PING => ws::encode_frame(&mut ctrl, OP_PONG, f.payload),
                 OP_CLOSE => bail!("server sent {}", ws::describe_close(f.payload)),
-                OP_TEXT | ws::OP_BINARY => on_message(sh, role, room, &mut joined, f.payload, now),
+                OP_TEXT | ws::OP_BINARY => each_message(door, f.payload, |m| match m {
+                    Msg::Data(p) => on_message(sh, role, room, &mut joined, p, now),
+                    Msg::Ping => ws::encode_frame(&mut ctrl, OP_TEXT, protocol::PONG),
+                    Msg::Push => sh.c.other_pushes.set(sh.c.other_pushes.get() + 1),
+                    Msg::Other => sh.c.unknown.set(sh.c.unknown.get() + 1),
+                }),
                 // The bench header is in the first fragment; later ones carry only padding.
                 OP_CONT => {}
                 _ => {} // pongs
@@ -159,12 +182,13 @@ async fn member_loop(
 pub(super) async fn member(
     sh: Rc<Shared>,
     role: Role,
+    door: Door,
     room: usize,
     rd: OwnedReadHalf,
     fr: FrameReader,
     wr: Rc<Writer>,
 ) {
-    if let Err(e) = member_loop(&sh, role, room, rd, fr, &wr).await {
+    if let Err(e) = member_loop(&sh, role, door, room, rd, fr, &wr).await {
         if !sh.stopping.get() {
             sh.c.closed_early.set(sh.c.closed_early.get() + 1);
             sh.first_error

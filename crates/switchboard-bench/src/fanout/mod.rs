@@ -1,10 +1,14 @@
 //! The fanout scenario: S subscribers and P publishers spread over C chat rooms
-//! (`/ws/chat/room-N`). It connects everyone, waits until every member has provably joined
-//! (it received a warm-up message published to its room), then publishes timestamped
-//! publications for the measured phase, either closed-loop (`--max`: each publisher keeps at
-//! most `--window` publications in flight, one completes when every subscriber of its room
-//! has it) or open-loop (`--rate`: paced), drains, and reports deliveries/s, loss, latency and
-//! CPU. Everything runs on one thread: shared state is `Rc` + `Cell`, no locks on the hot path.
+//! (`/ws/chat/room-N`). With `--door protocol` the subscribers connect through the client
+//! protocol instead (`/connection/websocket`, subscribed to the same room's channel
+//! `chat:room-N`; see `crate::protocol`) while the publishers stay on the plain door, so the
+//! same publications reach them as JSON pushes. It connects everyone, waits until every member
+//! has provably joined (it received a warm-up message published to its room), then publishes
+//! timestamped publications for the measured phase, either closed-loop (`--max`: each
+//! publisher keeps at most `--window` publications in flight, one completes when every
+//! subscriber of its room has it) or open-loop (`--rate`: paced), drains, and reports
+//! deliveries/s, loss, latency and CPU. Everything runs on one thread: shared state is `Rc` +
+//! `Cell`, no locks on the hot path.
 //!
 //! The `slow` scenario runs the same thing with stalled subscribers added ([`Stall`]): they
 //! join like everyone else, then stop reading; they count in no delivery figure, and how the
@@ -14,12 +18,14 @@
 //! state and the receive tasks; `phases` the warm-up, the publishers and the drain; `stalled`
 //! the subscribers that stop reading.
 
-use crate::net::{self, SocketOpts, Target};
+use crate::net::{self, Conn, SocketOpts, Target};
 use crate::payload;
+use crate::protocol;
 use crate::report::{self, Report};
 use crate::stats::{CpuUse, Hist};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -35,6 +41,28 @@ pub enum Mode {
     },
     /// Open loop: this many publications per second in total.
     Rate(f64),
+}
+
+/// The door the subscribers (stalled ones included) connect through; publishers always use
+/// the plain door.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Door {
+    /// `/ws/chat/{room}`: every message is a frame of its own.
+    #[default]
+    Plain,
+    /// `/connection/websocket`: the JSON client protocol, subscribed to `chat:{room}`;
+    /// publications arrive as pushes and the server's `{}` pings are answered.
+    Protocol,
+}
+
+impl Door {
+    /// The name shown in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Door::Plain => "plain",
+            Door::Protocol => "protocol",
+        }
+    }
 }
 
 /// Subscribers that stop reading once joined (the `slow` scenario; none for `fanout`).
@@ -73,6 +101,8 @@ pub struct Params {
     pub join_timeout: Duration,
     /// Stalled subscribers.
     pub stall: Stall,
+    /// The subscribers' door.
+    pub door: Door,
 }
 
 mod members;
@@ -97,6 +127,7 @@ pub struct Outcome {
     closed_early: u64,
     publisher_copies: u64,
     unknown: u64,
+    other_pushes: u64,
     /// Publish→delivery latency of the (healthy) subscribers.
     pub hist: Hist,
     first_error: Option<String>,
@@ -148,6 +179,7 @@ pub async fn run(
 
 /// The parameter rows shared by `fanout` and `slow` (`subscribers` counts stalled ones too).
 pub fn write_params(r: &mut Report, p: &Params) {
+    r.param("door", p.door.label());
     r.param("rooms", p.rooms);
     r.param("subscribers", p.subscribers + p.stall.count);
     r.param("publishers", p.publishers);
@@ -161,6 +193,30 @@ pub fn write_params(r: &mut Report, p: &Params) {
         Mode::Rate(rate) => {
             r.param("mode", "rate");
             r.param("rate", rate);
+        }
+    }
+}
+
+/// Opens one member's connection to `room`: the plain door, or the client protocol's door
+/// followed by its `connect` and `subscribe` (so a refused token or channel fails the connect
+/// phase with the server's error).
+async fn open_member(
+    target: Rc<Target>,
+    room: String,
+    door: Door,
+    source: Option<IpAddr>,
+    opts: SocketOpts,
+) -> Result<Conn> {
+    match door {
+        Door::Plain => net::open(&target, &format!("/ws/chat/{room}"), source, &opts).await,
+        Door::Protocol => {
+            let path = target.request_path_without_token(protocol::PATH);
+            let mut conn = net::open_request(&target, &path, source, &opts).await?;
+            let channel = protocol::channel(&room);
+            protocol::join(&mut conn, &channel, target.token())
+                .await
+                .with_context(|| format!("client protocol ({}, {channel})", protocol::PATH))?;
+            Ok(conn)
         }
     }
 }
@@ -191,19 +247,38 @@ pub async fn execute(
             (i - live) % p.rooms
         }
     };
-    let path = |i: usize| format!("/ws/chat/{}-{}", p.room_prefix, room_of(i));
-    let paths: Vec<String> = (0..live).map(path).collect();
-    let stalled_paths: Vec<String> = (live..members).map(path).collect();
+    // Publishers use the plain door whatever the subscribers' door.
+    let door_of = |i: usize| {
+        if (p.subscribers..live).contains(&i) {
+            Door::Plain
+        } else {
+            p.door
+        }
+    };
+    let room = |i: usize| format!("{}-{}", p.room_prefix, room_of(i));
     let pb = report::bar(members as u64, "connect");
     let t_connect = Instant::now();
-    let opts = SocketOpts::new(16 * 1024, p.size.max(1 << 16));
-    let opened = net::open_many(target, &paths, concurrency, &opts, &pb).await;
+    // Room for the client protocol's push around the payload, too.
+    let opts = SocketOpts::new(16 * 1024, (p.size + 4096).max(1 << 16));
+    let t = Rc::new(target.clone());
+    let opened = net::open_many_with(live, concurrency, &pb, |i| {
+        open_member(t.clone(), room(i), door_of(i), t.source_for(i), opts)
+    })
+    .await;
     let stalled_opts = SocketOpts {
         rcvbuf: p.stall.rcvbuf,
         ..opts
     };
-    let opened_stalled =
-        net::open_many(target, &stalled_paths, concurrency, &stalled_opts, &pb).await;
+    let opened_stalled = net::open_many_with(p.stall.count, concurrency, &pb, |k| {
+        open_member(
+            t.clone(),
+            room(live + k),
+            door_of(live + k),
+            t.source_for(k),
+            stalled_opts,
+        )
+    })
+    .await;
     pb.finish_and_clear();
     for (o, n) in [(&opened, live), (&opened_stalled, p.stall.count)] {
         if let Some(e) = &o.first_error {
@@ -261,6 +336,7 @@ pub async fn execute(
         readers.push(tokio::task::spawn_local(member(
             sh.clone(),
             role,
+            door_of(i),
             room_of(i),
             rd,
             c.reader,
@@ -278,6 +354,7 @@ pub async fn execute(
         let wr = Rc::new(Writer(tokio::sync::Mutex::new(wr)));
         stalled_tasks.push(tokio::task::spawn_local(stalled::member(
             sh.clone(),
+            door_of(live + k),
             room_of(live + k),
             rd,
             c.reader,
@@ -322,6 +399,7 @@ pub async fn execute(
         closed_early: sh.c.closed_early.get(),
         publisher_copies: sh.c.publisher_copies.get(),
         unknown: sh.c.unknown.get(),
+        other_pushes: sh.c.other_pushes.get(),
         hist,
         first_error,
         problems,
@@ -399,6 +477,11 @@ impl Outcome {
             self.publisher_copies,
         );
         r.int("unknown_messages", "unrecognised messages", self.unknown);
+        r.int(
+            "other_pushes",
+            "client protocol pushes without a publication (join/leave; not counted)",
+            self.other_pushes,
+        );
         r.latency("latency", "publish→delivery", &self.hist);
         r.cpu("", &self.cpu, Some((in_window, "delivery")));
     }

@@ -4,10 +4,15 @@
 //! socket buffers. After the measured phase and the drain, [`collect`] lets every one of them
 //! read what is left on its socket until a close frame, EOF, an error, a quiet period (nothing
 //! more arrives: the server still holds the connection open) or a deadline, and returns how
-//! each one ended and how many publications were still waiting for it.
+//! each one ended and how many publications were still waiting for it. On the client
+//! protocol's door they answer the server's `{}` pings until they join (as they answer
+//! WebSocket pings on the plain door) and then no more, so a server with a heartbeat closes a
+//! stall longer than two of its intervals for that (3012 on Switchboard's client protocol).
 
-use super::members::{Shared, Writer};
+use super::members::{each_message, Shared, Writer};
+use super::Door;
 use crate::payload::{KIND_PUB, KIND_WARMUP};
+use crate::protocol::{self, Msg};
 use crate::ws::{self, FrameReader, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -79,6 +84,7 @@ pub fn tally(ends: &[End]) -> BTreeMap<String, u64> {
 /// Reads until the first warm-up message (answering pings). `Err` when the connection ended.
 async fn join(
     sh: &Shared,
+    door: Door,
     room: usize,
     rd: &mut OwnedReadHalf,
     fr: &mut FrameReader,
@@ -96,7 +102,11 @@ async fn join(
             match f.opcode {
                 OP_PING => ws::encode_frame(&mut ctrl, OP_PONG, f.payload),
                 OP_CLOSE => return Err(How::Closed(close_code(f.payload))),
-                OP_TEXT | OP_BINARY if f.payload.first() == Some(&KIND_WARMUP) => joined = true,
+                OP_TEXT | OP_BINARY => each_message(door, f.payload, |m| match m {
+                    Msg::Data(p) if p.first() == Some(&KIND_WARMUP) => joined = true,
+                    Msg::Ping => ws::encode_frame(&mut ctrl, OP_TEXT, protocol::PONG),
+                    _ => {}
+                }),
                 _ => {}
             }
         }
@@ -132,6 +142,7 @@ fn close_code(payload: &[u8]) -> Option<u16> {
 /// Reads what is left (frames already buffered first) until the connection ends, goes quiet,
 /// or `deadline` passes.
 async fn read_out(
+    door: Door,
     rd: &mut OwnedReadHalf,
     fr: &mut FrameReader,
     deadline: Instant,
@@ -146,7 +157,11 @@ async fn read_out(
             };
             match f.opcode {
                 OP_CLOSE => return How::Closed(close_code(f.payload)),
-                OP_TEXT | OP_BINARY if f.payload.first() == Some(&KIND_PUB) => end.backlog += 1,
+                OP_TEXT | OP_BINARY => each_message(door, f.payload, |m| {
+                    if matches!(m, Msg::Data(p) if p.first() == Some(&KIND_PUB)) {
+                        end.backlog += 1;
+                    }
+                }),
                 _ => {}
             }
         }
@@ -168,6 +183,7 @@ async fn read_out(
 /// reads what is left. The write half is kept (unused after the join) so the socket stays open.
 pub(super) async fn member(
     sh: Rc<Shared>,
+    door: Door,
     room: usize,
     mut rd: OwnedReadHalf,
     mut fr: FrameReader,
@@ -179,7 +195,7 @@ pub(super) async fn member(
         backlog: 0,
         bytes: 0,
     };
-    if let Err(how) = join(&sh, room, &mut rd, &mut fr, &wr).await {
+    if let Err(how) = join(&sh, door, room, &mut rd, &mut fr, &wr).await {
         end.how = how;
         return end;
     }
@@ -189,7 +205,7 @@ pub(super) async fn member(
         Err(_) => return end,
     };
     if let Some(deadline) = deadline {
-        let how = read_out(&mut rd, &mut fr, deadline, &mut end).await;
+        let how = read_out(door, &mut rd, &mut fr, deadline, &mut end).await;
         end.how = how;
     }
     drop(wr);
