@@ -1,8 +1,11 @@
 'use strict';
 // The real `centrifuge` SDK in Node over the `ws` package, with every client and subscription
-// recording its events (an 'error' event with no listener would throw inside the SDK).
+// recording its events (an 'error' event with no listener would throw inside the SDK). A client
+// made with `{ protobuf: true }` is the SDK's protobuf build (`centrifuge/build/protobuf`): it
+// adds `?cf_protocol=protobuf` to the URL and speaks binary frames.
 
 const { Centrifuge } = require('centrifuge');
+const { Centrifuge: CentrifugeProtobuf } = require('centrifuge/build/protobuf');
 const WebSocket = require('ws');
 const { firstEvent, record, withServer } = require('./harness');
 
@@ -15,9 +18,13 @@ class Clients {
     this.list = [];
   }
 
-  /** A new (not yet connected) client; `client.events` lists what it emitted. */
-  client(url, options = {}) {
-    const client = new Centrifuge(url, {
+  /**
+   * A new (not yet connected) client; `client.events` lists what it emitted. With
+   * `protobuf: true` it is the SDK's protobuf build.
+   */
+  client(url, { protobuf = false, ...options } = {}) {
+    const Sdk = protobuf ? CentrifugeProtobuf : Centrifuge;
+    const client = new Sdk(url, {
       websocket: WebSocket,
       // Short backoff so reconnects happen promptly; no assertion depends on it.
       minReconnectDelay: 50,
@@ -90,4 +97,4 @@ async function withClients(serverOptions, fn) {
   });
 }
 
-module.exports = { Centrifuge, Clients, WebSocket, errorsOf, subscribed, subscription, withClients };
+module.exports = { Centrifuge, CentrifugeProtobuf, Clients, WebSocket, errorsOf, subscribed, subscription, withClients };
