@@ -1,7 +1,7 @@
 'use strict';
 // A loopback TCP proxy standing for the client's network: tests connect SDK clients through it
 // and cut it to simulate the client's own connection dropping (the server sees nothing but
-// reset sockets). The same idea as the proxy in test/resilience.test.js, shared from here.
+// reset sockets).
 
 const net = require('node:net');
 const { HOST } = require('./harness');

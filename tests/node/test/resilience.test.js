@@ -3,56 +3,14 @@
 // client's own network dropping (a TCP proxy in between), and a terminal disconnect by the API.
 
 const assert = require('node:assert/strict');
-const net = require('node:net');
 const { test } = require('node:test');
 
 const { HOST, connectionToken, nextEvent, sleep, until } = require('../lib/harness');
 const { config } = require('../lib/config');
+const { startProxy } = require('../lib/proxy');
 const { subscribed, withClients } = require('../lib/sdk');
 
 const feed = { subscribe: 'authenticated', history_size: 1000, history_ttl: '5m', recover: true };
-
-/**
- * A TCP proxy on a free loopback port forwarding to `target`. `drop()` resets every proxied
- * connection (both sides); while `blocked`, new connections are reset at once.
- */
-async function startProxy(targetPort) {
-  const sockets = new Set();
-  const proxy = {
-    blocked: false,
-    accepted: 0,
-    port: 0,
-    drop() {
-      for (const socket of sockets) socket.resetAndDestroy();
-      sockets.clear();
-    },
-  };
-  const server = net.createServer((client) => {
-    proxy.accepted += 1;
-    if (proxy.blocked) {
-      client.resetAndDestroy();
-      return;
-    }
-    const upstream = net.connect(targetPort, HOST);
-    for (const [a, b] of [[client, upstream], [upstream, client]]) {
-      sockets.add(a);
-      a.on('error', () => {});
-      a.on('close', () => {
-        sockets.delete(a);
-        b.destroy();
-      });
-      a.pipe(b);
-    }
-  });
-  await new Promise((resolve) => server.listen(0, HOST, resolve));
-  proxy.port = server.address().port;
-  proxy.close = () =>
-    new Promise((resolve) => {
-      proxy.drop();
-      server.close(() => resolve());
-    });
-  return proxy;
-}
 
 test('server killed (SIGKILL) and restarted on the same port: the SDK reconnects, resubscribes, wasRecovering and not recovered', async () => {
   await withClients({ config: config({ feed }) }, async (server, clients) => {

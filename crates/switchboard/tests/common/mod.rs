@@ -282,24 +282,31 @@ pub async fn raw_upgrade_with(
 
 /// Reads one server frame from a raw socket: its first byte (FIN, RSV1, opcode) and payload.
 pub async fn raw_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    try_raw_frame(stream)
+        .await
+        .expect("a frame, not the end of the socket")
+}
+
+/// [`raw_frame`], or `None` when the socket ends first.
+async fn try_raw_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     let mut header = [0u8; 2];
     tokio::time::timeout(WAIT, stream.read_exact(&mut header))
         .await
         .expect("frame in time")
-        .unwrap();
+        .ok()?;
     let mut len = u64::from(header[1] & 0x7F);
     if len == 126 {
         let mut ext = [0u8; 2];
-        stream.read_exact(&mut ext).await.unwrap();
+        stream.read_exact(&mut ext).await.ok()?;
         len = u64::from(u16::from_be_bytes(ext));
     } else if len == 127 {
         let mut ext = [0u8; 8];
-        stream.read_exact(&mut ext).await.unwrap();
+        stream.read_exact(&mut ext).await.ok()?;
         len = u64::from_be_bytes(ext);
     }
     let mut payload = vec![0u8; len as usize];
-    stream.read_exact(&mut payload).await.unwrap();
-    (header[0], payload)
+    stream.read_exact(&mut payload).await.ok()?;
+    Some((header[0], payload))
 }
 
 /// A masked client frame whose first byte (FIN and opcode) is `first_byte`.
@@ -311,30 +318,14 @@ pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads server frames from a raw socket until a close frame; returns (opcodes seen, close code).
+/// The socket ending without a close frame gives no code.
 pub async fn raw_until_close(stream: &mut TcpStream) -> (Vec<u8>, Option<u16>) {
     let mut opcodes = Vec::new();
     loop {
-        let mut header = [0u8; 2];
-        if tokio::time::timeout(WAIT, stream.read_exact(&mut header))
-            .await
-            .expect("frame in time")
-            .is_err()
-        {
+        let Some((first, payload)) = try_raw_frame(stream).await else {
             return (opcodes, None);
-        }
-        let opcode = header[0] & 0x0F;
-        let mut len = u64::from(header[1] & 0x7F);
-        if len == 126 {
-            let mut ext = [0u8; 2];
-            stream.read_exact(&mut ext).await.unwrap();
-            len = u64::from(u16::from_be_bytes(ext));
-        } else if len == 127 {
-            let mut ext = [0u8; 8];
-            stream.read_exact(&mut ext).await.unwrap();
-            len = u64::from_be_bytes(ext);
-        }
-        let mut payload = vec![0u8; len as usize];
-        stream.read_exact(&mut payload).await.unwrap();
+        };
+        let opcode = first & 0x0F;
         opcodes.push(opcode);
         if opcode == 0x8 {
             let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
