@@ -1,7 +1,7 @@
 //! Test-only: end-to-end runs of every scenario against the in-process test server
 //! (`testserver`), and of the client protocol's door (`fanout --door protocol`, also in
-//! `slow`) against the real gateway (`gateway`), through the same entry points the command
-//! line uses.
+//! `slow`) and of permessage-deflate (`fanout --deflate`, on both doors) against the real
+//! gateway (`gateway`), through the same entry points the command line uses.
 
 use super::*;
 
@@ -50,6 +50,7 @@ fn fanout_max_end_to_end() {
             subscribers: 6,
             publishers: 2,
             size: 64,
+            payload: payload::PayloadKind::Padded,
             duration: Duration::from_millis(300),
             mode: fanout::Mode::Max { window: 3 },
             drain: Duration::from_secs(2),
@@ -57,6 +58,7 @@ fn fanout_max_end_to_end() {
             join_timeout: Duration::from_secs(5),
             stall: fanout::Stall::default(),
             door: fanout::Door::Plain,
+            deflate: false,
         };
         let r = fanout::run(&t, &p, None, 8).await.expect("run");
         assert!(r.complete);
@@ -68,6 +70,12 @@ fn fanout_max_end_to_end() {
             num(&r, "expected_deliveries"),
             3.0 * num(&r, "publications")
         );
+        // Without --deflate nothing is compressed; each delivery is one frame.
+        assert_eq!(r.get("deflate").and_then(|v| v.as_bool()), Some(false));
+        assert_eq!(num(&r, "frames_compressed"), 0.0);
+        assert_eq!(num(&r, "frames_uncompressed"), num(&r, "deliveries"));
+        assert!(num(&r, "wire_bytes_per_delivery") >= 66.0);
+        assert!(r.get("deflate_saved_pct").is_some_and(|v| v.is_null()));
     });
 }
 
@@ -82,6 +90,7 @@ fn fanout_rate_end_to_end() {
             subscribers: 4,
             publishers: 1,
             size: 100,
+            payload: payload::PayloadKind::Padded,
             duration: Duration::from_millis(500),
             mode: fanout::Mode::Rate(20.0),
             drain: Duration::from_secs(2),
@@ -89,6 +98,7 @@ fn fanout_rate_end_to_end() {
             join_timeout: Duration::from_secs(5),
             stall: fanout::Stall::default(),
             door: fanout::Door::Plain,
+            deflate: false,
         };
         let r = fanout::run(&t, &p, None, 8).await.expect("run");
         assert!(r.complete);
@@ -150,6 +160,7 @@ fn slow_params(mode: fanout::Mode, baseline: bool) -> slow::Params {
             subscribers: 8,
             publishers: 1,
             size: 100,
+            payload: payload::PayloadKind::Padded,
             duration: Duration::from_millis(400),
             mode,
             drain: Duration::from_secs(2),
@@ -157,6 +168,7 @@ fn slow_params(mode: fanout::Mode, baseline: bool) -> slow::Params {
             join_timeout: Duration::from_secs(5),
             stall: fanout::Stall::default(),
             door: fanout::Door::Plain,
+            deflate: false,
         },
         stalled_percent: 25.0,
         stalled_rcvbuf: Some(4096),
@@ -257,6 +269,7 @@ fn protocol_params(mode: fanout::Mode) -> fanout::Params {
         subscribers: 6,
         publishers: 2,
         size: 100,
+        payload: payload::PayloadKind::Padded,
         duration: Duration::from_millis(500),
         mode,
         drain: Duration::from_secs(2),
@@ -264,6 +277,7 @@ fn protocol_params(mode: fanout::Mode) -> fanout::Params {
         join_timeout: Duration::from_secs(5),
         stall: fanout::Stall::default(),
         door: fanout::Door::Protocol,
+        deflate: false,
     }
 }
 
@@ -338,6 +352,75 @@ fn slow_protocol_door_against_the_gateway() {
             codes.get("3012").and_then(|v| v.as_u64()),
             Some(2),
             "{codes}"
+        );
+    });
+}
+
+fn deflate_params(door: fanout::Door) -> fanout::Params {
+    fanout::Params {
+        room_prefix: format!("deflate-{}", door.label()),
+        size: 600,
+        payload: payload::PayloadKind::Json,
+        door,
+        deflate: true,
+        ..protocol_params(fanout::Mode::Max { window: 3 })
+    }
+}
+
+#[test]
+fn fanout_deflate_against_the_gateway() {
+    // The gateway compresses each publication once for its deflate subscribers (RSV1, no
+    // context takeover); the subscribers inflate every one and parse it as usual.
+    let mut config = gateway::config(true);
+    config.server.permessage_deflate = true;
+    let gw = gateway::start(config);
+    local(async {
+        let t = net::Target::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        for door in [fanout::Door::Plain, fanout::Door::Protocol] {
+            let p = deflate_params(door);
+            let r = fanout::run(&t, &p, None, 8).await.expect("run");
+            let what = door.label();
+            assert!(r.complete, "{what}: incomplete run");
+            assert_eq!(r.get("door").and_then(|v| v.as_str()), Some(what));
+            assert_eq!(r.get("deflate").and_then(|v| v.as_bool()), Some(true));
+            assert_eq!(r.get("payload_kind").and_then(|v| v.as_str()), Some("json"));
+            assert_eq!(num(&r, "loss"), 0.0, "{what}");
+            assert_eq!(num(&r, "closed_early"), 0.0, "{what}");
+            assert_eq!(num(&r, "unknown_messages"), 0.0, "{what}");
+            assert_eq!(num(&r, "stalled_publications"), 0.0, "{what}");
+            assert!(num(&r, "publications") > 10.0, "{what}");
+            assert_eq!(
+                num(&r, "deliveries"),
+                num(&r, "expected_deliveries"),
+                "{what}"
+            );
+            // Every delivery came as a compressed frame of its own, much smaller than 600 B.
+            assert_eq!(
+                num(&r, "frames_compressed"),
+                num(&r, "deliveries"),
+                "{what}"
+            );
+            assert!(num(&r, "deflate_saved_pct") > 20.0, "{what}");
+            assert!(num(&r, "wire_bytes_per_delivery") < 500.0, "{what}");
+            assert!(num(&r, "latency_p50_us") > 0.0, "{what}");
+        }
+    });
+}
+
+#[test]
+fn fanout_deflate_fails_when_the_server_does_not_agree() {
+    // permessage_deflate is off by default: the offer is ignored and the run must say so.
+    let gw = gateway::start(gateway::config(true));
+    local(async {
+        let t = net::Target::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let e = fanout::run(&t, &deflate_params(fanout::Door::Plain), None, 8)
+            .await
+            .err()
+            .expect("refused");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("the server did not accept permessage-deflate"),
+            "{e}"
         );
     });
 }

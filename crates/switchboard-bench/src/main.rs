@@ -7,7 +7,9 @@
 //! # Layout
 //! - `net`: target URL (loopback only), source addresses, socket set-up, handshake.
 //! - `ws`: client-side RFC 6455 framing (masked sends, in-place parsing of server frames).
-//! - `payload`: the process clock and the timestamped payload layouts.
+//! - `deflate`: permessage-deflate for the subscribers (`fanout --deflate`): the offer, the
+//!   check of the server's answer, inflating compressed frames into a reused buffer.
+//! - `payload`: the process clock and the timestamped payload layouts (`--payload-kind`).
 //! - `protocol`: the client protocol's side of a subscriber (`fanout --door protocol`):
 //!   connect and subscribe, pings, the `data` of a push found in place.
 //! - `fanout`, `slow`, `echo`, `idle`, `connect`: the scenarios (`slow` is a fanout run with
@@ -21,6 +23,8 @@
 //!     --publishers 1 --duration 10s --max --server-pid "$PID"
 //! taskset -c 1 switchboard-bench fanout --door protocol --url ws://127.0.0.1:8081 \
 //!     --subscribers 1000 --duration 10s --max --server-pid "$PID"
+//! taskset -c 1 switchboard-bench fanout --deflate --payload-kind json --size 1000 \
+//!     --url ws://127.0.0.1:8081 --subscribers 1000 --duration 10s --max --server-pid "$PID"
 //! taskset -c 1 switchboard-bench echo --url ws://127.0.0.1:8081 --connections 100 --in-flight 8
 //! taskset -c 1 switchboard-bench idle --url ws://127.0.0.1:8081 --connections 19000 --server-pid "$PID"
 //! taskset -c 1 switchboard-bench connect --url ws://127.0.0.1:8081 --connections 2000 \
@@ -34,6 +38,7 @@
 //! an error.
 
 mod connect;
+mod deflate;
 #[cfg(test)]
 mod e2e;
 mod echo;
@@ -112,9 +117,18 @@ struct FanoutArgs {
     /// Publisher connections (room j % rooms; they are members too).
     #[arg(long, default_value_t = 1)]
     publishers: usize,
-    /// Publication payload size in bytes (at least 41).
+    /// Publication payload size in bytes (at least 41; 96 with --payload-kind json).
     #[arg(long, default_value_t = 100)]
     size: usize,
+    /// What publications look like: padded (the bench header padded with '.'; compresses
+    /// hardly at all at 100 bytes) or json (a JSON chat message whose "id" is the header and
+    /// whose text repeats lorem ipsum: realistic, compressible).
+    #[arg(long, value_enum, default_value_t = payload::PayloadKind::Padded)]
+    payload_kind: payload::PayloadKind,
+    /// The subscribers offer permessage-deflate (RFC 7692) and inflate compressed frames; the
+    /// run fails if the server does not agree. Publishers never compress.
+    #[arg(long)]
+    deflate: bool,
     /// Measured phase.
     #[arg(long, default_value = "10s", value_parser = duration)]
     duration: Duration,
@@ -153,6 +167,7 @@ impl FanoutArgs {
             subscribers: self.subscribers,
             publishers: self.publishers,
             size: self.size,
+            payload: self.payload_kind,
             duration: self.duration,
             mode,
             drain: self.drain,
@@ -160,6 +175,7 @@ impl FanoutArgs {
             join_timeout: self.join_timeout,
             stall: fanout::Stall::default(),
             door: self.door,
+            deflate: self.deflate,
         }
     }
 }

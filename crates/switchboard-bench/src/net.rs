@@ -4,9 +4,12 @@
 //! of a client source address (spread over 127.0.0.2..=127.0.0.255 so thousands of connections
 //! do not exhaust one address' ephemeral ports), the socket set-up through socket2 (bind before
 //! connect, TCP_NODELAY, optionally a small SO_RCVBUF) and the hand-written opening handshake,
-//! timed from the start of the TCP connect to the complete `101` response head. Batches of
+//! timed from the start of the TCP connect to the complete `101` response head, optionally
+//! offering permessage-deflate (a connection that offered it fails unless the server agreed;
+//! one that did not fails if the server answers with an extension anyway). Batches of
 //! connections are opened a bounded number at a time ([`open_many`], [`open_many_with`]).
 
+use crate::deflate;
 use crate::ws::{self, FrameReader};
 use anyhow::{bail, Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -157,6 +160,9 @@ pub struct SocketOpts {
     /// SO_RCVBUF, set before connect so the advertised window is small from the first
     /// segment (`None`: the kernel's default and autotuning).
     pub rcvbuf: Option<usize>,
+    /// Offer permessage-deflate and require the server to agree (compressed frames are then
+    /// inflated by the connection's reader).
+    pub deflate: bool,
 }
 
 impl SocketOpts {
@@ -166,6 +172,7 @@ impl SocketOpts {
             read_buf,
             max_payload,
             rcvbuf: None,
+            deflate: false,
         }
     }
 }
@@ -214,13 +221,20 @@ pub async fn open_request(
             .await
             .with_context(|| format!("connecting to {}", target.addr))?;
         let key = ws::new_key();
-        let request = ws::handshake_request(&target.host, request_path, &key);
+        let offer = opts.deflate.then_some(deflate::OFFER);
+        let request = ws::handshake_request(&target.host, request_path, &key, offer);
         stream
             .write_all(request.as_bytes())
             .await
             .context("sending the handshake")?;
         let mut reader = FrameReader::new(opts.read_buf, opts.max_payload);
-        reader.read_handshake(&mut stream, &key).await?;
+        let extensions = reader.read_handshake(&mut stream, &key).await?;
+        if opts.deflate {
+            deflate::check_accepted(extensions.as_deref())?;
+            reader.enable_deflate();
+        } else if let Some(e) = extensions {
+            bail!("the server answered Sec-WebSocket-Extensions {e:?} although none was offered");
+        }
         Ok(Conn {
             stream,
             reader,

@@ -218,6 +218,12 @@ mod tests {
         // A channel whose name holds the key is still read right (the quotes are escaped).
         let odd = br#"{"push":{"channel":"x\"data\":\"y","pub":{"data":"W"}}}"#;
         assert_eq!(classify(odd), Msg::Data(b"W"));
+        // A JSON publication (`--payload-kind json`) is the data object itself, header first.
+        let obj = br#"{"push":{"channel":"c","pub":{"data":{"id":"P01","text":"a"},"offset":2}}}"#;
+        assert_eq!(
+            classify(obj),
+            Msg::Data(br#"{"id":"P01","text":"a"},"offset":2}}}"#)
+        );
         assert_eq!(classify(b"{}"), Msg::Ping);
         assert_eq!(classify(br#"{"id":2,"subscribe":{}}"#), Msg::Other);
         assert_eq!(

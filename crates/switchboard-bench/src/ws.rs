@@ -1,8 +1,12 @@
 //! Minimal client side of RFC 6455: the opening handshake (request text, `101` check,
-//! `Sec-WebSocket-Accept` check), masked frame encoding into a reused buffer, and an in-place
-//! frame parser over a read buffer ([`FrameReader`]) that yields many frames per read syscall
-//! without allocating per message. Everything above framing (what a payload means) lives elsewhere.
+//! `Sec-WebSocket-Accept` check, the `Sec-WebSocket-Extensions` answer handed back), masked
+//! frame encoding into a reused buffer, and an in-place frame parser over a read buffer
+//! ([`FrameReader`]) that yields many frames per read syscall without allocating per message.
+//! With permessage-deflate agreed ([`FrameReader::enable_deflate`]) the reader inflates frames
+//! with RSV1 set through the connection's [`Inflater`] and hands out the inflated message.
+//! Everything above framing (what a payload means) lives elsewhere.
 
+use crate::deflate::Inflater;
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
@@ -42,16 +46,22 @@ pub fn accept_for(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-/// The upgrade request for `path` (path and query) on `host` (the `Host` header value).
-pub fn handshake_request(host: &str, path: &str, key: &str) -> String {
+/// The upgrade request for `path` (path and query) on `host` (the `Host` header value), offering
+/// `extensions` (a `Sec-WebSocket-Extensions` value) when given.
+pub fn handshake_request(host: &str, path: &str, key: &str, extensions: Option<&str>) -> String {
+    let offer = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
 }
 
-/// Checks a complete response head (without the final blank line): status 101 and the accept key.
-pub fn check_response(head: &[u8], key: &str) -> Result<()> {
+/// Checks a complete response head (without the final blank line): status 101 and the accept
+/// key. Returns its `Sec-WebSocket-Extensions` value (several header lines joined with `, `),
+/// `None` without one.
+pub fn check_response(head: &[u8], key: &str) -> Result<Option<String>> {
     let text = std::str::from_utf8(head).context("handshake response is not UTF-8")?;
     let mut lines = text.split("\r\n");
     let status = lines.next().unwrap_or_default();
@@ -60,20 +70,31 @@ pub fn check_response(head: &[u8], key: &str) -> Result<()> {
         bail!("handshake refused: {status:?}");
     }
     let want = accept_for(key);
+    let mut accepted = false;
+    let mut extensions: Option<String> = None;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("sec-websocket-accept") {
-                if value.trim() == want {
-                    return Ok(());
+            let (name, value) = (name.trim(), value.trim());
+            if name.eq_ignore_ascii_case("sec-websocket-accept") {
+                if value != want {
+                    bail!("bad Sec-WebSocket-Accept {value:?} (want {want:?})");
                 }
-                bail!(
-                    "bad Sec-WebSocket-Accept {:?} (want {want:?})",
-                    value.trim()
-                );
+                accepted = true;
+            } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                match &mut extensions {
+                    Some(all) => {
+                        all.push_str(", ");
+                        all.push_str(value);
+                    }
+                    None => extensions = Some(value.to_string()),
+                }
             }
         }
     }
-    bail!("handshake response has no Sec-WebSocket-Accept")
+    if !accepted {
+        bail!("handshake response has no Sec-WebSocket-Accept");
+    }
+    Ok(extensions)
 }
 
 /// Appends one masked client frame (FIN set) carrying `payload` to `out`.
@@ -98,26 +119,39 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     }
 }
 
-/// One parsed server frame, borrowing its payload from the read buffer. Fragmented messages
-/// are not reassembled: the first fragment carries the opcode and the start of the payload
-/// (where the bench's headers are), continuation frames are seen with [`OP_CONT`].
+/// One parsed server frame, borrowing its payload from the read buffer (or, for a compressed
+/// frame, from the connection's inflate buffer). Fragmented messages are not reassembled: the
+/// first fragment carries the opcode and the start of the payload (where the bench's headers
+/// are), continuation frames are seen with [`OP_CONT`].
 #[derive(Debug)]
 pub struct Frame<'a> {
     /// Opcode (low 4 bits of the first byte).
     pub opcode: u8,
-    /// Unmasked payload.
+    /// Unmasked payload; inflated when the frame was compressed.
     pub payload: &'a [u8],
+    /// RSV1 was set (permessage-deflate): `payload` is what the frame's bytes inflated to.
+    pub compressed: bool,
+    /// Payload bytes on the wire (before inflating).
+    pub wire_len: usize,
 }
 
 /// Result of trying to parse a frame at the start of a byte slice.
 enum Parsed {
-    /// A whole frame: header length, payload length.
-    Whole { opcode: u8, head: usize, len: usize },
+    /// A whole frame: header length, payload length, FIN and RSV1.
+    Whole {
+        opcode: u8,
+        head: usize,
+        len: usize,
+        fin: bool,
+        rsv1: bool,
+    },
     /// Not enough bytes yet; at least this many are needed in total.
     Need(usize),
 }
 
-fn parse_header(buf: &[u8], max_payload: usize) -> Result<Parsed> {
+/// Parses the frame header at the start of `buf`. `deflate`: permessage-deflate was agreed, so
+/// RSV1 may be set on the first frame of a data message.
+fn parse_header(buf: &[u8], max_payload: usize, deflate: bool) -> Result<Parsed> {
     if buf.len() < 2 {
         return Ok(Parsed::Need(2));
     }
@@ -125,8 +159,15 @@ fn parse_header(buf: &[u8], max_payload: usize) -> Result<Parsed> {
     if b1 & 0x80 != 0 {
         bail!("server sent a masked frame");
     }
-    if b0 & 0x70 != 0 {
-        bail!("server frame has RSV bits set (no extension was negotiated)");
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 {
+        bail!("server frame has RSV2 or RSV3 set (no extension defines them)");
+    }
+    if rsv1 && !deflate {
+        bail!("server frame has RSV1 set (permessage-deflate was not negotiated)");
+    }
+    if rsv1 && !matches!(b0 & 0x0f, OP_TEXT | OP_BINARY) {
+        bail!("server set RSV1 on a continuation or control frame");
     }
     let (head, len) = match b1 & 0x7f {
         126 => {
@@ -159,17 +200,22 @@ fn parse_header(buf: &[u8], max_payload: usize) -> Result<Parsed> {
         opcode: b0 & 0x0f,
         head,
         len,
+        fin: b0 & 0x80 != 0,
+        rsv1,
     })
 }
 
 /// A read buffer that server frames are parsed from in place.
 ///
-/// The buffer is allocated once; it grows only when a single frame is larger than it.
+/// The buffer is allocated once; it grows only when a single frame is larger than it. So does
+/// the inflate buffer, when permessage-deflate is on.
 pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
     max_payload: usize,
+    /// With permessage-deflate agreed: inflates frames with RSV1 set.
+    inflater: Option<Inflater>,
 }
 
 impl FrameReader {
@@ -180,7 +226,15 @@ impl FrameReader {
             start: 0,
             end: 0,
             max_payload,
+            inflater: None,
         }
+    }
+
+    /// permessage-deflate was agreed: from now on frames with RSV1 set are accepted and
+    /// inflated (each message with a fresh state: the server keeps no context), up to the
+    /// reader's payload limit.
+    pub fn enable_deflate(&mut self) {
+        self.inflater = Some(Inflater::new(self.max_payload));
     }
 
     /// Bytes buffered but not yet consumed.
@@ -204,7 +258,7 @@ impl FrameReader {
             self.start = 0;
             self.end = 0;
         }
-        let need = match parse_header(self.pending(), self.max_payload) {
+        let need = match parse_header(self.pending(), self.max_payload, self.inflater.is_some()) {
             Ok(Parsed::Need(n)) => n,
             _ => 0,
         };
@@ -222,11 +276,18 @@ impl FrameReader {
         Ok(n)
     }
 
-    /// Parses the next whole frame from the buffer, if there is one, and consumes it.
+    /// Parses the next whole frame from the buffer, if there is one, and consumes it; a
+    /// compressed one is inflated.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
-        match parse_header(self.pending(), self.max_payload)? {
+        match parse_header(self.pending(), self.max_payload, self.inflater.is_some())? {
             Parsed::Need(_) => Ok(None),
-            Parsed::Whole { opcode, head, len } => {
+            Parsed::Whole {
+                opcode,
+                head,
+                len,
+                fin,
+                rsv1,
+            } => {
                 let from = self.start + head;
                 self.start = from + len;
                 if self.start == self.end {
@@ -235,26 +296,34 @@ impl FrameReader {
                     self.start = 0;
                     self.end = 0;
                 }
+                let raw = &self.buf[from..from + len];
+                let payload = match (&mut self.inflater, rsv1) {
+                    (Some(inflater), true) => inflater.inflate(raw, fin)?,
+                    _ => raw,
+                };
                 Ok(Some(Frame {
                     opcode,
-                    payload: &self.buf[from..from + len],
+                    payload,
+                    compressed: rsv1,
+                    wire_len: len,
                 }))
             }
         }
     }
 
     /// Reads the HTTP response head of a handshake from `r`, checks it against `key`, and keeps
-    /// any bytes after the head (early frames) buffered.
+    /// any bytes after the head (early frames) buffered. Returns the response's
+    /// `Sec-WebSocket-Extensions` value, if any.
     pub async fn read_handshake<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
         key: &str,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         loop {
             if let Some(pos) = find_head_end(self.pending()) {
-                check_response(&self.pending()[..pos], key)?;
+                let extensions = check_response(&self.pending()[..pos], key)?;
                 self.consume(pos + 4);
-                return Ok(());
+                return Ok(extensions);
             }
             if self.end - self.start > MAX_HEAD {
                 bail!("handshake response head is larger than {MAX_HEAD} bytes");
@@ -295,7 +364,13 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 /// An unmasked server frame, for the tests' own servers.
 #[cfg(test)]
 pub(crate) fn server_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    server_frame_rsv(opcode, fin, 0, payload)
+}
+
+/// An unmasked server frame with the RSV bits `rsv` (e.g. `0x40`: RSV1), for the tests.
+#[cfg(test)]
+pub(crate) fn server_frame_rsv(opcode: u8, fin: bool, rsv: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![(if fin { 0x80 } else { 0 }) | rsv | opcode];
     let len = payload.len();
     if len < 126 {
         v.push(len as u8);
@@ -333,7 +408,12 @@ mod tests {
     fn response_check() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-        assert!(check_response(ok, key).is_ok());
+        assert_eq!(check_response(ok, key).ok(), Some(None));
+        let ext = b"HTTP/1.1 101 Switching Protocols\r\nsec-websocket-extensions: permessage-deflate; a\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: b";
+        assert_eq!(
+            check_response(ext, key).ok(),
+            Some(Some("permessage-deflate; a, b".to_string()))
+        );
         assert!(check_response(b"HTTP/1.1 404 Not Found\r\n", key).is_err());
         let bad = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: nope";
         assert!(check_response(bad, key).is_err());
@@ -411,6 +491,59 @@ mod tests {
         assert!(r.next_frame().is_err());
     }
 
+    #[test]
+    fn requests_offer_extensions_when_asked() {
+        let plain = handshake_request("h", "/ws", "k", None);
+        assert!(!plain.contains("Extensions"));
+        assert!(plain.ends_with("Version: 13\r\n\r\n"));
+        let offer = handshake_request("h", "/ws", "k", Some("permessage-deflate"));
+        assert!(
+            offer.ends_with("Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+        );
+    }
+
+    fn reader_with(wire: &[u8], deflate: bool) -> FrameReader {
+        let mut r = FrameReader::new(wire.len(), 1 << 20);
+        r.buf[..wire.len()].copy_from_slice(wire);
+        r.end = wire.len();
+        if deflate {
+            r.enable_deflate();
+        }
+        r
+    }
+
+    #[test]
+    fn compressed_frames_are_inflated_only_with_deflate() {
+        let msg = b"P0123456789abcdef lorem ipsum lorem ipsum lorem ipsum".repeat(3);
+        let packed = crate::deflate::compress(&msg);
+        let mut wire = server_frame_rsv(OP_TEXT, true, 0x40, &packed);
+        wire.extend(server_frame(OP_TEXT, true, b"plain"));
+        assert!(reader_with(&wire, false).next_frame().is_err());
+        let mut r = reader_with(&wire, true);
+        let f = r.next_frame().expect("valid").expect("frame");
+        assert!(f.compressed);
+        assert_eq!(
+            (f.opcode, f.payload, f.wire_len),
+            (OP_TEXT, &msg[..], packed.len())
+        );
+        let f = r.next_frame().expect("valid").expect("frame");
+        assert!(!f.compressed);
+        assert_eq!(f.payload, b"plain");
+        // RSV1 on a control or continuation frame, RSV2 or RSV3 anywhere: refused.
+        for (op, rsv) in [
+            (OP_PING, 0x40),
+            (OP_CONT, 0x40),
+            (OP_TEXT, 0x20),
+            (OP_TEXT, 0x10),
+        ] {
+            let wire = server_frame_rsv(op, true, rsv, b"x");
+            assert!(reader_with(&wire, true).next_frame().is_err(), "{op} {rsv}");
+        }
+        // A corrupt compressed payload is an error, not a message.
+        let wire = server_frame_rsv(OP_TEXT, true, 0x40, &[0xff; 8]);
+        assert!(reader_with(&wire, true).next_frame().is_err());
+    }
+
     #[tokio::test]
     async fn handshake_keeps_early_frames() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -418,7 +551,8 @@ mod tests {
         wire.extend(server_frame(OP_TEXT, true, b"early"));
         let mut r = FrameReader::new(16, 1024);
         let mut src: &[u8] = &wire;
-        r.read_handshake(&mut src, key).await.expect("handshake");
+        let ext = r.read_handshake(&mut src, key).await.expect("handshake");
+        assert_eq!(ext, None);
         loop {
             if let Some(f) = r.next_frame().expect("valid") {
                 assert_eq!(f.payload, b"early");

@@ -3,13 +3,15 @@
 //! latency, completes window slots, answers pings and marks a member joined on its first
 //! warm-up message. On the client protocol's door the bench message is the `data` of a push,
 //! found in place ([`each_message`]), and the server's `{}` pings are answered with `{}`.
-//! Nothing here sends publications (that is `phases`).
+//! Compressed frames (permessage-deflate) come out of the frame reader already inflated; the
+//! subscribers count them, the uncompressed ones and the bytes they read from the measured
+//! phase on. Nothing here sends publications (that is `phases`).
 
 use super::Door;
 use crate::payload::{self, now_ns, KIND_PUB, KIND_WARMUP};
 use crate::protocol::{self, Msg};
 use crate::stats::Hist;
-use crate::ws::{self, FrameReader, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use crate::ws::{self, Frame, FrameReader, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use anyhow::{bail, Result};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -62,10 +64,40 @@ pub(super) struct Counters {
     /// Client protocol pushes that carry no publication (join/leave), not counted otherwise.
     pub(super) other_pushes: Cell<u64>,
     pub(super) closed_early: Cell<u64>,
+    /// The subscribers' data frames with RSV1 set, from the measured phase on.
+    pub(super) frames_compressed: Cell<u64>,
+    /// The subscribers' data frames without it, from the measured phase on.
+    pub(super) frames_uncompressed: Cell<u64>,
+    /// Bytes the subscribers read from their sockets, from the measured phase on.
+    pub(super) wire_bytes: Cell<u64>,
+    /// Payload bytes of the compressed frames on the wire.
+    pub(super) compressed_bytes: Cell<u64>,
+    /// What those payloads inflated to.
+    pub(super) inflated_bytes: Cell<u64>,
+}
+
+fn add(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
+
+impl Counters {
+    /// Counts one data frame a subscriber received.
+    #[inline]
+    fn frame(&self, f: &Frame<'_>) {
+        if f.compressed {
+            add(&self.frames_compressed, 1);
+            add(&self.compressed_bytes, f.wire_len as u64);
+            add(&self.inflated_bytes, f.payload.len() as u64);
+        } else {
+            add(&self.frames_uncompressed, 1);
+        }
+    }
 }
 
 pub(super) struct Shared {
     pub(super) measuring: Cell<bool>,
+    /// Set when the measured phase starts and left on: the frame and byte counts run.
+    pub(super) counting: Cell<bool>,
     pub(super) stopping: Cell<bool>,
     pub(super) unjoined: Cell<usize>,
     pub(super) room_unjoined: RefCell<Vec<usize>>,
@@ -115,6 +147,7 @@ pub(super) fn each_message<'a>(door: Door, payload: &'a [u8], mut on: impl FnMut
 /// Handles one text/binary message received by a member of `room`.
 #[inline]
 fn on_message(sh: &Shared, role: Role, room: usize, joined: &mut bool, p: &[u8], now: u64) {
+    let p = payload::bench_message(p);
     match (p.first().copied(), role) {
         (Some(KIND_PUB), Role::Sub) => match payload::parse_pub(p) {
             Some(m) => {
@@ -152,18 +185,25 @@ async fn member_loop(
 ) -> Result<()> {
     let mut joined = false;
     let mut ctrl = Vec::new();
+    let sub = matches!(role, Role::Sub);
     loop {
         let now = now_ns();
+        let counting = sub && sh.counting.get();
         while let Some(f) = fr.next_frame()? {
             match f.opcode {
                 OP_PING => ws::encode_frame(&mut ctrl, OP_PONG, f.payload),
                 OP_CLOSE => bail!("server sent {}", ws::describe_close(f.payload)),
-                OP_TEXT | ws::OP_BINARY => each_message(door, f.payload, |m| match m {
-                    Msg::Data(p) => on_message(sh, role, room, &mut joined, p, now),
-                    Msg::Ping => ws::encode_frame(&mut ctrl, OP_TEXT, protocol::PONG),
-                    Msg::Push => sh.c.other_pushes.set(sh.c.other_pushes.get() + 1),
-                    Msg::Other => sh.c.unknown.set(sh.c.unknown.get() + 1),
-                }),
+                OP_TEXT | ws::OP_BINARY => {
+                    if counting {
+                        sh.c.frame(&f);
+                    }
+                    each_message(door, f.payload, |m| match m {
+                        Msg::Data(p) => on_message(sh, role, room, &mut joined, p, now),
+                        Msg::Ping => ws::encode_frame(&mut ctrl, OP_TEXT, protocol::PONG),
+                        Msg::Push => sh.c.other_pushes.set(sh.c.other_pushes.get() + 1),
+                        Msg::Other => sh.c.unknown.set(sh.c.unknown.get() + 1),
+                    })
+                }
                 // The bench header is in the first fragment; later ones carry only padding.
                 OP_CONT => {}
                 _ => {} // pongs
@@ -173,8 +213,12 @@ async fn member_loop(
             wr.send(&ctrl).await?;
             ctrl.clear();
         }
-        if fr.read_from(&mut rd).await? == 0 {
+        let n = fr.read_from(&mut rd).await?;
+        if n == 0 {
             bail!("server closed the connection");
+        }
+        if sub && sh.counting.get() {
+            add(&sh.c.wire_bytes, n as u64);
         }
     }
 }

@@ -10,6 +10,13 @@
 //! deliveries/s, loss, latency and CPU. Everything runs on one thread: shared state is `Rc` +
 //! `Cell`, no locks on the hot path.
 //!
+//! With `--deflate` the subscribers (stalled ones included, publishers never) offer
+//! permessage-deflate, the run fails unless the server agrees, and their readers inflate
+//! compressed frames before the usual parse. Every run counts the data frames the subscribers
+//! received compressed and uncompressed and the bytes they read, from the measured phase on,
+//! so the bandwidth compression saves shows (`--payload-kind json` gives it something to
+//! compress).
+//!
 //! The `slow` scenario runs the same thing with stalled subscribers added ([`Stall`]): they
 //! join like everyone else, then stop reading; they count in no delivery figure, and how the
 //! server ended them is read out after the drain.
@@ -19,7 +26,7 @@
 //! the subscribers that stop reading.
 
 use crate::net::{self, Conn, SocketOpts, Target};
-use crate::payload;
+use crate::payload::PayloadKind;
 use crate::protocol;
 use crate::report::{self, Report};
 use crate::stats::{CpuUse, Hist};
@@ -89,6 +96,8 @@ pub struct Params {
     pub publishers: usize,
     /// Publication payload size in bytes.
     pub size: usize,
+    /// What the publications look like.
+    pub payload: PayloadKind,
     /// Measured phase.
     pub duration: Duration,
     /// Pacing.
@@ -103,6 +112,8 @@ pub struct Params {
     pub stall: Stall,
     /// The subscribers' door.
     pub door: Door,
+    /// The subscribers offer permessage-deflate (and require it).
+    pub deflate: bool,
 }
 
 mod members;
@@ -128,6 +139,12 @@ pub struct Outcome {
     publisher_copies: u64,
     unknown: u64,
     other_pushes: u64,
+    deflate: bool,
+    frames_compressed: u64,
+    frames_uncompressed: u64,
+    wire_bytes: u64,
+    compressed_bytes: u64,
+    inflated_bytes: u64,
     /// Publish→delivery latency of the (healthy) subscribers.
     pub hist: Hist,
     first_error: Option<String>,
@@ -147,10 +164,12 @@ fn validate(p: &Params) -> Result<()> {
             p.rooms
         );
     }
-    if p.size < payload::PUB_MIN {
+    if p.size < p.payload.min_size() {
         bail!(
-            "--size must be at least {} (timestamp, publisher and sequence are in the payload)",
-            payload::PUB_MIN
+            "--size must be at least {} with --payload-kind {} (timestamp, publisher and \
+             sequence are in the payload)",
+            p.payload.min_size(),
+            p.payload.label()
         );
     }
     match p.mode {
@@ -184,6 +203,8 @@ pub fn write_params(r: &mut Report, p: &Params) {
     r.param("subscribers", p.subscribers + p.stall.count);
     r.param("publishers", p.publishers);
     r.param("size", p.size);
+    r.param("payload_kind", p.payload.label());
+    r.param("deflate", p.deflate);
     r.param("duration_s", p.duration.as_secs_f64());
     match p.mode {
         Mode::Max { window } => {
@@ -258,16 +279,28 @@ pub async fn execute(
     let room = |i: usize| format!("{}-{}", p.room_prefix, room_of(i));
     let pb = report::bar(members as u64, "connect");
     let t_connect = Instant::now();
-    // Room for the client protocol's push around the payload, too.
-    let opts = SocketOpts::new(16 * 1024, (p.size + 4096).max(1 << 16));
+    // Room for the client protocol's push around the payload, too. Only subscribers offer
+    // permessage-deflate.
+    let pub_opts = SocketOpts::new(16 * 1024, (p.size + 4096).max(1 << 16));
+    let sub_opts = SocketOpts {
+        deflate: p.deflate,
+        ..pub_opts
+    };
+    let opts_of = |i: usize| {
+        if (p.subscribers..live).contains(&i) {
+            pub_opts
+        } else {
+            sub_opts
+        }
+    };
     let t = Rc::new(target.clone());
     let opened = net::open_many_with(live, concurrency, &pb, |i| {
-        open_member(t.clone(), room(i), door_of(i), t.source_for(i), opts)
+        open_member(t.clone(), room(i), door_of(i), t.source_for(i), opts_of(i))
     })
     .await;
     let stalled_opts = SocketOpts {
         rcvbuf: p.stall.rcvbuf,
-        ..opts
+        ..sub_opts
     };
     let opened_stalled = net::open_many_with(p.stall.count, concurrency, &pb, |k| {
         open_member(
@@ -310,6 +343,7 @@ pub async fn execute(
     }
     let sh = Rc::new(Shared {
         measuring: Cell::new(false),
+        counting: Cell::new(false),
         stopping: Cell::new(false),
         unjoined: Cell::new(members),
         room_unjoined: RefCell::new(room_unjoined),
@@ -400,6 +434,12 @@ pub async fn execute(
         publisher_copies: sh.c.publisher_copies.get(),
         unknown: sh.c.unknown.get(),
         other_pushes: sh.c.other_pushes.get(),
+        deflate: p.deflate,
+        frames_compressed: sh.c.frames_compressed.get(),
+        frames_uncompressed: sh.c.frames_uncompressed.get(),
+        wire_bytes: sh.c.wire_bytes.get(),
+        compressed_bytes: sh.c.compressed_bytes.get(),
+        inflated_bytes: sh.c.inflated_bytes.get(),
         hist,
         first_error,
         problems,
@@ -482,6 +522,32 @@ impl Outcome {
             "client protocol pushes without a publication (join/leave; not counted)",
             self.other_pushes,
         );
+        r.int(
+            "frames_compressed",
+            "subscribers' data frames received compressed (RSV1)",
+            self.frames_compressed,
+        );
+        r.int(
+            "frames_uncompressed",
+            "subscribers' data frames received uncompressed",
+            self.frames_uncompressed,
+        );
+        r.int(
+            "wire_bytes",
+            "bytes the subscribers read (from the measured phase on)",
+            self.wire_bytes,
+        );
+        r.opt(
+            "wire_bytes_per_delivery",
+            "bytes read per delivery",
+            (delivered > 0).then(|| self.wire_bytes as f64 / delivered as f64),
+        );
+        r.opt(
+            "deflate_saved_pct",
+            "compressed frames: payload bytes saved (%)",
+            (self.inflated_bytes > 0)
+                .then(|| 100.0 * (1.0 - self.compressed_bytes as f64 / self.inflated_bytes as f64)),
+        );
         r.latency("latency", "publish→delivery", &self.hist);
         r.cpu("", &self.cpu, Some((in_window, "delivery")));
     }
@@ -499,6 +565,13 @@ impl Outcome {
         }
         if self.in_window == 0 {
             r.fail(format!("{what}no delivery during the measured phase"));
+        }
+        if self.deflate && self.delivered > 0 && self.frames_compressed == 0 {
+            r.note(format!(
+                "{what}permessage-deflate was agreed but no frame came compressed (the server \
+                 sends a message uncompressed when compressing does not shrink it; try \
+                 --payload-kind json)"
+            ));
         }
         if self.cpu.generator_s > 0.9 * self.cpu.wall_s {
             r.note(format!(

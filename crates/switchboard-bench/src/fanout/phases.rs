@@ -3,7 +3,7 @@
 
 use super::members::{Shared, Slot, Writer};
 use super::{Mode, Params};
-use crate::payload::{self, now_ns, KIND_WARMUP};
+use crate::payload::{self, now_ns, PayloadKind, KIND_WARMUP};
 use crate::report;
 use crate::stats::CpuMeter;
 use crate::ws::{self, OP_TEXT};
@@ -15,7 +15,7 @@ async fn publish_max(
     sh: Rc<Shared>,
     idx: usize,
     wr: Rc<Writer>,
-    size: usize,
+    (kind, size): (PayloadKind, usize),
     end: Instant,
     stall: Duration,
 ) -> Result<()> {
@@ -53,7 +53,7 @@ async fn publish_max(
             return Ok(());
         }
         let ts = now_ns();
-        payload::write_pub(&mut body, size, ts, idx as u32, seq);
+        kind.write(&mut body, size, ts, idx as u32, seq);
         frame.clear();
         ws::encode_frame(&mut frame, OP_TEXT, &body);
         p.slots.borrow_mut()[i] = Slot {
@@ -72,7 +72,7 @@ async fn publish_rate(
     sh: Rc<Shared>,
     idx: usize,
     wr: Rc<Writer>,
-    size: usize,
+    (kind, size): (PayloadKind, usize),
     first: Instant,
     end: Instant,
     every: Duration,
@@ -85,7 +85,7 @@ async fn publish_rate(
             break;
         }
         tokio::time::sleep_until(next.into()).await;
-        payload::write_pub(&mut body, size, now_ns(), idx as u32, seq);
+        kind.write(&mut body, size, now_ns(), idx as u32, seq);
         frame.clear();
         ws::encode_frame(&mut frame, OP_TEXT, &body);
         p.sent.set(p.sent.get() + 1);
@@ -151,6 +151,7 @@ pub(super) async fn measure(
     let t0 = Instant::now();
     let end = t0 + p.duration;
     sh.measuring.set(true);
+    sh.counting.set(true);
     let mut tasks = Vec::with_capacity(p.publishers);
     for j in 0..p.publishers {
         let wr = writers[p.subscribers + j].clone();
@@ -159,7 +160,7 @@ pub(super) async fn measure(
                 sh.clone(),
                 j,
                 wr,
-                p.size,
+                (p.payload, p.size),
                 end,
                 p.stall_timeout,
             )),
@@ -167,7 +168,15 @@ pub(super) async fn measure(
                 let every = Duration::try_from_secs_f64(p.publishers as f64 / rate)
                     .map_err(|e| anyhow::anyhow!("--rate {rate}: {e}"))?;
                 let first = t0 + every.mul_f64(j as f64 / p.publishers as f64);
-                tokio::task::spawn_local(publish_rate(sh.clone(), j, wr, p.size, first, end, every))
+                tokio::task::spawn_local(publish_rate(
+                    sh.clone(),
+                    j,
+                    wr,
+                    (p.payload, p.size),
+                    first,
+                    end,
+                    every,
+                ))
             }
         };
         tasks.push(task);

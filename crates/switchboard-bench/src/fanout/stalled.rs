@@ -11,7 +11,7 @@
 
 use super::members::{each_message, Shared, Writer};
 use super::Door;
-use crate::payload::{KIND_PUB, KIND_WARMUP};
+use crate::payload::{bench_message, KIND_PUB, KIND_WARMUP};
 use crate::protocol::{self, Msg};
 use crate::ws::{self, FrameReader, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use std::collections::BTreeMap;
@@ -158,7 +158,7 @@ async fn read_out(
             match f.opcode {
                 OP_CLOSE => return How::Closed(close_code(f.payload)),
                 OP_TEXT | OP_BINARY => each_message(door, f.payload, |m| {
-                    if matches!(m, Msg::Data(p) if p.first() == Some(&KIND_PUB)) {
+                    if matches!(m, Msg::Data(p) if bench_message(p).first() == Some(&KIND_PUB)) {
                         end.backlog += 1;
                     }
                 }),
