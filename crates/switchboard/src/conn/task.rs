@@ -172,7 +172,9 @@ struct Socket {
     /// Set when the client's close frame arrived.
     client_closed: Option<u16>,
     /// The client protocol's state (client-protocol door only).
-    protocol: Option<ClientSession>,
+    /// Boxed: plain-door connections (most of them, idle) then carry one pointer, not the
+    /// session's fields, in every connection task.
+    protocol: Option<Box<ClientSession>>,
     /// The echo door compresses its replies with this window when deflate was negotiated.
     echo_window: Option<u8>,
 }
@@ -393,7 +395,7 @@ struct Inbound<'a> {
     session: &'a Session,
     rate: &'a mut Option<MessageRate>,
     stats: &'a mut Stats,
-    protocol: &'a mut Option<ClientSession>,
+    protocol: &'a mut Option<Box<ClientSession>>,
     echo_window: Option<u8>,
 }
 
@@ -478,8 +480,12 @@ pub(crate) async fn run(
         rate: MessageRate::new(limits.client_message_rate, limits.client_message_burst),
         stats: Stats::default(),
         client_closed: None,
-        protocol: (session.conn.door == Door::Protocol)
-            .then(|| ClientSession::new(Arc::clone(&state), Arc::clone(&session.conn))),
+        protocol: (session.conn.door == Door::Protocol).then(|| {
+            Box::new(ClientSession::new(
+                Arc::clone(&state),
+                Arc::clone(&session.conn),
+            ))
+        }),
     };
     if !leftover.is_empty() {
         let mut bytes = leftover.to_vec();

@@ -505,7 +505,10 @@ mod tests {
         let message = b"the same message twice, the same message twice";
         let first = deflate_message(message, 15);
         let second = deflate_message(message, 15);
-        assert_eq!(first, second, "the second is not shortened by the first's context");
+        assert_eq!(
+            first, second,
+            "the second is not shortened by the first's context"
+        );
     }
 
     #[test]

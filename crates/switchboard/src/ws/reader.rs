@@ -40,7 +40,8 @@ pub struct MessageReader {
     utf8_checked: usize,
     closed: bool,
     /// permessage-deflate, when negotiated.
-    inflater: Option<Inflater>,
+    /// Boxed so connections without deflate carry one pointer for it.
+    inflater: Option<Box<Inflater>>,
     /// The message in progress is compressed.
     compressed: bool,
 }
@@ -66,7 +67,7 @@ impl MessageReader {
 
     /// A reader for a connection that negotiated permessage-deflate.
     pub fn with_inflater(mut self, inflater: Inflater) -> Self {
-        self.inflater = Some(inflater);
+        self.inflater = Some(Box::new(inflater));
         self
     }
 
