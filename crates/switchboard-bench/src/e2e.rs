@@ -45,20 +45,9 @@ fn fanout_max_end_to_end() {
         let (addr, _) = testserver::start(false).await;
         let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
         let p = fanout::Params {
-            room_prefix: "room".into(),
-            rooms: 2,
-            subscribers: 6,
-            publishers: 2,
             size: 64,
-            payload: payload::PayloadKind::Padded,
             duration: Duration::from_millis(300),
-            mode: fanout::Mode::Max { window: 3 },
-            drain: Duration::from_secs(2),
-            stall_timeout: Duration::from_secs(2),
-            join_timeout: Duration::from_secs(5),
-            stall: fanout::Stall::default(),
-            door: fanout::Door::Plain,
-            deflate: false,
+            ..small_params("room", fanout::Door::Plain, fanout::Mode::Max { window: 3 })
         };
         let r = fanout::run(&t, &p, None, 8).await.expect("run");
         assert!(r.complete);
@@ -85,20 +74,10 @@ fn fanout_rate_end_to_end() {
         let (addr, _) = testserver::start(false).await;
         let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
         let p = fanout::Params {
-            room_prefix: "room".into(),
             rooms: 1,
             subscribers: 4,
             publishers: 1,
-            size: 100,
-            payload: payload::PayloadKind::Padded,
-            duration: Duration::from_millis(500),
-            mode: fanout::Mode::Rate(20.0),
-            drain: Duration::from_secs(2),
-            stall_timeout: Duration::from_secs(2),
-            join_timeout: Duration::from_secs(5),
-            stall: fanout::Stall::default(),
-            door: fanout::Door::Plain,
-            deflate: false,
+            ..small_params("room", fanout::Door::Plain, fanout::Mode::Rate(20.0))
         };
         let r = fanout::run(&t, &p, None, 8).await.expect("run");
         assert!(r.complete);
@@ -155,20 +134,11 @@ fn connect_failures_make_the_run_incomplete() {
 fn slow_params(mode: fanout::Mode, baseline: bool) -> slow::Params {
     slow::Params {
         fanout: fanout::Params {
-            room_prefix: "slow".into(),
             rooms: 1,
             subscribers: 8,
             publishers: 1,
-            size: 100,
-            payload: payload::PayloadKind::Padded,
             duration: Duration::from_millis(400),
-            mode,
-            drain: Duration::from_secs(2),
-            stall_timeout: Duration::from_secs(2),
-            join_timeout: Duration::from_secs(5),
-            stall: fanout::Stall::default(),
-            door: fanout::Door::Plain,
-            deflate: false,
+            ..small_params("slow", fanout::Door::Plain, mode)
         },
         stalled_percent: 25.0,
         stalled_rcvbuf: Some(4096),
@@ -262,9 +232,10 @@ fn idle_answers_pings() {
     });
 }
 
-fn protocol_params(mode: fanout::Mode) -> fanout::Params {
+/// A small, short fan-out: 2 rooms × 3 subscribers, 2 publishers, 100 B for 0.5 s.
+fn small_params(room_prefix: &str, door: fanout::Door, mode: fanout::Mode) -> fanout::Params {
     fanout::Params {
-        room_prefix: "proto".into(),
+        room_prefix: room_prefix.into(),
         rooms: 2,
         subscribers: 6,
         publishers: 2,
@@ -276,9 +247,13 @@ fn protocol_params(mode: fanout::Mode) -> fanout::Params {
         stall_timeout: Duration::from_secs(2),
         join_timeout: Duration::from_secs(5),
         stall: fanout::Stall::default(),
-        door: fanout::Door::Protocol,
+        door,
         deflate: false,
     }
+}
+
+fn protocol_params(mode: fanout::Mode) -> fanout::Params {
+    small_params("proto", fanout::Door::Protocol, mode)
 }
 
 /// The figures every complete protocol-door run shows.

@@ -190,15 +190,9 @@ impl MessageReader {
         payload: &[u8],
         on_event: &mut dyn FnMut(Event<'_>) -> Result<(), CloseReason>,
     ) -> Result<(), CloseReason> {
-        let opcode = match (opcode, self.fragmented.as_mut()) {
-            (Opcode::Continuation, Some((opcode, bytes))) => {
-                if bytes.len() + payload.len() > self.max_message {
-                    return Err(CloseReason::MessageTooBig);
-                }
-                bytes.extend_from_slice(payload);
-                *opcode
-            }
-            (Opcode::Text | Opcode::Binary, None) => {
+        let opcode = match (opcode, self.fragmented.is_some()) {
+            (Opcode::Continuation, true) => self.gather(payload)?,
+            (Opcode::Text | Opcode::Binary, false) => {
                 if !fin {
                     self.compressed = true;
                     self.fragmented = Some((opcode, payload.to_vec()));
@@ -244,12 +238,9 @@ impl MessageReader {
         }
     }
 
-    fn append_fragment(
-        &mut self,
-        fin: bool,
-        payload: &[u8],
-        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), CloseReason>,
-    ) -> Result<(), CloseReason> {
+    /// Adds a fragment to the message in progress, within the message limit; returns the
+    /// message's opcode.
+    fn gather(&mut self, payload: &[u8]) -> Result<Opcode, CloseReason> {
         let Some((opcode, bytes)) = self.fragmented.as_mut() else {
             return Err(CloseReason::ProtocolError);
         };
@@ -257,8 +248,22 @@ impl MessageReader {
             return Err(CloseReason::MessageTooBig);
         }
         bytes.extend_from_slice(payload);
-        if *opcode == Opcode::Text {
-            let good = check_utf8(&bytes[self.utf8_checked..], !fin)?;
+        Ok(*opcode)
+    }
+
+    fn append_fragment(
+        &mut self,
+        fin: bool,
+        payload: &[u8],
+        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), CloseReason>,
+    ) -> Result<(), CloseReason> {
+        if self.gather(payload)? == Opcode::Text {
+            let checked = self.utf8_checked;
+            let bytes = self
+                .fragmented
+                .as_ref()
+                .map_or(&[][..], |(_, b)| &b[checked..]);
+            let good = check_utf8(bytes, !fin)?;
             self.utf8_checked += good;
         }
         if !fin {
