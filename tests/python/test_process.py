@@ -83,6 +83,26 @@ def test_logs_are_json_lines_with_connection_fields_and_no_secrets(server):
         assert secret not in text, "a secret leaked into the log"
 
 
+def test_log_lines_reach_the_log_while_the_server_runs(server):
+    # Lines are batched in memory; the batch must still be written out without a stop.
+    token = server.token("live-log-user")
+
+    async def scenario():
+        url = f"ws://{server.base}/ws/chat/live-logs?token={token}"
+        async with websockets.connect(url) as ws:
+            await ws.send("x")
+            await recv_text(ws)
+            for _ in range(100):
+                events = server.log_events()
+                if any(e.get("event") == "connected" and e.get("user") == "live-log-user" for e in events):
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+    assert asyncio.run(scenario()), "the connected line was not written within 5 s"
+    assert server.proc.poll() is None
+
+
 def test_an_invalid_environment_value_stops_the_start_naming_the_variable(tmp_path):
     result = run("serve", env={"SWITCHBOARD_MAX_MESSAGE_BYTES": "lots"})
     assert result.returncode != 0

@@ -2,6 +2,8 @@
 //! (defaults → file → environment → flags), sets up logging and signals, and runs the gateway.
 //! Everything else lives in the `switchboard` library.
 
+mod log_writer;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -106,7 +108,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("invalid value for log.level: {:?}", config.log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(log_writer::BufferedStderr::install()?);
     match config.resolve().log_format {
         LogFormat::Json => builder
             .json()
@@ -239,7 +241,9 @@ fn humantime_secs(text: &str) -> anyhow::Result<u64> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let outcome = run(Cli::parse());
+    log_writer::flush();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("switchboard: {error:#}");
