@@ -14,8 +14,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use crate::door::Door;
 use crate::error::CloseReason;
@@ -67,7 +69,7 @@ pub struct Conn {
     opened_ms: u64,
     max_queued: usize,
     outbox: Mutex<Outbox>,
-    wake: Notify,
+    wake: TaskWake,
     /// Milliseconds since gateway start of the last inbound frame.
     last_inbound_ms: AtomicU64,
     /// Milliseconds since gateway start of the last ping sent.
@@ -100,7 +102,7 @@ impl Conn {
             opened_ms: now_ms,
             max_queued,
             outbox: Mutex::new(Outbox::default()),
-            wake: Notify::new(),
+            wake: TaskWake::default(),
             last_inbound_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
         }
@@ -154,7 +156,13 @@ impl Conn {
         }
         outbox.commands.push(command);
         drop(outbox);
-        self.wake.notify_one();
+        self.wake.wake();
+    }
+
+    /// Ready once something was queued, a close asked for or a request made since the last
+    /// time it was ready (the connection's task waits on this).
+    pub(crate) fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.wake.poll(cx)
     }
 
     /// Takes the pending server API requests.
@@ -182,7 +190,7 @@ impl Conn {
             outbox.close = Some(CloseReason::SlowConsumer);
             outbox.frames = VecDeque::new();
             drop(outbox);
-            self.wake.notify_one();
+            self.wake.wake();
             return false;
         }
         outbox.queued += frame.len();
@@ -190,7 +198,7 @@ impl Conn {
         outbox.frames.push_back(frame.clone());
         drop(outbox);
         if was_empty {
-            self.wake.notify_one();
+            self.wake.wake();
         }
         true
     }
@@ -212,7 +220,7 @@ impl Conn {
         let index = index.min(outbox.frames.len());
         outbox.frames.insert(index, frame);
         drop(outbox);
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
     /// Queues a control frame (ping, pong) regardless of the byte limit.
@@ -224,7 +232,7 @@ impl Conn {
         outbox.queued += frame.len();
         outbox.frames.push_back(frame);
         drop(outbox);
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
     /// Asks the connection's task to close with `reason` (the first reason wins).
@@ -234,7 +242,7 @@ impl Conn {
             outbox.close = Some(reason);
         }
         drop(outbox);
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
     /// Moves every queued frame to the end of `into`; returns the close reason, if any.
@@ -295,6 +303,40 @@ impl Conn {
         {
             self.last_ping_ms.store(now_ms, Ordering::Relaxed);
             self.push_control(ping.clone());
+        }
+    }
+}
+
+/// Wakes a connection's task when there is something for it: a flag and the task's waker.
+///
+/// Every publication wakes each subscriber's task, so this is on the hot path. Unlike
+/// `tokio::sync::Notify`, waiting here joins no waiter list that must be left again (under a
+/// lock) each time the task's loop turns for another reason; a wake finds the flag already set
+/// and costs one atomic swap when the task has not run since the last one.
+#[derive(Default)]
+struct TaskWake {
+    woken: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl TaskWake {
+    fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Ready (and consumed) once a wake has happened since the last time it was ready.
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake between the swap and the registration found no waker; see its flag now.
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -435,6 +477,44 @@ mod tests {
 
     fn conn(max_queued: usize) -> Conn {
         Conn::new(1, Door::Chat, "", 0, max_queued, 0)
+    }
+
+    /// A waker that counts how often it was woken.
+    struct CountingWaker(AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<CountingWaker>, std::task::Waker) {
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        (Arc::clone(&counter), std::task::Waker::from(counter))
+    }
+
+    #[test]
+    fn a_frame_queued_before_the_task_waits_is_seen_at_once() {
+        let conn = conn(1024);
+        conn.push(&Bytes::from_static(b"early"));
+        let (_, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(conn.poll_wake(&mut cx).is_ready());
+        assert!(conn.poll_wake(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_waiting_task_is_woken_once_for_several_wakes() {
+        let conn = conn(1024);
+        let (counter, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(conn.poll_wake(&mut cx).is_pending());
+        conn.push_control(Bytes::from_static(b"ping"));
+        conn.close(CloseReason::GoingAway);
+        conn.request(ServerCommand::Refresh(0));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert!(conn.poll_wake(&mut cx).is_ready());
+        assert!(conn.poll_wake(&mut cx).is_pending());
     }
 
     #[test]

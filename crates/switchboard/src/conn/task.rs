@@ -15,6 +15,7 @@ use std::io::{self, IoSlice};
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -179,6 +180,16 @@ struct Socket {
     echo_window: Option<u8>,
 }
 
+/// What woke the connection's task.
+enum Turn {
+    /// Its handle: frames queued, a close asked for, or server commands.
+    Woken,
+    /// The socket has bytes (or an error, or EOF) to read.
+    Readable,
+    /// The socket can take more of a pending write.
+    Writable,
+}
+
 enum ReadOutcome {
     Open,
     Eof,
@@ -303,17 +314,15 @@ impl Socket {
             door.messages_out.inc_by(self.stats.messages_out - before.0);
             door.bytes_out.inc_by(self.stats.bytes_out - before.1);
             let all_written = flushed.map_err(|_| End::Abnormal("write failed"))?;
-            tokio::select! {
-                biased;
-                _ = conn.wake.notified() => {
+            match self.next_turn(conn, all_written).await? {
+                Turn::Woken => {
                     if let Some(protocol) = self.protocol.as_mut() {
                         for command in conn.take_commands() {
                             protocol.handle_server_command(command);
                         }
                     }
                 }
-                ready = self.tcp.readable() => {
-                    ready.map_err(|_| End::Abnormal("read failed"))?;
+                Turn::Readable => {
                     let result = catch_unwind(AssertUnwindSafe(|| self.read_available(session)));
                     match result {
                         Ok(Ok(ReadOutcome::Open)) => {}
@@ -328,11 +337,42 @@ impl Socket {
                         conn.close(CloseReason::ClientClosed(code));
                     }
                 }
-                ready = self.tcp.writable(), if !all_written => {
-                    ready.map_err(|_| End::Abnormal("write failed"))?;
-                }
+                Turn::Writable => {}
             }
         }
+    }
+
+    /// Waits for the next thing to do, in this order of preference: a wake from the
+    /// connection's handle, inbound bytes, room in the socket (only while a write is pending).
+    ///
+    /// Polled by hand rather than with `select!` over `notified()`/`readable()`/`writable()`:
+    /// those futures join a waiter list on every turn and leave it under a lock when dropped,
+    /// which was a few percent of the server's CPU in fan-out; the socket's own reader and
+    /// writer waker slots and [`Conn`]'s wake flag need neither.
+    async fn next_turn(&self, conn: &Conn, all_written: bool) -> Result<Turn, End> {
+        std::future::poll_fn(|cx| {
+            if conn.poll_wake(cx).is_ready() {
+                return Poll::Ready(Ok(Turn::Woken));
+            }
+            if let Poll::Ready(ready) = self.tcp.poll_read_ready(cx) {
+                return Poll::Ready(
+                    ready
+                        .map(|()| Turn::Readable)
+                        .map_err(|_| End::Abnormal("read failed")),
+                );
+            }
+            if !all_written {
+                if let Poll::Ready(ready) = self.tcp.poll_write_ready(cx) {
+                    return Poll::Ready(
+                        ready
+                            .map(|()| Turn::Writable)
+                            .map_err(|_| End::Abnormal("write failed")),
+                    );
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Sends the close frame (after what is queued, unless the client is gone or too slow),
