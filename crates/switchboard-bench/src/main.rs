@@ -14,6 +14,8 @@
 //!   connect and subscribe, pings, the `data` of a push found in place.
 //! - `fanout`, `slow`, `echo`, `idle`, `connect`: the scenarios (`slow` is a fanout run with
 //!   stalled subscribers; the stalled members themselves live in `fanout`).
+//! - `floor`: the kernel's floor, no server at all: a thread writing frames to loopback
+//!   sockets and one draining them; the writer's CPU per delivery bounds every server's.
 //! - `stats`: CPU (utime + stime) and RSS from `/proc`, latency histograms.
 //! - `report`: the table, the JSON line, progress bars, duration parsing.
 //!
@@ -31,6 +33,8 @@
 //!     --concurrency 64 --server-pid "$PID"
 //! taskset -c 1 switchboard-bench slow --url ws://127.0.0.1:8081 --subscribers 1000 \
 //!     --stalled-percent 1 --rate 33 --duration 10s --baseline --server-pid "$PID"
+//! switchboard-bench floor --sockets 1000 --rate 33 --writer-cpu 0 --reader-cpu 1
+//! switchboard-bench floor --sockets 1000 --frames-per-write 4 --writer-cpu 0 --reader-cpu 1
 //! ```
 //! The last line of stdout is one JSON object with every parameter and figure; the exit code
 //! is 0 for a complete run, 2 for a run that finished incomplete (lost connections, nothing
@@ -43,6 +47,7 @@ mod deflate;
 mod e2e;
 mod echo;
 mod fanout;
+mod floor;
 #[cfg(test)]
 mod gateway;
 mod idle;
@@ -243,6 +248,32 @@ enum Cmd {
         #[arg(long, default_value = "5s", value_parser = duration)]
         hold: Duration,
     },
+    /// The kernel's floor, no server involved: one thread writes frames to N loopback TCP
+    /// sockets, another drains them; the writer's CPU per delivery is the least any server
+    /// can spend per delivery on this machine.
+    Floor {
+        /// Connected socket pairs.
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+        /// Bursts per second, each writing to every socket once (default: back to back).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Frames carried by each write (a gateway's batching).
+        #[arg(long, default_value_t = 1)]
+        frames_per_write: usize,
+        /// Bytes per frame (102: a 100-byte payload with its WebSocket header).
+        #[arg(long, default_value_t = 102)]
+        frame_bytes: usize,
+        /// How long the writer writes.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        duration: Duration,
+        /// Pin the writer thread to this core.
+        #[arg(long)]
+        writer_cpu: Option<usize>,
+        /// Pin the reader thread to this core.
+        #[arg(long)]
+        reader_cpu: Option<usize>,
+    },
     /// Echo round trips on /ws: messages/s and round-trip percentiles.
     Echo {
         #[command(flatten)]
@@ -267,6 +298,23 @@ enum Cmd {
 
 async fn run(cmd: Cmd) -> Result<report::Report> {
     match cmd {
+        Cmd::Floor {
+            sockets,
+            rate,
+            frames_per_write,
+            frame_bytes,
+            duration,
+            writer_cpu,
+            reader_cpu,
+        } => floor::run(&floor::Params {
+            sockets,
+            rate,
+            frames_per_write,
+            frame_bytes,
+            duration,
+            writer_cpu,
+            reader_cpu,
+        }),
         Cmd::Fanout { common, run } => {
             let target = common.server.target()?;
             let p = run.params("room");

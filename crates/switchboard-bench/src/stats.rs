@@ -33,6 +33,13 @@ pub fn cpu_ticks(pid: Option<u32>) -> Result<u64> {
     parse_stat_cpu(&text).with_context(|| format!("parsing {path}"))
 }
 
+/// utime + stime of the calling thread alone (`/proc/thread-self/stat`), in clock ticks.
+pub fn thread_cpu_ticks() -> Result<u64> {
+    let path = "/proc/thread-self/stat";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    parse_stat_cpu(&text).with_context(|| format!("parsing {path}"))
+}
+
 fn parse_stat_cpu(text: &str) -> Result<u64> {
     // The command name (field 2) is in parentheses and may contain spaces: split after it.
     let rest = text
