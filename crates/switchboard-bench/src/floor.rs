@@ -20,22 +20,29 @@ use mio::{Events, Interest, Poll, Token};
 use crate::report::Report;
 use crate::stats;
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the `floor` subcommand's options).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Params {
     /// Connected socket pairs.
+    #[arg(long, default_value_t = 1000)]
     pub sockets: usize,
-    /// Bursts per second (each writes to every socket once); `None`: back to back.
+    /// Bursts per second, each writing to every socket once (default: back to back).
+    #[arg(long)]
     pub rate: Option<f64>,
-    /// Frames carried by each write.
+    /// Frames carried by each write (a gateway's batching).
+    #[arg(long, default_value_t = 1)]
     pub frames_per_write: usize,
-    /// Bytes per frame (102: a 100-byte payload and its 2-byte WebSocket header).
+    /// Bytes per frame (102: a 100-byte payload with its WebSocket header).
+    #[arg(long = "frame-bytes", default_value_t = 102)]
     pub frame_bytes: usize,
     /// How long the writer writes.
+    #[arg(long, default_value = "10s", value_parser = crate::report::parse_duration)]
     pub duration: Duration,
-    /// Core for the writer thread (`None`: not pinned).
+    /// Pin the writer thread to this core.
+    #[arg(long)]
     pub writer_cpu: Option<usize>,
-    /// Core for the reader thread (`None`: not pinned).
+    /// Pin the reader thread to this core.
+    #[arg(long)]
     pub reader_cpu: Option<usize>,
 }
 

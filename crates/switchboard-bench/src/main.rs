@@ -251,29 +251,7 @@ enum Cmd {
     /// The kernel's floor, no server involved: one thread writes frames to N loopback TCP
     /// sockets, another drains them; the writer's CPU per delivery is the least any server
     /// can spend per delivery on this machine.
-    Floor {
-        /// Connected socket pairs.
-        #[arg(long, default_value_t = 1000)]
-        sockets: usize,
-        /// Bursts per second, each writing to every socket once (default: back to back).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Frames carried by each write (a gateway's batching).
-        #[arg(long, default_value_t = 1)]
-        frames_per_write: usize,
-        /// Bytes per frame (102: a 100-byte payload with its WebSocket header).
-        #[arg(long, default_value_t = 102)]
-        frame_bytes: usize,
-        /// How long the writer writes.
-        #[arg(long, default_value = "10s", value_parser = duration)]
-        duration: Duration,
-        /// Pin the writer thread to this core.
-        #[arg(long)]
-        writer_cpu: Option<usize>,
-        /// Pin the reader thread to this core.
-        #[arg(long)]
-        reader_cpu: Option<usize>,
-    },
+    Floor(floor::Params),
     /// Echo round trips on /ws: messages/s and round-trip percentiles.
     Echo {
         #[command(flatten)]
@@ -298,23 +276,7 @@ enum Cmd {
 
 async fn run(cmd: Cmd) -> Result<report::Report> {
     match cmd {
-        Cmd::Floor {
-            sockets,
-            rate,
-            frames_per_write,
-            frame_bytes,
-            duration,
-            writer_cpu,
-            reader_cpu,
-        } => floor::run(&floor::Params {
-            sockets,
-            rate,
-            frames_per_write,
-            frame_bytes,
-            duration,
-            writer_cpu,
-            reader_cpu,
-        }),
+        Cmd::Floor(params) => floor::run(&params),
         Cmd::Fanout { common, run } => {
             let target = common.server.target()?;
             let p = run.params("room");
