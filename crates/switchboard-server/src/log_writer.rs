@@ -35,6 +35,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            pending: Mutex::new(Vec::new()),
+            output: Mutex::new(()),
+        }
+    }
+
     fn write_out(&self) {
         let _output = lock(&self.output);
         let batch = std::mem::take(&mut *lock(&self.pending));
@@ -55,12 +62,7 @@ impl BufferedStderr {
     /// Makes the process's buffered standard error, starts its flushing thread and makes a
     /// panic write out what is buffered before the panic message.
     pub fn install() -> io::Result<Self> {
-        let shared = Arc::clone(INSTALLED.get_or_init(|| {
-            Arc::new(Shared {
-                pending: Mutex::new(Vec::new()),
-                output: Mutex::new(()),
-            })
-        }));
+        let shared = Arc::clone(INSTALLED.get_or_init(|| Arc::new(Shared::new())));
         let flusher = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("log-flush".into())
@@ -142,10 +144,7 @@ mod tests {
 
     fn shared() -> BufferedStderr {
         BufferedStderr {
-            shared: Arc::new(Shared {
-                pending: Mutex::new(Vec::new()),
-                output: Mutex::new(()),
-            }),
+            shared: Arc::new(Shared::new()),
         }
     }
 
