@@ -3,6 +3,7 @@
 //! Every response carries `X-Trace-ID` (taken from the request's `X-Trace-ID` or
 //! `traceparent`, or generated) so a client's report can be matched to the log lines.
 
+pub(crate) mod task;
 pub(crate) mod upgrade;
 
 use std::net::SocketAddr;
@@ -14,35 +15,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::error::{error_body, Rejection};
-use crate::gateway::{Response, State};
-
-/// The door a WebSocket came through (also a metrics label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Door {
-    /// `/ws`: echo.
-    Echo = 0,
-    /// `/ws/chat/{room}`: plain rooms.
-    Chat = 1,
-    /// `/ws/notify/user/{id}`: plain user push.
-    Notify = 2,
-    /// `/connection/websocket`: the client protocol (JSON commands, replies, pushes).
-    Protocol = 3,
-}
-
-impl Door {
-    /// Every door, in index order.
-    pub const ALL: [Door; 4] = [Door::Echo, Door::Chat, Door::Notify, Door::Protocol];
-
-    /// The label used in logs and metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Door::Echo => "echo",
-            Door::Chat => "chat",
-            Door::Notify => "notify",
-            Door::Protocol => "protocol",
-        }
-    }
-}
+use crate::gateway::Response;
+pub use crate::kind::Door;
+use crate::state::State;
 
 /// Routes one HTTP request.
 pub(crate) async fn handle(
@@ -57,13 +32,12 @@ pub(crate) async fn handle(
         (&Method::GET, "/readyz") if state.draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
+        (&Method::GET, "/readyz") if !state.ready() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable")
+        }
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready"),
         (&Method::GET, "/metrics") => {
-            let body = state.metrics.render(
-                state.hub.channel_count(),
-                state.hub.subscription_count(),
-                state.uptime_secs(),
-            );
+            let body = state.node.metrics.render(&state.node.snapshot());
             let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
