@@ -21,13 +21,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::door::json;
 use crate::error::{ApiError, ClientError};
-use crate::gateway::Response;
 use crate::kind::Encoding;
 use crate::node::UserCommand;
 use crate::protocol::{history_range, history_result, presence_result, presence_stats_result};
 use crate::publication::Publication;
+use crate::respond::{json, Response};
 use crate::state::State;
 
 /// Largest API request body.
@@ -375,7 +374,7 @@ async fn dispatch_one(state: &State, method: &str, value: &RawValue) -> Result<V
             }
         }
         "history" => {
-            let request: crate::protocol::wire::HistoryRequest = params(value)?;
+            let request: crate::wire::HistoryRequest = params(value)?;
             let rules = state
                 .channels()
                 .rules(&request.channel)

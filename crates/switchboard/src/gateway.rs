@@ -11,8 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -315,9 +313,6 @@ async fn sweep(state: Arc<State>) {
         });
     }
 }
-
-/// A response with a body, for the door and API handlers.
-pub(crate) type Response = http::Response<Full<Bytes>>;
 
 #[cfg(test)]
 mod tests {

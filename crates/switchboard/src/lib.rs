@@ -47,7 +47,9 @@ mod node;
 pub mod origin;
 pub mod protocol;
 pub mod publication;
+mod respond;
 mod state;
+pub mod wire;
 pub mod ws;
 
 pub use broker::Broker;
@@ -58,4 +60,4 @@ pub use tokio_util::sync::CancellationToken;
 /// With the `test-hooks` feature, a client message of exactly these bytes makes its
 /// connection's handler panic, so tests can show that a panic ends that connection only.
 #[cfg(feature = "test-hooks")]
-pub const TEST_PANIC_MESSAGE: &[u8] = b"__switchboard_test_panic__";
+pub use door::TEST_PANIC_MESSAGE;

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::kind::Encoding;
 pub use crate::kind::Format;
-use crate::protocol::wire::{ClientInfoBody, PublicationBody, Push, Reply};
+use crate::wire::{ClientInfoBody, PublicationBody, Push, Reply};
 use crate::ws::frame::{self, Opcode};
 
 /// Who published or subscribed, as others see it (presence, join/leave, a publication's `info`).

@@ -9,15 +9,18 @@ pub(crate) mod upgrade;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::error::{error_body, Rejection};
-use crate::gateway::Response;
+use crate::error::Rejection;
 pub use crate::kind::Door;
+use crate::respond::{rejection, text, Response};
 use crate::state::State;
+
+/// With the `test-hooks` feature, a client message of exactly these bytes makes its
+/// connection's handler panic, so tests can show that a panic ends that connection only.
+#[cfg(feature = "test-hooks")]
+pub const TEST_PANIC_MESSAGE: &[u8] = b"__switchboard_test_panic__";
 
 /// Routes one HTTP request.
 pub(crate) async fn handle(
@@ -57,30 +60,6 @@ pub(crate) async fn handle(
         response.headers_mut().insert("x-trace-id", value);
     }
     response
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
-    let mut response = http::Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-}
-
-/// A JSON response with `status`.
-pub(crate) fn json(status: StatusCode, body: String) -> Response {
-    let mut response = text(status, body);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The JSON error response for a refused upgrade.
-pub(crate) fn rejection(rejection: &Rejection) -> Response {
-    json(
-        rejection.status(),
-        error_body(rejection.code(), &rejection.to_string()),
-    )
 }
 
 /// The request's trace id: `X-Trace-ID` if sane, else the trace-id field of a W3C

@@ -470,7 +470,7 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
     door.messages_in.inc();
     door.bytes_in.inc_by(data.len() as u64);
     #[cfg(feature = "test-hooks")]
-    if data == crate::TEST_PANIC_MESSAGE {
+    if data == super::TEST_PANIC_MESSAGE {
         panic!("test hook: panic requested by the client");
     }
     match session.conn.door {

@@ -18,14 +18,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::rejection;
 use super::task::{self, Session};
 use crate::auth::Claims;
 use crate::conn::Conn;
 use crate::error::Rejection;
-use crate::gateway::Response;
 use crate::kind::Door;
 use crate::kind::Encoding;
+use crate::respond::{rejection, Response};
 use crate::state::State;
 use crate::ws::deflate::{self, Negotiated};
 use crate::ws::handshake;

@@ -39,8 +39,8 @@ use crate::error::ClientError;
 use crate::hub::Hub;
 use crate::kind::Encoding;
 use crate::metrics::{Metrics, Snapshot};
-use crate::protocol::wire::{self, Push, Reply};
 use crate::publication::{ClientInfo, Publication};
+use crate::wire::{self, Push, Reply};
 use crate::ws::frame::{self, Opcode};
 
 pub use control::NodeInfo;

@@ -13,7 +13,7 @@
 //! live publication. Dropping the session leaves every channel and presence it joined.
 
 mod results;
-pub mod wire;
+pub use crate::wire;
 
 pub(crate) use results::{history_range, history_result, presence_result, presence_stats_result};
 
