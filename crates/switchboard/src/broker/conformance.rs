@@ -442,6 +442,7 @@ pub async fn run_all(engine: &dyn Engine) {
     history_keeps_size_and_ttl(engine).await;
     meta_ttl_expiry_starts_a_new_epoch(engine).await;
     reading_an_unknown_channel_creates_nothing(engine).await;
+    a_subscriber_starts_a_stream_that_publishes_continue(engine).await;
     history_ranges(engine).await;
     remove_history_keeps_the_position(engine).await;
     idempotent_publish_applies_once(engine).await;
@@ -731,6 +732,40 @@ pub async fn reading_an_unknown_channel_creates_nothing(engine: &dyn Engine) {
         "reads created nothing: the first publish is offset 1"
     );
     node.stop().await;
+}
+
+/// [`Broker::stream_position`] starts a stream (an epoch at offset 0) when there is none, the
+/// same epoch on every node and on a second call, and publishes continue it from offset 1.
+pub async fn a_subscriber_starts_a_stream_that_publishes_continue(engine: &dyn Engine) {
+    let (a, b) = two_nodes(engine, "start").await;
+    let started = a
+        .broker
+        .stream_position("s", LONG)
+        .await
+        .unwrap_or_else(|e| panic!("stream_position: {e}"));
+    assert_eq!(started.offset, 0, "a new stream is at offset 0");
+    assert!(!started.epoch.is_empty(), "a started stream has an epoch");
+    let again = b
+        .broker
+        .stream_position("s", LONG)
+        .await
+        .unwrap_or_else(|e| panic!("stream_position: {e}"));
+    assert_eq!(again, started, "every node finds the same stream");
+    let (_, read) = a.history("s", HistoryRange::default()).await;
+    assert_eq!(read, started, "history reads the started stream");
+    let first = b
+        .publish("s", "1", &keep(10))
+        .await
+        .unwrap_or_else(|| panic!("a position"));
+    assert_eq!(
+        first,
+        Position {
+            offset: 1,
+            epoch: started.epoch.clone()
+        },
+        "the first publish continues the started stream under its epoch"
+    );
+    stop_both(engine, a, b).await;
 }
 
 /// `since`, `limit` and `reverse` pick the documented slice.
