@@ -163,7 +163,12 @@ impl RedisBroker {
         &self.inner.shared.names
     }
 
-    async fn publish_raw(&self, shard: &Shard, channel: String, message: Bytes) -> Result<(), BrokerError> {
+    async fn publish_raw(
+        &self,
+        shard: &Shard,
+        channel: String,
+        message: Bytes,
+    ) -> Result<(), BrokerError> {
         shard
             .call(|mut connection| async move {
                 redis::cmd("PUBLISH")
@@ -186,7 +191,9 @@ impl RedisBroker {
             let sent = Instant::now();
             let answer = shard
                 .call(|mut connection| async move {
-                    redis::cmd("PING").query_async::<String>(&mut connection).await
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut connection)
+                        .await
                 })
                 .await;
             match answer {
@@ -257,7 +264,10 @@ impl Broker for RedisBroker {
         running.cancel.cancel();
         for task in running.tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout(self.inner.settings.call_timeout, task).await.is_err() {
+            if tokio::time::timeout(self.inner.settings.call_timeout, task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -266,7 +276,12 @@ impl Broker for RedisBroker {
     fn health(&self) -> BrokerHealth {
         let pinged = *lock(&self.inner.pinged);
         let running = lock(&self.inner.running).is_some();
-        let workers_up = self.inner.workers.iter().flatten().all(|w| w.is_connected());
+        let workers_up = self
+            .inner
+            .workers
+            .iter()
+            .flatten()
+            .all(|w| w.is_connected());
         BrokerHealth {
             connected: running && pinged.ok && workers_up,
             round_trip: pinged.round_trip,
@@ -275,12 +290,18 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        let names = [self.names().publications(channel), self.names().join_leave(channel)];
+        let names = [
+            self.names().publications(channel),
+            self.names().join_leave(channel),
+        ];
         self.worker(channel).subscribe(&names).await
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        let names = [self.names().publications(channel), self.names().join_leave(channel)];
+        let names = [
+            self.names().publications(channel),
+            self.names().join_leave(channel),
+        ];
         self.worker(channel).unsubscribe(&names).await
     }
 
@@ -351,7 +372,8 @@ impl Broker for RedisBroker {
 
     async fn publish_control(&self, message: Bytes) -> Result<(), BrokerError> {
         let target = self.names().control();
-        self.publish_raw(&self.inner.shards[0], target, message).await
+        self.publish_raw(&self.inner.shards[0], target, message)
+            .await
     }
 
     async fn history(
@@ -389,8 +411,8 @@ impl Broker for RedisBroker {
                 .ok()
                 .and_then(|text| text.parse().ok())
                 .ok_or_else(|| protocol("history entry offset"))?;
-            let mut publication =
-                codec::decode_publication(data).map_err(|e| BrokerError::Protocol(e.to_string()))?;
+            let mut publication = codec::decode_publication(data)
+                .map_err(|e| BrokerError::Protocol(e.to_string()))?;
             publication.offset = entry_offset;
             publications.push(Arc::new(publication));
         }
@@ -407,7 +429,10 @@ impl Broker for RedisBroker {
         let stream = self.names().stream(channel);
         self.shard(channel)
             .call(|mut connection| async move {
-                redis::cmd("DEL").arg(stream).query_async::<i64>(&mut connection).await
+                redis::cmd("DEL")
+                    .arg(stream)
+                    .query_async::<i64>(&mut connection)
+                    .await
             })
             .await
             .map(|_removed| ())

@@ -32,7 +32,9 @@ pub(crate) fn shard_of(channel: &str, shards: usize) -> usize {
 /// The pub/sub connection of `channel` among `connections` of its shard: drawn from other
 /// bits than the shard, so a shard's channels still spread evenly over its connections.
 pub(crate) fn connection_of(channel: &str, connections: usize) -> usize {
-    let mixed = stable_hash(channel).rotate_left(32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mixed = stable_hash(channel)
+        .rotate_left(32)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     usize::try_from(mixed >> 32).unwrap_or(0) % connections.max(1)
 }
 

@@ -188,8 +188,14 @@ mod tests {
     #[test]
     fn channel_names_are_classified_back() {
         let names = Names::new("sb");
-        assert_eq!(names.classify(&names.publications("x:y")), Some(Topic::Publications("x:y")));
-        assert_eq!(names.classify(&names.join_leave("x")), Some(Topic::JoinLeave("x")));
+        assert_eq!(
+            names.classify(&names.publications("x:y")),
+            Some(Topic::Publications("x:y"))
+        );
+        assert_eq!(
+            names.classify(&names.join_leave("x")),
+            Some(Topic::JoinLeave("x"))
+        );
         assert_eq!(names.classify(&names.control()), Some(Topic::Control));
         assert_eq!(names.classify(&names.probe("n1-0")), Some(Topic::Probe));
         assert_eq!(names.classify("other:p:x"), None);

@@ -117,7 +117,12 @@ pub(crate) fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 }
 
 impl Worker {
-    pub(crate) fn new(shard: Arc<Shard>, probe_channel: String, fixed: Vec<String>, timing: Timing) -> Self {
+    pub(crate) fn new(
+        shard: Arc<Shard>,
+        probe_channel: String,
+        fixed: Vec<String>,
+        timing: Timing,
+    ) -> Self {
         Worker {
             shard,
             probe_channel,
@@ -276,7 +281,12 @@ impl Worker {
         }
     }
 
-    async fn read(&self, mut stream: PubSubStream, shared: &Shared, cancel: &CancellationToken) -> End {
+    async fn read(
+        &self,
+        mut stream: PubSubStream,
+        shared: &Shared,
+        cancel: &CancellationToken,
+    ) -> End {
         let mut ticks = tokio::time::interval(self.timing.probe_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The probe in flight: its nonce and when it was sent.
@@ -316,13 +326,21 @@ impl Worker {
         }
     }
 
-    fn dispatch(&self, shared: &Shared, message: &redis::Msg, probe: &mut Option<(String, Instant)>) {
+    fn dispatch(
+        &self,
+        shared: &Shared,
+        message: &redis::Msg,
+        probe: &mut Option<(String, Instant)>,
+    ) {
         let payload = message.get_payload_bytes();
         let Some(topic) = shared.names.classify(message.get_channel_name()) else {
             return;
         };
         if let Topic::Probe = topic {
-            if probe.as_ref().is_some_and(|(nonce, _)| nonce.as_bytes() == payload) {
+            if probe
+                .as_ref()
+                .is_some_and(|(nonce, _)| nonce.as_bytes() == payload)
+            {
                 *probe = None;
             }
             return;
@@ -360,7 +378,10 @@ mod tests {
             }
         }
         let late: Vec<Duration> = (0..50).map(|_| backoff(30, min, max)).collect();
-        assert!(late.iter().any(|d| *d > Duration::from_secs(1)), "the cap grows to max");
+        assert!(
+            late.iter().any(|d| *d > Duration::from_secs(1)),
+            "the cap grows to max"
+        );
         assert!(late.iter().any(|d| *d != late[0]), "jittered");
     }
 }

@@ -177,7 +177,8 @@ fn parse_sentinel(rest: &str) -> Result<ShardAddress, SettingsError> {
         return Err(invalid("a Sentinel URL needs at least one host:port"));
     }
     for sentinel in &sentinels {
-        redis::Client::open(sentinel.as_str()).map_err(|_| invalid("a Sentinel host:port is invalid"))?;
+        redis::Client::open(sentinel.as_str())
+            .map_err(|_| invalid("a Sentinel host:port is invalid"))?;
     }
     Ok(ShardAddress::Sentinel {
         sentinels,
@@ -207,9 +208,11 @@ mod tests {
 
     #[test]
     fn a_sentinel_url_names_its_sentinels_master_and_db() {
-        let settings =
-            RedisSettings::from_url("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/main/3", "sb")
-                .expect("valid");
+        let settings = RedisSettings::from_url(
+            "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/main/3",
+            "sb",
+        )
+        .expect("valid");
         assert_eq!(
             settings.shards,
             [ShardAddress::Sentinel {
@@ -226,10 +229,19 @@ mod tests {
 
     #[test]
     fn bad_values_are_errors_that_do_not_echo_the_url() {
-        assert_eq!(RedisSettings::from_url(" ", "sb").err(), Some(SettingsError::EmptyUrl));
+        assert_eq!(
+            RedisSettings::from_url(" ", "sb").err(),
+            Some(SettingsError::EmptyUrl)
+        );
         let err = RedisSettings::from_url("http://secret@h:1", "sb").err();
-        assert!(matches!(err, Some(SettingsError::InvalidUrl { shard: 0, .. })));
-        assert!(!err.map(|e| e.to_string()).unwrap_or_default().contains("secret"));
+        assert!(matches!(
+            err,
+            Some(SettingsError::InvalidUrl { shard: 0, .. })
+        ));
+        assert!(!err
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("secret"));
         assert_eq!(
             RedisSettings::from_url("redis://h:1", "a{b").err(),
             Some(SettingsError::InvalidPrefix)

@@ -47,7 +47,11 @@ impl RedisServer {
     /// # Panics
     /// When the server does not start, or is missing under CI.
     pub fn start() -> Option<RedisServer> {
-        if Command::new("redis-server").arg("--version").output().is_err() {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "redis-server is required under CI"
@@ -75,7 +79,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !answers_ping(self.port) {
-            assert!(Instant::now() < deadline, "redis-server on {} did not start", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -194,7 +202,10 @@ where
         match attempt().await {
             Ok(value) => return value,
             Err(error) => {
-                assert!(tokio::time::Instant::now() < deadline, "{what}: still failing: {error:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what}: still failing: {error:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
