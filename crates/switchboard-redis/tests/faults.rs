@@ -230,3 +230,24 @@ async fn two_shards_keep_each_channel_on_its_hashed_shard() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_sentinel_url_reaches_the_master_it_names() {
+    let Some(master) = common::RedisServer::start() else {
+        return;
+    };
+    let sentinel = common::RedisServer::sentinel(&master, "main");
+    let url = format!("redis+sentinel://127.0.0.1:{}/main", sentinel.port());
+    let (broker, events) = common::started(&url, "sentinel").await;
+    broker.subscribe("via").await.expect("subscribe");
+    let position = broker
+        .publish("via", &publication("1"), &keep(10))
+        .await
+        .expect("publish")
+        .expect("position");
+    assert_eq!(position.offset, 1);
+    events.wait_publications("via", 1).await;
+    let exists = master.command(&["EXISTS", "sentinel:meta:{via}"]).await;
+    assert_eq!(exists, redis::Value::Int(1), "the stream is on the master");
+    broker.stop().await;
+}

@@ -19,6 +19,10 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     paused: bool,
+    /// Arguments before the common ones (a Sentinel's config file and `--sentinel`).
+    leading: Vec<String>,
+    /// A file to remove on drop (a Sentinel's config).
+    scratch: Option<std::path::PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -63,13 +67,42 @@ impl RedisServer {
             child: None,
             port: free_port(),
             paused: false,
+            leading: Vec::new(),
+            scratch: None,
         };
         server.spawn();
         Some(server)
     }
 
+    /// A Sentinel watching `master` under the name `name`.
+    ///
+    /// # Panics
+    /// When it does not start.
+    pub fn sentinel(master: &RedisServer, name: &str) -> RedisServer {
+        let port = free_port();
+        // Sentinel rewrites its config file, so it gets its own.
+        let path = std::env::temp_dir().join(format!("switchboard-sentinel-{port}.conf"));
+        let config = format!("sentinel monitor {name} 127.0.0.1 {} 1\n", master.port);
+        std::fs::write(&path, config).expect("write the sentinel config");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            paused: false,
+            leading: vec![path.display().to_string(), "--sentinel".to_owned()],
+            scratch: Some(path),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
+            .args(&self.leading)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -161,6 +194,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(path) = self.scratch.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
