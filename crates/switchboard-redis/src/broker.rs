@@ -425,6 +425,35 @@ impl Broker for RedisBroker {
         })
     }
 
+    async fn stream_position(
+        &self,
+        channel: &str,
+        meta_ttl: Duration,
+    ) -> Result<Position, BrokerError> {
+        let names = self.names();
+        let epoch = format!("{:016x}", fastrand::u64(..));
+        let script = &self.inner.scripts.stream_position;
+        let (offset, epoch): (String, String) = self
+            .shard(channel)
+            .call(|mut connection| async move {
+                script
+                    .key(names.meta(channel))
+                    .key(names.stream(channel))
+                    .arg(epoch)
+                    .arg(millis(meta_ttl))
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        let offset: u64 = offset
+            .parse()
+            .map_err(|_| protocol("stream position offset"))?;
+        Ok(Position {
+            offset,
+            epoch: epoch.into(),
+        })
+    }
+
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let stream = self.names().stream(channel);
         self.shard(channel)

@@ -109,6 +109,24 @@ end
 return {meta[1], meta[2], out}
 "#;
 
+/// Start a stream if there is none (what a subscribe needs: an epoch the client can recover
+/// against later). KEYS: meta, stream. ARGV: a fresh epoch, meta ttl ms (0: never expires).
+/// Returns `{offset, epoch}` as strings. A stream that exists is only read.
+pub(crate) const STREAM_POSITION: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  local meta_ttl = tonumber(ARGV[2])
+  if meta_ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], meta_ttl)
+  end
+end
+local offset = redis.call('HGET', KEYS[1], 'o') or '0'
+return {tostring(offset), epoch}
+"#;
+
 /// Add (or refresh) a presence entry. KEYS: presence hash, expiry set. ARGV: client id, codec
 /// bytes, ttl ms. The keys live as long as their longest entry.
 pub(crate) const ADD_PRESENCE: &str = r#"
@@ -149,6 +167,7 @@ return 1
 pub(crate) struct Scripts {
     pub(crate) publish: Script,
     pub(crate) history: Script,
+    pub(crate) stream_position: Script,
     pub(crate) add_presence: Script,
     pub(crate) presence: Script,
     pub(crate) remove_presence: Script,
@@ -159,6 +178,7 @@ impl Scripts {
         Scripts {
             publish: Script::new(PUBLISH),
             history: Script::new(HISTORY),
+            stream_position: Script::new(STREAM_POSITION),
             add_presence: Script::new(ADD_PRESENCE),
             presence: Script::new(PRESENCE),
             remove_presence: Script::new(REMOVE_PRESENCE),

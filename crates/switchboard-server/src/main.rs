@@ -2,6 +2,7 @@
 //! (defaults → file → environment → flags), sets up logging and signals, and runs the gateway.
 //! Everything else lives in the `switchboard` library.
 
+mod engine;
 mod log_writer;
 
 use std::path::PathBuf;
@@ -144,7 +145,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if dev_secret {
         tracing::warn!(event = "dev_mode", "--dev: tokens are checked with the built-in development secret; mint one with `switchboard token --dev --user ID`");
     }
-    let gateway = Gateway::bind(config).await?;
+    let broker = engine::broker_for(&config)?;
+    let gateway = Gateway::bind_with_broker(config, broker).await?;
     let addr = gateway.local_addr()?;
     tracing::info!(event = "listening", addr = %addr, "switchboard listening on http://{addr}");
     let shutdown = CancellationToken::new();
