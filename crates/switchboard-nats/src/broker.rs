@@ -3,8 +3,9 @@
 //!
 //! Delivery is core NATS: a node subscribes `{prefix}.ch.{channel}.*` on the one connection
 //! while it has local subscribers, and a task per subscribed channel hands what arrives to the
-//! node's events. Publications without history, joins and leaves are core publishes followed
-//! by a flush (async-nats only queues a publish; the flush is the server's receipt). Kept
+//! node's events. Publications without history, joins, leaves and control messages are core
+//! publishes followed by a round trip through the server (async-nats only queues a publish;
+//! the echo coming back is the server's receipt, see [`crate::link::Echo`]). Kept
 //! publications reach nodes through the stream's republish (see [`crate::history`]). Each
 //! channel's task drops a kept publication whose offset is not past the last one it delivered
 //! under the same epoch, so a node sees offsets in order and at most once; what it missed it
@@ -135,7 +136,7 @@ impl NatsBroker {
             .publish(subject, payload)
             .await
             .map_err(|e| unavailable("publish", e))?;
-        running.link.flush().await
+        running.link.round_trip().await
     }
 
     async fn publish_once(
@@ -277,7 +278,7 @@ impl Broker for NatsBroker {
         *lock(&self.running) = Some(Arc::clone(&running));
         connected?;
         // The control subscription is in place before start returns.
-        bounded(self.options.request_timeout, running.link.flush()).await
+        bounded(self.options.request_timeout, running.link.round_trip()).await
     }
 
     async fn stop(&self) {
@@ -333,9 +334,9 @@ impl Broker for NatsBroker {
                 ));
                 subscriptions.insert(channel.into(), Subscription { stop, task });
             }
-            // Once the flush is back the server has the subscription: every later publication
+            // Once the round trip is back the server has the subscription: every later publication
             // reaches this node.
-            running.link.flush().await
+            running.link.round_trip().await
         })
         .await
     }
@@ -351,7 +352,7 @@ impl Broker for NatsBroker {
         let _ = subscription.stop.send(());
         // The task is gone once this returns, so nothing more is delivered for the channel.
         let _ = subscription.task.await;
-        self.call(|running| async move { running.link.flush().await })
+        self.call(|running| async move { running.link.round_trip().await })
             .await
     }
 

@@ -3,18 +3,29 @@
 //! reports (state, last round trip, reconnections).
 //!
 //! async-nats reconnects by itself and sends every live subscription again on the new
-//! connection. A restored link is reported only after a flush on the new connection has come
-//! back, so the server has processed those subscriptions by then, as the contract's
+//! connection. A restored link is reported only after a round trip on the new connection has
+//! come back, so the server has processed those subscriptions by then, as the contract's
 //! `link_restored` promises.
+//!
+//! # Round trips
+//! async-nats's `flush` only empties the socket's write buffer; it says nothing about the
+//! server. So the link keeps an [`Echo`]: a subscription to an inbox of its own, and a
+//! [`Echo::round_trip`] publishes to it and waits for the message to come back. The server
+//! handles one connection's messages in order, so once it is back every publish and
+//! subscription sent before it has been processed. That is the receipt for core publishes,
+//! subscribes and unsubscribes, and what `round_trip` in `health()` measures.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use switchboard::broker::{BrokerError, BrokerEvents, BrokerHealth};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{protocol, unavailable};
@@ -31,10 +42,91 @@ pub struct LinkState {
     round_trip: Mutex<Option<Duration>>,
 }
 
+/// Round trips through the server on the link's own inbox.
+#[derive(Clone)]
+pub struct Echo {
+    client: Client,
+    inbox: Arc<str>,
+    next: Arc<AtomicU64>,
+    waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>,
+}
+
+/// Takes a round trip's waiter back out when the caller gives up (its deadline passed).
+struct Waiting<'a> {
+    echo: &'a Echo,
+    token: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.echo.waiting).remove(&self.token);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is one map or slot operation: a panic cannot leave it half done.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Echo {
+    /// Subscribes the inbox that round trips come back on.
+    async fn start(client: Client) -> Result<(Echo, Subscriber), BrokerError> {
+        let inbox: Arc<str> = client.new_inbox().into();
+        let subscriber = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|e| unavailable("subscribe the echo inbox", e))?;
+        let echo = Echo {
+            client,
+            inbox,
+            next: Arc::new(AtomicU64::new(0)),
+            waiting: Arc::new(Mutex::new(HashMap::new())),
+        };
+        Ok((echo, subscriber))
+    }
+
+    /// Hands every message that came back to its waiter.
+    async fn run(self, mut subscriber: Subscriber) {
+        while let Some(message) = subscriber.next().await {
+            let token = message
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|token| token.parse::<u64>().ok());
+            if let Some(waiter) = token.and_then(|token| lock(&self.waiting).remove(&token)) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Waits until the server has processed everything this connection sent before.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the connection failed; the caller's deadline bounds
+    /// the wait.
+    pub async fn round_trip(&self) -> Result<(), BrokerError> {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(token, tx);
+        let _waiting = Waiting { echo: self, token };
+        self.client
+            .publish(format!("{}.{token}", self.inbox), Bytes::new())
+            .await
+            .map_err(|e| unavailable("round trip", e))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| unavailable("round trip", e))?;
+        rx.await
+            .map_err(|_| BrokerError::Unavailable("nats: link closed".to_owned()))
+    }
+}
+
 /// The connection and the tasks that watch it.
 pub struct Link {
     /// The client (cheap to clone; every clone shares the one connection).
     pub client: Client,
+    echo: Echo,
     state: Arc<LinkState>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -103,9 +195,11 @@ impl Link {
             .connect(servers)
             .await
             .map_err(|e| protocol("connect", e))?;
+        let (echo, echoes) = Echo::start(client.clone()).await?;
         let tasks = vec![
+            tokio::spawn(echo.clone().run(echoes)),
             tokio::spawn(watch_events(
-                client.clone(),
+                echo.clone(),
                 event_rx,
                 Arc::clone(&events),
                 Arc::clone(&state),
@@ -113,7 +207,7 @@ impl Link {
                 request_timeout,
             )),
             tokio::spawn(measure(
-                client.clone(),
+                echo.clone(),
                 Arc::clone(&state),
                 ping_interval,
                 request_timeout,
@@ -134,6 +228,7 @@ impl Link {
         Ok((
             Link {
                 client,
+                echo,
                 state,
                 tasks,
             },
@@ -150,11 +245,7 @@ impl Link {
     pub fn health(&self) -> BrokerHealth {
         BrokerHealth {
             connected: self.connected(),
-            round_trip: *self
-                .state
-                .round_trip
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
+            round_trip: *lock(&self.state.round_trip),
             reconnects: self
                 .client
                 .statistics()
@@ -176,15 +267,12 @@ impl Link {
         }
     }
 
-    /// Waits until the server has processed everything sent so far (a PING/PONG).
+    /// Waits until the server has processed everything sent so far (see [`Echo`]).
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the connection failed.
-    pub async fn flush(&self) -> Result<(), BrokerError> {
-        self.client
-            .flush()
-            .await
-            .map_err(|e| unavailable("flush", e))
+    pub async fn round_trip(&self) -> Result<(), BrokerError> {
+        self.echo.round_trip().await
     }
 
     /// Stops the tasks and closes the connection.
@@ -197,7 +285,7 @@ impl Link {
 }
 
 async fn watch_events(
-    client: Client,
+    echo: Echo,
     mut event_rx: mpsc::UnboundedReceiver<Event>,
     events: Arc<dyn BrokerEvents>,
     state: Arc<LinkState>,
@@ -209,15 +297,17 @@ async fn watch_events(
             Event::Connected => {
                 let _ = ready.send(true);
                 if state.lost.load(Ordering::SeqCst) {
-                    // The client has sent the subscriptions again; once this flush is back the
-                    // server has them all.
-                    match tokio::time::timeout(request_timeout, client.flush()).await {
+                    // The client has sent the subscriptions again; once this round trip is back
+                    // the server has them all.
+                    match tokio::time::timeout(request_timeout, echo.round_trip()).await {
                         Ok(Ok(())) => {
                             state.lost.store(false, Ordering::SeqCst);
                             tracing::info!("nats: link restored");
                             events.link_restored();
                         }
-                        _ => tracing::warn!("nats: reconnected but the flush did not come back"),
+                        _ => {
+                            tracing::warn!("nats: reconnected but the round trip did not come back")
+                        }
                     }
                 }
             }
@@ -236,17 +326,17 @@ async fn watch_events(
     }
 }
 
-/// Measures the round trip (one flush) every `every`, for `health()`.
-async fn measure(client: Client, state: Arc<LinkState>, every: Duration, limit: Duration) {
+/// Measures the round trip every `every`, for `health()`.
+async fn measure(echo: Echo, state: Arc<LinkState>, every: Duration, limit: Duration) {
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
-        if client.connection_state() != State::Connected {
+        if echo.client.connection_state() != State::Connected {
             continue;
         }
         let started = Instant::now();
-        if let Ok(Ok(())) = tokio::time::timeout(limit, client.flush()).await {
-            *state.round_trip.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.elapsed());
+        if let Ok(Ok(())) = tokio::time::timeout(limit, echo.round_trip()).await {
+            *lock(&state.round_trip) = Some(started.elapsed());
         }
     }
 }
