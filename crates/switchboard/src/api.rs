@@ -21,12 +21,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::conn::{Conn, ServerCommand};
-use crate::door::{json, Door};
-use crate::error::{ApiError, ClientError, CloseReason};
-use crate::gateway::{Response, State};
-use crate::protocol::wire::Encoding;
+use crate::error::{ApiError, ClientError};
+use crate::kind::Encoding;
+use crate::node::UserCommand;
+use crate::protocol::{history_range, history_result, presence_result, presence_stats_result};
 use crate::publication::Publication;
+use crate::respond::{json, Response};
+use crate::state::State;
 
 /// Largest API request body.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -56,8 +57,10 @@ struct Publish {
     skip_history: bool,
     #[serde(default)]
     tags: Ignored,
+    /// A publish repeating a key seen in the last 5 minutes is applied once: the retry gets
+    /// the first one's result.
     #[serde(default)]
-    idempotency_key: Ignored,
+    idempotency_key: Option<String>,
     #[serde(default)]
     delta: Ignored,
 }
@@ -215,6 +218,7 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
         "other"
     };
     state
+        .node
         .metrics
         .api_requests
         .with_label_values(&[label, status.as_str()])
@@ -252,7 +256,7 @@ async fn call(
         };
         (path_method.to_owned(), params)
     };
-    let value = dispatch(state, &method, &params)?;
+    let value = dispatch(state, &method, &params).await?;
     Ok((method, value))
 }
 
@@ -268,7 +272,16 @@ fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| Box::<RawValue>::default())
 }
 
-fn dispatch(state: &State, method: &str, value: &RawValue) -> Result<Value, ApiError> {
+/// Calls one method. Boxed because `batch` calls it again for each of its commands.
+fn dispatch<'a>(
+    state: &'a State,
+    method: &'a str,
+    value: &'a RawValue,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, ApiError>> + Send + 'a>> {
+    Box::pin(dispatch_one(state, method, value))
+}
+
+async fn dispatch_one(state: &State, method: &str, value: &RawValue) -> Result<Value, ApiError> {
     match method {
         "publish" => {
             let publish: Publish = params(value)?;
@@ -277,7 +290,7 @@ fn dispatch(state: &State, method: &str, value: &RawValue) -> Result<Value, ApiE
                 _ => return Err(ApiError::BadRequest("publish takes `channel`".to_owned())),
             };
             let publication = publish.publication()?;
-            publish_to(state, channel, &publish, publication)
+            publish_to(state, channel, &publish, publication).await
         }
         "broadcast" => {
             let broadcast: Publish = params(value)?;
@@ -291,147 +304,131 @@ fn dispatch(state: &State, method: &str, value: &RawValue) -> Result<Value, ApiE
             };
             // Validate the payload once, before anything is published.
             broadcast.publication()?;
-            let responses: Vec<Value> = channels
-                .iter()
-                .map(|channel| {
-                    let published = broadcast
-                        .publication()
-                        .and_then(|p| publish_to(state, channel, &broadcast, p));
-                    match published {
-                        Ok(result) => json!({ "result": result }),
-                        Err(error) => error_json(&error),
-                    }
-                })
-                .collect();
+            let mut responses: Vec<Value> = Vec::with_capacity(channels.len());
+            for channel in channels {
+                let published = match broadcast.publication() {
+                    Ok(publication) => publish_to(state, channel, &broadcast, publication).await,
+                    Err(error) => Err(error),
+                };
+                responses.push(match published {
+                    Ok(result) => json!({ "result": result }),
+                    Err(error) => error_json(&error),
+                });
+            }
             Ok(json!({ "responses": responses }))
         }
         "disconnect" => {
             let user: User = params(value)?;
             check_user(&user.user)?;
-            let closed = state
-                .conns
-                .close_user(&user.user, CloseReason::DisconnectedByServer);
-            tracing::info!(event = "api_disconnect", user = %user.user, connections = closed);
-            Ok(json!({}))
+            tracing::info!(event = "api_disconnect", user = %user.user);
+            for_user(state, UserCommand::Disconnect { user: user.user }).await
         }
         "subscribe" | "unsubscribe" => {
             let request: UserChannel = params(value)?;
             check_user(&request.user)?;
             state
-                .channels
+                .channels()
                 .rules(&request.channel)
                 .map_err(ClientError::from)?;
-            let channel: Box<str> = request.channel.into();
+            let (user, channel) = (request.user, request.channel);
             let command = if method == "subscribe" {
-                ServerCommand::Subscribe(channel)
+                UserCommand::Subscribe { user, channel }
             } else {
-                ServerCommand::Unsubscribe(channel)
+                UserCommand::Unsubscribe { user, channel }
             };
-            for_protocol_conns(state, &request.user, |conn| conn.request(command.clone()));
-            Ok(json!({}))
+            for_user(state, command).await
         }
         "refresh" => {
             let refresh: Refresh = params(value)?;
             check_user(&refresh.user)?;
-            if refresh.expired {
-                state
-                    .conns
-                    .close_user(&refresh.user, CloseReason::TokenExpired);
-            } else {
-                let expire_at = refresh.expire_at.unwrap_or(0);
-                for_protocol_conns(state, &refresh.user, |conn| {
-                    conn.request(ServerCommand::Refresh(expire_at))
-                });
-            }
-            Ok(json!({}))
+            let command = UserCommand::Refresh {
+                user: refresh.user,
+                expire_at: refresh.expire_at.unwrap_or(0),
+                expired: refresh.expired,
+            };
+            for_user(state, command).await
         }
         "presence" | "presence_stats" => {
             let request: Channel = params(value)?;
             let rules = state
-                .channels
+                .channels()
                 .rules(&request.channel)
                 .map_err(ClientError::from)?;
             if !rules.presence {
                 return Err(ClientError::NotAvailable.into());
             }
             if method == "presence" {
-                to_json(&crate::protocol::presence_result(state, &request.channel))
+                let present = state
+                    .node
+                    .presence(&request.channel)
+                    .await
+                    .map_err(unavailable)?;
+                to_json(&presence_result(&present))
             } else {
-                to_json(&crate::protocol::presence_stats_result(
-                    state,
-                    &request.channel,
-                ))
+                let counts = state
+                    .node
+                    .presence_stats(&request.channel)
+                    .await
+                    .map_err(unavailable)?;
+                to_json(&presence_stats_result(counts))
             }
         }
         "history" => {
-            let request: crate::protocol::wire::HistoryRequest = params(value)?;
+            let request: crate::wire::HistoryRequest = params(value)?;
             let rules = state
-                .channels
+                .channels()
                 .rules(&request.channel)
                 .map_err(ClientError::from)?;
             if !rules.keeps_history() {
                 return Err(ClientError::NotAvailable.into());
             }
-            to_json(&crate::protocol::history_result(
-                state,
-                &request,
-                Encoding::Json,
-            )?)
+            let (range, since_epoch) = history_range(&request);
+            let page = state
+                .node
+                .history(&request.channel, &range)
+                .await
+                .map_err(unavailable)?;
+            to_json(&history_result(page, &since_epoch, Encoding::Json)?)
         }
         "history_remove" => {
             let request: Channel = params(value)?;
             state
-                .channels
+                .channels()
                 .rules(&request.channel)
                 .map_err(ClientError::from)?;
-            state.broker.remove_history(&request.channel);
+            state
+                .node
+                .remove_history(&request.channel)
+                .await
+                .map_err(unavailable)?;
             Ok(json!({}))
         }
         "batch" => {
             let batch: Batch = params(value)?;
-            let replies: Vec<Value> = batch
-                .commands
-                .into_iter()
-                .map(|command| {
-                    let mut entries = command.into_iter();
-                    match (entries.next(), entries.next()) {
-                        (Some((method, params)), None) if method != "batch" => {
-                            match dispatch(state, &method, &params) {
-                                Ok(result) => json!({ method: result }),
-                                Err(error) => error_json(&error),
-                            }
+            let mut replies: Vec<Value> = Vec::with_capacity(batch.commands.len());
+            for command in batch.commands {
+                let mut entries = command.into_iter();
+                replies.push(match (entries.next(), entries.next()) {
+                    (Some((method, params)), None) if method != "batch" => {
+                        match dispatch(state, &method, &params).await {
+                            Ok(result) => json!({ method: result }),
+                            Err(error) => error_json(&error),
                         }
-                        _ => error_json(&ApiError::BadRequest(
-                            "each batch command is an object with exactly one method".to_owned(),
-                        )),
                     }
-                })
-                .collect();
+                    _ => error_json(&ApiError::BadRequest(
+                        "each batch command is an object with exactly one method".to_owned(),
+                    )),
+                });
+            }
             Ok(json!({ "replies": replies }))
         }
-        "info" => {
-            let mut users = std::collections::HashSet::new();
-            state.conns.for_each(|conn| {
-                if !conn.user().is_empty() {
-                    users.insert(conn.user().to_owned());
-                }
-            });
-            Ok(json!({ "nodes": [{
-                "uid": state.node_uid(),
-                "name": state.node_name(),
-                "version": env!("CARGO_PKG_VERSION"),
-                "num_clients": state.conns.len(),
-                "num_users": users.len(),
-                "num_channels": state.hub.channel_count(),
-                "num_subs": state.hub.subscription_count(),
-                "uptime": state.uptime_secs(),
-            }]}))
-        }
+        "info" => Ok(json!({ "nodes": state.node.nodes() })),
         "channels" => {
             let request: Channels = params(value)?;
             let channels: serde_json::Map<String, Value> = state
-                .hub
+                .node
                 .channels()
+                .await
                 .into_iter()
                 .filter(|(name, _)| request.pattern.as_deref().is_none_or(|p| glob(p, name)))
                 .map(|(name, count)| (name, json!({ "num_clients": count })))
@@ -459,14 +456,18 @@ fn check_user(user: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Calls `f` on every client-protocol connection of `user` (plain doors have no
-/// subscriptions to change).
-fn for_protocol_conns(state: &State, user: &str, mut f: impl FnMut(&Conn)) {
-    state.conns.for_each(|conn| {
-        if conn.door == Door::Protocol && conn.user() == user {
-            f(conn);
-        }
-    });
+/// Carries `command` out on the user's connections on every node.
+async fn for_user(state: &State, command: UserCommand) -> Result<Value, ApiError> {
+    state.node.for_user(command).await.map_err(unavailable)?;
+    Ok(json!({}))
+}
+
+/// A node error as the API's: the broker being away is a 503, anything else what it says.
+fn unavailable(error: ClientError) -> ApiError {
+    match error {
+        ClientError::Unavailable => ApiError::Unavailable("the broker did not answer".to_owned()),
+        other => ApiError::Client(other),
+    }
 }
 
 /// Whether `name` matches `pattern` (`*` any run of characters, `?` exactly one).
@@ -495,22 +496,27 @@ fn glob(pattern: &str, name: &str) -> bool {
 }
 
 /// Publishes and answers `{}` or, for a channel that keeps history, `{"offset","epoch"}`.
-fn publish_to(
+async fn publish_to(
     state: &State,
     channel: &str,
     payload: &Publish,
     publication: Publication,
 ) -> Result<Value, ApiError> {
     let mut rules = state
-        .channels
+        .channels()
         .rules(channel)
         .map_err(ClientError::from)?
         .clone();
     if payload.skip_history {
         rules.history_size = 0;
     }
-    let published = state.publish_with(channel, &rules, publication);
-    Ok(match published.position {
+    let key = payload.idempotency_key.as_deref().map(Box::<str>::from);
+    let position = state
+        .node
+        .publish(channel, &rules, publication, key)
+        .await
+        .map_err(unavailable)?;
+    Ok(match position {
         Some(position) => json!({ "offset": position.offset, "epoch": &*position.epoch }),
         None => json!({}),
     })

@@ -121,6 +121,118 @@ pub struct Config {
     pub channels: ChannelsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The engine that keeps streams and presence and joins nodes: `memory` (one node, the
+    /// default), `redis` or `nats`.
+    pub broker: BrokerKind,
+    /// This node within a cluster.
+    pub node: NodeConfig,
+    /// The Redis engine (`broker = "redis"`).
+    pub redis: RedisConfig,
+    /// The NATS engine (`broker = "nats"`).
+    pub nats: NatsConfig,
+}
+
+/// Which engine joins the nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// In this process: one node, no other service.
+    #[default]
+    Memory,
+    /// Redis: pub/sub between nodes, streams and presence in Redis.
+    Redis,
+    /// NATS: subjects between nodes, streams and presence in JetStream.
+    Nats,
+}
+
+impl std::str::FromStr for BrokerKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "memory" => Ok(BrokerKind::Memory),
+            "redis" => Ok(BrokerKind::Redis),
+            "nats" => Ok(BrokerKind::Nats),
+            other => Err(format!("{other:?}: use memory, redis or nats")),
+        }
+    }
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's name in `info` and logs (default: the host name and a random suffix).
+    pub name: Option<String>,
+    /// How long a client stays in presence after its node stops refreshing it (a node
+    /// refreshes its clients every third of this).
+    #[serde(deserialize_with = "duration")]
+    pub presence_ttl: Duration,
+    /// How often each node announces itself to the others (`info` drops a node silent for
+    /// three times this).
+    #[serde(deserialize_with = "duration")]
+    pub announce_interval: Duration,
+    /// How often the node compares each channel's stream top with what it delivered (a
+    /// publication lost between broker and node makes its subscribers recover, close 3010).
+    #[serde(deserialize_with = "duration")]
+    pub position_check_interval: Duration,
+    /// The longest a broker call may take before it fails with a temporary error.
+    #[serde(deserialize_with = "duration")]
+    pub broker_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: None,
+            presence_ttl: Duration::from_secs(30),
+            announce_interval: Duration::from_secs(5),
+            position_check_interval: Duration::from_secs(5),
+            broker_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; a comma list shards channels over several servers;
+    /// `redis+sentinel://host:port,host:port/mastername` for Sentinel. Masked in logs (it
+    /// may hold a password).
+    pub url: Secret,
+    /// Prefix of every key and pub/sub channel.
+    pub prefix: String,
+    /// Pub/sub connections per server (channels are spread over them by hash).
+    pub pubsub_connections: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: Secret("redis://127.0.0.1:6379".to_owned()),
+            prefix: "switchboard".to_owned(),
+            pubsub_connections: 4,
+        }
+    }
+}
+
+/// `[nats]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// `nats://host:port`, or a comma list of servers.
+    pub url: Secret,
+    /// Prefix of every subject, stream and bucket.
+    pub prefix: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: Secret("nats://127.0.0.1:4222".to_owned()),
+            prefix: "switchboard".to_owned(),
+        }
+    }
 }
 
 /// `[server]`
@@ -431,6 +543,19 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_CLIENT_EXPIRY_GRACE", "client.expiry_grace"),
     ("SWITCHBOARD_LOG_FORMAT", "log.format"),
     ("SWITCHBOARD_LOG_LEVEL", "log.level"),
+    ("SWITCHBOARD_BROKER", "broker"),
+    ("SWITCHBOARD_NODE_NAME", "node.name"),
+    ("SWITCHBOARD_PRESENCE_TTL", "node.presence_ttl"),
+    ("SWITCHBOARD_ANNOUNCE_INTERVAL", "node.announce_interval"),
+    (
+        "SWITCHBOARD_POSITION_CHECK_INTERVAL",
+        "node.position_check_interval",
+    ),
+    ("SWITCHBOARD_BROKER_TIMEOUT", "node.broker_timeout"),
+    ("SWITCHBOARD_REDIS_URL", "redis.url"),
+    ("SWITCHBOARD_REDIS_PREFIX", "redis.prefix"),
+    ("SWITCHBOARD_NATS_URL", "nats.url"),
+    ("SWITCHBOARD_NATS_PREFIX", "nats.prefix"),
 ];
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
@@ -553,6 +678,20 @@ impl Config {
                 })
             }
             "log.level" => self.log.level = value.trim().to_owned(),
+            "broker" => self.broker = parse(source, value)?,
+            "node.name" => self.node.name = Some(value.trim().to_owned()),
+            "node.presence_ttl" => self.node.presence_ttl = parse_duration(source, value)?,
+            "node.announce_interval" => {
+                self.node.announce_interval = parse_duration(source, value)?
+            }
+            "node.position_check_interval" => {
+                self.node.position_check_interval = parse_duration(source, value)?
+            }
+            "node.broker_timeout" => self.node.broker_timeout = parse_duration(source, value)?,
+            "redis.url" => self.redis.url = Secret(value.trim().to_owned()),
+            "redis.prefix" => self.redis.prefix = value.trim().to_owned(),
+            "nats.url" => self.nats.url = Secret(value.trim().to_owned()),
+            "nats.prefix" => self.nats.prefix = value.trim().to_owned(),
             other => return Err(invalid(source, format!("unknown key {other}"))),
         }
         Ok(())
@@ -639,6 +778,19 @@ impl Config {
                     &format!("channels.namespaces.{name}"),
                     "a namespace name is 1 to 64 of A-Z a-z 0-9 _ - .",
                 ));
+            }
+        }
+        for (key, value) in [
+            ("node.presence_ttl", self.node.presence_ttl),
+            ("node.announce_interval", self.node.announce_interval),
+            (
+                "node.position_check_interval",
+                self.node.position_check_interval,
+            ),
+            ("node.broker_timeout", self.node.broker_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(invalid(key, "must be at least 100ms"));
             }
         }
         if self.client.connect_timeout < Duration::from_millis(100) {

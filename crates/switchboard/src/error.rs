@@ -8,7 +8,7 @@
 
 use http::StatusCode;
 
-use crate::door::Door;
+use crate::kind::Door;
 
 /// Why Switchboard ended a WebSocket connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub enum CloseReason {
     InvalidToken,
     /// Client protocol: a frame that is not valid protocol JSON, or a second `connect`.
     BadRequest,
+    /// Client protocol: this node missed publications of a channel the client subscribes to
+    /// with recovery (a broker gap, an epoch change); reconnect and recover from history.
+    InsufficientState,
 }
 
 impl CloseReason {
@@ -68,6 +71,7 @@ impl CloseReason {
             CloseReason::BadRequest => (3501, "bad request"),
             CloseReason::Stale => (3502, "stale"),
             CloseReason::DisconnectedByServer => (3503, "force disconnect"),
+            CloseReason::InsufficientState => (3010, "insufficient state"),
         }
     }
 
@@ -85,6 +89,7 @@ impl CloseReason {
             CloseReason::TokenExpired => 4002,
             CloseReason::DisconnectedByServer => 4003,
             CloseReason::RateLimited => 4004,
+            CloseReason::InsufficientState => 4005,
             // Only the client protocol ends a connection for these; its codes are in `wire`.
             CloseReason::Stale
             | CloseReason::SubscriptionExpired
@@ -111,6 +116,7 @@ impl CloseReason {
             CloseReason::SubscriptionExpired => "subscription expired",
             CloseReason::InvalidToken => "invalid token",
             CloseReason::BadRequest => "bad request",
+            CloseReason::InsufficientState => "insufficient state",
         }
     }
 
@@ -129,6 +135,7 @@ impl CloseReason {
             CloseReason::DisconnectedByServer => false,
             CloseReason::RateLimited => true,
             CloseReason::SubscriptionExpired => true,
+            CloseReason::InsufficientState => true,
             CloseReason::Stale | CloseReason::InvalidToken | CloseReason::BadRequest => false,
         }
     }
@@ -151,6 +158,7 @@ impl CloseReason {
             CloseReason::SubscriptionExpired => "subscription_expired",
             CloseReason::InvalidToken => "invalid_token",
             CloseReason::BadRequest => "bad_request",
+            CloseReason::InsufficientState => "insufficient_state",
         }
     }
 }
@@ -244,6 +252,10 @@ pub enum ApiError {
     /// What was asked cannot be done (unknown channel, not available, unrecoverable).
     #[error("{0}")]
     Client(#[from] ClientError),
+    /// The broker cannot be reached or did not answer in time: nothing was done, or (publish)
+    /// it may have been; retry, with the same idempotency key for a publish.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -256,6 +268,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Client(_) => StatusCode::OK,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -267,6 +280,7 @@ impl ApiError {
             ApiError::UnknownMethod => ClientError::MethodNotFound.code(),
             ApiError::BodyTooLarge => ClientError::LimitExceeded.code(),
             ApiError::Client(error) => error.code(),
+            ApiError::Unavailable(_) => ClientError::Unavailable.code(),
         }
     }
 }
@@ -313,6 +327,9 @@ pub enum ClientError {
     /// The stream no longer holds the asked range (or another epoch was named).
     #[error("unrecoverable position")]
     Unrecoverable,
+    /// The broker cannot be reached right now; retry later.
+    #[error("broker unavailable")]
+    Unavailable,
 }
 
 impl ClientError {
@@ -330,12 +347,13 @@ impl ClientError {
             ClientError::NotAvailable => 108,
             ClientError::TokenExpired => 109,
             ClientError::Unrecoverable => 112,
+            ClientError::Unavailable => 100,
         }
     }
 
     /// Whether the client should retry the same command later.
     pub fn temporary(self) -> bool {
-        matches!(self, ClientError::Internal)
+        matches!(self, ClientError::Internal | ClientError::Unavailable)
     }
 }
 

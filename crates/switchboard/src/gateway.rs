@@ -1,4 +1,4 @@
-//! The gateway: shared state, the accept loop, the heartbeat sweep and graceful shutdown.
+//! The gateway: the accept loop, the heartbeat sweep and graceful shutdown.
 //!
 //! The accept loop only accepts: it sets TCP_NODELAY and keepalive, and spawns the HTTP
 //! connection on the [`TaskTracker`]; the handshake and its timeout run inside that task.
@@ -11,8 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,89 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{KeyError, TokenVerifier};
-use crate::broker::{Broker, Published};
-use crate::channels::{ChannelError, ChannelRules, Namespaces};
-use crate::config::{Config, ConfigError, Resolved};
-use crate::conn::{ConnRegistry, IpLimits, SweepTiming};
+use crate::broker::Broker;
+use crate::channels::Namespaces;
+use crate::config::{Config, ConfigError};
+use crate::conn::{IpLimits, SweepTiming};
 use crate::error::CloseReason;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::kind::{Door, Encoding};
+use crate::node::{Node, NodeSettings};
 use crate::origin::OriginPolicy;
-use crate::protocol::wire::Encoding;
-use crate::publication::Publication;
+use crate::state::State;
 use crate::ws::frame::{self, Opcode};
-
-/// State shared by every task of one gateway.
-pub(crate) struct State {
-    pub(crate) config: Config,
-    pub(crate) resolved: Resolved,
-    pub(crate) hub: Hub,
-    pub(crate) broker: Broker,
-    pub(crate) channels: Namespaces,
-    pub(crate) conns: ConnRegistry,
-    pub(crate) ip_limits: Arc<IpLimits>,
-    pub(crate) metrics: Metrics,
-    pub(crate) verifier: TokenVerifier,
-    pub(crate) origins: OriginPolicy,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) tracker: TaskTracker,
-    started: Instant,
-    node_uid: String,
-    node_name: String,
-}
-
-impl State {
-    /// Milliseconds since the gateway started (the sweep's clock).
-    pub(crate) fn clock_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// Seconds since the gateway started.
-    pub(crate) fn uptime_secs(&self) -> u64 {
-        self.started.elapsed().as_secs()
-    }
-
-    /// This node's unique id (random per start).
-    pub(crate) fn node_uid(&self) -> &str {
-        &self.node_uid
-    }
-
-    /// This node's name (the host name, else "switchboard").
-    pub(crate) fn node_name(&self) -> &str {
-        &self.node_name
-    }
-
-    /// Whether shutdown has begun.
-    pub(crate) fn draining(&self) -> bool {
-        self.shutdown.is_cancelled()
-    }
-
-    /// Publishes to `channel` under its namespace's rules (history, offsets), from any door or
-    /// the API.
-    ///
-    /// # Errors
-    /// [`ChannelError`] when the name is bad or its namespace unknown.
-    pub(crate) fn publish(
-        &self,
-        channel: &str,
-        publication: Publication,
-    ) -> Result<Published, ChannelError> {
-        let rules = self.channels.rules(channel)?;
-        Ok(self.publish_with(channel, rules, publication))
-    }
-
-    /// Publishes to `channel` whose rules the caller already has.
-    pub(crate) fn publish_with(
-        &self,
-        channel: &str,
-        rules: &ChannelRules,
-        publication: Publication,
-    ) -> Published {
-        self.metrics.publications.inc();
-        self.broker
-            .publish(&self.hub, channel, rules, publication, self.clock_ms())
-    }
-}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,11 +56,24 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Validates `config`, loads keys and binds the listener.
+    /// Validates `config`, loads keys and binds the listener, with the memory broker (one
+    /// node).
     ///
     /// # Errors
     /// [`StartError`] naming the key, file or address at fault.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        Gateway::bind_with_broker(config, None).await
+    }
+
+    /// [`Gateway::bind`] on `broker` (`None`: the memory broker). The broker is connected
+    /// when the gateway runs.
+    ///
+    /// # Errors
+    /// [`StartError`] naming the key, file or address at fault.
+    pub async fn bind_with_broker(
+        config: Config,
+        broker: Option<Arc<dyn Broker>>,
+    ) -> Result<Gateway, StartError> {
         config.validate()?;
         let verifier = TokenVerifier::from_config(&config.token)?;
         let resolved = config.resolve();
@@ -145,23 +83,23 @@ impl Gateway {
             bind_listener(addr, send_buffer).map_err(|source| StartError::Bind { addr, source })?;
         let origins = OriginPolicy::new(&config.origins.allowed, resolved.localhost_origins);
         let channels = Namespaces::from_config(&config, &resolved);
+        let settings = NodeSettings {
+            name: config.node.name.clone().unwrap_or_else(default_node_name),
+            presence_ttl: config.node.presence_ttl,
+            announce_interval: config.node.announce_interval,
+            position_check_interval: config.node.position_check_interval,
+            broker_timeout: config.node.broker_timeout,
+            history_meta_ttl: config.client.history_meta_ttl,
+        };
         let state = State {
             resolved,
-            hub: Hub::new(),
-            broker: Broker::default(),
-            channels,
-            conns: ConnRegistry::default(),
+            node: Node::new(broker, channels, settings),
             ip_limits: Arc::new(IpLimits::default()),
-            metrics: Metrics::new(),
             verifier,
             origins,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
-            node_uid: format!("{:016x}", fastrand::u64(..)),
-            node_name: std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "switchboard".to_owned()),
             config,
         };
         Ok(Gateway {
@@ -183,6 +121,8 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) {
         let Gateway { state, listener } = self;
         announce(&state);
+        let background = CancellationToken::new();
+        state.node.start(background.clone()).await;
         let sweep = tokio::spawn(sweep(Arc::clone(&state)));
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -192,10 +132,11 @@ impl Gateway {
         tracing::info!(
             event = "shutdown",
             phase = "draining",
-            connections = state.conns.len(),
+            connections = state.node.conns.len(),
             "shutdown: refusing new WebSockets, /readyz is 503; closing clients with 1001"
         );
         state
+            .node
             .conns
             .for_each(|conn| conn.close(CloseReason::GoingAway));
         state.tracker.close();
@@ -216,13 +157,25 @@ impl Gateway {
             tracing::warn!(
                 event = "shutdown",
                 phase = "drain_timeout",
-                remaining = state.conns.len(),
+                remaining = state.node.conns.len(),
                 drain_ms = drain.as_millis() as u64,
                 "shutdown: drain time over; exiting with connections open"
             );
         }
         sweep.abort();
+        background.cancel();
+        state.node.stop().await;
     }
+}
+
+/// The host name and a random suffix, so two nodes on one host differ.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "switchboard".to_owned());
+    format!("{host}-{:04x}", fastrand::u16(..))
 }
 
 /// Accepts connections until the listener fails for good (it does not, in practice).
@@ -279,6 +232,13 @@ fn announce(state: &State) {
         );
     }
     tracing::info!(event = "config", config = ?config, "configuration (secrets masked)");
+    tracing::info!(
+        event = "node",
+        name = state.node.name(),
+        uid = state.node.uid(),
+        broker = state.node.broker_name(),
+        "node starting"
+    );
 }
 
 /// Per-connection accept errors are ignored; running out of file descriptors backs off so the
@@ -321,8 +281,8 @@ async fn serve_http(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     }
 }
 
-/// Pings, heartbeat deadlines, token expiry and connect deadlines for every connection, and
-/// history expiry, in one task.
+/// Pings, heartbeat deadlines, token expiry and connect deadlines for every connection, in
+/// one task.
 async fn sweep(state: Arc<State>) {
     let interval = state.config.server.heartbeat_interval;
     let tick = (interval / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
@@ -337,31 +297,22 @@ async fn sweep(state: Arc<State>) {
         connect_timeout_ms: state.config.client.connect_timeout.as_millis() as u64,
         expiry_grace_secs: state.config.client.expiry_grace.as_secs(),
     };
-    let meta_ttl_ms = state.config.client.history_meta_ttl.as_millis() as u64;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_expiry_ms = 0;
     loop {
         ticker.tick().await;
         let now_ms = state.clock_ms();
         let now_unix = crate::auth::unix_now();
-        state.conns.for_each(|conn| {
+        state.node.conns.for_each(|conn| {
             let ping = match (conn.door, conn.encoding) {
-                (crate::door::Door::Protocol, Encoding::Json) => &protocol_ping,
-                (crate::door::Door::Protocol, Encoding::Protobuf) => &protobuf_ping,
+                (Door::Protocol, Encoding::Json) => &protocol_ping,
+                (Door::Protocol, Encoding::Protobuf) => &protobuf_ping,
                 _ => &ping,
             };
             conn.sweep(now_ms, &timing, now_unix, ping)
         });
-        if now_ms.saturating_sub(last_expiry_ms) >= 1000 {
-            last_expiry_ms = now_ms;
-            state.broker.expire(now_ms, meta_ttl_ms);
-        }
     }
 }
-
-/// A response with a body, for the door and API handlers.
-pub(crate) type Response = http::Response<Full<Bytes>>;
 
 #[cfg(test)]
 mod tests {

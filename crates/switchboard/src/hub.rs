@@ -16,13 +16,22 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use crate::conn::Conn;
-use crate::door::Door;
-use crate::protocol::wire::Encoding;
-use crate::publication::{Format, Publication};
+use crate::kind::Door;
+use crate::kind::Encoding;
+use crate::kind::Format;
+use crate::publication::Publication;
 
 const SHARDS: usize = 64;
 
-type Channels = HashMap<Box<str>, Vec<Arc<Conn>>>;
+/// One subscriber of a channel.
+struct Subscriber {
+    conn: Arc<Conn>,
+    /// Publications at or below this offset are not for it: it got them in its subscribe
+    /// reply (a node joined to a broker may receive them late, after the subscriber joined).
+    since: u64,
+}
+
+type Channels = HashMap<Box<str>, Vec<Subscriber>>;
 
 /// Channel → subscribers, sharded.
 pub struct Hub {
@@ -59,6 +68,12 @@ impl Hub {
 
     /// Adds `conn` to `channel`'s subscribers.
     pub fn subscribe(&self, channel: &str, conn: &Arc<Conn>) {
+        self.subscribe_since(channel, conn, 0);
+    }
+
+    /// Adds `conn` to `channel`'s subscribers for publications after offset `since` (and every
+    /// publication without an offset).
+    pub fn subscribe_since(&self, channel: &str, conn: &Arc<Conn>, since: u64) {
         let mut shard = self
             .shard(channel)
             .write()
@@ -67,7 +82,10 @@ impl Hub {
             self.channels.fetch_add(1, Ordering::Relaxed);
             Vec::new()
         });
-        subscribers.push(Arc::clone(conn));
+        subscribers.push(Subscriber {
+            conn: Arc::clone(conn),
+            since,
+        });
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -80,7 +98,7 @@ impl Hub {
         let Some(subscribers) = shard.get_mut(channel) else {
             return;
         };
-        if let Some(at) = subscribers.iter().position(|c| c.id == conn_id) {
+        if let Some(at) = subscribers.iter().position(|s| s.conn.id == conn_id) {
             subscribers.swap_remove(at);
             self.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
@@ -100,26 +118,32 @@ impl Hub {
         let Some(subscribers) = shard.get(channel) else {
             return 0;
         };
+        let offset = publication.offset;
         subscribers
             .iter()
-            .filter(|conn| {
-                let format = Format::of(conn.door, conn.encoding);
-                conn.push(publication.frame(channel, format, conn.deflate))
+            .filter(|subscriber| {
+                let conn = &subscriber.conn;
+                (offset == 0 || offset > subscriber.since)
+                    && conn.push(publication.frame(
+                        channel,
+                        Format::of(conn.door, conn.encoding),
+                        conn.deflate,
+                    ))
             })
             .count()
     }
 
     /// Queues a push for the client-protocol subscribers of `channel` only (join and leave,
-    /// which plain doors have no way to show), in each one's encoding, except connection
-    /// `except`.
-    pub fn push_to_protocol(&self, channel: &str, json: &Bytes, protobuf: &Bytes, except: u64) {
+    /// which plain doors have no way to show), in each one's encoding, except the connection
+    /// of client `except`.
+    pub fn push_to_protocol(&self, channel: &str, json: &Bytes, protobuf: &Bytes, except: &str) {
         let shard = self
             .shard(channel)
             .read()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(subscribers) = shard.get(channel) {
-            for conn in subscribers {
-                if conn.door == Door::Protocol && conn.id != except {
+            for Subscriber { conn, .. } in subscribers {
+                if conn.door == Door::Protocol && conn.client_id() != except {
                     conn.push(match conn.encoding {
                         Encoding::Json => json,
                         Encoding::Protobuf => protobuf,
@@ -137,7 +161,19 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner());
         shard
             .get(channel)
-            .is_some_and(|subscribers| subscribers.iter().any(|c| c.id == conn_id))
+            .is_some_and(|subscribers| subscribers.iter().any(|s| s.conn.id == conn_id))
+    }
+
+    /// Calls `f` on every subscriber of `channel` (under the shard's read lock: `f` must not
+    /// subscribe or unsubscribe).
+    pub fn for_each_subscriber(&self, channel: &str, mut f: impl FnMut(&Arc<Conn>)) {
+        let shard = self
+            .shard(channel)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(subscribers) = shard.get(channel) {
+            subscribers.iter().for_each(|s| f(&s.conn));
+        }
     }
 
     /// Channels with at least one subscriber.

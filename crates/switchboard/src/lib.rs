@@ -9,16 +9,21 @@
 //! - [`config`]: typed configuration, layered defaults → file → env → flags, validated.
 //! - [`error`]: every close code and error code, with reconnect advice.
 //! - [`ws`]: the WebSocket wire protocol (handshake, frames, reassembly), no I/O.
-//! - `conn`: one connection — shared handle with its bounded queue, and the task that owns the
-//!   socket (single reader, single writer, vectored writes).
+//! - `conn`: one connection's shared handle with its bounded queue, the registry, per-IP
+//!   admission.
 //! - [`hub`]: channel → subscribers, sharded; fan-out of encoded frames.
 //! - [`publication`]: one publication and its encoding per door format, made once each.
 //! - [`channels`]: channel names, namespaces and their rules.
 //! - [`history`]: one channel's kept publications, offsets, epoch; recovery.
-//! - [`broker`]: the memory broker (streams, presence) and the one publish path.
+//! - [`kind`]: leaf types (door, encoding, frame format); imports nothing of the crate.
+//! - [`broker`]: the broker contract (streams, presence, delivery between nodes), its codec,
+//!   and the memory broker; Redis and NATS engines live in their own crates.
+//! - `node`: this process's place in the cluster: hub, connections, the broker behind them,
+//!   channel workers (gap detection, recovery merge), control messages between nodes.
+//! - `state`: what every task of a gateway shares (configuration, node, door checks).
 //! - `protocol`: the client protocol of `/connection/websocket` (commands, subscriptions).
-//! - `door`: HTTP routing and the upgrade of every WebSocket door, with every pre-upgrade
-//!   check.
+//! - `door`: HTTP routing, the upgrade of every WebSocket door with every pre-upgrade check,
+//!   and the task that owns each socket (single reader, single writer, vectored writes).
 //! - `api`: the server HTTP API.
 //! - [`auth`]: token verification (algorithm pinned by configuration).
 //! - [`origin`]: the `Origin` allowlist.
@@ -36,12 +41,18 @@ pub mod error;
 mod gateway;
 pub mod history;
 pub mod hub;
+pub mod kind;
 pub mod metrics;
+mod node;
 pub mod origin;
 pub mod protocol;
 pub mod publication;
+mod respond;
+mod state;
+pub mod wire;
 pub mod ws;
 
+pub use broker::Broker;
 pub use config::Config;
 pub use gateway::{Gateway, StartError};
 pub use tokio_util::sync::CancellationToken;
@@ -49,4 +60,4 @@ pub use tokio_util::sync::CancellationToken;
 /// With the `test-hooks` feature, a client message of exactly these bytes makes its
 /// connection's handler panic, so tests can show that a panic ends that connection only.
 #[cfg(feature = "test-hooks")]
-pub const TEST_PANIC_MESSAGE: &[u8] = b"__switchboard_test_panic__";
+pub use door::TEST_PANIC_MESSAGE;

@@ -9,7 +9,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::door::Door;
+use crate::kind::Door;
 
 /// Counters for one door, resolved once so the hot path does no label lookup.
 #[derive(Clone)]
@@ -48,9 +48,39 @@ pub struct Metrics {
     /// Client-protocol subscribes that asked to recover, by outcome (`recovered` or
     /// `unrecovered`).
     pub recoveries: IntCounterVec,
+    /// Broker calls that failed, by kind (`unavailable`, `timeout`, `protocol`).
+    pub broker_errors: IntCounterVec,
+    /// Channels whose subscribers were made to recover (close 3010), by cause (`gap`,
+    /// `epoch`, `position_check`, `overflow`).
+    pub broker_gaps: IntCounterVec,
+    /// Publications from the broker dropped because the node's delivery queue was full.
+    pub broker_dropped: IntCounter,
     channels: IntGauge,
     subscriptions: IntGauge,
     uptime: IntGauge,
+    broker_connected: IntGauge,
+    broker_round_trip: prometheus::Gauge,
+    broker_reconnects: IntGauge,
+    cluster_nodes: IntGauge,
+}
+
+/// What `/metrics` reads from the node at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Channels with at least one local subscriber.
+    pub channels: usize,
+    /// Local subscriptions.
+    pub subscriptions: usize,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Whether the broker is reachable.
+    pub broker_connected: bool,
+    /// The broker's last round trip, in seconds.
+    pub broker_round_trip_secs: f64,
+    /// Broker reconnections since start.
+    pub broker_reconnects: u64,
+    /// Live nodes in the cluster, this one included.
+    pub cluster_nodes: usize,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -179,6 +209,40 @@ impl Metrics {
                 "Client-protocol subscribes that asked to recover, by outcome",
                 &["outcome"],
             ),
+            broker_errors: counter_vec(
+                "switchboard_broker_errors_total",
+                "Broker calls that failed, by kind",
+                &["kind"],
+            ),
+            broker_gaps: counter_vec(
+                "switchboard_broker_gaps_total",
+                "Channels whose subscribers were made to recover (close 3010), by cause",
+                &["cause"],
+            ),
+            broker_dropped: counter(
+                "switchboard_broker_dropped_total",
+                "Publications from the broker dropped because the delivery queue was full",
+            ),
+            broker_connected: gauge(
+                "switchboard_broker_connected",
+                "1 when the broker is reachable, else 0",
+            ),
+            broker_round_trip: register(
+                &r,
+                prometheus::Gauge::new(
+                    "switchboard_broker_round_trip_seconds",
+                    "The broker's last measured round trip",
+                )
+                .expect("static metric options are valid"),
+            ),
+            broker_reconnects: gauge(
+                "switchboard_broker_reconnects",
+                "Broker reconnections since start",
+            ),
+            cluster_nodes: gauge(
+                "switchboard_cluster_nodes",
+                "Live nodes in the cluster, this one included",
+            ),
             channels: gauge(
                 "switchboard_channels",
                 "Channels with at least one subscriber",
@@ -208,10 +272,14 @@ impl Metrics {
     }
 
     /// Renders the text exposition, after refreshing the gauges read from the hub.
-    pub fn render(&self, channels: usize, subscriptions: usize, uptime_secs: u64) -> String {
-        self.channels.set(channels as i64);
-        self.subscriptions.set(subscriptions as i64);
-        self.uptime.set(uptime_secs as i64);
+    pub fn render(&self, now: &Snapshot) -> String {
+        self.channels.set(now.channels as i64);
+        self.subscriptions.set(now.subscriptions as i64);
+        self.uptime.set(now.uptime_secs as i64);
+        self.broker_connected.set(i64::from(now.broker_connected));
+        self.broker_round_trip.set(now.broker_round_trip_secs);
+        self.broker_reconnects.set(now.broker_reconnects as i64);
+        self.cluster_nodes.set(now.cluster_nodes as i64);
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

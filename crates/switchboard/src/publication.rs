@@ -18,7 +18,9 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::protocol::wire::{ClientInfoBody, Encoding, PublicationBody, Push, Reply};
+use crate::kind::Encoding;
+pub use crate::kind::Format;
+use crate::wire::{ClientInfoBody, PublicationBody, Push, Reply};
 use crate::ws::frame::{self, Opcode};
 
 /// Who published or subscribed, as others see it (presence, join/leave, a publication's `info`).
@@ -52,6 +54,27 @@ impl ClientInfo {
         }
     }
 
+    /// Info from its parts as they travel between nodes (`conn_info` and `chan_info` are
+    /// JSON text, empty for none).
+    pub fn from_parts(client: &str, user: &str, conn_info: Bytes, chan_info: Bytes) -> Self {
+        ClientInfo {
+            client: client.into(),
+            user: user.into(),
+            conn_info,
+            chan_info,
+        }
+    }
+
+    /// The connection token's `info` as JSON text (empty: none).
+    pub fn conn_info(&self) -> &Bytes {
+        &self.conn_info
+    }
+
+    /// The subscription token's `info` as JSON text (empty: none).
+    pub fn chan_info(&self) -> &Bytes {
+        &self.chan_info
+    }
+
     /// The wire form.
     pub(crate) fn body(&self) -> ClientInfoBody {
         ClientInfoBody {
@@ -61,6 +84,17 @@ impl ClientInfo {
             chan_info: self.chan_info.clone(),
         }
     }
+}
+
+/// What a publication's payload is, which decides its encoding in the other formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// JSON text (server API, protocol client).
+    Json,
+    /// A plain door's text message.
+    Text,
+    /// A plain door's binary message.
+    Binary,
 }
 
 /// Where the payload came from, which decides the other format's encoding.
@@ -85,28 +119,6 @@ pub struct Publication {
     data_json: OnceLock<Bytes>,
     /// One frame per (format, compressed): see [`Publication::frame`].
     frames: [OnceLock<Bytes>; 6],
-}
-
-/// The frame formats a publication is sent in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// The payload itself (plain doors).
-    Plain = 0,
-    /// A JSON push (client protocol, JSON).
-    Json = 1,
-    /// A Protobuf push (client protocol, Protobuf).
-    Protobuf = 2,
-}
-
-impl Format {
-    /// The format a connection of `door` speaking `encoding` receives.
-    pub fn of(door: crate::door::Door, encoding: Encoding) -> Format {
-        match (door, encoding) {
-            (crate::door::Door::Protocol, Encoding::Json) => Format::Json,
-            (crate::door::Door::Protocol, Encoding::Protobuf) => Format::Protobuf,
-            _ => Format::Plain,
-        }
-    }
 }
 
 /// The opcode and payload of an unmasked server frame built by `frame::encode`.
@@ -150,6 +162,24 @@ impl Publication {
         match opcode {
             Opcode::Binary => Publication::new(Source::Binary(payload)),
             _ => Publication::new(Source::Text(payload)),
+        }
+    }
+
+    /// A publication of `payload` of `kind` (as it travels between nodes).
+    pub fn from_payload(kind: PayloadKind, payload: Bytes) -> Self {
+        Publication::new(match kind {
+            PayloadKind::Json => Source::Json(payload),
+            PayloadKind::Text => Source::Text(payload),
+            PayloadKind::Binary => Source::Binary(payload),
+        })
+    }
+
+    /// The payload as it was published, with its kind.
+    pub fn payload(&self) -> (PayloadKind, &Bytes) {
+        match &self.source {
+            Source::Json(bytes) => (PayloadKind::Json, bytes),
+            Source::Text(bytes) => (PayloadKind::Text, bytes),
+            Source::Binary(bytes) => (PayloadKind::Binary, bytes),
         }
     }
 

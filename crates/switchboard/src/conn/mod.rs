@@ -7,7 +7,6 @@
 //! dropped and the connection is marked a slow consumer, which its task then closes.
 
 mod rate;
-pub(crate) mod task;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -19,9 +18,9 @@ use std::task::{Context, Poll};
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 
-use crate::door::Door;
 use crate::error::CloseReason;
-use crate::protocol::wire::Encoding;
+use crate::kind::Door;
+use crate::kind::Encoding;
 
 pub use rate::MessageRate;
 
@@ -35,6 +34,17 @@ pub enum ServerCommand {
     Unsubscribe(Box<str>),
     /// Extend the session to this Unix time (0: never expires).
     Refresh(u64),
+    /// A subscribe that waited for the broker is over; `joined` says whether it joined. The
+    /// session forgets the channel when it did not, and leaves it again when the client
+    /// unsubscribed meanwhile (`generation` tells the subscription apart from a later one).
+    Joined {
+        /// The channel.
+        channel: Box<str>,
+        /// Which subscribe of this connection to this channel it was.
+        generation: u64,
+        /// Whether the connection joined the channel.
+        joined: bool,
+    },
 }
 
 /// The outbound side of a connection, shared between the hub and the connection's task.
@@ -59,12 +69,15 @@ pub struct Conn {
     pub deflate: bool,
     /// The token's subject; set once, at the upgrade or (client protocol) at `connect`.
     user: OnceLock<Box<str>>,
+    /// The client protocol's client id, set at `connect` (empty before, and on plain doors).
+    client_id: OnceLock<Box<str>>,
     /// Token expiry, Unix seconds (0 = never); a protocol client's `refresh` moves it.
     expires_at: AtomicU64,
     /// Earliest expiry of a subscription token of this connection, Unix seconds (0 = none).
     subscription_expires_at: AtomicU64,
     /// Whether the client-protocol `connect` succeeded (plain doors: from the start).
     connected: AtomicBool,
+
     /// Milliseconds since gateway start when the connection opened.
     opened_ms: u64,
     max_queued: usize,
@@ -96,9 +109,11 @@ impl Conn {
             encoding: Encoding::Json,
             deflate: false,
             user: user_cell,
+            client_id: OnceLock::new(),
             expires_at: AtomicU64::new(expires_at),
             subscription_expires_at: AtomicU64::new(0),
             connected: AtomicBool::new(door != Door::Protocol),
+
             opened_ms: now_ms,
             max_queued,
             outbox: Mutex::new(Outbox::default()),
@@ -125,8 +140,14 @@ impl Conn {
         self.user.get().map_or("", |user| user)
     }
 
-    /// Records a protocol client's `connect`: its user and token expiry.
-    pub(crate) fn set_connected(&self, user: &str, expires_at: u64) {
+    /// The client protocol's client id (empty before `connect`, and on plain doors).
+    pub fn client_id(&self) -> &str {
+        self.client_id.get().map_or("", |id| id)
+    }
+
+    /// Records a protocol client's `connect`: its client id, user and token expiry.
+    pub(crate) fn set_connected(&self, client_id: &str, user: &str, expires_at: u64) {
+        let _ = self.client_id.set(client_id.into());
         let _ = self.user.set(user.into());
         self.expires_at.store(expires_at, Ordering::Relaxed);
         self.connected.store(true, Ordering::Release);
@@ -257,7 +278,7 @@ impl Conn {
     }
 
     /// Records that the writer put `n` bytes on the wire.
-    fn written(&self, n: usize) {
+    pub(crate) fn written(&self, n: usize) {
         let mut outbox = self.outbox();
         outbox.queued = outbox.queued.saturating_sub(n);
     }
@@ -268,7 +289,7 @@ impl Conn {
     }
 
     /// Notes an inbound frame (for the heartbeat deadline).
-    fn touch(&self, now_ms: u64) {
+    pub(crate) fn touch(&self, now_ms: u64) {
         self.last_inbound_ms.store(now_ms, Ordering::Relaxed);
     }
 

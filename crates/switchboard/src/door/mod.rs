@@ -3,46 +3,24 @@
 //! Every response carries `X-Trace-ID` (taken from the request's `X-Trace-ID` or
 //! `traceparent`, or generated) so a client's report can be matched to the log lines.
 
+pub(crate) mod task;
 pub(crate) mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::error::{error_body, Rejection};
-use crate::gateway::{Response, State};
+use crate::error::Rejection;
+pub use crate::kind::Door;
+use crate::respond::{rejection, text, Response};
+use crate::state::State;
 
-/// The door a WebSocket came through (also a metrics label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Door {
-    /// `/ws`: echo.
-    Echo = 0,
-    /// `/ws/chat/{room}`: plain rooms.
-    Chat = 1,
-    /// `/ws/notify/user/{id}`: plain user push.
-    Notify = 2,
-    /// `/connection/websocket`: the client protocol (JSON commands, replies, pushes).
-    Protocol = 3,
-}
-
-impl Door {
-    /// Every door, in index order.
-    pub const ALL: [Door; 4] = [Door::Echo, Door::Chat, Door::Notify, Door::Protocol];
-
-    /// The label used in logs and metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Door::Echo => "echo",
-            Door::Chat => "chat",
-            Door::Notify => "notify",
-            Door::Protocol => "protocol",
-        }
-    }
-}
+/// With the `test-hooks` feature, a client message of exactly these bytes makes its
+/// connection's handler panic, so tests can show that a panic ends that connection only.
+#[cfg(feature = "test-hooks")]
+pub const TEST_PANIC_MESSAGE: &[u8] = b"__switchboard_test_panic__";
 
 /// Routes one HTTP request.
 pub(crate) async fn handle(
@@ -57,13 +35,12 @@ pub(crate) async fn handle(
         (&Method::GET, "/readyz") if state.draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
         }
+        (&Method::GET, "/readyz") if !state.ready() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable")
+        }
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready"),
         (&Method::GET, "/metrics") => {
-            let body = state.metrics.render(
-                state.hub.channel_count(),
-                state.hub.subscription_count(),
-                state.uptime_secs(),
-            );
+            let body = state.node.metrics.render(&state.node.snapshot());
             let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -83,30 +60,6 @@ pub(crate) async fn handle(
         response.headers_mut().insert("x-trace-id", value);
     }
     response
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
-    let mut response = http::Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
-}
-
-/// A JSON response with `status`.
-pub(crate) fn json(status: StatusCode, body: String) -> Response {
-    let mut response = text(status, body);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The JSON error response for a refused upgrade.
-pub(crate) fn rejection(rejection: &Rejection) -> Response {
-    json(
-        rejection.status(),
-        error_body(rejection.code(), &rejection.to_string()),
-    )
 }
 
 /// The request's trace id: `X-Trace-ID` if sane, else the trace-id field of a W3C

@@ -18,13 +18,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{rejection, Door};
+use super::task::{self, Session};
 use crate::auth::Claims;
-use crate::conn::task::{self, Session};
 use crate::conn::Conn;
 use crate::error::Rejection;
-use crate::gateway::{Response, State};
-use crate::protocol::wire::Encoding;
+use crate::kind::Door;
+use crate::kind::Encoding;
+use crate::respond::{rejection, Response};
+use crate::state::State;
 use crate::ws::deflate::{self, Negotiated};
 use crate::ws::handshake;
 
@@ -135,6 +136,7 @@ pub(crate) fn upgrade(
     match check(state, peer, &req) {
         Err(refused) => {
             state
+                .node
                 .metrics
                 .rejections
                 .with_label_values(&[refused.code()])
@@ -143,7 +145,7 @@ pub(crate) fn upgrade(
                 refused,
                 Rejection::MissingToken | Rejection::InvalidToken(_) | Rejection::WrongSubject
             ) {
-                state.metrics.auth_failures.inc();
+                state.node.metrics.auth_failures.inc();
             }
             refused_log(&refused, peer, trace_id, req.uri().path());
             rejection(&refused)
@@ -185,7 +187,7 @@ pub(crate) fn upgrade(
                 };
                 let Admitted { door, channel, claims, permit, encoding: admitted_encoding, deflate, .. } = admitted;
                 let conn = Arc::new(Conn::new(
-                    state2.conns.next_id(),
+                    state2.node.conns.next_id(),
                     door,
                     &claims.sub,
                     claims.exp.unwrap_or(0),
@@ -201,6 +203,7 @@ pub(crate) fn upgrade(
                 task::run(session, parts.io.into_inner(), parts.read_buf, deflate).await;
             });
             state
+                .node
                 .metrics
                 .handshake_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -260,7 +263,7 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
         }
     }
     let max = state.config.server.max_connections;
-    if max != 0 && state.conns.len() >= max {
+    if max != 0 && state.node.conns.len() >= max {
         return Err(Rejection::NodeFull);
     }
     let permit = state

@@ -4,38 +4,48 @@
 //!
 //! A [`ClientSession`] lives in the connection's task and is driven synchronously from the
 //! socket reader (one frame may hold several commands) and from the task's wake-up
-//! (server-side subscribe, unsubscribe, refresh). Replies and pushes go through the
-//! connection's bounded queue like everything else. A subscribe reply is queued before the
-//! connection joins the channel (under the channel's stream lock, see `broker`), so a client
-//! always reads its subscribe reply, with any recovered publications, before the first live
-//! publication. Dropping the session leaves every channel and presence it joined.
+//! (server-side subscribe, unsubscribe, refresh, and joins that waited for the broker).
+//! Replies and pushes go through the connection's bounded queue like everything else. What
+//! needs the broker goes through the node, which answers at once (memory broker) or later
+//! (remote): the reply is queued whenever the answer comes, and replies carry their command's
+//! id. A subscribe reply is queued before the connection joins the channel (see `node`), so a
+//! client always reads its subscribe reply, with any recovered publications, before the first
+//! live publication. Dropping the session leaves every channel and presence it joined.
 
-pub mod wire;
+mod results;
+pub use crate::wire;
+
+pub(crate) use results::{history_range, history_result, presence_result, presence_stats_result};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde_json::Value;
 
 use crate::auth::{Claims, TokenError};
-use crate::broker::{Joining, StreamState};
+use crate::broker::memory::StreamState;
+use crate::broker::HistoryPage;
 use crate::channels::{user_limited, ChannelRules};
 use crate::config::{PublishRule, SubscribeRule};
 use crate::conn::{Conn, ServerCommand};
 use crate::error::{ClientError, CloseReason};
-use crate::gateway::State;
-use crate::history::HistoryQuery;
+use crate::node::{encode_frame, JoinRequest, JoinTicket, TicketState};
 use crate::publication::{ClientInfo, Publication};
-use crate::ws::frame::{self, Opcode};
+use crate::state::State;
+use crate::ws::frame::Opcode;
+use results::subscribe_result;
 use wire::{
-    Command, ConnectResult, Empty, Encoding, ExpiryResult, HistoryResult, PresenceResult,
-    PresenceStatsResult, Push, RefreshResult, Reply, SubscribeRequest, SubscribeResult,
+    Command, ConnectResult, Empty, Encoding, ExpiryResult, Push, RefreshResult, Reply,
+    SubscribeRequest, SubscribeResult,
 };
 
 /// Unsubscribe push code for a server-side unsubscribe (below 2500: the SDK does not
 /// resubscribe).
 const UNSUBSCRIBE_BY_SERVER: u32 = 2000;
+
+/// Unsubscribe push code for a server-side subscription that could not be made (the broker
+/// was unreachable); 2500 and above: the SDK may subscribe again.
+const UNSUBSCRIBE_TEMPORARY: u32 = 2500;
 
 /// The server's version string, as the SDKs show it.
 const VERSION: &str = concat!("switchboard ", env!("CARGO_PKG_VERSION"));
@@ -47,6 +57,10 @@ struct Subscription {
     info: Arc<ClientInfo>,
     /// When its subscription token expires, Unix seconds (0 = never).
     expires_at: u64,
+    /// Which subscribe to this channel it was (joins that wait for the broker say which).
+    generation: u64,
+    /// A join still waiting for the broker (remote broker), or `None` once joined.
+    pending: Option<Arc<JoinTicket>>,
 }
 
 /// What a subscribe permission check granted.
@@ -67,6 +81,8 @@ pub(crate) struct ClientSession {
     /// The connection token's `info` claim (others see it as `conn_info`).
     conn_info: Option<Value>,
     subscriptions: HashMap<Box<str>, Subscription>,
+    /// Counts subscribes, to tell a subscription from an earlier one to the same channel.
+    generations: u64,
 }
 
 /// What handling a command needs done to the connection.
@@ -104,15 +120,6 @@ fn expiry(expires_at: u64) -> ExpiryResult {
     }
 }
 
-/// The frame that carries `reply` in `encoding`.
-fn encode_frame(reply: &Reply, encoding: Encoding) -> Bytes {
-    let opcode = match encoding {
-        Encoding::Json => Opcode::Text,
-        Encoding::Protobuf => Opcode::Binary,
-    };
-    frame::encode(opcode, &reply.encode_as(encoding))
-}
-
 impl ClientSession {
     /// The protocol state of a new connection (not connected yet).
     pub(crate) fn new(state: Arc<State>, conn: Arc<Conn>) -> Self {
@@ -123,6 +130,34 @@ impl ClientSession {
             connected: false,
             conn_info: None,
             subscriptions: HashMap::new(),
+            generations: 0,
+        }
+    }
+
+    /// What to do with a result that may come later: queue the reply with id `id` that
+    /// `fill` makes of it, or the error.
+    fn reply_later<T: 'static>(
+        &self,
+        id: u32,
+        fill: impl FnOnce(&mut Reply, T) + Send + 'static,
+    ) -> impl FnOnce(Result<T, ClientError>) + Send + 'static {
+        let (conn, encoding) = (Arc::clone(&self.conn), self.encoding());
+        move |result| {
+            if id == 0 {
+                return;
+            }
+            let reply = match result {
+                Ok(value) => {
+                    let mut reply = Reply {
+                        id,
+                        ..Reply::default()
+                    };
+                    fill(&mut reply, value);
+                    reply
+                }
+                Err(error) => Reply::error(id, error),
+            };
+            conn.push(&encode_frame(&reply, encoding));
         }
     }
 
@@ -179,6 +214,11 @@ impl ClientSession {
             id,
             ..Reply::default()
         };
+        // The commands that wait for the broker queue their own replies.
+        let replied = command.publish.is_some()
+            || command.presence.is_some()
+            || command.presence_stats.is_some()
+            || command.history.is_some();
         let outcome = if let Some(request) = command.subscribe {
             self.subscribe(id, request);
             return Ok(());
@@ -189,17 +229,13 @@ impl ClientSession {
             reply.unsubscribe = Some(Empty {});
             Ok(())
         } else if let Some(request) = command.publish {
-            self.publish(request)
-                .map(|()| reply.publish = Some(Empty {}))
+            self.publish(id, request)
         } else if let Some(request) = command.presence {
-            self.presence(&request.channel)
-                .map(|result| reply.presence = Some(result))
+            self.presence(id, &request.channel)
         } else if let Some(request) = command.presence_stats {
-            self.presence_stats(&request.channel)
-                .map(|result| reply.presence_stats = Some(result))
+            self.presence_stats(id, &request.channel)
         } else if let Some(request) = command.history {
-            self.history(&request)
-                .map(|result| reply.history = Some(result))
+            self.history(id, request)
         } else if let Some(request) = command.sub_refresh {
             self.sub_refresh(&request.channel, &request.token)
                 .map(|result| reply.sub_refresh = Some(result))
@@ -213,6 +249,7 @@ impl ClientSession {
             Err(ClientError::MethodNotFound)
         };
         match outcome {
+            Ok(()) if replied => {}
             Ok(()) if id != 0 => self.send(&reply),
             Ok(()) => {}
             Err(error) => self.reply_error(id, error),
@@ -238,14 +275,15 @@ impl ClientSession {
                     return Ok(());
                 }
                 Err(TokenError::Invalid(why)) => {
-                    self.state.metrics.auth_failures.inc();
+                    self.state.node.metrics.auth_failures.inc();
                     tracing::warn!(event = "auth_failed", conn_id = self.conn.id, door = "protocol", reason = %why, "connect refused: invalid token");
                     return Err(CloseReason::InvalidToken);
                 }
             }
         };
         let expires_at = claims.exp.unwrap_or(0);
-        self.conn.set_connected(&claims.sub, expires_at);
+        self.conn
+            .set_connected(&self.client_id, &claims.sub, expires_at);
         self.connected = true;
         self.conn_info = claims.info.clone();
         tracing::info!(event = "client_connected", conn_id = self.conn.id, client = %self.client_id, user = %claims.sub, server_subs = claims.channels.len());
@@ -255,7 +293,7 @@ impl ClientSession {
         let queued_before = self.conn.queued_frames();
         let mut subs = Vec::new();
         for channel in &claims.channels {
-            let Ok(rules) = self.state.channels.rules(channel).cloned() else {
+            let Ok(rules) = self.state.channels().rules(channel).cloned() else {
                 tracing::warn!(event = "server_subscription_skipped", conn_id = self.conn.id, channel = %channel, "token names a channel in an unknown namespace");
                 continue;
             };
@@ -263,8 +301,26 @@ impl ClientSession {
                 continue;
             }
             let recover = request.subs.get(channel.as_str());
-            let result = self.join(channel, rules, Granted::default(), recover, |_| true);
-            if let Some(result) = result {
+            // On the memory broker the join is done at once and its result goes in the
+            // connect reply. On a remote broker it completes later, after the connect reply
+            // has gone, and its result is pushed like a server-side subscribe from the API.
+            let at_once = self.state.node.is_local();
+            let found = Arc::new(std::sync::Mutex::new(None));
+            let slot = Arc::clone(&found);
+            let (conn, encoding, target) =
+                (Arc::clone(&self.conn), self.encoding(), channel.clone());
+            self.join(channel, rules, Granted::default(), recover, move |result| {
+                match result {
+                    Ok(result) if at_once => {
+                        if let Ok(mut slot) = slot.lock() {
+                            *slot = Some(result.clone());
+                        }
+                    }
+                    result => push_subscribed(&conn, encoding, target, result),
+                }
+                true
+            });
+            if let Some(result) = found.lock().ok().and_then(|mut slot| slot.take()) {
                 subs.push(wire::SubscriptionEntry {
                     channel: channel.clone(),
                     result: Some(result),
@@ -283,7 +339,7 @@ impl ClientSession {
                 subs,
                 ping: u32::try_from(heartbeat).unwrap_or(u32::MAX),
                 pong: true,
-                node: self.state.node_uid().to_owned(),
+                node: self.state.node.uid().to_owned(),
             }),
             ..Reply::default()
         };
@@ -334,7 +390,7 @@ impl ClientSession {
         let channel = request.channel.as_str();
         let checked = self
             .state
-            .channels
+            .channels()
             .rules(channel)
             .map_err(ClientError::from)
             .and_then(|rules| {
@@ -359,119 +415,120 @@ impl ClientSession {
             rules,
             granted,
             Some(&request),
-            |result: &SubscribeResult| {
-                let refused = reject_unrecovered && result.was_recovering && !result.recovered;
-                let reply = if refused {
-                    Reply::error(id, ClientError::Unrecoverable)
-                } else {
-                    Reply {
-                        id,
-                        subscribe: Some(result.clone()),
-                        ..Reply::default()
+            move |result: Result<&SubscribeResult, ClientError>| {
+                let (reply, go) = match result {
+                    Ok(result)
+                        if reject_unrecovered && result.was_recovering && !result.recovered =>
+                    {
+                        (Reply::error(id, ClientError::Unrecoverable), false)
                     }
+                    Ok(result) => (
+                        Reply {
+                            id,
+                            subscribe: Some(result.clone()),
+                            ..Reply::default()
+                        },
+                        true,
+                    ),
+                    Err(error) => (Reply::error(id, error), false),
                 };
                 conn.push(&encode_frame(&reply, encoding));
-                !refused
+                go
             },
         );
     }
 
-    /// Joins `channel` (presence, join push) and builds its subscribe result. `queue` runs
-    /// under the channel's lock with the result and returns whether to join (not, for a
-    /// refused recovery with `rejectUnrecovered`). Returns the result when joined.
+    /// Joins `channel` through the node (which records presence and sends the join push).
+    /// `queue` gets the subscribe result when the stream has been read, queues the reply and
+    /// returns whether to join (not, for a refused recovery with `rejectUnrecovered`); it runs
+    /// at once (memory broker) or later (remote). Returns whether it joined when that was
+    /// decided at once, `None` when the answer comes with `ServerCommand::Joined`.
     fn join(
         &mut self,
         channel: &str,
         rules: ChannelRules,
         granted: Granted,
         recover: Option<&SubscribeRequest>,
-        queue: impl FnOnce(&SubscribeResult) -> bool,
-    ) -> Option<SubscribeResult> {
+        queue: impl FnOnce(Result<&SubscribeResult, ClientError>) -> bool + Send + 'static,
+    ) -> Option<bool> {
         let recover_from = recover
             .filter(|r| r.recover && rules.recover)
-            .map(|r| (r.offset, r.epoch.as_str()));
+            .map(|r| (r.offset, Box::<str>::from(r.epoch.as_str())));
         let recoverable = rules.recover && rules.keeps_history();
         let encoding = self.encoding();
-        let mut joined = None;
-        let now_ms = self.state.clock_ms();
-        let joining = Joining {
-            channel,
-            rules: &rules,
-            conn: &self.conn,
-            recover_from,
-        };
-        self.state
-            .broker
-            .subscribe(&self.state.hub, joining, now_ms, |found: StreamState| {
-                let mut result = subscribe_result(found, recoverable, encoding);
-                if granted.expires_at != 0 {
-                    result.expires = true;
-                    result.ttl = ttl_of(granted.expires_at);
-                }
-                let go = queue(&result);
-                if go {
-                    joined = Some(result);
-                }
-                go
-            });
-        let result = joined?;
+        let expires_at = granted.expires_at;
         let info = Arc::new(ClientInfo::new(
             &self.client_id,
             self.conn.user(),
             self.conn_info.as_ref(),
             granted.chan_info.as_ref(),
         ));
-        if rules.presence {
-            self.state.broker.join(channel, Arc::clone(&info));
-        }
-        if rules.join_leave {
-            self.push_presence(channel, &info, true);
-        }
-        if result.was_recovering {
-            let outcome = if result.recovered {
-                "recovered"
-            } else {
-                "unrecovered"
+        self.generations += 1;
+        let generation = self.generations;
+        let ticket = Arc::new(JoinTicket::default());
+        let metrics_node = Arc::clone(&self.state.node);
+        let (conn_id, error_channel) = (self.conn.id, channel.to_owned());
+        let reply = Box::new(move |found: Result<StreamState, ClientError>| {
+            let found = match found {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(event = "subscribe_failed", conn_id, channel = %error_channel, %error, "subscribe could not reach the broker");
+                    return queue(Err(error));
+                }
             };
-            self.state
-                .metrics
-                .recoveries
-                .with_label_values(&[outcome])
-                .inc();
-        }
+            let mut result = subscribe_result(found, recoverable, encoding);
+            if expires_at != 0 {
+                result.expires = true;
+                result.ttl = ttl_of(expires_at);
+            }
+            if result.was_recovering {
+                let outcome = if result.recovered {
+                    "recovered"
+                } else {
+                    "unrecovered"
+                };
+                metrics_node
+                    .metrics
+                    .recoveries
+                    .with_label_values(&[outcome])
+                    .inc();
+            }
+            queue(Ok(&result))
+        });
+        // Recorded before the node decides, so a second subscribe is refused meanwhile.
         self.subscriptions.insert(
             channel.into(),
             Subscription {
-                rules,
-                info,
-                expires_at: granted.expires_at,
+                rules: rules.clone(),
+                info: Arc::clone(&info),
+                expires_at,
+                generation,
+                pending: Some(Arc::clone(&ticket)),
             },
         );
-        self.track_subscription_expiry();
-        Some(result)
-    }
-
-    /// Tells the channel's other protocol subscribers that `info` joined (or left).
-    fn push_presence(&self, channel: &str, info: &ClientInfo, joined: bool) {
-        let presence = Some(wire::Presence {
-            info: Some(info.body()),
-        });
-        let mut push = Push {
-            channel: channel.to_owned(),
-            ..Push::default()
+        let request = JoinRequest {
+            channel: channel.into(),
+            rules,
+            conn: Arc::clone(&self.conn),
+            info,
+            recover_from,
+            generation,
+            ticket,
         };
-        if joined {
-            push.join = presence;
-        } else {
-            push.leave = presence;
+        let joined = self.state.node.join(request, reply);
+        match joined {
+            Some(true) => {
+                if let Some(subscription) = self.subscriptions.get_mut(channel) {
+                    subscription.pending = None;
+                }
+                self.track_subscription_expiry();
+            }
+            Some(false) => {
+                self.subscriptions.remove(channel);
+            }
+            None => {}
         }
-        let reply = Reply::push(push);
-        self.state.hub.push_to_protocol(
-            channel,
-            &encode_frame(&reply, Encoding::Json),
-            &encode_frame(&reply, Encoding::Protobuf),
-            self.conn.id,
-        );
+        joined
     }
 
     /// Leaves `channel`; with `push_code`, tells the client it was unsubscribed by the server.
@@ -494,33 +551,41 @@ impl ClientSession {
     }
 
     fn leave(&self, channel: &str, subscription: &Subscription) {
-        self.state.hub.unsubscribe(channel, self.conn.id);
-        if subscription.rules.presence {
-            self.state.broker.leave(channel, &subscription.info.client);
+        if let Some(ticket) = &subscription.pending {
+            if ticket.abandon() != TicketState::Joined {
+                // Still waiting: the worker undoes its side. Failed: nothing to undo.
+                return;
+            }
         }
-        if subscription.rules.join_leave {
-            self.push_presence(channel, &subscription.info, false);
+        self.state.node.leave(
+            channel,
+            self.conn.id,
+            &subscription.rules,
+            &subscription.info,
+        );
+    }
+
+    /// Whether this connection may publish to `channel` under `rules`.
+    fn may_publish(&self, channel: &str, rules: &ChannelRules) -> bool {
+        match rules.publish {
+            PublishRule::None => false,
+            PublishRule::Subscribers => self.subscriptions.contains_key(channel),
+            PublishRule::Authenticated => !self.conn.user().is_empty(),
+            PublishRule::Anonymous => true,
         }
     }
 
-    fn publish(&mut self, request: wire::PublishRequest) -> Result<(), ClientError> {
+    fn publish(&mut self, id: u32, request: wire::PublishRequest) -> Result<(), ClientError> {
         let channel = request.channel.as_str();
-        let rules = self.state.channels.rules(channel)?.clone();
-        let user = self.conn.user();
-        let allowed = match rules.publish {
-            PublishRule::None => false,
-            PublishRule::Subscribers => self.subscriptions.contains_key(channel),
-            PublishRule::Authenticated => !user.is_empty(),
-            PublishRule::Anonymous => true,
-        };
-        if !allowed {
+        let rules = self.state.channels().rules(channel)?;
+        if !self.may_publish(channel, rules) {
             return Err(ClientError::PermissionDenied);
         }
         let info = match self.subscriptions.get(channel) {
             Some(subscription) => Arc::clone(&subscription.info),
             None => Arc::new(ClientInfo::new(
                 &self.client_id,
-                user,
+                self.conn.user(),
                 self.conn_info.as_ref(),
                 None,
             )),
@@ -530,38 +595,70 @@ impl ClientSession {
             Encoding::Protobuf => Publication::bytes(request.data),
         };
         publication.info = Some(info);
-        self.state.publish_with(channel, &rules, publication);
+        let done = self.reply_later(id, |reply, _| reply.publish = Some(Empty {}));
+        self.state
+            .node
+            .publish_then(channel, rules, publication, done);
         Ok(())
     }
 
     /// Presence and history may be read by subscribers, and by whoever may subscribe.
     fn may_read(&self, channel: &str) -> Result<&ChannelRules, ClientError> {
-        let rules = self.state.channels.rules(channel)?;
+        let rules = self.state.channels().rules(channel)?;
         if !self.subscriptions.contains_key(channel) {
             self.may_subscribe(channel, rules, "")?;
         }
         Ok(rules)
     }
 
-    fn presence(&self, channel: &str) -> Result<PresenceResult, ClientError> {
+    fn presence(&self, id: u32, channel: &str) -> Result<(), ClientError> {
         if !self.may_read(channel)?.presence {
             return Err(ClientError::NotAvailable);
         }
-        Ok(presence_result(&self.state, channel))
+        let done = self.reply_later(id, |reply, present: Vec<Arc<ClientInfo>>| {
+            reply.presence = Some(presence_result(&present));
+        });
+        self.state.node.presence_then(channel, done);
+        Ok(())
     }
 
-    fn presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, ClientError> {
+    fn presence_stats(&self, id: u32, channel: &str) -> Result<(), ClientError> {
         if !self.may_read(channel)?.presence {
             return Err(ClientError::NotAvailable);
         }
-        Ok(presence_stats_result(&self.state, channel))
+        let done = self.reply_later(id, |reply, counts: (usize, usize)| {
+            reply.presence_stats = Some(presence_stats_result(counts));
+        });
+        self.state.node.presence_stats_then(channel, done);
+        Ok(())
     }
 
-    fn history(&self, request: &wire::HistoryRequest) -> Result<HistoryResult, ClientError> {
+    fn history(&self, id: u32, request: wire::HistoryRequest) -> Result<(), ClientError> {
         if !self.may_read(&request.channel)?.keeps_history() {
             return Err(ClientError::NotAvailable);
         }
-        history_result(&self.state, request, self.encoding())
+        let encoding = self.encoding();
+        let (range, since_epoch) = history_range(&request);
+        let (conn, channel) = (Arc::clone(&self.conn), request.channel);
+        self.state.node.history_then(
+            &channel,
+            range,
+            move |found: Result<HistoryPage, ClientError>| {
+                let result = found.and_then(|page| history_result(page, &since_epoch, encoding));
+                let reply = match result {
+                    Ok(history) => Reply {
+                        id,
+                        history: Some(history),
+                        ..Reply::default()
+                    },
+                    Err(error) => Reply::error(id, error),
+                };
+                if id != 0 {
+                    conn.push(&encode_frame(&reply, encoding));
+                }
+            },
+        );
+        Ok(())
     }
 
     fn refresh(&mut self, id: u32, token: &str) -> Outcome {
@@ -633,21 +730,38 @@ impl ClientSession {
                 if self.subscriptions.contains_key(&*channel) {
                     return;
                 }
-                let Ok(rules) = self.state.channels.rules(&channel).cloned() else {
+                let Ok(rules) = self.state.channels().rules(&channel).cloned() else {
                     return;
                 };
                 let conn = Arc::clone(&self.conn);
                 let encoding = self.encoding();
                 let target = channel.to_string();
                 self.join(&channel, rules, Granted::default(), None, move |result| {
-                    let reply = Reply::push(Push {
-                        channel: target,
-                        subscribe: Some(result.clone()),
-                        ..Push::default()
-                    });
-                    conn.push(&encode_frame(&reply, encoding));
+                    push_subscribed(&conn, encoding, target, result);
                     true
                 });
+            }
+            ServerCommand::Joined {
+                channel,
+                generation,
+                joined,
+            } => {
+                let current = self
+                    .subscriptions
+                    .get(&*channel)
+                    .is_some_and(|s| s.generation == generation);
+                if !current {
+                    // Unsubscribed meanwhile: its ticket told the worker, nothing to do.
+                    return;
+                }
+                if joined {
+                    if let Some(subscription) = self.subscriptions.get_mut(&*channel) {
+                        subscription.pending = None;
+                    }
+                } else {
+                    self.subscriptions.remove(&*channel);
+                }
+                self.track_subscription_expiry();
             }
             ServerCommand::Unsubscribe(channel) => {
                 self.unsubscribe(&channel, Some(UNSUBSCRIBE_BY_SERVER));
@@ -671,76 +785,28 @@ impl Drop for ClientSession {
     }
 }
 
-fn publication_bodies(
-    publications: &[Arc<Publication>],
+/// Pushes a server-side subscription's result (or, on failure, an unsubscribe the SDK may
+/// retry) to `conn`.
+fn push_subscribed(
+    conn: &Conn,
     encoding: Encoding,
-) -> Vec<wire::PublicationBody> {
-    publications.iter().map(|p| p.body(encoding)).collect()
-}
-
-/// The subscribe result for what the stream held (and, when asked, what recovery found).
-fn subscribe_result(found: StreamState, recoverable: bool, encoding: Encoding) -> SubscribeResult {
-    let mut result = SubscribeResult::default();
-    let Some(position) = found.position else {
-        // No history: nothing to position or recover.
-        return result;
+    channel: String,
+    result: Result<&SubscribeResult, ClientError>,
+) {
+    let push = match result {
+        Ok(result) => Push {
+            channel,
+            subscribe: Some(result.clone()),
+            ..Push::default()
+        },
+        Err(_) => Push {
+            channel,
+            unsubscribe: Some(wire::Unsubscribed {
+                code: UNSUBSCRIBE_TEMPORARY,
+                reason: "broker unavailable".to_owned(),
+            }),
+            ..Push::default()
+        },
     };
-    result.recoverable = recoverable;
-    result.positioned = recoverable;
-    result.offset = position.offset;
-    result.epoch = position.epoch.to_string();
-    if let Some(recovery) = found.recovery {
-        result.was_recovering = true;
-        if let Ok(publications) = recovery {
-            result.recovered = true;
-            result.publications = publication_bodies(&publications, encoding);
-        }
-    }
-    result
-}
-
-/// Who is present in a channel (shared with the server API).
-pub(crate) fn presence_result(state: &State, channel: &str) -> PresenceResult {
-    PresenceResult {
-        presence: state
-            .broker
-            .presence(channel)
-            .iter()
-            .map(|info| (info.client.to_string(), info.body()))
-            .collect(),
-    }
-}
-
-/// How many are present in a channel (shared with the server API).
-pub(crate) fn presence_stats_result(state: &State, channel: &str) -> PresenceStatsResult {
-    let (clients, users) = state.broker.presence_stats(channel);
-    PresenceStatsResult {
-        num_clients: u32::try_from(clients).unwrap_or(u32::MAX),
-        num_users: u32::try_from(users).unwrap_or(u32::MAX),
-    }
-}
-
-/// A channel's history as asked (shared with the server API).
-pub(crate) fn history_result(
-    state: &State,
-    request: &wire::HistoryRequest,
-    encoding: Encoding,
-) -> Result<HistoryResult, ClientError> {
-    let query = HistoryQuery {
-        limit: usize::try_from(request.limit).ok(),
-        since: request
-            .since
-            .as_ref()
-            .map(|since| (since.offset, since.epoch.clone())),
-        reverse: request.reverse,
-    };
-    let (publications, position) = state
-        .broker
-        .history(&request.channel, &query, state.clock_ms())
-        .map_err(|_| ClientError::Unrecoverable)?;
-    Ok(HistoryResult {
-        publications: publication_bodies(&publications, encoding),
-        epoch: position.epoch.to_string(),
-        offset: position.offset,
-    })
+    conn.push(&encode_frame(&Reply::push(push), encoding));
 }

@@ -16,15 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::error::ClientError;
-
-/// How a connection encodes the protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// JSON objects in text frames.
-    Json,
-    /// Length-delimited Protobuf messages in binary frames.
-    Protobuf,
-}
+pub use crate::kind::Encoding;
 
 fn is_false(value: &bool) -> bool {
     !*value

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::{Conn, IpPermit, MessageRate};
-use crate::door::Door;
+use crate::conn::{Conn, IpPermit, MessageRate};
 use crate::error::CloseReason;
-use crate::gateway::State;
+use crate::kind::Door;
 use crate::protocol::ClientSession;
 use crate::publication::Publication;
+use crate::state::State;
 use crate::ws::deflate::{self, Negotiated};
 use crate::ws::frame::{self, Opcode};
 use crate::ws::{Event, MessageReader};
@@ -59,11 +59,11 @@ impl Session {
         trace_id: Box<str>,
         ip_permit: Option<IpPermit>,
     ) -> Self {
-        state.conns.insert(Arc::clone(&conn));
+        state.node.conns.insert(Arc::clone(&conn));
         if let Some(channel) = &channel {
-            state.hub.subscribe(channel, &conn);
+            state.node.attach(channel, &conn);
         }
-        let door = state.metrics.door(conn.door);
+        let door = state.node.metrics.door(conn.door);
         door.connections.inc();
         door.accepted.inc();
         Session {
@@ -80,10 +80,15 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if let Some(channel) = &self.channel {
-            self.state.hub.unsubscribe(channel, self.conn.id);
+            self.state.node.detach(channel, self.conn.id);
         }
-        self.state.conns.remove(self.conn.id);
-        self.state.metrics.door(self.conn.door).connections.dec();
+        self.state.node.conns.remove(self.conn.id);
+        self.state
+            .node
+            .metrics
+            .door(self.conn.door)
+            .connections
+            .dec();
     }
 }
 
@@ -308,7 +313,7 @@ impl Socket {
             if let Some(reason) = conn.take_queued(&mut self.writer.frames) {
                 return Ok(reason);
             }
-            let door = session.state.metrics.door(conn.door);
+            let door = session.state.node.metrics.door(conn.door);
             let before = (self.stats.messages_out, self.stats.bytes_out);
             let flushed = self.writer.flush(&self.tcp, conn, &mut self.stats);
             door.messages_out.inc_by(self.stats.messages_out - before.0);
@@ -461,11 +466,11 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
     stats.messages_in += 1;
     stats.bytes_in += data.len() as u64;
     let state = &session.state;
-    let door = state.metrics.door(session.conn.door);
+    let door = state.node.metrics.door(session.conn.door);
     door.messages_in.inc();
     door.bytes_in.inc_by(data.len() as u64);
     #[cfg(feature = "test-hooks")]
-    if data == crate::TEST_PANIC_MESSAGE {
+    if data == super::TEST_PANIC_MESSAGE {
         panic!("test hook: panic requested by the client");
     }
     match session.conn.door {
@@ -480,8 +485,11 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
             if let Some(channel) = &session.channel {
                 let publication = Publication::plain(opcode, Bytes::copy_from_slice(data));
                 // The room's name was checked at the upgrade, and `chat` always has rules.
-                if let Err(error) = state.publish(channel, publication) {
-                    tracing::error!(event = "publish_failed", channel = %channel, %error);
+                match state.node.channels.rules(channel) {
+                    Ok(rules) => state.node.publish_then(channel, rules, publication, |_| {}),
+                    Err(error) => {
+                        tracing::error!(event = "publish_failed", channel = %channel, %error)
+                    }
                 }
             }
         }
@@ -545,7 +553,7 @@ pub(crate) async fn run(
         End::Abnormal(why) => (1006, why),
     };
     if let End::Closed(CloseReason::SlowConsumer) = end {
-        state.metrics.slow_consumers.inc();
+        state.node.metrics.slow_consumers.inc();
         tracing::warn!(event = "slow_consumer", conn_id = session.conn.id, user = %session.conn.user(), ip = %session.ip, trace_id = %session.trace_id, door = session.conn.door.label(), channel = session.channel.as_deref().unwrap_or(""), max_queued_bytes = limits.max_queued_bytes, "outbound queue overflowed; closing");
     }
     if matches!(
@@ -554,7 +562,7 @@ pub(crate) async fn run(
     ) {
         tracing::warn!(event = "limit_exceeded", conn_id = session.conn.id, ip = %session.ip, trace_id = %session.trace_id, code, reason, "connection limit exceeded");
     }
-    state.metrics.disconnected(code, reason);
+    state.node.metrics.disconnected(code, reason);
     let stats = &socket.stats;
     tracing::info!(
         event = "disconnected",

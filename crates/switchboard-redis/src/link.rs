@@ -1,0 +1,163 @@
+//! One shard's command link: where its server is (a URL, or a master that Sentinels name), a
+//! multiplexed connection made on first use and remade after a failure, and the one helper,
+//! [`Shard::call`], through which every command goes, bounded by the call timeout.
+//!
+//! The engine keeps its own reconnection rather than `redis::aio::ConnectionManager`, because
+//! under Sentinel the master's address must be asked again on every reconnect, and because a
+//! failure must be answered at once with a [`BrokerError`] (the node decides about retries),
+//! never with a retry loop that outlives the caller's deadline.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{MultiplexedConnection, PubSub};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, Client, RedisConnectionInfo, RedisError};
+use switchboard::broker::BrokerError;
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::settings::ShardAddress;
+
+/// How a shard's server is reached.
+enum Target {
+    Direct(Client),
+    // The Sentinel client caches nothing we rely on; the lock only serialises its `&mut` use.
+    Sentinel(AsyncMutex<SentinelClient>),
+}
+
+/// One shard's server and command connection.
+pub(crate) struct Shard {
+    target: Target,
+    connection: AsyncMutex<Option<MultiplexedConnection>>,
+    timeout: Duration,
+}
+
+/// A Redis error as the contract's error.
+pub(crate) fn broker_error(error: &RedisError) -> BrokerError {
+    if error.is_timeout() {
+        BrokerError::Timeout
+    } else if error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+    {
+        BrokerError::Unavailable(error.to_string())
+    } else {
+        BrokerError::Protocol(error.to_string())
+    }
+}
+
+impl Shard {
+    /// A shard at `address` whose calls take at most `timeout`.
+    ///
+    /// # Errors
+    /// The client library's refusal of the address (checked already by the settings, so
+    /// unexpected).
+    pub(crate) fn new(address: &ShardAddress, timeout: Duration) -> Result<Self, RedisError> {
+        let target = match address {
+            ShardAddress::Direct(url) => Target::Direct(Client::open(url.as_str())?),
+            ShardAddress::Sentinel {
+                sentinels,
+                master,
+                password,
+                db,
+            } => {
+                let mut info = RedisConnectionInfo::default().set_db(*db);
+                if let Some(password) = password {
+                    info = info.set_password(password);
+                }
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+                Target::Sentinel(AsyncMutex::new(SentinelClient::build(
+                    sentinels.iter().map(String::as_str).collect(),
+                    master.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )?))
+            }
+        };
+        Ok(Shard {
+            target,
+            connection: AsyncMutex::new(None),
+            timeout,
+        })
+    }
+
+    /// A client for the server now (under Sentinel: the master the Sentinels name now).
+    async fn client(&self) -> Result<Client, RedisError> {
+        match &self.target {
+            Target::Direct(client) => Ok(client.clone()),
+            Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+        }
+    }
+
+    fn config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+    }
+
+    /// The command connection, made if there is none.
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let client = self.client().await?;
+        let connection = client
+            .get_multiplexed_async_connection_with_config(&self.config())
+            .await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the command connection so the next call makes a new one. Never waits: when a
+    /// caller is connecting right now, its fresh connection is kept.
+    fn forget_connection(&self) {
+        if let Ok(mut slot) = self.connection.try_lock() {
+            *slot = None;
+        }
+    }
+
+    /// Runs `command` on the command connection within the call timeout. A timeout or a broken
+    /// connection drops the connection, so the next call reconnects.
+    ///
+    /// # Errors
+    /// [`BrokerError::Timeout`] past the bound; otherwise the Redis error's [`broker_error`].
+    pub(crate) async fn call<T, F, Fut>(&self, command: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let attempt = async {
+            let connection = self.connection().await?;
+            command(connection).await
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                let mapped = broker_error(&error);
+                if !matches!(mapped, BrokerError::Protocol(_)) {
+                    self.forget_connection();
+                }
+                Err(mapped)
+            }
+            Err(_elapsed) => {
+                self.forget_connection();
+                Err(BrokerError::Timeout)
+            }
+        }
+    }
+
+    /// A new pub/sub connection, within `bound`.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the server cannot be reached in time.
+    pub(crate) async fn open_pubsub(&self, bound: Duration) -> Result<PubSub, BrokerError> {
+        let attempt = async { self.client().await?.get_async_pubsub().await };
+        match tokio::time::timeout(bound, attempt).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(error)) => Err(broker_error(&error)),
+            Err(_elapsed) => Err(BrokerError::Timeout),
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! The memory broker: channel streams (history with offsets and epochs) and presence kept in
+//! this process, for a single node. It is the default, and the fastest path: it delivers a
+//! publication to the node synchronously, inside [`MemoryBroker::publish_now`].
+//!
+//! Publishing to a channel that keeps history takes that channel's stream lock, gives the
+//! publication the next offset, keeps it, and hands it to the node (which fans it out through
+//! the hub) before letting go; [`MemoryBroker::subscribe_atomically`] takes the same lock to
+//! read what was missed and join. So a subscriber sees recovered publications, then live ones,
+//! with no gap and no duplicate. Lock order is always stream, then whatever the node takes.
+//! A restart loses every stream, and the next one starts under a new epoch, which recovering
+//! clients are told (`recovered: false`).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, PublishOptions,
+};
+use crate::history::{ChannelHistory, HistoryQuery, Position, Unrecoverable};
+use crate::publication::{ClientInfo, Publication};
+
+const SHARDS: usize = 64;
+
+/// One channel's stream and how long its position outlives its last publication.
+struct Stream {
+    history: ChannelHistory,
+    meta_ttl_ms: u64,
+}
+
+struct Present {
+    info: Arc<ClientInfo>,
+    expires_ms: u64,
+}
+
+type Streams = HashMap<Box<str>, Stream>;
+type Presence = HashMap<Box<str>, HashMap<Box<str>, Present>>;
+type Remembered = HashMap<Box<str>, (Option<Position>, u64)>;
+
+/// What a subscribe found in the channel's stream.
+#[derive(Debug)]
+pub struct StreamState {
+    /// The position now (channels that keep history).
+    pub position: Option<Position>,
+    /// Asked to recover: the missed publications, or why not.
+    pub recovery: Option<Result<Vec<Arc<Publication>>, Unrecoverable>>,
+}
+
+/// Streams and presence of every channel, in this process.
+pub struct MemoryBroker {
+    streams: Box<[Mutex<Streams>]>,
+    presence: Box<[Mutex<Presence>]>,
+    idempotency: Mutex<Remembered>,
+    events: OnceLock<Arc<dyn BrokerEvents>>,
+    started: Instant,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        MemoryBroker {
+            streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            presence: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            idempotency: Mutex::new(HashMap::new()),
+            events: OnceLock::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
+fn shard_of(channel: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    channel.hash(&mut hasher);
+    (hasher.finish() as usize) % SHARDS
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves the maps consistent, even if a caller panicked.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The position of a channel with no stream.
+fn no_stream() -> Position {
+    Position {
+        offset: 0,
+        epoch: "".into(),
+    }
+}
+
+impl MemoryBroker {
+    /// Milliseconds on this broker's clock.
+    fn now_ms(&self) -> u64 {
+        millis(self.started.elapsed())
+    }
+
+    fn streams(&self, channel: &str) -> MutexGuard<'_, Streams> {
+        lock(&self.streams[shard_of(channel)])
+    }
+
+    fn presence_shard(&self, channel: &str) -> MutexGuard<'_, Presence> {
+        lock(&self.presence[shard_of(channel)])
+    }
+
+    fn deliver(&self, channel: &str, publication: Arc<Publication>, epoch: &str) {
+        if let Some(events) = self.events.get() {
+            events.publication(channel, publication, epoch);
+        }
+    }
+
+    /// Connects the node's events (what [`Broker::start`] does, synchronously).
+    pub fn attach(&self, events: Arc<dyn BrokerEvents>) {
+        let _ = self.events.set(events);
+    }
+
+    /// Publishes to `channel` and hands it to the node before returning: keeps it under the
+    /// next offset when the channel keeps history.
+    pub fn publish_now(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        options: &PublishOptions,
+    ) -> Option<Position> {
+        if let Some(key) = &options.idempotency_key {
+            let now_ms = self.now_ms();
+            let mut remembered = lock(&self.idempotency);
+            remembered.retain(|_, (_, expires_ms)| *expires_ms > now_ms);
+            if let Some((position, _)) = remembered.get(key.as_ref()) {
+                return position.clone();
+            }
+            drop(remembered);
+            let position = self.publish_once(channel, publication, options);
+            let expires_ms = now_ms.saturating_add(millis(options.idempotency_ttl));
+            lock(&self.idempotency).insert(key.clone(), (position.clone(), expires_ms));
+            return position;
+        }
+        if options.history_size == 0 {
+            self.deliver(channel, Arc::new(publication), "");
+            return None;
+        }
+        publication.offset = 0;
+        self.publish_once(channel, publication, options)
+    }
+
+    fn publish_once(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        options: &PublishOptions,
+    ) -> Option<Position> {
+        if options.history_size == 0 {
+            self.deliver(channel, Arc::new(publication), "");
+            return None;
+        }
+        let now_ms = self.now_ms();
+        let mut streams = self.streams(channel);
+        let stream = streams.entry(channel.into()).or_insert_with(|| Stream {
+            history: ChannelHistory::new(now_ms),
+            meta_ttl_ms: 0,
+        });
+        stream.meta_ttl_ms = millis(options.history_meta_ttl);
+        publication.offset = stream.history.next_offset();
+        let publication = Arc::new(publication);
+        let ttl_ms = millis(options.history_ttl);
+        stream.history.append(
+            Arc::clone(&publication),
+            options.history_size,
+            ttl_ms,
+            now_ms,
+        );
+        let position = stream.history.position();
+        self.deliver(channel, publication, &position.epoch);
+        Some(position)
+    }
+
+    /// Reads `channel`'s stream and runs `join` under its lock with what was found (and, with
+    /// `recover_from`, what was missed since that offset and epoch), so that no publication
+    /// reaches the node between the read and whatever `join` does. A channel with no stream
+    /// gets one (kept for `meta_ttl`), so the subscriber's epoch means something later.
+    pub fn subscribe_atomically<T>(
+        &self,
+        channel: &str,
+        history: Option<Duration>,
+        recover_from: Option<(u64, &str)>,
+        join: impl FnOnce(StreamState) -> T,
+    ) -> T {
+        let Some(meta_ttl) = history else {
+            return join(StreamState {
+                position: None,
+                recovery: recover_from.map(|_| Err(Unrecoverable)),
+            });
+        };
+        let now_ms = self.now_ms();
+        let mut streams = self.streams(channel);
+        let stream = streams.entry(channel.into()).or_insert_with(|| Stream {
+            history: ChannelHistory::new(now_ms),
+            meta_ttl_ms: millis(meta_ttl),
+        });
+        stream.history.prune(now_ms);
+        let state = StreamState {
+            position: Some(stream.history.position()),
+            recovery: recover_from.map(|(offset, epoch)| stream.history.recover(offset, epoch)),
+        };
+        join(state)
+    }
+
+    /// The stream's position, starting it when there is none (see
+    /// [`Broker::stream_position`]).
+    pub fn stream_position_now(&self, channel: &str, meta_ttl: Duration) -> Position {
+        self.subscribe_atomically(channel, Some(meta_ttl), None, |state| {
+            state.position.unwrap_or_else(no_stream)
+        })
+    }
+
+    /// `channel`'s kept publications in `range`, with its position.
+    pub fn history_now(&self, channel: &str, range: &HistoryRange) -> HistoryPage {
+        let now_ms = self.now_ms();
+        let mut streams = self.streams(channel);
+        let Some(stream) = streams.get_mut(channel) else {
+            return HistoryPage {
+                publications: Vec::new(),
+                position: no_stream(),
+            };
+        };
+        stream.history.prune(now_ms);
+        let query = HistoryQuery {
+            limit: range.limit,
+            since: range.since.map(|offset| (offset, String::new())),
+            reverse: range.reverse,
+        };
+        HistoryPage {
+            // An empty epoch matches any, so the query cannot fail.
+            publications: stream.history.query(&query).unwrap_or_default(),
+            position: stream.history.position(),
+        }
+    }
+
+    /// Forgets the kept publications of `channel` (its position stays).
+    pub fn remove_history_now(&self, channel: &str) {
+        if let Some(stream) = self.streams(channel).get_mut(channel) {
+            stream.history.clear();
+        }
+    }
+
+    /// Drops expired publications and presence everywhere, and streams idle past their
+    /// meta TTL.
+    pub fn expire(&self) {
+        let now_ms = self.now_ms();
+        for shard in self.streams.iter() {
+            lock(shard).retain(|_, stream| {
+                stream.history.prune(now_ms);
+                !stream.history.is_stale(now_ms, stream.meta_ttl_ms)
+            });
+        }
+        for shard in self.presence.iter() {
+            lock(shard).retain(|_, clients| {
+                clients.retain(|_, present| present.expires_ms > now_ms);
+                !clients.is_empty()
+            });
+        }
+    }
+
+    /// Records `info` as present in `channel` for `ttl`.
+    pub fn add_presence_now(&self, channel: &str, info: Arc<ClientInfo>, ttl: Duration) {
+        let expires_ms = self.now_ms().saturating_add(millis(ttl));
+        self.presence_shard(channel)
+            .entry(channel.into())
+            .or_default()
+            .insert(info.client.clone(), Present { info, expires_ms });
+    }
+
+    /// Removes client `client` from `channel`'s presence.
+    pub fn remove_presence_now(&self, channel: &str, client: &str) {
+        let mut shard = self.presence_shard(channel);
+        if let Some(clients) = shard.get_mut(channel) {
+            clients.remove(client);
+            if clients.is_empty() {
+                shard.remove(channel);
+            }
+        }
+    }
+
+    /// Everyone present in `channel`.
+    pub fn presence_now(&self, channel: &str) -> Vec<Arc<ClientInfo>> {
+        let now_ms = self.now_ms();
+        self.presence_shard(channel)
+            .get(channel)
+            .map(|clients| {
+                clients
+                    .values()
+                    .filter(|present| present.expires_ms > now_ms)
+                    .map(|present| Arc::clone(&present.info))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn events(&self) -> Option<&Arc<dyn BrokerEvents>> {
+        self.events.get()
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn start(&self, events: Arc<dyn BrokerEvents>) -> Result<(), BrokerError> {
+        self.attach(events);
+        Ok(())
+    }
+
+    async fn stop(&self) {}
+
+    fn health(&self) -> BrokerHealth {
+        BrokerHealth {
+            connected: true,
+            round_trip: Some(Duration::ZERO),
+            reconnects: 0,
+        }
+    }
+
+    // In one process every channel is delivered: the node's hub decides who receives it.
+    async fn subscribe(&self, _channel: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _channel: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: &Publication,
+        options: &PublishOptions,
+    ) -> Result<Option<Position>, BrokerError> {
+        let (kind, payload) = publication.payload();
+        let mut copy = Publication::from_payload(kind, payload.clone());
+        copy.info = publication.info.clone();
+        Ok(self.publish_now(channel, copy, options))
+    }
+
+    async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        if let Some(events) = self.events() {
+            events.join(channel, Arc::new(info.clone()));
+        }
+        Ok(())
+    }
+
+    async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
+        if let Some(events) = self.events() {
+            events.leave(channel, Arc::new(info.clone()));
+        }
+        Ok(())
+    }
+
+    async fn publish_control(&self, message: Bytes) -> Result<(), BrokerError> {
+        if let Some(events) = self.events() {
+            events.control(message);
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        range: &HistoryRange,
+    ) -> Result<HistoryPage, BrokerError> {
+        Ok(self.history_now(channel, range))
+    }
+
+    async fn stream_position(
+        &self,
+        channel: &str,
+        meta_ttl: Duration,
+    ) -> Result<Position, BrokerError> {
+        Ok(self.stream_position_now(channel, meta_ttl))
+    }
+
+    async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        self.remove_history_now(channel);
+        Ok(())
+    }
+
+    async fn add_presence(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.add_presence_now(channel, Arc::new(info.clone()), ttl);
+        Ok(())
+    }
+
+    async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
+        self.remove_presence_now(channel, client);
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, BrokerError> {
+        Ok(self.presence_now(channel))
+    }
+}

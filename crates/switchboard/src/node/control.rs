@@ -1,0 +1,256 @@
+//! Control messages between the nodes of a cluster, over the broker's control channel: what
+//! the API asks of a user's connections wherever they are, each node's announcement of itself
+//! (which makes `info` list the cluster), and the channel survey behind the API's `channels`.
+//!
+//! Messages are small JSON objects with a `type`; a node ignores, with a warning, one it does
+//! not understand (a newer node in a rolling upgrade).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{lock, Node};
+use crate::broker::Broker;
+use crate::conn::ServerCommand;
+use crate::error::CloseReason;
+use crate::kind::Door;
+
+/// How long the API's `channels` waits for the other nodes' answers.
+const SURVEY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One node as `info` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Unique per start.
+    pub uid: String,
+    /// The configured (or host) name.
+    pub name: String,
+    /// Switchboard's version.
+    pub version: String,
+    /// Open connections.
+    pub num_clients: usize,
+    /// Distinct users among them.
+    pub num_users: usize,
+    /// Channels with a local subscriber.
+    pub num_channels: usize,
+    /// Local subscriptions.
+    pub num_subs: usize,
+    /// Seconds since start.
+    pub uptime: u64,
+}
+
+/// What the API asks of every connection of one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub(crate) enum UserCommand {
+    /// Close with 3503 (plain doors: 4003).
+    Disconnect { user: String },
+    /// Subscribe to a channel (server-side subscription).
+    Subscribe { user: String, channel: String },
+    /// Unsubscribe from a channel.
+    Unsubscribe { user: String, channel: String },
+    /// Move the session's expiry (`expired`: close with 3005 now).
+    Refresh {
+        user: String,
+        expire_at: u64,
+        expired: bool,
+    },
+}
+
+impl UserCommand {
+    /// Carries the command out on this node's connections; returns how many it reached.
+    pub(crate) fn apply(&self, node: &Node) -> usize {
+        let mut reached = 0;
+        let user = match self {
+            UserCommand::Disconnect { user }
+            | UserCommand::Subscribe { user, .. }
+            | UserCommand::Unsubscribe { user, .. }
+            | UserCommand::Refresh { user, .. } => user,
+        };
+        node.conns.for_each(|conn| {
+            if conn.user() != user {
+                return;
+            }
+            match self {
+                UserCommand::Disconnect { .. } => conn.close(CloseReason::DisconnectedByServer),
+                UserCommand::Refresh { expired: true, .. } => conn.close(CloseReason::TokenExpired),
+                // Plain doors have no subscriptions or session to change.
+                _ if conn.door != Door::Protocol => return,
+                UserCommand::Subscribe { channel, .. } => {
+                    conn.request(ServerCommand::Subscribe(channel.as_str().into()))
+                }
+                UserCommand::Unsubscribe { channel, .. } => {
+                    conn.request(ServerCommand::Unsubscribe(channel.as_str().into()))
+                }
+                UserCommand::Refresh { expire_at, .. } => {
+                    conn.request(ServerCommand::Refresh(*expire_at))
+                }
+            }
+            reached += 1;
+        });
+        reached
+    }
+}
+
+/// A control message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Control {
+    /// A user's connections, on every node.
+    User(UserCommand),
+    /// A node says it is alive, and what it holds.
+    Node(NodeInfo),
+    /// A node asks every node for its channels.
+    ChannelsAsked { survey: u64, from: String },
+    /// A node's answer to `ChannelsAsked`.
+    ChannelsAnswered {
+        survey: u64,
+        to: String,
+        channels: Vec<(String, usize)>,
+    },
+}
+
+impl Control {
+    /// The bytes on the control channel.
+    pub(crate) fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+/// The other nodes, as last announced.
+#[derive(Default)]
+pub(super) struct Peers(Mutex<HashMap<String, (NodeInfo, Instant)>>);
+
+impl Peers {
+    fn seen(&self, info: NodeInfo) {
+        lock(&self.0).insert(info.uid.clone(), (info, Instant::now()));
+    }
+
+    /// The nodes heard from within `ttl` (forgetting the others).
+    pub(super) fn live(&self, ttl: Duration) -> Vec<NodeInfo> {
+        let mut peers = lock(&self.0);
+        peers.retain(|_, (_, seen)| seen.elapsed() < ttl);
+        let mut live: Vec<NodeInfo> = peers.values().map(|(info, _)| info.clone()).collect();
+        live.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        live
+    }
+}
+
+type Answers = mpsc::UnboundedSender<Vec<(String, usize)>>;
+
+/// Channel surveys this node is waiting on.
+#[derive(Default)]
+pub(super) struct Surveys(Mutex<HashMap<u64, Answers>>);
+
+/// Handles one control message from the broker.
+pub(super) fn handle(node: &Arc<Node>, message: &[u8]) {
+    let control: Control = match serde_json::from_slice(message) {
+        Ok(control) => control,
+        Err(error) => {
+            tracing::warn!(event = "control_ignored", %error, "a control message this node does not understand (a newer node?)");
+            return;
+        }
+    };
+    match control {
+        Control::User(command) => {
+            let reached = command.apply(node);
+            tracing::debug!(event = "control_user", ?command, reached);
+        }
+        Control::Node(info) => node.peers.seen(info),
+        Control::ChannelsAsked { survey, from } => {
+            let Some(broker) = node.remote.as_ref().map(|r| Arc::clone(&r.broker)) else {
+                return;
+            };
+            let answer = Control::ChannelsAnswered {
+                survey,
+                to: from,
+                channels: node.hub.channels(),
+            };
+            let node = Arc::clone(node);
+            tokio::spawn(async move {
+                if let Err(error) = node.call(broker.publish_control(answer.encode())).await {
+                    tracing::warn!(event = "survey_answer_lost", %error);
+                }
+            });
+        }
+        Control::ChannelsAnswered {
+            survey,
+            to,
+            channels,
+        } => {
+            if to == node.uid {
+                if let Some(answers) = lock(&node.surveys.0).get(&survey) {
+                    let _ = answers.send(channels);
+                }
+            }
+        }
+    }
+}
+
+/// Asks every node for its channels and sums the answers (waiting at most a second for
+/// `expected` of them).
+pub(super) async fn survey_channels(
+    node: &Node,
+    broker: &dyn Broker,
+    expected: usize,
+) -> Vec<(String, usize)> {
+    let survey = fastrand::u64(..);
+    let (sender, mut answers) = mpsc::unbounded_channel();
+    lock(&node.surveys.0).insert(survey, sender);
+    let ask = Control::ChannelsAsked {
+        survey,
+        from: node.uid.clone(),
+    };
+    let mut totals: HashMap<String, usize> = HashMap::new();
+    if node
+        .call(broker.publish_control(ask.encode()))
+        .await
+        .is_ok()
+    {
+        let deadline = tokio::time::Instant::now() + SURVEY_TIMEOUT;
+        let mut heard = 0;
+        while heard < expected {
+            match tokio::time::timeout_at(deadline, answers.recv()).await {
+                Ok(Some(channels)) => {
+                    heard += 1;
+                    for (name, count) in channels {
+                        *totals.entry(name).or_default() += count;
+                    }
+                }
+                _ => break,
+            }
+        }
+    } else {
+        // The broker is away: this node's own channels are all that can be told.
+        for (name, count) in node.hub.channels() {
+            totals.insert(name, count);
+        }
+    }
+    lock(&node.surveys.0).remove(&survey);
+    let mut all: Vec<(String, usize)> = totals.into_iter().collect();
+    all.sort();
+    all
+}
+
+/// Announces this node to the others every `node.announce_interval`.
+pub(super) async fn announce_loop(node: Arc<Node>, shutdown: CancellationToken) {
+    let Some(broker) = node.remote.as_ref().map(|r| Arc::clone(&r.broker)) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(node.settings.announce_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let announcement = Control::Node(node.info()).encode();
+        if let Err(error) = node.call(broker.publish_control(announcement)).await {
+            tracing::debug!(event = "announce_failed", %error);
+        }
+    }
+}

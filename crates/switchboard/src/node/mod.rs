@@ -1,0 +1,933 @@
+//! The node: this process's place in the cluster. It owns the local hub and connection
+//! registry, and speaks to the broker for the doors and the API, which never speak to a broker
+//! themselves.
+//!
+//! Two engines sit behind it. The memory broker runs in this process and delivers a
+//! publication synchronously inside the publish, so one node pays no queue and no task per
+//! publication (the hot path). A remote broker (Redis, NATS) delivers asynchronously; the node
+//! then listens to a channel in the broker only while it has local subscribers, and every
+//! channel's deliveries, joins and position checks run in order in one channel worker
+//! (`worker`), which is where gaps are found and recovering subscribers are merged without loss
+//! or duplicate. Control messages between nodes (API calls for a user, node announcements,
+//! channel surveys) are in `control`.
+//!
+//! What the node calls on the doors' behalf completes either at once (memory) or later, on a
+//! task (remote): the `*_then` methods take what to do with the result, the `async` ones are
+//! awaited by the API.
+
+mod control;
+mod worker;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::memory::{MemoryBroker, StreamState};
+use crate::broker::{
+    Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, Position,
+    PublishOptions,
+};
+use crate::channels::{ChannelRules, Namespaces};
+use crate::conn::{Conn, ConnRegistry};
+use crate::error::ClientError;
+use crate::hub::Hub;
+use crate::kind::Encoding;
+use crate::metrics::{Metrics, Snapshot};
+use crate::publication::{ClientInfo, Publication};
+use crate::wire::{self, Push, Reply};
+use crate::ws::frame::{self, Opcode};
+
+pub use control::NodeInfo;
+pub(crate) use control::UserCommand;
+use control::{Control, Peers, Surveys};
+use worker::Work;
+
+/// Channel workers of a node on a remote broker.
+const WORKERS: usize = 16;
+/// Deliveries waiting per channel worker before the node drops (and later recovers) them.
+const WORKER_QUEUE: usize = 8192;
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(300);
+
+/// The node's settings, from the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeSettings {
+    /// This node's name.
+    pub(crate) name: String,
+    /// How long a presence entry lives unless refreshed.
+    pub(crate) presence_ttl: Duration,
+    /// How often the node announces itself.
+    pub(crate) announce_interval: Duration,
+    /// How often channel positions are checked against the broker.
+    pub(crate) position_check_interval: Duration,
+    /// The longest one broker call may take.
+    pub(crate) broker_timeout: Duration,
+    /// How long a stream position outlives its last publication.
+    pub(crate) history_meta_ttl: Duration,
+}
+
+/// The engine behind the node.
+enum Engine {
+    Memory(Arc<MemoryBroker>),
+    Remote(Arc<dyn Broker>),
+}
+
+/// This node's presence entries: (channel, client) → info.
+type OwnedPresence = HashMap<(Box<str>, Box<str>), Arc<ClientInfo>>;
+
+/// What only a node on a remote broker keeps.
+struct Remote {
+    broker: Arc<dyn Broker>,
+    workers: Box<[mpsc::Sender<Work>]>,
+    receivers: Mutex<Vec<mpsc::Receiver<Work>>>,
+    /// Local subscribers per channel (joins in flight included): the node listens to a
+    /// channel in the broker while this is above zero.
+    listeners: Mutex<HashMap<Box<str>, usize>>,
+    /// Presence entries of this node's clients, refreshed before they expire.
+    presence: Mutex<OwnedPresence>,
+}
+
+/// A connection joining a channel.
+pub(crate) struct JoinRequest {
+    /// The channel.
+    pub(crate) channel: Box<str>,
+    /// Its rules.
+    pub(crate) rules: ChannelRules,
+    /// The connection.
+    pub(crate) conn: Arc<Conn>,
+    /// How it appears in presence and join/leave.
+    pub(crate) info: Arc<ClientInfo>,
+    /// Recover from this offset and epoch.
+    pub(crate) recover_from: Option<(u64, Box<str>)>,
+    /// Which subscribe of this connection to this channel it is (see `ServerCommand::Joined`).
+    pub(crate) generation: u64,
+    /// Where the join stands, shared with the session (remote broker).
+    pub(crate) ticket: Arc<JoinTicket>,
+}
+
+/// Where a join that waits for the broker stands. The session and the channel worker both
+/// hold it; its lock makes "the worker joins" and "the session gives up" one or the other.
+#[derive(Default)]
+pub(crate) struct JoinTicket(Mutex<TicketState>);
+
+/// See [`JoinTicket`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum TicketState {
+    /// The worker has not decided yet.
+    #[default]
+    Pending,
+    /// The connection joined (hub, presence, join push).
+    Joined,
+    /// The join was refused or failed; nothing to undo.
+    Failed,
+    /// The session gave up first (unsubscribe, disconnect); the worker will not join.
+    Abandoned,
+}
+
+impl JoinTicket {
+    /// The session gives up: returns the state it found (on `Joined`, the session must
+    /// leave the channel; on `Pending`, the worker undoes its side).
+    pub(crate) fn abandon(&self) -> TicketState {
+        let mut state = lock(&self.0);
+        let found = *state;
+        if found == TicketState::Pending {
+            *state = TicketState::Abandoned;
+        }
+        found
+    }
+}
+
+/// What a join does with what the stream held: queue the reply; returns whether to join.
+pub(crate) type JoinReply = Box<dyn FnOnce(Result<StreamState, ClientError>) -> bool + Send>;
+
+/// This process's node.
+pub(crate) struct Node {
+    /// Local channel → subscribers.
+    pub(crate) hub: Hub,
+    /// Local connections.
+    pub(crate) conns: ConnRegistry,
+    /// Channel rules.
+    pub(crate) channels: Namespaces,
+    /// Metrics.
+    pub(crate) metrics: Metrics,
+    engine: Engine,
+    remote: Option<Remote>,
+    settings: NodeSettings,
+    uid: String,
+    started: Instant,
+    peers: Peers,
+    surveys: Surveys,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves its map consistent, even if a caller panicked.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shard_of(channel: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    channel.hash(&mut hasher);
+    (hasher.finish() as usize) % WORKERS
+}
+
+/// The frame that carries `reply` in `encoding`.
+pub(crate) fn encode_frame(reply: &Reply, encoding: Encoding) -> Bytes {
+    let opcode = match encoding {
+        Encoding::Json => Opcode::Text,
+        Encoding::Protobuf => Opcode::Binary,
+    };
+    frame::encode(opcode, &reply.encode_as(encoding))
+}
+
+impl Node {
+    /// A node on `broker` (`None`: the memory broker).
+    pub(crate) fn new(
+        broker: Option<Arc<dyn Broker>>,
+        channels: Namespaces,
+        settings: NodeSettings,
+    ) -> Arc<Node> {
+        let (engine, remote) = match broker {
+            None => (Engine::Memory(Arc::new(MemoryBroker::default())), None),
+            Some(broker) => {
+                let (senders, receivers): (Vec<_>, Vec<_>) =
+                    (0..WORKERS).map(|_| mpsc::channel(WORKER_QUEUE)).unzip();
+                let remote = Remote {
+                    broker: Arc::clone(&broker),
+                    workers: senders.into(),
+                    receivers: Mutex::new(receivers),
+                    listeners: Mutex::new(HashMap::new()),
+                    presence: Mutex::new(HashMap::new()),
+                };
+                (Engine::Remote(broker), Some(remote))
+            }
+        };
+        Arc::new(Node {
+            hub: Hub::new(),
+            conns: ConnRegistry::default(),
+            channels,
+            metrics: Metrics::new(),
+            engine,
+            remote,
+            settings,
+            uid: format!("{:016x}", fastrand::u64(..)),
+            started: Instant::now(),
+            peers: Peers::default(),
+            surveys: Surveys::default(),
+        })
+    }
+
+    /// Connects the broker and starts the node's background work (workers, announcements,
+    /// presence refresh, position checks, expiry); all of it stops with `shutdown`.
+    pub(crate) async fn start(self: &Arc<Self>, shutdown: CancellationToken) {
+        let events: Arc<dyn BrokerEvents> = Arc::new(NodeEvents(Arc::downgrade(self)));
+        match &self.engine {
+            Engine::Memory(memory) => {
+                memory.attach(events);
+                let node = Arc::clone(self);
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tick.tick() => {}
+                        }
+                        if let Engine::Memory(memory) = &node.engine {
+                            memory.expire();
+                        }
+                    }
+                });
+            }
+            Engine::Remote(broker) => {
+                if let Some(remote) = &self.remote {
+                    let receivers = std::mem::take(&mut *lock(&remote.receivers));
+                    for (index, receiver) in receivers.into_iter().enumerate() {
+                        let worker = worker::ChannelWorker::new(Arc::clone(self), index);
+                        tokio::spawn(worker.run(receiver, shutdown.clone()));
+                    }
+                }
+                if let Err(error) = broker.start(events).await {
+                    tracing::error!(event = "broker_unavailable", broker = broker.name(), %error, "broker unreachable at start; retrying in the background, /readyz is 503 until it answers");
+                } else {
+                    tracing::info!(
+                        event = "broker_connected",
+                        broker = broker.name(),
+                        "broker connected"
+                    );
+                }
+                tokio::spawn(control::announce_loop(Arc::clone(self), shutdown.clone()));
+                tokio::spawn(refresh_presence_loop(Arc::clone(self), shutdown.clone()));
+                tokio::spawn(worker::position_check_loop(Arc::clone(self), shutdown));
+            }
+        }
+    }
+
+    /// Stops the broker's connections (at the end of shutdown).
+    pub(crate) async fn stop(&self) {
+        if let Engine::Remote(broker) = &self.engine {
+            broker.stop().await;
+        }
+    }
+
+    /// This node's unique id (random per start).
+    pub(crate) fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// This node's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Seconds since the node started.
+    pub(crate) fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Whether the broker is the memory one, which answers every call at once.
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self.engine, Engine::Memory(_))
+    }
+
+    /// The broker's name (`memory`, `redis`, `nats`).
+    pub(crate) fn broker_name(&self) -> &'static str {
+        match &self.engine {
+            Engine::Memory(_) => "memory",
+            Engine::Remote(broker) => broker.name(),
+        }
+    }
+
+    /// The broker link's state.
+    pub(crate) fn broker_health(&self) -> BrokerHealth {
+        match &self.engine {
+            Engine::Memory(memory) => memory.health(),
+            Engine::Remote(broker) => broker.health(),
+        }
+    }
+
+    /// What `/metrics` shows of the node.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let health = self.broker_health();
+        Snapshot {
+            channels: self.hub.channel_count(),
+            subscriptions: self.hub.subscription_count(),
+            uptime_secs: self.uptime_secs(),
+            broker_connected: health.connected,
+            broker_round_trip_secs: health.round_trip.map_or(0.0, |rtt| rtt.as_secs_f64()),
+            broker_reconnects: health.reconnects,
+            cluster_nodes: self.peers.live(self.peer_ttl()).len().max(1),
+        }
+    }
+
+    fn peer_ttl(&self) -> Duration {
+        self.settings.announce_interval * 3
+    }
+
+    fn options(&self, rules: &ChannelRules, idempotency_key: Option<Box<str>>) -> PublishOptions {
+        PublishOptions {
+            history_size: if rules.keeps_history() {
+                rules.history_size
+            } else {
+                0
+            },
+            history_ttl: rules.history_ttl,
+            history_meta_ttl: self.settings.history_meta_ttl,
+            idempotency_key,
+            idempotency_ttl: IDEMPOTENCY_TTL,
+        }
+    }
+
+    /// Runs a broker call with the node's timeout, counting failures.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let result = match tokio::time::timeout(self.settings.broker_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::Timeout),
+        };
+        if let Err(error) = &result {
+            let kind = match error {
+                BrokerError::Unavailable(_) => "unavailable",
+                BrokerError::Timeout => "timeout",
+                BrokerError::Protocol(_) => "protocol",
+            };
+            self.metrics.broker_errors.with_label_values(&[kind]).inc();
+        }
+        result
+    }
+
+    /// Runs `work` and hands its result to `done`: at once when it completes at once (the
+    /// memory broker), else on a task.
+    fn then<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    ) {
+        let mut work = Box::pin(work);
+        match work.as_mut().now_or_never() {
+            Some(result) => done(result),
+            None => {
+                tokio::spawn(async move { done(work.await) });
+            }
+        }
+    }
+
+    // ---- publishing ----
+
+    /// Publishes to `channel` under `rules` from any door or the API; returns the stream
+    /// position after it when the channel keeps history.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the broker cannot take it.
+    pub(crate) async fn publish(
+        &self,
+        channel: &str,
+        rules: &ChannelRules,
+        publication: Publication,
+        idempotency_key: Option<Box<str>>,
+    ) -> Result<Option<Position>, ClientError> {
+        self.metrics.publications.inc();
+        let options = self.options(rules, idempotency_key);
+        match &self.engine {
+            Engine::Memory(memory) => Ok(memory.publish_now(channel, publication, &options)),
+            Engine::Remote(broker) => self
+                .call(broker.publish(channel, &publication, &options))
+                .await
+                .map_err(|error| {
+                    tracing::warn!(event = "publish_failed", channel, %error, "broker refused a publication; the publisher is told");
+                    ClientError::Unavailable
+                }),
+        }
+    }
+
+    /// Publishes, then hands the result to `done` (at once on the memory broker: the hot
+    /// path allocates nothing here).
+    pub(crate) fn publish_then(
+        self: &Arc<Self>,
+        channel: &str,
+        rules: &ChannelRules,
+        publication: Publication,
+        done: impl FnOnce(Result<Option<Position>, ClientError>) + Send + 'static,
+    ) {
+        if let Engine::Memory(memory) = &self.engine {
+            self.metrics.publications.inc();
+            let options = self.options(rules, None);
+            return done(Ok(memory.publish_now(channel, publication, &options)));
+        }
+        let (node, channel, rules) = (Arc::clone(self), Box::<str>::from(channel), rules.clone());
+        tokio::spawn(async move { done(node.publish(&channel, &rules, publication, None).await) });
+    }
+
+    // ---- joining and leaving ----
+
+    /// Joins a connection to a channel: reads the stream (recovering from the offset asked
+    /// for), lets `reply` queue the subscribe reply, and joins the hub right after it, before
+    /// any later publication. Then records presence and tells the channel. Returns whether it
+    /// joined when that was decided at once (memory); `None` when the answer comes later
+    /// through `ServerCommand::Joined` (remote).
+    pub(crate) fn join(self: &Arc<Self>, request: JoinRequest, reply: JoinReply) -> Option<bool> {
+        match &self.engine {
+            Engine::Memory(memory) => {
+                let history = request
+                    .rules
+                    .keeps_history()
+                    .then_some(self.settings.history_meta_ttl);
+                let recover_from = request
+                    .recover_from
+                    .as_ref()
+                    .map(|(offset, epoch)| (*offset, &**epoch));
+                let joined =
+                    memory.subscribe_atomically(&request.channel, history, recover_from, |found| {
+                        let go = reply(Ok(found));
+                        if go {
+                            self.hub.subscribe(&request.channel, &request.conn);
+                        }
+                        go
+                    });
+                if joined {
+                    self.joined(&request);
+                }
+                Some(joined)
+            }
+            Engine::Remote(_) => {
+                self.listen(&request.channel);
+                let work = Work::Join {
+                    request: Box::new(request),
+                    reply,
+                };
+                if let Err(Work::Join { request, reply }) = self.to_worker(work) {
+                    reply(Err(ClientError::Unavailable));
+                    self.release(&request.channel);
+                    return Some(false);
+                }
+                None
+            }
+        }
+    }
+
+    /// After a connection joined: presence, and the join push to the channel.
+    fn joined(self: &Arc<Self>, request: &JoinRequest) {
+        if request.rules.presence {
+            self.add_presence(&request.channel, &request.info);
+        }
+        if request.rules.join_leave {
+            self.announce(&request.channel, &request.info, true);
+        }
+    }
+
+    /// Takes a connection out of a channel it joined: hub, presence, the leave push, and (on a
+    /// remote broker) the broker subscription after the last local subscriber.
+    pub(crate) fn leave(
+        self: &Arc<Self>,
+        channel: &str,
+        conn_id: u64,
+        rules: &ChannelRules,
+        info: &Arc<ClientInfo>,
+    ) {
+        self.hub.unsubscribe(channel, conn_id);
+        if rules.presence {
+            self.remove_presence(channel, &info.client);
+        }
+        if rules.join_leave {
+            self.announce(channel, info, false);
+        }
+        self.release(channel);
+    }
+
+    /// A plain door's connection joins its channel (no stream, no presence).
+    pub(crate) fn attach(&self, channel: &str, conn: &Arc<Conn>) {
+        self.hub.subscribe(channel, conn);
+        if self.remote.is_some() {
+            self.listen(channel);
+            let _ = self.to_worker(Work::Listen {
+                channel: channel.into(),
+            });
+        }
+    }
+
+    /// A plain door's connection leaves its channel.
+    pub(crate) fn detach(&self, channel: &str, conn_id: u64) {
+        self.hub.unsubscribe(channel, conn_id);
+        self.release(channel);
+    }
+
+    /// Counts one more local subscriber of `channel` (remote broker).
+    fn listen(&self, channel: &str) {
+        if let Some(remote) = &self.remote {
+            *lock(&remote.listeners).entry(channel.into()).or_insert(0) += 1;
+        }
+    }
+
+    /// Counts one local subscriber less; after the last, the node stops listening.
+    fn release(&self, channel: &str) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let mut listeners = lock(&remote.listeners);
+        let Some(count) = listeners.get_mut(channel) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            listeners.remove(channel);
+            drop(listeners);
+            let _ = self.to_worker(Work::Unlisten {
+                channel: channel.into(),
+            });
+        }
+    }
+
+    /// Local subscribers of `channel` (joins in flight included), remote broker only.
+    fn listeners(&self, channel: &str) -> usize {
+        self.remote.as_ref().map_or(0, |remote| {
+            lock(&remote.listeners).get(channel).copied().unwrap_or(0)
+        })
+    }
+
+    /// Hands `work` to its channel's worker without waiting.
+    fn to_worker(&self, work: Work) -> Result<(), Work> {
+        let Some(remote) = &self.remote else {
+            return Err(work);
+        };
+        let sender = &remote.workers[shard_of(work.channel())];
+        sender.try_send(work).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(work) | mpsc::error::TrySendError::Closed(work) => work,
+        })
+    }
+
+    // ---- join and leave pushes ----
+
+    /// Tells the channel's protocol subscribers on every node that `info` joined (or left).
+    fn announce(self: &Arc<Self>, channel: &str, info: &Arc<ClientInfo>, joined: bool) {
+        match &self.engine {
+            Engine::Memory(_) => self.push_presence(channel, info, joined),
+            Engine::Remote(broker) => {
+                let (node, broker) = (Arc::clone(self), Arc::clone(broker));
+                let (channel, info) = (Box::<str>::from(channel), Arc::clone(info));
+                tokio::spawn(async move {
+                    let sent = if joined {
+                        node.call(broker.publish_join(&channel, &info)).await
+                    } else {
+                        node.call(broker.publish_leave(&channel, &info)).await
+                    };
+                    if let Err(error) = sent {
+                        tracing::warn!(event = "join_leave_lost", channel = %channel, %error, "a join/leave push could not be sent");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Queues the join (or leave) push for this node's protocol subscribers of `channel`.
+    fn push_presence(&self, channel: &str, info: &ClientInfo, joined: bool) {
+        let presence = Some(wire::Presence {
+            info: Some(info.body()),
+        });
+        let mut push = Push {
+            channel: channel.to_owned(),
+            ..Push::default()
+        };
+        if joined {
+            push.join = presence;
+        } else {
+            push.leave = presence;
+        }
+        let reply = Reply::push(push);
+        self.hub.push_to_protocol(
+            channel,
+            &encode_frame(&reply, Encoding::Json),
+            &encode_frame(&reply, Encoding::Protobuf),
+            &info.client,
+        );
+    }
+
+    // ---- presence ----
+
+    fn add_presence(self: &Arc<Self>, channel: &str, info: &Arc<ClientInfo>) {
+        match &self.engine {
+            // In one process nobody else can lose track of it: no expiry.
+            Engine::Memory(memory) => memory.add_presence_now(
+                channel,
+                Arc::clone(info),
+                Duration::from_secs(u32::MAX.into()),
+            ),
+            Engine::Remote(broker) => {
+                if let Some(remote) = &self.remote {
+                    lock(&remote.presence)
+                        .insert((channel.into(), info.client.clone()), Arc::clone(info));
+                }
+                let (node, broker) = (Arc::clone(self), Arc::clone(broker));
+                let (channel, info) = (Box::<str>::from(channel), Arc::clone(info));
+                let ttl = self.settings.presence_ttl;
+                tokio::spawn(async move {
+                    if let Err(error) = node.call(broker.add_presence(&channel, &info, ttl)).await {
+                        tracing::warn!(event = "presence_failed", channel = %channel, %error, "presence not recorded; the next refresh retries");
+                    }
+                });
+            }
+        }
+    }
+
+    fn remove_presence(self: &Arc<Self>, channel: &str, client: &str) {
+        match &self.engine {
+            Engine::Memory(memory) => memory.remove_presence_now(channel, client),
+            Engine::Remote(broker) => {
+                if let Some(remote) = &self.remote {
+                    lock(&remote.presence)
+                        .remove(&(Box::<str>::from(channel), Box::<str>::from(client)));
+                }
+                let (node, broker) = (Arc::clone(self), Arc::clone(broker));
+                let (channel, client) = (Box::<str>::from(channel), Box::<str>::from(client));
+                tokio::spawn(async move {
+                    if let Err(error) = node.call(broker.remove_presence(&channel, &client)).await {
+                        tracing::warn!(event = "presence_failed", channel = %channel, %error, "presence not removed; it expires after node.presence_ttl");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Everyone present in `channel`, on every node.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the broker cannot answer.
+    pub(crate) async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<Vec<Arc<ClientInfo>>, ClientError> {
+        match &self.engine {
+            Engine::Memory(memory) => Ok(memory.presence_now(channel)),
+            Engine::Remote(broker) => self
+                .call(broker.presence(channel))
+                .await
+                .map_err(|_| ClientError::Unavailable),
+        }
+    }
+
+    /// How many clients and distinct users are present in `channel`.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the broker cannot answer.
+    pub(crate) async fn presence_stats(
+        &self,
+        channel: &str,
+    ) -> Result<(usize, usize), ClientError> {
+        match &self.engine {
+            Engine::Memory(memory) => memory
+                .presence_stats(channel)
+                .now_or_never()
+                .unwrap_or(Ok((0, 0)))
+                .map_err(|_| ClientError::Unavailable),
+            Engine::Remote(broker) => self
+                .call(broker.presence_stats(channel))
+                .await
+                .map_err(|_| ClientError::Unavailable),
+        }
+    }
+
+    /// `presence`, with the result handed to `done`.
+    pub(crate) fn presence_then(
+        self: &Arc<Self>,
+        channel: &str,
+        done: impl FnOnce(Result<Vec<Arc<ClientInfo>>, ClientError>) + Send + 'static,
+    ) {
+        let (node, channel) = (Arc::clone(self), Box::<str>::from(channel));
+        self.then(async move { node.presence(&channel).await }, done);
+    }
+
+    /// `presence_stats`, with the result handed to `done`.
+    pub(crate) fn presence_stats_then(
+        self: &Arc<Self>,
+        channel: &str,
+        done: impl FnOnce(Result<(usize, usize), ClientError>) + Send + 'static,
+    ) {
+        let (node, channel) = (Arc::clone(self), Box::<str>::from(channel));
+        self.then(async move { node.presence_stats(&channel).await }, done);
+    }
+
+    // ---- history ----
+
+    /// The stream's position for a subscriber, starting the stream when there is none.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the broker cannot answer.
+    pub(crate) async fn stream_position(&self, channel: &str) -> Result<Position, ClientError> {
+        let meta_ttl = self.settings.history_meta_ttl;
+        match &self.engine {
+            Engine::Memory(memory) => Ok(memory.stream_position_now(channel, meta_ttl)),
+            Engine::Remote(broker) => self
+                .call(broker.stream_position(channel, meta_ttl))
+                .await
+                .map_err(|_| ClientError::Unavailable),
+        }
+    }
+
+    /// `channel`'s kept publications in `range`.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the broker cannot answer.
+    pub(crate) async fn history(
+        &self,
+        channel: &str,
+        range: &HistoryRange,
+    ) -> Result<HistoryPage, ClientError> {
+        match &self.engine {
+            Engine::Memory(memory) => Ok(memory.history_now(channel, range)),
+            Engine::Remote(broker) => self
+                .call(broker.history(channel, range))
+                .await
+                .map_err(|_| ClientError::Unavailable),
+        }
+    }
+
+    /// `history`, with the result handed to `done`.
+    pub(crate) fn history_then(
+        self: &Arc<Self>,
+        channel: &str,
+        range: HistoryRange,
+        done: impl FnOnce(Result<HistoryPage, ClientError>) + Send + 'static,
+    ) {
+        let (node, channel) = (Arc::clone(self), Box::<str>::from(channel));
+        self.then(async move { node.history(&channel, &range).await }, done);
+    }
+
+    /// Forgets `channel`'s kept publications.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the broker cannot answer.
+    pub(crate) async fn remove_history(&self, channel: &str) -> Result<(), ClientError> {
+        match &self.engine {
+            Engine::Memory(memory) => {
+                memory.remove_history_now(channel);
+                Ok(())
+            }
+            Engine::Remote(broker) => self
+                .call(broker.remove_history(channel))
+                .await
+                .map_err(|_| ClientError::Unavailable),
+        }
+    }
+
+    // ---- what the API asks of a user's connections, on every node ----
+
+    /// Carries out `control` on this node's connections, and (remote broker) on every other
+    /// node's.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the broker cannot carry it to the other nodes.
+    pub(crate) async fn for_user(&self, control: control::UserCommand) -> Result<(), ClientError> {
+        match &self.engine {
+            Engine::Memory(_) => {
+                control.apply(self);
+                Ok(())
+            }
+            Engine::Remote(broker) => {
+                let message = Control::User(control).encode();
+                self.call(broker.publish_control(message))
+                    .await
+                    .map_err(|_| ClientError::Unavailable)
+            }
+        }
+    }
+
+    /// Every live node of the cluster (this one first).
+    pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
+        let mut nodes = vec![self.info()];
+        nodes.extend(
+            self.peers
+                .live(self.peer_ttl())
+                .into_iter()
+                .filter(|peer| peer.uid != self.uid),
+        );
+        nodes
+    }
+
+    /// This node's own entry in `info`.
+    pub(crate) fn info(&self) -> NodeInfo {
+        let mut users = std::collections::HashSet::new();
+        self.conns.for_each(|conn| {
+            if !conn.user().is_empty() {
+                users.insert(conn.user().to_owned());
+            }
+        });
+        NodeInfo {
+            uid: self.uid.clone(),
+            name: self.settings.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            num_clients: self.conns.len(),
+            num_users: users.len(),
+            num_channels: self.hub.channel_count(),
+            num_subs: self.hub.subscription_count(),
+            uptime: self.uptime_secs(),
+        }
+    }
+
+    /// Every channel with a subscriber on any node, with its subscriber count, sorted.
+    pub(crate) async fn channels(&self) -> Vec<(String, usize)> {
+        match &self.engine {
+            Engine::Memory(_) => self.hub.channels(),
+            Engine::Remote(broker) => {
+                let expected = self.nodes().len();
+                control::survey_channels(self, broker.as_ref(), expected).await
+            }
+        }
+    }
+}
+
+/// Re-adds this node's presence entries before they expire (remote broker).
+async fn refresh_presence_loop(node: Arc<Node>, shutdown: CancellationToken) {
+    let (Engine::Remote(broker), Some(remote)) = (&node.engine, &node.remote) else {
+        return;
+    };
+    let every = node.settings.presence_ttl / 3;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let entries: Vec<_> = lock(&remote.presence)
+            .iter()
+            .map(|((channel, _), info)| (channel.clone(), Arc::clone(info)))
+            .collect();
+        for (channel, info) in entries {
+            let ttl = node.settings.presence_ttl;
+            if let Err(error) = node.call(broker.add_presence(&channel, &info, ttl)).await {
+                tracing::warn!(event = "presence_refresh_failed", %error, "presence refresh failed; entries may expire");
+                break;
+            }
+        }
+    }
+}
+
+/// What the broker hands back, routed to the node (weakly: the broker may outlive it).
+struct NodeEvents(Weak<Node>);
+
+impl BrokerEvents for NodeEvents {
+    fn publication(&self, channel: &str, publication: Arc<Publication>, epoch: &str) {
+        let Some(node) = self.0.upgrade() else {
+            return;
+        };
+        if node.remote.is_none() {
+            node.hub.publish(channel, &publication);
+            return;
+        }
+        let work = Work::Deliver {
+            channel: channel.into(),
+            publication,
+            epoch: epoch.into(),
+        };
+        if node.to_worker(work).is_err() {
+            // The gap shows in the next offset (or the next position check), and the
+            // channel's subscribers recover.
+            node.metrics.broker_dropped.inc();
+        }
+    }
+
+    fn join(&self, channel: &str, info: Arc<ClientInfo>) {
+        if let Some(node) = self.0.upgrade() {
+            node.push_presence(channel, &info, true);
+        }
+    }
+
+    fn leave(&self, channel: &str, info: Arc<ClientInfo>) {
+        if let Some(node) = self.0.upgrade() {
+            node.push_presence(channel, &info, false);
+        }
+    }
+
+    fn control(&self, message: Bytes) {
+        if let Some(node) = self.0.upgrade() {
+            control::handle(&node, &message);
+        }
+    }
+
+    fn link_lost(&self) {
+        if let Some(node) = self.0.upgrade() {
+            tracing::warn!(
+                event = "broker_link_lost",
+                broker = node.broker_name(),
+                "broker delivery link lost; publications may be missed until it is back"
+            );
+        }
+    }
+
+    fn link_restored(&self) {
+        if let Some(node) = self.0.upgrade() {
+            tracing::info!(
+                event = "broker_link_restored",
+                broker = node.broker_name(),
+                "broker delivery link restored; checking every channel's position"
+            );
+            worker::check_all(&node, true);
+        }
+    }
+}

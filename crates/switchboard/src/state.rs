@@ -1,0 +1,50 @@
+//! What every task of one gateway shares: the configuration as resolved, the node (hub,
+//! connections, broker), and the checks made at the door (tokens, origins, per-IP limits).
+//! The doors and the API read it; it imports nothing above the node.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenVerifier;
+use crate::config::{Config, Resolved};
+use crate::conn::IpLimits;
+use crate::node::Node;
+use crate::origin::OriginPolicy;
+
+/// State shared by every task of one gateway.
+pub(crate) struct State {
+    pub(crate) config: Config,
+    pub(crate) resolved: Resolved,
+    pub(crate) node: Arc<Node>,
+    pub(crate) ip_limits: Arc<IpLimits>,
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) origins: OriginPolicy,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) started: Instant,
+}
+
+impl State {
+    /// Milliseconds since the gateway started (the sweep's clock).
+    pub(crate) fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Channel rules.
+    pub(crate) fn channels(&self) -> &crate::channels::Namespaces {
+        &self.node.channels
+    }
+
+    /// Whether shutdown has begun.
+    pub(crate) fn draining(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Whether the node can serve: not draining, and its broker reachable.
+    pub(crate) fn ready(&self) -> bool {
+        !self.draining() && self.node.broker_health().connected
+    }
+}
