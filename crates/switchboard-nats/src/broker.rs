@@ -425,6 +425,15 @@ impl Broker for NatsBroker {
             .await
     }
 
+    async fn stream_position(
+        &self,
+        channel: &str,
+        meta_ttl: Duration,
+    ) -> Result<Position, BrokerError> {
+        self.call(|running| async move { running.history.start(channel, meta_ttl).await })
+            .await
+    }
+
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         self.call(|running| async move { running.history.remove(channel).await })
             .await

@@ -11,6 +11,13 @@
 //! expired (`history_meta_ttl`), starts a new epoch at offset 1; so does every channel when
 //! the stream itself is lost, since nothing of it is left to read.
 //!
+//! # Markers
+//! Two things need a position with no publication behind it: `remove_history` (publications
+//! gone, position kept) and `stream_position` (a stream started by a subscriber, at offset 0
+//! under a new epoch). Both store a marker, a message with the position's headers, an
+//! `Sb-Removed` header and no payload; reads serve nothing at or before the last marker, and
+//! nodes never hand one to the node as a publication.
+//!
 //! # Size and TTL
 //! Both come with each publish, while JetStream 2.9 only has stream-wide limits, so each
 //! message carries its own expiry and the size it was published with. Reads serve only what
@@ -55,6 +62,13 @@ pub struct History {
     max_age: Duration,
     /// Whether the stream is known to exist; reset when the server says it does not.
     exists: Mutex<bool>,
+}
+
+/// Whether a conditional store went through.
+enum Stored {
+    Done,
+    /// Another message got there first (or the stream was lost): read again.
+    Raced,
 }
 
 /// A stored message: its sequence and headers.
@@ -327,6 +341,80 @@ impl History {
         })
     }
 
+    /// `channel`'s position, starting a stream when there is none: a marker (no publication)
+    /// at offset 0 under a new epoch, kept for `meta_ttl`, stored under the same optimistic
+    /// check as a publish so that two nodes starting one channel at once agree on one epoch.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the server cannot be reached or answers something else.
+    pub async fn start(&self, channel: &str, meta_ttl: Duration) -> Result<Position, BrokerError> {
+        let subject = self.names.stored(channel);
+        for _ in 0..MAX_ATTEMPTS {
+            self.ensure().await?;
+            let stream = self.stream().await?;
+            let last = self.last(&stream, &subject).await?;
+            let now = now_ms();
+            if let Some(last) = last.as_ref().filter(|last| last.meta.alive(now)) {
+                return Ok(Position {
+                    offset: last.meta.offset,
+                    epoch: last.meta.epoch.clone(),
+                });
+            }
+            let marker = Meta {
+                offset: 0,
+                epoch: new_epoch(),
+                expires_ms: now,
+                keep_ms: now.saturating_add(millis(meta_ttl)),
+                size: 0,
+                removed: true,
+            };
+            let expected = last.map_or(0, |last| last.sequence);
+            match self.store_marker(&subject, &marker, expected).await? {
+                Stored::Done => {
+                    return Ok(Position {
+                        offset: 0,
+                        epoch: marker.epoch,
+                    })
+                }
+                Stored::Raced => {}
+            }
+        }
+        Err(unavailable(
+            "start stream",
+            format!("{channel:?}: raced {MAX_ATTEMPTS} times"),
+        ))
+    }
+
+    /// Stores a marker (a message with no publication) on `subject`, if its last message is
+    /// still the one at sequence `expected`.
+    async fn store_marker(
+        &self,
+        subject: &str,
+        marker: &Meta,
+        expected: u64,
+    ) -> Result<Stored, BrokerError> {
+        let mut headers = HeaderMap::new();
+        marker.write(&mut headers);
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+        let acked = match self
+            .js
+            .publish_with_headers(subject.to_owned(), headers, Bytes::new())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(_) => Ok(Stored::Done),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Stored::Raced),
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                self.set_known(false);
+                Ok(Stored::Raced)
+            }
+            Err(e) => Err(unavailable("store a marker", e)),
+        }
+    }
+
     /// Forgets `channel`'s publications and keeps its position: stores a removal marker at
     /// the current offset (under the same optimistic check as a publish, so a racing publish
     /// is not lost behind it), then purges everything before the marker.
@@ -347,32 +435,14 @@ impl History {
                 removed: true,
                 ..last.meta
             };
-            let mut headers = HeaderMap::new();
-            marker.write(&mut headers);
-            headers.insert(
-                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                last.sequence.to_string(),
-            );
-            let acked = match self
-                .js
-                .publish_with_headers(subject.clone(), headers, Bytes::new())
-                .await
-            {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match acked {
-                Ok(_) => {
-                    stream
-                        .purge()
-                        .filter(subject.as_str())
-                        .keep(1)
-                        .await
-                        .map_err(|e| unavailable("purge history", e))?;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {}
-                Err(e) => return Err(unavailable("remove history", e)),
+            if let Stored::Done = self.store_marker(&subject, &marker, last.sequence).await? {
+                stream
+                    .purge()
+                    .filter(subject.as_str())
+                    .keep(1)
+                    .await
+                    .map_err(|e| unavailable("purge history", e))?;
+                return Ok(());
             }
         }
         Err(unavailable(

@@ -38,7 +38,8 @@ pub struct Meta {
     pub keep_ms: u64,
     /// How many publications the channel keeps, as of this one.
     pub size: u64,
-    /// A marker left by `remove_history`: no publication, and every earlier one is gone.
+    /// A marker (left by `remove_history`, or starting a stream for `stream_position`): no
+    /// publication, and every earlier one is gone.
     pub removed: bool,
 }
 

@@ -1,5 +1,5 @@
-//! The shared broker conformance suite against the NATS engine, one test per check, each on
-//! its own nats-server.
+//! The shared broker conformance suite against the NATS engine, one test per check (the list
+//! is `conformance::run_all`'s), each on its own nats-server.
 
 mod common;
 
@@ -47,6 +47,7 @@ checks!(
     history_keeps_size_and_ttl,
     meta_ttl_expiry_starts_a_new_epoch,
     reading_an_unknown_channel_creates_nothing,
+    a_subscriber_starts_a_stream_that_publishes_continue,
     history_ranges,
     remove_history_keeps_the_position,
     idempotent_publish_applies_once,
