@@ -82,6 +82,21 @@ struct Running {
     control: JoinHandle<()>,
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Reached without `stop` when the broker is dropped: the delivery tasks must not
+        // outlive it.
+        self.control.abort();
+        let subscriptions = self
+            .subscriptions
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for (_, subscription) in subscriptions.drain() {
+            subscription.task.abort();
+        }
+    }
+}
+
 /// The NATS engine.
 pub struct NatsBroker {
     url: String,
@@ -294,11 +309,7 @@ impl Broker for NatsBroker {
             let _ = subscription.stop.send(());
             let _ = subscription.task.await;
         }
-        match Arc::try_unwrap(running) {
-            Ok(running) => running.link.close(self.options.request_timeout).await,
-            // A call still in flight holds it; dropping the last clone closes the connection.
-            Err(_) => tracing::debug!("nats: stopped with calls in flight"),
-        }
+        running.link.close(self.options.request_timeout).await;
     }
 
     fn health(&self) -> BrokerHealth {

@@ -275,12 +275,22 @@ impl Link {
         self.echo.round_trip().await
     }
 
-    /// Stops the tasks and closes the connection.
-    pub async fn close(self, limit: Duration) {
+    /// Stops the tasks and closes the connection (draining it for at most `limit`).
+    pub async fn close(&self, limit: Duration) {
         for task in &self.tasks {
             task.abort();
         }
         let _ = tokio::time::timeout(limit, self.client.drain()).await;
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The tasks hold clones of the client: without this a link dropped without `close`
+        // would keep its connection, and its reconnect loop, forever.
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
