@@ -1,0 +1,453 @@
+//! Channel streams on JetStream: one stream for every channel of a prefix, one subject per
+//! channel, and the three things done with them (publish under the next offset, read a range,
+//! forget the publications but keep the position).
+//!
+//! # Offsets
+//! A channel's position is the one its last stored message carries (see [`crate::meta`]). A
+//! publish reads that message, stores the next one with `Nats-Expected-Last-Subject-Sequence`
+//! set to the sequence it read, and starts over when another node got there first (JetStream
+//! answers "wrong last sequence"). So offsets are gapless and never repeat whoever publishes,
+//! with no lock to lose. A channel with no message, or whose last message's position has
+//! expired (`history_meta_ttl`), starts a new epoch at offset 1; so does every channel when
+//! the stream itself is lost, since nothing of it is left to read.
+//!
+//! # Markers
+//! Two things need a position with no publication behind it: `remove_history` (publications
+//! gone, position kept) and `stream_position` (a stream started by a subscriber, at offset 0
+//! under a new epoch). Both store a marker, a message with the position's headers, an
+//! `Sb-Removed` header and no payload; reads serve nothing at or before the last marker, and
+//! nodes never hand one to the node as a publication.
+//!
+//! # Size and TTL
+//! Both come with each publish, while JetStream 2.9 only has stream-wide limits, so each
+//! message carries its own expiry and the size it was published with. Reads serve only what
+//! those allow, which makes them exact; storage is trimmed after the fact: a publish past the
+//! size purges the subject down to the size, and the stream's `max_age` (an engine option that
+//! must exceed every `history_meta_ttl`) drops channels nobody publishes to any more.
+//!
+//! # Delivery
+//! The stream republishes every message it stores to the channel's delivery subject, in the
+//! order it stored them, so nodes receive kept publications with their offset and epoch
+//! headers, in offset order, and only once stored: a publish that lost the race is never
+//! delivered.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, Republish, StorageType};
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::{self};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use switchboard::broker::codec::decode_publication;
+use switchboard::broker::{BrokerError, HistoryPage, HistoryRange, Position, PublishOptions};
+use switchboard::publication::Publication;
+
+use crate::error::{protocol, unavailable};
+use crate::meta::{millis, new_epoch, now_ms, Meta};
+use crate::reader;
+use crate::subject::Names;
+
+/// How many times a publish retries after losing the race for the next offset before it gives
+/// up; the caller's deadline usually ends it first.
+const MAX_ATTEMPTS: u32 = 64;
+
+/// The channel streams of one prefix.
+pub struct History {
+    js: jetstream::Context,
+    names: Names,
+    max_age: Duration,
+    /// Whether the stream is known to exist; reset when the server says it does not.
+    exists: Mutex<bool>,
+}
+
+/// Whether a conditional store went through.
+enum Stored {
+    Done,
+    /// Another message got there first (or the stream was lost): read again.
+    Raced,
+}
+
+/// A stored message: its sequence and headers.
+struct Last {
+    sequence: u64,
+    meta: Meta,
+}
+
+/// The position of a channel with no stream.
+fn no_stream() -> Position {
+    Position {
+        offset: 0,
+        epoch: "".into(),
+    }
+}
+
+fn is_stream_not_found(error: &jetstream::Error) -> bool {
+    error.error_code() == ErrorCode::STREAM_NOT_FOUND
+}
+
+impl History {
+    /// The streams of `names`, whose stream drops messages older than `max_age`.
+    pub fn new(js: jetstream::Context, names: Names, max_age: Duration) -> Self {
+        History {
+            js,
+            names,
+            max_age,
+            exists: Mutex::new(false),
+        }
+    }
+
+    fn known(&self) -> bool {
+        *self.exists.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_known(&self, exists: bool) {
+        *self.exists.lock().unwrap_or_else(|e| e.into_inner()) = exists;
+    }
+
+    /// The stream, without asking the server (reads find out from the answer).
+    async fn stream(&self) -> Result<stream::Stream<()>, BrokerError> {
+        self.js
+            .get_stream_no_info(self.names.stream())
+            .await
+            .map_err(|e| protocol("stream name", e))
+    }
+
+    /// Creates the stream unless it is known to exist (publishing is the only thing that may).
+    async fn ensure(&self) -> Result<(), BrokerError> {
+        if self.known() {
+            return Ok(());
+        }
+        let config = stream::Config {
+            name: self.names.stream(),
+            subjects: vec![self.names.stored_all()],
+            max_age: self.max_age,
+            storage: StorageType::File,
+            republish: Some(Republish {
+                source: self.names.stored_all(),
+                destination: self.names.republished(),
+                headers_only: false,
+            }),
+            allow_direct: true,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| unavailable("create history stream", e))?;
+        self.set_known(true);
+        Ok(())
+    }
+
+    /// The last message stored for `subject`, if any (and if the stream exists).
+    async fn last(
+        &self,
+        stream: &stream::Stream<()>,
+        subject: &str,
+    ) -> Result<Option<Last>, BrokerError> {
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(Last {
+                sequence: message.sequence,
+                meta: Meta::read(&message.headers).map_err(|e| protocol(subject, e))?,
+            })),
+            Err(e) => match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                LastRawMessageErrorKind::JetStream(js) if is_stream_not_found(&js) => {
+                    self.set_known(false);
+                    Ok(None)
+                }
+                _ => Err(unavailable("read last message", e)),
+            },
+        }
+    }
+
+    /// Stores `payload` as `channel`'s next publication and returns its position; with
+    /// `message_id`, a repeat within JetStream's duplicate window is answered with the first
+    /// one's position and stores nothing.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the server cannot be reached or answers something else.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        options: &PublishOptions,
+        message_id: Option<&str>,
+    ) -> Result<Position, BrokerError> {
+        let subject = self.names.stored(channel);
+        let size = u64::try_from(options.history_size).unwrap_or(u64::MAX);
+        for attempt in 0..MAX_ATTEMPTS {
+            self.ensure().await?;
+            let stream = self.stream().await?;
+            let last = self.last(&stream, &subject).await?;
+            let now = now_ms();
+            let expected = last.as_ref().map_or(0, |last| last.sequence);
+            let (offset, epoch) = match last.filter(|last| last.meta.alive(now)) {
+                Some(last) => (last.meta.offset + 1, last.meta.epoch),
+                None => (1, new_epoch()),
+            };
+            let ttl = millis(options.history_ttl);
+            let meta = Meta {
+                offset,
+                epoch,
+                expires_ms: now.saturating_add(ttl),
+                keep_ms: now.saturating_add(ttl.max(millis(options.history_meta_ttl))),
+                size,
+                removed: false,
+            };
+            let mut headers = HeaderMap::new();
+            meta.write(&mut headers);
+            headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+            if let Some(id) = message_id {
+                headers.insert(NATS_MESSAGE_ID, id);
+            }
+            let acked = match self
+                .js
+                .publish_with_headers(subject.clone(), headers, payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(ack) if ack.duplicate => {
+                    // The first publish with this id won; its message says where it went.
+                    let first = stream
+                        .get_raw_message(ack.sequence)
+                        .await
+                        .map_err(|e| unavailable("read a deduplicated message", e))?;
+                    let first = Meta::read(&first.headers).map_err(|e| protocol(&subject, e))?;
+                    return Ok(Position {
+                        offset: first.offset,
+                        epoch: first.epoch,
+                    });
+                }
+                Ok(_) => {
+                    if offset > size {
+                        self.trim(stream, subject, size);
+                    }
+                    return Ok(Position {
+                        offset: meta.offset,
+                        epoch: meta.epoch,
+                    });
+                }
+                Err(e) => match e.kind() {
+                    PublishErrorKind::WrongLastSequence => {
+                        // Another node stored first: read again. A little jitter keeps two
+                        // nodes from colliding in step.
+                        let pause = fastrand::u64(0..=u64::from(attempt.min(8)) * 2);
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
+                    PublishErrorKind::StreamNotFound => self.set_known(false),
+                    _ => return Err(unavailable("publish to history", e)),
+                },
+            }
+        }
+        Err(unavailable(
+            "publish to history",
+            format!("{channel:?}: no offset after {MAX_ATTEMPTS} attempts"),
+        ))
+    }
+
+    /// Purges `subject` down to its last `keep` messages, in the background: reads already
+    /// serve only the last `keep`, so this only frees storage and nobody needs to wait for it.
+    fn trim(&self, stream: stream::Stream<()>, subject: String, keep: u64) {
+        tokio::spawn(async move {
+            let purge = stream.purge().filter(subject.as_str()).keep(keep);
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(10), purge).await {
+                tracing::debug!(subject, error = %e, "nats: trimming history timed out");
+            }
+        });
+    }
+
+    /// `channel`'s kept publications in `range` and its position; a channel with no stream
+    /// gives offset 0 and an empty epoch, and nothing is created.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the server cannot be reached or answers something else.
+    pub async fn read(
+        &self,
+        channel: &str,
+        range: &HistoryRange,
+    ) -> Result<HistoryPage, BrokerError> {
+        let empty = |position| HistoryPage {
+            publications: Vec::new(),
+            position,
+        };
+        let subject = self.names.stored(channel);
+        let stream = self.stream().await?;
+        let Some(last) = self.last(&stream, &subject).await? else {
+            return Ok(empty(no_stream()));
+        };
+        let now = now_ms();
+        if !last.meta.alive(now) {
+            return Ok(empty(no_stream()));
+        }
+        let position = Position {
+            offset: last.meta.offset,
+            epoch: last.meta.epoch.clone(),
+        };
+        if last.meta.removed || range.limit == Some(0) {
+            return Ok(empty(position));
+        }
+        let first_kept = last.meta.offset.saturating_sub(last.meta.size);
+        let mut kept: Vec<(u64, Bytes)> = Vec::new();
+        let stored = reader::read(&stream, &subject, DeliverPolicy::All, last.sequence)
+            .await?
+            .unwrap_or_default();
+        for message in stored {
+            let meta = Meta::read(&message.headers).map_err(|e| protocol(&subject, e))?;
+            let payload = message.payload;
+            if meta.removed || meta.epoch != last.meta.epoch {
+                // Everything before a removal marker or a new epoch is gone.
+                kept.clear();
+                continue;
+            }
+            if meta.offset > first_kept && meta.expires_ms > now {
+                kept.push((meta.offset, payload));
+            }
+        }
+        let limit = range.limit.unwrap_or(usize::MAX);
+        let picked: Vec<(u64, Bytes)> = match (range.since, range.reverse) {
+            (None, false) => kept.into_iter().take(limit).collect(),
+            (Some(after), false) => kept
+                .into_iter()
+                .filter(|(offset, _)| *offset > after)
+                .take(limit)
+                .collect(),
+            (None, true) => kept.into_iter().rev().take(limit).collect(),
+            (Some(before), true) => kept
+                .into_iter()
+                .rev()
+                .filter(|(offset, _)| *offset < before)
+                .take(limit)
+                .collect(),
+        };
+        let publications = picked
+            .into_iter()
+            .map(|(offset, payload)| {
+                let mut publication: Publication =
+                    decode_publication(&payload).map_err(|e| protocol(&subject, e))?;
+                publication.offset = offset;
+                Ok(Arc::new(publication))
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()?;
+        Ok(HistoryPage {
+            publications,
+            position,
+        })
+    }
+
+    /// `channel`'s position, starting a stream when there is none: a marker (no publication)
+    /// at offset 0 under a new epoch, kept for `meta_ttl`, stored under the same optimistic
+    /// check as a publish so that two nodes starting one channel at once agree on one epoch.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the server cannot be reached or answers something else.
+    pub async fn start(&self, channel: &str, meta_ttl: Duration) -> Result<Position, BrokerError> {
+        let subject = self.names.stored(channel);
+        for _ in 0..MAX_ATTEMPTS {
+            self.ensure().await?;
+            let stream = self.stream().await?;
+            let last = self.last(&stream, &subject).await?;
+            let now = now_ms();
+            if let Some(last) = last.as_ref().filter(|last| last.meta.alive(now)) {
+                return Ok(Position {
+                    offset: last.meta.offset,
+                    epoch: last.meta.epoch.clone(),
+                });
+            }
+            let marker = Meta {
+                offset: 0,
+                epoch: new_epoch(),
+                expires_ms: now,
+                keep_ms: now.saturating_add(millis(meta_ttl)),
+                size: 0,
+                removed: true,
+            };
+            let expected = last.map_or(0, |last| last.sequence);
+            match self.store_marker(&subject, &marker, expected).await? {
+                Stored::Done => {
+                    return Ok(Position {
+                        offset: 0,
+                        epoch: marker.epoch,
+                    })
+                }
+                Stored::Raced => {}
+            }
+        }
+        Err(unavailable(
+            "start stream",
+            format!("{channel:?}: raced {MAX_ATTEMPTS} times"),
+        ))
+    }
+
+    /// Stores a marker (a message with no publication) on `subject`, if its last message is
+    /// still the one at sequence `expected`.
+    async fn store_marker(
+        &self,
+        subject: &str,
+        marker: &Meta,
+        expected: u64,
+    ) -> Result<Stored, BrokerError> {
+        let mut headers = HeaderMap::new();
+        marker.write(&mut headers);
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+        let acked = match self
+            .js
+            .publish_with_headers(subject.to_owned(), headers, Bytes::new())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(_) => Ok(Stored::Done),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Stored::Raced),
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                self.set_known(false);
+                Ok(Stored::Raced)
+            }
+            Err(e) => Err(unavailable("store a marker", e)),
+        }
+    }
+
+    /// Forgets `channel`'s publications and keeps its position: stores a removal marker at
+    /// the current offset (under the same optimistic check as a publish, so a racing publish
+    /// is not lost behind it), then purges everything before the marker.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the server cannot be reached or answers something else.
+    pub async fn remove(&self, channel: &str) -> Result<(), BrokerError> {
+        let subject = self.names.stored(channel);
+        let stream = self.stream().await?;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(last) = self.last(&stream, &subject).await? else {
+                return Ok(());
+            };
+            if last.meta.removed || !last.meta.alive(now_ms()) {
+                return Ok(());
+            }
+            let marker = Meta {
+                removed: true,
+                ..last.meta
+            };
+            if let Stored::Done = self.store_marker(&subject, &marker, last.sequence).await? {
+                stream
+                    .purge()
+                    .filter(subject.as_str())
+                    .keep(1)
+                    .await
+                    .map_err(|e| unavailable("purge history", e))?;
+                return Ok(());
+            }
+        }
+        Err(unavailable(
+            "remove history",
+            format!("{channel:?}: raced {MAX_ATTEMPTS} times"),
+        ))
+    }
+}

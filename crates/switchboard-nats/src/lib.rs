@@ -1,0 +1,42 @@
+//! Switchboard's NATS engine: the `switchboard::broker::Broker` contract on one NATS
+//! connection per node, with JetStream for what must be kept (nats-server 2.9 or later).
+//!
+//! Build one with [`NatsBroker::new`] from the node's `[nats]` config and hand it to the node.
+//!
+//! # Layout
+//!
+//! - [`broker`]: [`NatsBroker`], the contract's calls, and the per-channel delivery tasks.
+//! - [`link`]: the connection, its events (`link_lost`/`link_restored`) and `health()`.
+//! - [`subject`]: the reversible escaping of channel names, and every subject, stream and
+//!   bucket name under the prefix.
+//! - [`history`]: channel streams on one JetStream stream: gapless offsets by optimistic
+//!   concurrency, per-publish size and TTL, delivery by the stream's republish.
+//! - [`meta`]: the headers a kept publication carries (offset, epoch, expiry, size).
+//! - [`presence`]: presence in a KV bucket with per-entry expiry.
+//! - [`idempotency`]: idempotency keys in a KV bucket.
+//! - [`bucket`]: a KV bucket made on first write and grown to the longest TTL.
+//! - [`reader`]: reading a subject's stored messages in one pass.
+//! - [`error`]: client failures as the contract's `BrokerError`, and the call deadline.
+//!
+//! # What is kept where (prefix `P`, `T` = `P` with `.` and the like replaced by `_`)
+//!
+//! | what | where |
+//! | --- | --- |
+//! | deliveries of channel `c` | core subjects `P.ch.<c>.{p,j,l}` |
+//! | control | core subject `P.control` |
+//! | kept publications | stream `T_history`, subjects `P.st.<c>` |
+//! | presence | KV bucket `T_presence`, keys `<c>.<client>` |
+//! | idempotency keys | KV bucket `T_idempotency` |
+
+pub mod broker;
+pub mod bucket;
+pub mod error;
+pub mod history;
+pub mod idempotency;
+pub mod link;
+pub mod meta;
+pub mod presence;
+pub mod reader;
+pub mod subject;
+
+pub use broker::{NatsBroker, NatsOptions};
