@@ -33,9 +33,9 @@ fn redis(_: &Config) -> anyhow::Result<Option<Arc<dyn Broker>>> {
 
 #[cfg(feature = "nats")]
 fn nats(config: &Config) -> anyhow::Result<Option<Arc<dyn Broker>>> {
-    let broker = switchboard_nats::NatsBroker::from_config(&config.nats)
-        .map_err(|error| anyhow::anyhow!("nats: {error}"))?;
-    Ok(Some(Arc::new(broker)))
+    Ok(Some(Arc::new(switchboard_nats::NatsBroker::new(
+        &config.nats,
+    ))))
 }
 
 #[cfg(not(feature = "nats"))]
