@@ -14,6 +14,8 @@
 //! - [`meta`]: the headers a kept publication carries (offset, epoch, expiry, size).
 //! - [`presence`]: presence in a KV bucket with per-entry expiry.
 //! - [`idempotency`]: idempotency keys in a KV bucket.
+//! - [`ingest`]: [`ingest::JetStreamSource`], publications read from a JetStream stream by a
+//!   durable consumer.
 //! - [`bucket`]: a KV bucket made on first write and grown to the longest TTL.
 //! - [`reader`]: reading a subject's stored messages in one pass.
 //! - [`error`]: client failures as the contract's `BrokerError`, and the call deadline.
@@ -33,6 +35,7 @@ pub mod bucket;
 pub mod error;
 pub mod history;
 pub mod idempotency;
+pub mod ingest;
 pub mod link;
 pub mod meta;
 pub mod presence;

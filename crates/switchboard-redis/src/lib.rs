@@ -21,9 +21,11 @@
 //! - `link`: one shard's command connection; every call bounded by the call timeout.
 //! - `pubsub`: the pub/sub workers: read loop, probe, reconnect with backoff and jitter.
 //! - `broker`: [`RedisBroker`] itself.
+//! - `ingest`: [`RedisStreamSource`], publications read from a Redis Stream by a consumer group.
 
 mod broker;
 mod hash;
+mod ingest;
 mod keys;
 mod link;
 mod pubsub;
@@ -31,4 +33,5 @@ mod scripts;
 pub mod settings;
 
 pub use broker::{RedisBroker, RedisBrokerError};
+pub use ingest::RedisStreamSource;
 pub use settings::{RedisSettings, SettingsError, ShardAddress};

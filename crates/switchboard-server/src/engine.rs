@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use switchboard::broker::Broker;
-use switchboard::config::{BrokerKind, Config};
+use switchboard::config::{BrokerKind, Config, IngestSource};
+use switchboard::ingest::LogSource;
 
 /// The broker `config` asks for (`None`: the memory broker).
 ///
@@ -17,6 +18,57 @@ pub fn broker_for(config: &Config) -> anyhow::Result<Option<Arc<dyn Broker>>> {
         BrokerKind::Redis => redis(config),
         BrokerKind::Nats => nats(config),
     }
+}
+
+/// The log `config` asks to ingest from, read as consumer `node_name` (`None`: no ingestion).
+///
+/// # Errors
+/// When the source's settings are unusable, or its engine is not compiled in.
+pub fn ingest_for(config: &Config, node_name: &str) -> anyhow::Result<Option<Arc<dyn LogSource>>> {
+    let ingest = &config.ingest;
+    match ingest.source {
+        IngestSource::None => Ok(None),
+        IngestSource::Redis => redis_stream(config, node_name),
+        IngestSource::Nats => jetstream(config),
+    }
+}
+
+#[cfg(feature = "redis")]
+fn redis_stream(config: &Config, node_name: &str) -> anyhow::Result<Option<Arc<dyn LogSource>>> {
+    let settings = switchboard_redis::RedisSettings::from_config(&config.redis)
+        .map_err(|error| anyhow::anyhow!("ingest: redis: {error}"))?;
+    let ingest = &config.ingest;
+    let source = switchboard_redis::RedisStreamSource::new(
+        &settings,
+        &ingest.stream,
+        &ingest.group,
+        node_name,
+    )
+    .map_err(|error| anyhow::anyhow!("ingest: redis: {error}"))?;
+    Ok(Some(Arc::new(source)))
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_stream(_: &Config, _: &str) -> anyhow::Result<Option<Arc<dyn LogSource>>> {
+    anyhow::bail!("ingest.source = \"redis\": this binary was built without the `redis` feature")
+}
+
+#[cfg(feature = "nats")]
+fn jetstream(config: &Config) -> anyhow::Result<Option<Arc<dyn LogSource>>> {
+    let ingest = &config.ingest;
+    Ok(Some(Arc::new(
+        switchboard_nats::ingest::JetStreamSource::new(
+            &config.nats.url.0,
+            &ingest.stream,
+            &ingest.subject,
+            &ingest.group,
+        ),
+    )))
+}
+
+#[cfg(not(feature = "nats"))]
+fn jetstream(_: &Config) -> anyhow::Result<Option<Arc<dyn LogSource>>> {
+    anyhow::bail!("ingest.source = \"nats\": this binary was built without the `nats` feature")
 }
 
 #[cfg(feature = "redis")]

@@ -146,7 +146,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(event = "dev_mode", "--dev: tokens are checked with the built-in development secret; mint one with `switchboard token --dev --user ID`");
     }
     let broker = engine::broker_for(&config)?;
-    let gateway = Gateway::bind_with_broker(config, broker).await?;
+    let node_name = config
+        .node
+        .name
+        .get_or_insert_with(Gateway::default_node_name)
+        .clone();
+    let ingest = engine::ingest_for(&config, &node_name)?;
+    let mut gateway = Gateway::bind_with_broker(config, broker).await?;
+    if let Some(source) = ingest {
+        gateway = gateway.with_ingest(source);
+    }
     let addr = gateway.local_addr()?;
     tracing::info!(event = "listening", addr = %addr, "switchboard listening on http://{addr}");
     let shutdown = CancellationToken::new();

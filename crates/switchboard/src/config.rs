@@ -130,6 +130,58 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The NATS engine (`broker = "nats"`).
     pub nats: NatsConfig,
+    /// Publications read from a log a backend writes to.
+    pub ingest: IngestConfig,
+}
+
+/// Where ingested publications come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestSource {
+    /// No ingestion: publications come from the API and clients only.
+    #[default]
+    None,
+    /// A Redis Stream on the `[redis]` server (its first one, when sharded).
+    Redis,
+    /// A JetStream stream on the `[nats]` servers.
+    Nats,
+}
+
+impl std::str::FromStr for IngestSource {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "none" => Ok(IngestSource::None),
+            "redis" => Ok(IngestSource::Redis),
+            "nats" => Ok(IngestSource::Nats),
+            other => Err(format!("{other:?}: use none, redis or nats")),
+        }
+    }
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// `none`, `redis` (a Redis Stream) or `nats` (a JetStream stream).
+    pub source: IngestSource,
+    /// The Redis Stream's key, or the JetStream stream's name.
+    pub stream: String,
+    /// NATS: the subject the stream keeps (the backend publishes there).
+    pub subject: String,
+    /// The consumer group (Redis) or durable consumer (NATS) every node reads through.
+    pub group: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            source: IngestSource::None,
+            stream: "switchboard-ingest".to_owned(),
+            subject: "switchboard.ingest".to_owned(),
+            group: "switchboard".to_owned(),
+        }
+    }
 }
 
 /// Which engine joins the nodes.
@@ -556,6 +608,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_REDIS_PREFIX", "redis.prefix"),
     ("SWITCHBOARD_NATS_URL", "nats.url"),
     ("SWITCHBOARD_NATS_PREFIX", "nats.prefix"),
+    ("SWITCHBOARD_INGEST_SOURCE", "ingest.source"),
+    ("SWITCHBOARD_INGEST_STREAM", "ingest.stream"),
+    ("SWITCHBOARD_INGEST_SUBJECT", "ingest.subject"),
+    ("SWITCHBOARD_INGEST_GROUP", "ingest.group"),
 ];
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
@@ -692,6 +748,10 @@ impl Config {
             "redis.prefix" => self.redis.prefix = value.trim().to_owned(),
             "nats.url" => self.nats.url = Secret(value.trim().to_owned()),
             "nats.prefix" => self.nats.prefix = value.trim().to_owned(),
+            "ingest.source" => self.ingest.source = parse(source, value)?,
+            "ingest.stream" => self.ingest.stream = value.trim().to_owned(),
+            "ingest.subject" => self.ingest.subject = value.trim().to_owned(),
+            "ingest.group" => self.ingest.group = value.trim().to_owned(),
             other => return Err(invalid(source, format!("unknown key {other}"))),
         }
         Ok(())

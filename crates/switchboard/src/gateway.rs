@@ -24,6 +24,7 @@ use crate::channels::Namespaces;
 use crate::config::{Config, ConfigError};
 use crate::conn::{IpLimits, SweepTiming};
 use crate::error::CloseReason;
+use crate::ingest::LogSource;
 use crate::kind::{Door, Encoding};
 use crate::node::{Node, NodeSettings};
 use crate::origin::OriginPolicy;
@@ -53,6 +54,7 @@ pub enum StartError {
 pub struct Gateway {
     state: Arc<State>,
     listener: TcpListener,
+    ingest: Option<Arc<dyn LogSource>>,
 }
 
 impl Gateway {
@@ -84,7 +86,11 @@ impl Gateway {
         let origins = OriginPolicy::new(&config.origins.allowed, resolved.localhost_origins);
         let channels = Namespaces::from_config(&config, &resolved);
         let settings = NodeSettings {
-            name: config.node.name.clone().unwrap_or_else(default_node_name),
+            name: config
+                .node
+                .name
+                .clone()
+                .unwrap_or_else(Gateway::default_node_name),
             presence_ttl: config.node.presence_ttl,
             announce_interval: config.node.announce_interval,
             position_check_interval: config.node.position_check_interval,
@@ -105,7 +111,14 @@ impl Gateway {
         Ok(Gateway {
             state: Arc::new(state),
             listener,
+            ingest: None,
         })
+    }
+
+    /// Also publishes what a backend appends to `source` (see [`crate::ingest`]).
+    pub fn with_ingest(mut self, source: Arc<dyn LogSource>) -> Gateway {
+        self.ingest = Some(source);
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -119,10 +132,18 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled, then drains: stops accepting, closes every
     /// WebSocket with 1001, and waits up to `server.shutdown_drain` for them to finish.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Gateway { state, listener } = self;
+        let Gateway {
+            state,
+            listener,
+            ingest,
+        } = self;
         announce(&state);
         let background = CancellationToken::new();
         state.node.start(background.clone()).await;
+        if let Some(source) = ingest {
+            let node = Arc::clone(&state.node);
+            tokio::spawn(crate::ingest::run(node, source, background.clone()));
+        }
         let sweep = tokio::spawn(sweep(Arc::clone(&state)));
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -168,14 +189,17 @@ impl Gateway {
     }
 }
 
-/// The host name and a random suffix, so two nodes on one host differ.
-fn default_node_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "switchboard".to_owned());
-    format!("{host}-{:04x}", fastrand::u16(..))
+impl Gateway {
+    /// The name a node gets when `node.name` is not set: the host name and a random
+    /// suffix, so two nodes on one host differ.
+    pub fn default_node_name() -> String {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "switchboard".to_owned());
+        format!("{host}-{:04x}", fastrand::u16(..))
+    }
 }
 
 /// Accepts connections until the listener fails for good (it does not, in practice).

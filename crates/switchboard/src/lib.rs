@@ -20,6 +20,8 @@
 //!   and the memory broker; Redis and NATS engines live in their own crates.
 //! - `node`: this process's place in the cluster: hub, connections, the broker behind them,
 //!   channel workers (gap detection, recovery merge), control messages between nodes.
+//! - [`ingest`]: publications read from a log (Redis Stream, JetStream) through one consumer
+//!   group, acknowledged after the publish; the [`ingest::LogSource`] trait engines implement.
 //! - `state`: what every task of a gateway shares (configuration, node, door checks).
 //! - `protocol`: the client protocol of `/connection/websocket` (commands, subscriptions).
 //! - `door`: HTTP routing, the upgrade of every WebSocket door with every pre-upgrade check,
@@ -41,6 +43,7 @@ pub mod error;
 mod gateway;
 pub mod history;
 pub mod hub;
+pub mod ingest;
 pub mod kind;
 pub mod metrics;
 mod node;

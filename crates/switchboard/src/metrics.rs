@@ -55,6 +55,10 @@ pub struct Metrics {
     pub broker_gaps: IntCounterVec,
     /// Publications from the broker dropped because the node's delivery queue was full.
     pub broker_dropped: IntCounter,
+    /// Log entries published (ingestion from a Redis Stream or JetStream).
+    pub ingested: IntCounter,
+    /// Log entries that could never be published, acknowledged and skipped.
+    pub ingest_dropped: IntCounter,
     channels: IntGauge,
     subscriptions: IntGauge,
     uptime: IntGauge,
@@ -222,6 +226,14 @@ impl Metrics {
             broker_dropped: counter(
                 "switchboard_broker_dropped_total",
                 "Publications from the broker dropped because the delivery queue was full",
+            ),
+            ingested: counter(
+                "switchboard_ingested_total",
+                "Log entries published (ingestion from a log)",
+            ),
+            ingest_dropped: counter(
+                "switchboard_ingest_dropped_total",
+                "Log entries that could never be published, acknowledged and skipped",
             ),
             broker_connected: gauge(
                 "switchboard_broker_connected",

@@ -125,28 +125,23 @@ impl MemoryBroker {
     pub fn publish_now(
         &self,
         channel: &str,
-        mut publication: Publication,
+        publication: Publication,
         options: &PublishOptions,
     ) -> Option<Position> {
-        if let Some(key) = &options.idempotency_key {
-            let now_ms = self.now_ms();
-            let mut remembered = lock(&self.idempotency);
-            remembered.retain(|_, (_, expires_ms)| *expires_ms > now_ms);
-            if let Some((position, _)) = remembered.get(key.as_ref()) {
-                return position.clone();
-            }
-            drop(remembered);
-            let position = self.publish_once(channel, publication, options);
-            let expires_ms = now_ms.saturating_add(millis(options.idempotency_ttl));
-            lock(&self.idempotency).insert(key.clone(), (position.clone(), expires_ms));
-            return position;
+        let Some(key) = &options.idempotency_key else {
+            return self.publish_once(channel, publication, options);
+        };
+        let now_ms = self.now_ms();
+        let mut remembered = lock(&self.idempotency);
+        remembered.retain(|_, (_, expires_ms)| *expires_ms > now_ms);
+        if let Some((position, _)) = remembered.get(key.as_ref()) {
+            return position.clone();
         }
-        if options.history_size == 0 {
-            self.deliver(channel, Arc::new(publication), "");
-            return None;
-        }
-        publication.offset = 0;
-        self.publish_once(channel, publication, options)
+        // Held across the publish, so two publishes with one key cannot both apply.
+        let position = self.publish_once(channel, publication, options);
+        let expires_ms = now_ms.saturating_add(millis(options.idempotency_ttl));
+        remembered.insert(key.clone(), (position.clone(), expires_ms));
+        position
     }
 
     fn publish_once(
