@@ -290,13 +290,24 @@ impl ChannelWorker {
                 position: Some(position),
                 ..
             }) => {
-                self.tracked
+                let tracked = self
+                    .tracked
                     .entry(request.channel.clone())
                     .or_insert_with(|| Tracked {
                         epoch: position.epoch.clone(),
                         offset: position.offset,
                         suspect: None,
                     });
+                // The stream is in an epoch this node's deliveries have not shown yet (they are
+                // still on their way, e.g. after Redis came back empty). The subscribers here
+                // are behind it and are told now; the joiner, which starts in the new epoch, is
+                // then not closed (3010) by those deliveries when they arrive.
+                if !tracked.epoch.is_empty() && tracked.epoch != position.epoch {
+                    tracked.epoch = position.epoch.clone();
+                    tracked.offset = position.offset;
+                    tracked.suspect = None;
+                    self.insufficient(&request.channel, Cause::Epoch);
+                }
                 position.offset
             }
             _ => 0,
@@ -447,5 +458,59 @@ pub(super) async fn position_check_loop(node: Arc<Node>, shutdown: CancellationT
             _ = tick.tick() => {}
         }
         check_all(&node, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn page(epoch: &str, top: u64, kept: std::ops::RangeInclusive<u64>) -> HistoryPage {
+        HistoryPage {
+            publications: kept
+                .map(|offset| {
+                    Arc::new(Publication::json(Bytes::from_static(b"1")).positioned(offset, None))
+                })
+                .collect(),
+            position: Position {
+                offset: top,
+                epoch: epoch.into(),
+            },
+        }
+    }
+
+    fn offsets(found: Result<Vec<Arc<Publication>>, Unrecoverable>) -> Option<Vec<u64>> {
+        found.ok().map(|all| all.iter().map(|p| p.offset).collect())
+    }
+
+    #[test]
+    fn a_contiguous_read_after_the_offset_recovers() {
+        assert_eq!(
+            offsets(recover(2, "e", &page("e", 5, 3..=5))),
+            Some(vec![3, 4, 5])
+        );
+        assert_eq!(offsets(recover(5, "e", &page("e", 5, 6..=5))), Some(vec![]));
+        assert_eq!(
+            offsets(recover(2, "", &page("e", 4, 3..=4))),
+            Some(vec![3, 4])
+        );
+    }
+
+    #[test]
+    fn a_hole_another_epoch_or_a_future_offset_does_not() {
+        assert_eq!(
+            offsets(recover(1, "e", &page("e", 5, 3..=5))),
+            None,
+            "2 is gone"
+        );
+        assert_eq!(offsets(recover(2, "old", &page("e", 5, 3..=5))), None);
+        assert_eq!(offsets(recover(9, "e", &page("e", 5, 6..=5))), None);
+    }
+
+    #[test]
+    fn a_lost_stream_is_recovered_only_by_one_who_saw_nothing() {
+        assert_eq!(offsets(recover(0, "", &page("", 0, 1..=0))), Some(vec![]));
+        assert_eq!(offsets(recover(3, "e", &page("", 0, 1..=0))), None);
     }
 }
