@@ -42,7 +42,10 @@ const LAYERS: &[(&str, u8)] = &[
 ];
 
 fn layer_of(module: &str) -> Option<u8> {
-    LAYERS.iter().find(|(name, _)| *name == module).map(|(_, layer)| *layer)
+    LAYERS
+        .iter()
+        .find(|(name, _)| *name == module)
+        .map(|(_, layer)| *layer)
 }
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
