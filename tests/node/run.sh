@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Node and browser tests of the client protocol door with the real `centrifuge` SDK.
-# Installs what is missing (Chromium from Debian's packages, the npm packages from the lock
-# file), then runs `npm test` against the release binary ($SWITCHBOARD_BIN, default
-# target/release/switchboard). Exits non-zero when a test fails.
+# Installs what is missing (Chromium, redis-server and nats-server from Debian's packages, the
+# npm packages from the lock file), then runs `npm test` against the release binary
+# ($SWITCHBOARD_BIN, default target/release/switchboard). Exits non-zero when a test fails.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(cd ../.. && pwd)
@@ -21,6 +21,15 @@ fi
 if [ ! -x "$CHROMIUM_PATH" ]; then
   echo "installing chromium (Debian package)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+# test/cluster.test.js starts its own redis-server and nats-server (JetStream) on free ports.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # npm ci when node_modules is missing or was installed from another lock file.
