@@ -105,12 +105,16 @@ pub(crate) enum Control {
     User(UserCommand),
     /// A node says it is alive, and what it holds.
     Node(NodeInfo),
+    /// A node that just started asks every node to announce itself now (rather than within
+    /// an announce interval), so its `info` and channel surveys know the cluster at once.
+    Hello { from: String },
     /// A node asks every node for its channels.
     ChannelsAsked { survey: u64, from: String },
     /// A node's answer to `ChannelsAsked`.
     ChannelsAnswered {
         survey: u64,
         to: String,
+        from: String,
         channels: Vec<(String, usize)>,
     },
 }
@@ -141,7 +145,9 @@ impl Peers {
     }
 }
 
-type Answers = mpsc::UnboundedSender<Vec<(String, usize)>>;
+/// A node's uid and its channels, answering a survey.
+type Answer = (String, Vec<(String, usize)>);
+type Answers = mpsc::UnboundedSender<Answer>;
 
 /// Channel surveys this node is waiting on.
 #[derive(Default)]
@@ -162,43 +168,65 @@ pub(super) fn handle(node: &Arc<Node>, message: &[u8]) {
             tracing::debug!(event = "control_user", ?command, reached);
         }
         Control::Node(info) => node.peers.seen(info),
+        Control::Hello { from } => {
+            if from != node.uid {
+                send(node, Control::Node(node.info()));
+            }
+        }
         Control::ChannelsAsked { survey, from } => {
-            let Some(broker) = node.remote.as_ref().map(|r| Arc::clone(&r.broker)) else {
+            if from == node.uid {
+                // The asking node counts its own channels itself.
                 return;
-            };
+            }
             let answer = Control::ChannelsAnswered {
                 survey,
                 to: from,
+                from: node.uid.clone(),
                 channels: node.hub.channels(),
             };
-            let node = Arc::clone(node);
-            tokio::spawn(async move {
-                if let Err(error) = node.call(broker.publish_control(answer.encode())).await {
-                    tracing::warn!(event = "survey_answer_lost", %error);
-                }
-            });
+            send(node, answer);
         }
         Control::ChannelsAnswered {
             survey,
             to,
+            from,
             channels,
         } => {
             if to == node.uid {
                 if let Some(answers) = lock(&node.surveys.0).get(&survey) {
-                    let _ = answers.send(channels);
+                    let _ = answers.send((from, channels));
                 }
             }
         }
     }
 }
 
-/// Asks every node for its channels and sums the answers (waiting at most a second for
-/// `expected` of them).
+/// Sends `control` to every node, from a task (the caller may be a broker's read loop).
+pub(super) fn send(node: &Arc<Node>, control: Control) {
+    let Some(broker) = node.remote.as_ref().map(|r| Arc::clone(&r.broker)) else {
+        return;
+    };
+    let node = Arc::clone(node);
+    tokio::spawn(async move {
+        if let Err(error) = node.call(broker.publish_control(control.encode())).await {
+            tracing::debug!(event = "control_send_failed", %error);
+        }
+    });
+}
+
+/// Asks every other node for its channels and sums their answers with this node's own,
+/// waiting at most a second for an answer from each node in `others` (answers are counted by
+/// the node that sent them, so a node that answers twice or one not yet known does not end
+/// the wait early).
 pub(super) async fn survey_channels(
     node: &Node,
     broker: &dyn Broker,
-    expected: usize,
+    others: &[String],
 ) -> Vec<(String, usize)> {
+    let mut totals: HashMap<String, usize> = node.hub.channels().into_iter().collect();
+    if others.is_empty() {
+        return sorted(totals);
+    }
     let survey = fastrand::u64(..);
     let (sender, mut answers) = mpsc::unbounded_channel();
     lock(&node.surveys.0).insert(survey, sender);
@@ -206,32 +234,31 @@ pub(super) async fn survey_channels(
         survey,
         from: node.uid.clone(),
     };
-    let mut totals: HashMap<String, usize> = HashMap::new();
     if node
         .call(broker.publish_control(ask.encode()))
         .await
         .is_ok()
     {
         let deadline = tokio::time::Instant::now() + SURVEY_TIMEOUT;
-        let mut heard = 0;
-        while heard < expected {
+        let mut heard = std::collections::HashSet::new();
+        while !others.iter().all(|uid| heard.contains(uid)) {
             match tokio::time::timeout_at(deadline, answers.recv()).await {
-                Ok(Some(channels)) => {
-                    heard += 1;
-                    for (name, count) in channels {
-                        *totals.entry(name).or_default() += count;
+                Ok(Some((from, channels))) => {
+                    if heard.insert(from) {
+                        for (name, count) in channels {
+                            *totals.entry(name).or_default() += count;
+                        }
                     }
                 }
                 _ => break,
             }
         }
-    } else {
-        // The broker is away: this node's own channels are all that can be told.
-        for (name, count) in node.hub.channels() {
-            totals.insert(name, count);
-        }
     }
     lock(&node.surveys.0).remove(&survey);
+    sorted(totals)
+}
+
+fn sorted(totals: HashMap<String, usize>) -> Vec<(String, usize)> {
     let mut all: Vec<(String, usize)> = totals.into_iter().collect();
     all.sort();
     all
@@ -242,6 +269,12 @@ pub(super) async fn announce_loop(node: Arc<Node>, shutdown: CancellationToken) 
     let Some(broker) = node.remote.as_ref().map(|r| Arc::clone(&r.broker)) else {
         return;
     };
+    send(
+        &node,
+        Control::Hello {
+            from: node.uid.clone(),
+        },
+    );
     let mut tick = tokio::time::interval(node.settings.announce_interval);
     loop {
         tokio::select! {

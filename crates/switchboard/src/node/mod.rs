@@ -834,8 +834,14 @@ impl Node {
         match &self.engine {
             Engine::Memory(_) => self.hub.channels(),
             Engine::Remote(broker) => {
-                let expected = self.nodes().len();
-                control::survey_channels(self, broker.as_ref(), expected).await
+                let others: Vec<String> = self
+                    .peers
+                    .live(self.peer_ttl())
+                    .into_iter()
+                    .map(|peer| peer.uid)
+                    .filter(|uid| *uid != self.uid)
+                    .collect();
+                control::survey_channels(self, broker.as_ref(), &others).await
             }
         }
     }
