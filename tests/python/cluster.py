@@ -104,8 +104,9 @@ def run(coro, timeout=60):
 class Broker:
     """A private broker process on a free loopback port; `restart` reuses the port."""
 
-    def __init__(self, kind: str, tmp_path: Path, extra_args=(), port=None, name=None):
+    def __init__(self, kind: str, tmp_path: Path, extra_args=(), port=None, name=None, argv=None):
         self.kind = kind
+        self.argv = argv
         self.tmp_path = tmp_path
         self.port = port or loopback_port()
         self.extra_args = list(extra_args)
@@ -121,6 +122,8 @@ class Broker:
         return f"{self.kind}://127.0.0.1:{self.port}"
 
     def command(self):
+        if self.argv:
+            return list(self.argv)
         if self.kind == "redis":
             return [require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
                     "--save", "", "--appendonly", "no", "--dir", str(self.store), *self.extra_args]
@@ -262,11 +265,24 @@ def publish_ok(node: Server, channel: str, data) -> dict:
 def serves(cluster: Cluster, channel="c:alive", timeout=10):
     """The cluster still serves: every node publishes with history, one client on each node
     gets them all."""
+    for node in cluster.nodes:
+        wait_until(lambda: node.get("/readyz")[0] == 200, timeout, what=f"{node.base} ready")
+
     async def check():
         clients = [await Client.open(node, f"alive-{i}") for i, node in enumerate(cluster.nodes)]
         try:
             for c in clients:
-                await c.subscribe(channel)
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        await c.subscribe(channel)
+                        break
+                    except ReplyError as error:
+                        # 100 is temporary: an SDK retries (a pub/sub link may still be in its
+                        # reconnect backoff just after the broker came back).
+                        if error.code != 100 or time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
             results = []
             for node in cluster.nodes:
                 results.append(await asyncio.to_thread(publish_ok, node, channel, {"alive": node.base}))
@@ -443,8 +459,10 @@ class Subscriber:
                 self._take()
                 if self.client.closed.is_set():
                     self._take()
+                    if self.stopping:
+                        return
                     self.codes.append(self.client.close_code)
-                    if self.stopping or self.client.close_code not in RECONNECT_CODES:
+                    if self.client.close_code not in RECONNECT_CODES:
                         return
                     deadline = time.monotonic() + 30
                     while True:
@@ -469,6 +487,11 @@ class Subscriber:
         """(epoch, offset) of every publication received."""
         self.offsets()
         return [(p["_epoch"], p.get("offset", 0)) for p in self.received]
+
+    def describe(self) -> str:
+        return (f"{self.user}: positions {self.positions()}, close codes {self.codes}, "
+                f"(recovering, recovered) {self.outcomes}, now at {self.epoch}/{self.offset}, "
+                f"connection {'closed' if self.client.closed.is_set() else 'open'} on {self.client.node.base}")
 
     async def stop(self):
         self.stopping = True
