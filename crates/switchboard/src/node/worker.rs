@@ -466,9 +466,11 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn page(epoch: &str, top: u64, kept: std::ops::RangeInclusive<u64>) -> HistoryPage {
+    fn page(epoch: &str, top: u64, kept: &[u64]) -> HistoryPage {
         HistoryPage {
             publications: kept
+                .iter()
+                .copied()
                 .map(|offset| {
                     Arc::new(Publication::json(Bytes::from_static(b"1")).positioned(offset, None))
                 })
@@ -487,12 +489,12 @@ mod tests {
     #[test]
     fn a_contiguous_read_after_the_offset_recovers() {
         assert_eq!(
-            offsets(recover(2, "e", &page("e", 5, 3..=5))),
+            offsets(recover(2, "e", &page("e", 5, &[3, 4, 5]))),
             Some(vec![3, 4, 5])
         );
-        assert_eq!(offsets(recover(5, "e", &page("e", 5, 6..=5))), Some(vec![]));
+        assert_eq!(offsets(recover(5, "e", &page("e", 5, &[]))), Some(vec![]));
         assert_eq!(
-            offsets(recover(2, "", &page("e", 4, 3..=4))),
+            offsets(recover(2, "", &page("e", 4, &[3, 4]))),
             Some(vec![3, 4])
         );
     }
@@ -500,17 +502,17 @@ mod tests {
     #[test]
     fn a_hole_another_epoch_or_a_future_offset_does_not() {
         assert_eq!(
-            offsets(recover(1, "e", &page("e", 5, 3..=5))),
+            offsets(recover(1, "e", &page("e", 5, &[3, 4, 5]))),
             None,
             "2 is gone"
         );
-        assert_eq!(offsets(recover(2, "old", &page("e", 5, 3..=5))), None);
-        assert_eq!(offsets(recover(9, "e", &page("e", 5, 6..=5))), None);
+        assert_eq!(offsets(recover(2, "old", &page("e", 5, &[3, 4, 5]))), None);
+        assert_eq!(offsets(recover(9, "e", &page("e", 5, &[]))), None);
     }
 
     #[test]
     fn a_lost_stream_is_recovered_only_by_one_who_saw_nothing() {
-        assert_eq!(offsets(recover(0, "", &page("", 0, 1..=0))), Some(vec![]));
-        assert_eq!(offsets(recover(3, "e", &page("", 0, 1..=0))), None);
+        assert_eq!(offsets(recover(0, "", &page("", 0, &[]))), Some(vec![]));
+        assert_eq!(offsets(recover(3, "e", &page("", 0, &[]))), None);
     }
 }
