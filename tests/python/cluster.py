@@ -500,3 +500,48 @@ class Subscriber:
         if self.task:
             await asyncio.wait_for(self.task, 10)
         assert self.failed is None, f"{self.user}: {self.failed!r}"
+
+
+class Forwarder:
+    """A TCP forwarder on a free loopback port to `target_port`; `cut` stops forwarding and
+    drops every connection, so what was in flight through it never arrives."""
+
+    def __init__(self, target_port: int):
+        import threading
+        self.target_port = target_port
+        self.port = loopback_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.cut_off = threading.Event()
+        self.sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.cut_off.is_set():
+            try:
+                down, _ = self.listener.accept()
+                up = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                continue
+            self.sockets += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source, sink):
+        try:
+            while not self.cut_off.is_set():
+                data = source.recv(65536)
+                if not data or self.cut_off.is_set():
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self):
+        self.cut_off.set()
+        for s in self.sockets + [self.listener]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
