@@ -581,7 +581,8 @@ impl ClientSession {
     fn publish(&mut self, id: u32, request: wire::PublishRequest) -> Result<(), ClientError> {
         let channel = request.channel.as_str();
         let rules = self.state.channels().rules(channel)?;
-        if !self.may_publish(channel, rules) {
+        // A user-limited channel (`name#42`) is a user's inbox: only the backend writes there.
+        if user_limited(channel, "").is_some() || !self.may_publish(channel, rules) {
             return Err(ClientError::PermissionDenied);
         }
         let info = match self.subscriptions.get(channel) {
