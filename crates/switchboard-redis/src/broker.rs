@@ -169,9 +169,10 @@ impl RedisBroker {
         channel: String,
         message: Bytes,
     ) -> Result<(), BrokerError> {
+        let command = self.names().publish_command();
         shard
             .call(|mut connection| async move {
-                redis::cmd("PUBLISH")
+                redis::cmd(command)
                     .arg(channel)
                     .arg(&message[..])
                     .query_async::<i64>(&mut connection)
@@ -344,6 +345,7 @@ impl Broker for RedisBroker {
                     .arg(millis(options.history_meta_ttl))
                     .arg(epoch)
                     .arg(idempotency_ttl)
+                    .arg(names.publish_command())
                     .invoke_async(&mut connection)
                     .await
             })
