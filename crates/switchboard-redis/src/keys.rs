@@ -46,11 +46,6 @@ impl Names {
         }
     }
 
-    /// Whether pub/sub goes through `SPUBLISH`/`SSUBSCRIBE`.
-    pub(crate) fn is_sharded(&self) -> bool {
-        self.sharded
-    }
-
     /// The command that publishes to one of these pub/sub channels.
     pub(crate) fn publish_command(&self) -> &'static str {
         if self.sharded {

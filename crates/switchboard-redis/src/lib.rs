@@ -31,6 +31,7 @@ mod link;
 mod pubsub;
 mod scripts;
 pub mod settings;
+mod sharded;
 
 pub use broker::{RedisBroker, RedisBrokerError};
 pub use ingest::RedisStreamSource;
