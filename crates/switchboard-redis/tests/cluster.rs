@@ -1,6 +1,7 @@
 //! The Redis engine on a private three-master Redis Cluster (`redis+cluster://`): the shared
 //! conformance suite, channels spread over the masters with their sharded pub/sub on the
-//! master that holds their keys, and a master killed then restarted. Every wait is bounded.
+//! master that holds their keys, awkward channel names (every script's keys in one slot), a
+//! slot moved to another master, and a master killed then restarted. Every wait is bounded.
 
 mod cluster_support;
 mod common;
@@ -191,5 +192,84 @@ async fn a_killed_master_fails_calls_then_they_recover_once_it_is_back() {
     })
     .await;
     assert!(broker.health().reconnects >= 1);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_channel_names_keep_every_script_on_one_slot() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let (broker, events) = common::started(&cluster.url(), "awk").await;
+    for channel in ["}x", "}", "a}b", "{", "a{b}c", "{}", "=}"] {
+        broker.subscribe(channel).await.expect("subscribe");
+        let options = PublishOptions {
+            idempotency_key: Some("}{k}".into()),
+            idempotency_ttl: Duration::from_secs(60),
+            ..keep(10)
+        };
+        for _ in 0..2 {
+            let position = broker
+                .publish(channel, &publication("1"), &options)
+                .await
+                .unwrap_or_else(|e| panic!("{channel:?}: {e}"))
+                .expect("position");
+            assert_eq!(position.offset, 1, "{channel:?}: applied once");
+        }
+        events.wait_publications(channel, 1).await;
+        let page = broker
+            .history(channel, &Default::default())
+            .await
+            .expect("history");
+        assert_eq!(page.publications.len(), 1, "{channel:?}");
+        let info =
+            switchboard::publication::ClientInfo::from_parts("c", "u", Bytes::new(), Bytes::new());
+        broker
+            .add_presence(channel, &info, Duration::from_secs(60))
+            .await
+            .expect("add presence");
+        assert_eq!(broker.presence(channel).await.expect("presence").len(), 1);
+        broker
+            .stream_position(channel, Duration::from_secs(60))
+            .await
+            .expect("position");
+    }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_slot_takes_its_stream_and_the_subscription_follows() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let (broker, events) = common::started(&cluster.url(), "move").await;
+    let channel = "wanderer";
+    let meta = format!("move:meta:{{={channel}}}");
+    broker.subscribe(channel).await.expect("subscribe");
+    let before = broker
+        .publish(channel, &publication("1"), &keep(10))
+        .await
+        .expect("publish")
+        .expect("position");
+    events.wait_publications(channel, 1).await;
+    let from = cluster.owner(&meta);
+    let to = (from + 1) % cluster.len();
+    cluster.move_slot(&meta, to);
+    assert_eq!(cluster.owner(&meta), to);
+    // The old master drops the sharded subscription; the worker resubscribes on the new one.
+    wait_event(&events, "link lost (slot moved)", Event::LinkLost).await;
+    wait_event(&events, "link restored", Event::LinkRestored).await;
+    let after = common::until_ok("publish after the move", BOUND, || async {
+        broker.publish(channel, &publication("2"), &keep(10)).await
+    })
+    .await
+    .expect("position");
+    assert_eq!(
+        (after.offset, &after.epoch),
+        (2, &before.epoch),
+        "the stream moved with its slot"
+    );
+    let seen = events.wait_publications(channel, 2).await;
+    assert_eq!(seen[1].0, 2, "delivered from the new master");
     broker.stop().await;
 }

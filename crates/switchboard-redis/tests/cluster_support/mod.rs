@@ -229,6 +229,52 @@ impl RedisCluster {
         counted.unwrap_or_else(|| panic!("no node owns slot {slot}"))
     }
 
+    fn text(&self, index: usize, args: &[&str]) -> String {
+        match self.command(index, args) {
+            redis::Value::BulkString(text) => String::from_utf8_lossy(&text).into_owned(),
+            redis::Value::SimpleString(text) => text,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// Moves `key`'s slot, with its keys, from its owner to node `to` (what a resharding does
+    /// slot by slot: importing/migrating, MIGRATE, then the new owner announced everywhere).
+    pub fn move_slot(&self, key: &str, to: usize) {
+        let from = self.owner(key);
+        assert_ne!(from, to, "{key} is on node {to} already");
+        let slot = match self.command(from, &["CLUSTER", "KEYSLOT", key]) {
+            redis::Value::Int(slot) => slot.to_string(),
+            other => panic!("CLUSTER KEYSLOT: {other:?}"),
+        };
+        let (from_id, to_id) = (
+            self.text(from, &["CLUSTER", "MYID"]),
+            self.text(to, &["CLUSTER", "MYID"]),
+        );
+        self.command(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        self.command(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        let keys = match self.command(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]) {
+            redis::Value::Array(keys) => keys,
+            other => panic!("GETKEYSINSLOT: {other:?}"),
+        };
+        let port = self.nodes[to].port.to_string();
+        for key in keys {
+            let redis::Value::BulkString(key) = key else {
+                panic!("a key: {key:?}");
+            };
+            let key = String::from_utf8_lossy(&key).into_owned();
+            self.command(from, &["MIGRATE", "127.0.0.1", &port, &key, "0", "5000"]);
+        }
+        for index in [to, from] {
+            self.command(index, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+        for index in 0..self.nodes.len() {
+            if index != to && index != from {
+                self.command(index, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+        }
+        self.wait_ok();
+    }
+
     /// Kills node `index` (its data is gone: no persistence).
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.nodes[index].child.take() {
