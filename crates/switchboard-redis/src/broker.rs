@@ -208,7 +208,8 @@ impl RedisBroker {
         RedisBroker::new(RedisSettings::from_config(config)?)
     }
 
-    /// The shard `channel` lives on (its index in the URL list).
+    /// The shard `channel` lives on (its index in the URL list; 0 on a Redis Cluster, which
+    /// places channels on its masters by slot).
     pub fn shard_index(&self, channel: &str) -> usize {
         hash::shard_of(channel, self.inner.shards.len())
     }
