@@ -174,3 +174,10 @@ def test_bad_input_from_python_gets_its_close_code_and_others_are_served(server)
             assert await recv_text(other) == "fine"
 
     asyncio.run(scenario())
+
+
+def test_dev_mode_refuses_to_start_off_loopback_and_names_the_override(tmp_path):
+    # Refused before anything is bound: no socket is opened on the network.
+    out = run("serve", "--dev", "--listen", "0.0.0.0:1", env={"PATH": ""})
+    assert out.returncode != 0
+    assert "dev_insecure_on_network" in out.stderr + out.stdout

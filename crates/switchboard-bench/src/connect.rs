@@ -9,7 +9,7 @@
 //! the server (its upgrade, room join and leave, close and logging) and for the generator.
 //! Any failed handshake makes the run incomplete.
 
-use crate::net::{self, SocketOpts, Target};
+use crate::net::{self, Nodes, SocketOpts};
 use crate::report::{self, Report};
 use crate::stats::{self, CpuMeter, Hist};
 use crate::ws::{self, OP_CLOSE};
@@ -35,10 +35,11 @@ pub struct Params {
 /// What one connection gave: its handshake time, and whether the close frame went out.
 type Attempt = Result<(Duration, bool)>;
 
-async fn attempt(target: Rc<Target>, i: usize) -> Attempt {
+async fn attempt(nodes: Rc<Nodes>, i: usize) -> Attempt {
     let path = format!("/ws/chat/connect-{}", i % ROOMS);
     let opts = SocketOpts::new(512, 1 << 16);
-    let mut conn = net::open(&target, &path, target.source_for(i), &opts).await?;
+    let target = nodes.node_for(i);
+    let mut conn = net::open(target, &path, target.source_for(i), &opts).await?;
     let mut close = Vec::with_capacity(8);
     ws::encode_frame(&mut close, OP_CLOSE, &1000u16.to_be_bytes());
     let sent = conn.stream.write_all(&close).await.is_ok();
@@ -46,7 +47,7 @@ async fn attempt(target: Rc<Target>, i: usize) -> Attempt {
 }
 
 /// Runs the scenario against `target` and returns its report.
-pub async fn run(target: &Target, p: &Params, server_pid: Option<u32>) -> Result<Report> {
+pub async fn run(nodes: &Nodes, p: &Params, server_pids: &[u32]) -> Result<Report> {
     if p.connections == 0 || p.concurrency == 0 {
         bail!("--connections and --concurrency must be at least 1");
     }
@@ -58,17 +59,17 @@ pub async fn run(target: &Target, p: &Params, server_pid: Option<u32>) -> Result
             );
         }
     }
-    let target = Rc::new(target.clone());
+    let shared = Rc::new(nodes.clone());
     let mut hist = Hist::new()?;
     let (mut ok, mut failed, mut close_unsent) = (0u64, 0u64, 0u64);
     let mut first_error: Option<String> = None;
     let pb = report::bar(p.connections as u64, "connect");
     let mut set = tokio::task::JoinSet::new();
     let mut next = 0;
-    let cpu = CpuMeter::start(server_pid)?;
+    let cpu = CpuMeter::start(server_pids)?;
     while next < p.connections || !set.is_empty() {
         while next < p.connections && set.len() < p.concurrency {
-            set.spawn_local(attempt(target.clone(), next));
+            set.spawn_local(attempt(shared.clone(), next));
             next += 1;
         }
         let Some(res) = set.join_next().await else {
@@ -95,12 +96,12 @@ pub async fn run(target: &Target, p: &Params, server_pid: Option<u32>) -> Result
     pb.finish_and_clear();
 
     let mut r = Report::new("connect");
-    r.param("url", target.addr.to_string());
+    r.param("url", nodes.describe());
     r.param("connections", p.connections);
     r.param("concurrency", p.concurrency);
     r.param("rooms", ROOMS);
     r.param("token", p.with_token);
-    r.param("server_pid", server_pid);
+    r.param("server_pid", crate::stats::Pids::param(server_pids));
     r.num(
         "handshakes_per_s",
         "handshakes/s",
@@ -115,7 +116,7 @@ pub async fn run(target: &Target, p: &Params, server_pid: Option<u32>) -> Result
     );
     r.latency("connect", "connect→101", &hist);
     r.cpu("", &used, Some((ok, "handshake")));
-    if server_pid.is_none() {
+    if server_pids.is_empty() {
         r.note("no --server-pid: no server CPU figures");
     } else if ok > 0 && used.wall_s < 2.0 {
         // CPU times come in clock ticks: one tick spread over the handshakes.

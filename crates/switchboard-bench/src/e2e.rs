@@ -21,7 +21,7 @@ fn num(r: &report::Report, k: &str) -> f64 {
 fn echo_end_to_end() {
     local(async {
         let (addr, _) = testserver::start(false).await;
-        let t = net::Target::parse(&format!("ws://{addr}"), Some("tok")).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{addr}"), Some("tok")).expect("target");
         let p = echo::Params {
             connections: 3,
             in_flight: 2,
@@ -29,7 +29,7 @@ fn echo_end_to_end() {
             duration: Duration::from_millis(300),
             drain: Duration::from_secs(2),
         };
-        let r = echo::run(&t, &p, Some(std::process::id()), 8)
+        let r = echo::run(&t, &p, &[std::process::id()], 8)
             .await
             .expect("run");
         assert!(r.complete);
@@ -43,13 +43,13 @@ fn echo_end_to_end() {
 fn fanout_max_end_to_end() {
     local(async {
         let (addr, _) = testserver::start(false).await;
-        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{addr}"), None).expect("target");
         let p = fanout::Params {
             size: 64,
             duration: Duration::from_millis(300),
             ..small_params("room", fanout::Door::Plain, fanout::Mode::Max { window: 3 })
         };
-        let r = fanout::run(&t, &p, None, 8).await.expect("run");
+        let r = fanout::run(&t, &p, &[], 8).await.expect("run");
         assert!(r.complete);
         assert_eq!(num(&r, "loss"), 0.0);
         assert_eq!(num(&r, "stalled_publications"), 0.0);
@@ -68,18 +68,136 @@ fn fanout_max_end_to_end() {
     });
 }
 
+/// `--url` with three nodes (test servers sharing their rooms, as a broker joins nodes): the
+/// subscribers are spread round-robin, the publisher is on the first node, every publication
+/// reaches every node's subscribers, and the latency is reported per node and cross-node.
+#[test]
+fn fanout_spreads_subscribers_over_a_cluster() {
+    local(async {
+        let nodes = testserver::start_cluster(3).await;
+        let urls: Vec<String> = nodes.iter().map(|(a, _)| format!("ws://{a}")).collect();
+        let t = net::Nodes::parse(&urls.join(","), None).expect("nodes");
+        let p = fanout::Params {
+            rooms: 1,
+            subscribers: 7,
+            publishers: 1,
+            ..small_params("room", fanout::Door::Plain, fanout::Mode::Rate(50.0))
+        };
+        let me = std::process::id();
+        let pids = [me, std::os::unix::process::parent_id()];
+        // The phase file: `start`, then `end` (nobody removes it: no hold).
+        let phase = std::env::temp_dir().join(format!("bench-phase-{me}"));
+        let p = fanout::Params {
+            phase_file: Some(phase.clone()),
+            ..p
+        };
+        let r = fanout::run(&t, &p, &pids, 8).await.expect("run");
+        assert_eq!(
+            std::fs::read_to_string(&phase).expect("phase file"),
+            "end\n"
+        );
+        std::fs::remove_file(&phase).expect("remove");
+        assert!(r.complete, "{:?}", r.get("notes"));
+        assert_eq!(num(&r, "loss"), 0.0);
+        assert!(num(&r, "deliveries") > 0.0);
+        assert_eq!(
+            num(&r, "expected_deliveries"),
+            7.0 * num(&r, "publications")
+        );
+        // Subscribers 0, 3, 6 and the publisher on node 0; 1, 4 on node 1; 2, 5 on node 2.
+        let accepted: Vec<usize> = nodes
+            .iter()
+            .map(|(_, s)| s.accepted.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert_eq!(accepted, [4, 2, 2]);
+        assert_eq!(num(&r, "nodes"), 3.0);
+        assert_eq!(
+            [0, 1, 2].map(|j| num(&r, &format!("node{j}_subscribers"))),
+            [3.0, 2.0, 2.0]
+        );
+        // Every subscriber's deliveries are in its node's histogram; nodes 1 and 2 are remote.
+        let per_node: f64 = (0..3)
+            .map(|j| num(&r, &format!("node{j}_latency_samples")))
+            .sum();
+        assert_eq!(per_node, num(&r, "latency_samples"));
+        assert_eq!(
+            num(&r, "remote_latency_samples"),
+            num(&r, "node1_latency_samples") + num(&r, "node2_latency_samples")
+        );
+        assert!(num(&r, "remote_latency_p99_us") > 0.0);
+        // Both pids' CPU is summed, and split.
+        assert_eq!(
+            r.get("server_pid").and_then(|v| v.as_str()),
+            Some(format!("{},{}", pids[0], pids[1]).as_str())
+        );
+        let split = r.get("server_cpu_by_process").expect("split");
+        assert!(split.get(me.to_string()).is_some());
+        assert_eq!(
+            r.get("url").and_then(|v| v.as_str()),
+            Some(t.describe().as_str())
+        );
+    });
+}
+
+/// `echo`, `idle` and `connect` spread their connections round-robin over the nodes too.
+#[test]
+fn other_scenarios_spread_over_a_cluster() {
+    local(async {
+        let nodes = testserver::start_cluster(2).await;
+        let urls: Vec<String> = nodes.iter().map(|(a, _)| format!("ws://{a}")).collect();
+        let t = net::Nodes::parse(&urls.join(","), None).expect("nodes");
+        let accepted = || -> Vec<usize> {
+            nodes
+                .iter()
+                .map(|(_, s)| s.accepted.load(std::sync::atomic::Ordering::Relaxed))
+                .collect()
+        };
+        let p = echo::Params {
+            connections: 4,
+            in_flight: 2,
+            size: 40,
+            duration: Duration::from_millis(200),
+            drain: Duration::from_secs(2),
+        };
+        let r = echo::run(&t, &p, &[], 8).await.expect("echo");
+        assert!(r.complete);
+        assert_eq!(accepted(), [2, 2]);
+        let p = connect::Params {
+            connections: 6,
+            concurrency: 2,
+            with_token: false,
+        };
+        let r = connect::run(&t, &p, &[]).await.expect("connect");
+        assert!(r.complete);
+        assert_eq!(accepted(), [5, 5]);
+        let p = idle::Params {
+            connections: 3,
+            room_prefix: "idle".into(),
+            rooms: 1,
+            hold: Duration::from_millis(100),
+        };
+        let me = std::process::id();
+        let r = idle::run(&t, &p, &[me, std::os::unix::process::parent_id()], 8)
+            .await
+            .expect("idle");
+        assert!(r.complete);
+        assert_eq!(accepted(), [7, 6]);
+        assert!(num(&r, "server_rss_after_kib") > 0.0);
+    });
+}
+
 #[test]
 fn fanout_rate_end_to_end() {
     local(async {
         let (addr, _) = testserver::start(false).await;
-        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{addr}"), None).expect("target");
         let p = fanout::Params {
             rooms: 1,
             subscribers: 4,
             publishers: 1,
             ..small_params("room", fanout::Door::Plain, fanout::Mode::Rate(20.0))
         };
-        let r = fanout::run(&t, &p, None, 8).await.expect("run");
+        let r = fanout::run(&t, &p, &[], 8).await.expect("run");
         assert!(r.complete);
         assert_eq!(num(&r, "loss"), 0.0);
         let pubs = num(&r, "publications");
@@ -94,13 +212,13 @@ fn fanout_rate_end_to_end() {
 fn connect_end_to_end() {
     local(async {
         let (addr, _) = testserver::start(false).await;
-        let t = net::Target::parse(&format!("ws://{addr}"), Some("tok")).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{addr}"), Some("tok")).expect("target");
         let p = connect::Params {
             connections: 40,
             concurrency: 8,
             with_token: true,
         };
-        let r = connect::run(&t, &p, Some(std::process::id()))
+        let r = connect::run(&t, &p, &[std::process::id()])
             .await
             .expect("run");
         assert!(r.complete);
@@ -119,13 +237,13 @@ fn connect_failures_make_the_run_incomplete() {
         let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = free.local_addr().expect("addr");
         drop(free);
-        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{addr}"), None).expect("target");
         let p = connect::Params {
             connections: 5,
             concurrency: 2,
             with_token: false,
         };
-        let r = connect::run(&t, &p, None).await.expect("run");
+        let r = connect::run(&t, &p, &[]).await.expect("run");
         assert!(!r.complete);
         assert_eq!(num(&r, "failed"), 5.0);
     });
@@ -153,9 +271,9 @@ fn slow_with_baseline_end_to_end() {
         // The test server never closes anyone: the stalled subscribers are still open at
         // the end and get every publication once they read again.
         let (addr, _) = testserver::start(false).await;
-        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{addr}"), None).expect("target");
         let p = slow_params(fanout::Mode::Rate(50.0), true);
-        let r = slow::run(&t, &p, None, 8).await.expect("run");
+        let r = slow::run(&t, &p, &[], 8).await.expect("run");
         assert!(r.complete);
         assert_eq!(num(&r, "stalled_subscribers"), 2.0);
         assert_eq!(num(&r, "healthy_subscribers"), 6.0);
@@ -179,9 +297,9 @@ fn slow_max_is_not_held_back_by_stalled_subscribers() {
         // In --max a publication completes when every healthy subscriber has it: the
         // stalled ones must not hold the window (no publication given up).
         let (addr, _) = testserver::start(false).await;
-        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{addr}"), None).expect("target");
         let p = slow_params(fanout::Mode::Max { window: 2 }, false);
-        let r = slow::run(&t, &p, None, 8).await.expect("run");
+        let r = slow::run(&t, &p, &[], 8).await.expect("run");
         assert!(r.complete);
         assert_eq!(num(&r, "stalled_publications"), 0.0);
         assert!(num(&r, "publications") > 10.0);
@@ -196,10 +314,10 @@ fn slow_reports_stalled_subscribers_closed_by_the_server() {
         // A queue of 8 messages, 4 KiB socket buffers both ways and 2 KB publications:
         // the stalled subscribers overflow within a few dozen publications.
         let (addr, _) = testserver::start_with(false, Some(8)).await;
-        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{addr}"), None).expect("target");
         let mut p = slow_params(fanout::Mode::Rate(200.0), false);
         p.fanout.size = 2000;
-        let r = slow::run(&t, &p, None, 8).await.expect("run");
+        let r = slow::run(&t, &p, &[], 8).await.expect("run");
         assert!(r.complete, "healthy subscribers are not affected");
         assert_eq!(num(&r, "loss"), 0.0);
         assert_eq!(num(&r, "stalled_closed"), 2.0);
@@ -213,14 +331,14 @@ fn slow_reports_stalled_subscribers_closed_by_the_server() {
 fn idle_answers_pings() {
     local(async {
         let (addr, seen) = testserver::start(true).await;
-        let t = net::Target::parse(&format!("ws://{addr}"), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{addr}"), None).expect("target");
         let p = idle::Params {
             connections: 5,
             room_prefix: "idle".into(),
             rooms: 2,
             hold: Duration::from_millis(300),
         };
-        let r = idle::run(&t, &p, Some(std::process::id()), 8)
+        let r = idle::run(&t, &p, &[std::process::id()], 8)
             .await
             .expect("run");
         assert!(r.complete);
@@ -249,6 +367,8 @@ fn small_params(room_prefix: &str, door: fanout::Door, mode: fanout::Mode) -> fa
         stall: fanout::Stall::default(),
         door,
         deflate: false,
+        phase_file: None,
+        phase_hold: Duration::ZERO,
     }
 }
 
@@ -274,9 +394,9 @@ fn fanout_protocol_door_against_the_gateway() {
     // answer the server's `{}` pings within 200 ms, so a complete run also shows they were.
     let gw = gateway::start(gateway::config(true));
     local(async {
-        let t = net::Target::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{}", gw.addr), None).expect("target");
         let p = protocol_params(fanout::Mode::Max { window: 3 });
-        let r = fanout::run(&t, &p, None, 8).await.expect("run");
+        let r = fanout::run(&t, &p, &[], 8).await.expect("run");
         assert_lossless_protocol_run(&r);
         // Every publication reaches the 3 protocol subscribers of its room.
         assert!(num(&r, "publications") > 10.0);
@@ -296,12 +416,12 @@ fn fanout_protocol_door_with_a_token() {
     local(async {
         let addr = format!("ws://{}", gw.addr);
         let p = protocol_params(fanout::Mode::Rate(40.0));
-        let t = net::Target::parse(&addr, Some(&token)).expect("target");
-        let r = fanout::run(&t, &p, None, 8).await.expect("run");
+        let t = net::Nodes::parse(&addr, Some(&token)).expect("target");
+        let r = fanout::run(&t, &p, &[], 8).await.expect("run");
         assert_lossless_protocol_run(&r);
         // Without one, connect is refused with the server's error.
-        let t = net::Target::parse(&addr, None).expect("target");
-        let e = fanout::run(&t, &p, None, 8).await.err().expect("refused");
+        let t = net::Nodes::parse(&addr, None).expect("target");
+        let e = fanout::run(&t, &p, &[], 8).await.err().expect("refused");
         assert!(format!("{e:#}").contains("failed"), "{e:#}");
     });
 }
@@ -312,10 +432,10 @@ fn slow_protocol_door_against_the_gateway() {
     // heartbeat the gateway closes them with 3012 (no pong) during the run.
     let gw = gateway::start(gateway::config(true));
     local(async {
-        let t = net::Target::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{}", gw.addr), None).expect("target");
         let mut p = slow_params(fanout::Mode::Rate(50.0), true);
         p.fanout.door = fanout::Door::Protocol;
-        let r = slow::run(&t, &p, None, 8).await.expect("run");
+        let r = slow::run(&t, &p, &[], 8).await.expect("run");
         assert!(r.complete);
         assert_eq!(r.get("door").and_then(|v| v.as_str()), Some("protocol"));
         assert_eq!(num(&r, "loss"), 0.0);
@@ -350,10 +470,10 @@ fn fanout_deflate_against_the_gateway() {
     config.server.permessage_deflate = true;
     let gw = gateway::start(config);
     local(async {
-        let t = net::Target::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let t = net::Nodes::parse(&format!("ws://{}", gw.addr), None).expect("target");
         for door in [fanout::Door::Plain, fanout::Door::Protocol] {
             let p = deflate_params(door);
-            let r = fanout::run(&t, &p, None, 8).await.expect("run");
+            let r = fanout::run(&t, &p, &[], 8).await.expect("run");
             let what = door.label();
             assert!(r.complete, "{what}: incomplete run");
             assert_eq!(r.get("door").and_then(|v| v.as_str()), Some(what));
@@ -387,8 +507,8 @@ fn fanout_deflate_fails_when_the_server_does_not_agree() {
     // permessage_deflate is off by default: the offer is ignored and the run must say so.
     let gw = gateway::start(gateway::config(true));
     local(async {
-        let t = net::Target::parse(&format!("ws://{}", gw.addr), None).expect("target");
-        let e = fanout::run(&t, &deflate_params(fanout::Door::Plain), None, 8)
+        let t = net::Nodes::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let e = fanout::run(&t, &deflate_params(fanout::Door::Plain), &[], 8)
             .await
             .err()
             .expect("refused");
@@ -397,5 +517,58 @@ fn fanout_deflate_fails_when_the_server_does_not_agree() {
             e.contains("the server did not accept permessage-deflate"),
             "{e}"
         );
+    });
+}
+
+/// `api-publish` against the real gateway (`--dev`: an open API, and `chat:` keeps history, so
+/// every answer carries an offset), over two "nodes" that are the same gateway twice.
+#[test]
+fn api_publish_end_to_end() {
+    let gw = gateway::start(gateway::config(true));
+    local(async {
+        let url = format!("ws://{}", gw.addr);
+        let t = net::Nodes::parse(&format!("{url},{url}"), None).expect("nodes");
+        let p = api::Params {
+            connections: 3,
+            channel: "chat:api-bench".into(),
+            size: 64,
+            api_key: None,
+            duration: Duration::from_millis(300),
+            drain: Duration::from_secs(2),
+        };
+        let r = api::run(&t, &p, &[std::process::id()], 8)
+            .await
+            .expect("run");
+        assert!(r.complete, "{:?}", r.get("notes"));
+        assert!(num(&r, "ok_in_window") > 0.0);
+        assert_eq!(num(&r, "ok"), num(&r, "sent"));
+        assert_eq!(num(&r, "with_offset"), num(&r, "ok"));
+        assert!(num(&r, "server_cpu_s") >= 0.0);
+    });
+    drop(gw);
+    // With an API key configured: the right key publishes, a wrong one is refused (401), and
+    // the run is then incomplete.
+    let mut config = gateway::config(true);
+    config.api.key = switchboard::config::Secret("bench-key".into());
+    let gw = gateway::start(config);
+    local(async {
+        let t = net::Nodes::parse(&format!("ws://{}", gw.addr), None).expect("nodes");
+        let p = api::Params {
+            connections: 2,
+            channel: "chat:api-bench".into(),
+            size: 64,
+            api_key: Some("bench-key".into()),
+            duration: Duration::from_millis(200),
+            drain: Duration::from_secs(2),
+        };
+        let r = api::run(&t, &p, &[], 8).await.expect("run");
+        assert!(r.complete, "{:?}", r.get("notes"));
+        let p = api::Params {
+            api_key: Some("wrong".into()),
+            ..p
+        };
+        let r = api::run(&t, &p, &[], 8).await.expect("run");
+        assert!(!r.complete);
+        assert!(r.get("statuses").and_then(|v| v.get("200")).is_none());
     });
 }

@@ -3,7 +3,7 @@
 //! same write as the other replies of that read), then draining. Reports messages/s,
 //! round-trip percentiles and CPU per message. One task per connection owns its whole stream.
 
-use crate::net::{self, Conn, Target};
+use crate::net::{self, Conn, Nodes};
 use crate::payload::{self, now_ns};
 use crate::report::{self, Report};
 use crate::stats::{CpuMeter, Hist};
@@ -130,11 +130,11 @@ async fn conn_task(
     }
 }
 
-/// Runs the scenario against `target` and returns its report.
+/// Runs the scenario against `nodes` (connections spread round-robin) and returns its report.
 pub async fn run(
-    target: &Target,
+    nodes: &Nodes,
     p: &Params,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
     concurrency: usize,
 ) -> Result<Report> {
     if p.connections == 0 || p.in_flight == 0 {
@@ -155,7 +155,7 @@ pub async fn run(
     let pb = report::bar(p.connections as u64, "connect");
     let t_connect = Instant::now();
     let opened = net::open_many(
-        target,
+        nodes,
         &paths,
         concurrency,
         &net::SocketOpts::new(16 * 1024, p.size.max(1 << 16)),
@@ -177,7 +177,7 @@ pub async fn run(
         ..Default::default()
     });
     let hist = Rc::new(RefCell::new(Hist::new()?));
-    let cpu = CpuMeter::start(server_pid)?;
+    let cpu = CpuMeter::start(server_pids)?;
     let t0 = Instant::now();
     let end = t0 + p.duration;
     sh.end_ns.set(now_ns() + p.duration.as_nanos() as u64);
@@ -224,12 +224,12 @@ pub async fn run(
         sh.received_in_window.get(),
     );
     let mut r = Report::new("echo");
-    r.param("url", target.addr.to_string());
+    r.param("url", nodes.describe());
     r.param("connections", p.connections);
     r.param("in_flight", p.in_flight);
     r.param("size", p.size);
     r.param("duration_s", p.duration.as_secs_f64());
-    r.param("server_pid", server_pid);
+    r.param("server_pid", crate::stats::Pids::param(server_pids));
     r.num("connect_s", "connect time (s)", connect_s);
     r.num(
         "msgs_per_s",

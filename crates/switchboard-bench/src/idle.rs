@@ -3,7 +3,7 @@
 //! 127.0.0.2..=127.0.0.255, holds them (answering pings) for `--hold`, reads VmRSS again and
 //! reports (after − before) / N in KiB, plus the connect rate and the server CPU per connection.
 
-use crate::net::{self, Target};
+use crate::net::{self, Nodes};
 use crate::report::{self, Report};
 use crate::stats::{self, CpuMeter};
 use crate::ws::{self, FrameReader, OP_CLOSE, OP_PING, OP_PONG};
@@ -67,11 +67,11 @@ async fn holder(sh: Rc<Shared>, stream: TcpStream, fr: FrameReader) {
     }
 }
 
-/// Runs the scenario against `target` and returns its report.
+/// Runs the scenario against `nodes` (connections spread round-robin) and returns its report.
 pub async fn run(
-    target: &Target,
+    nodes: &Nodes,
     p: &Params,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
     concurrency: usize,
 ) -> Result<Report> {
     if p.connections == 0 || p.rooms == 0 {
@@ -85,15 +85,15 @@ pub async fn run(
             );
         }
     }
-    let rss_before = server_pid.map(stats::rss_kib).transpose()?;
+    let rss_before = stats::rss_kib_sum(server_pids)?;
     let paths: Vec<String> = (0..p.connections)
         .map(|i| format!("/ws/chat/{}-{}", p.room_prefix, i % p.rooms))
         .collect();
 
-    let connect_cpu = CpuMeter::start(server_pid)?;
+    let connect_cpu = CpuMeter::start(server_pids)?;
     let pb = report::bar(p.connections as u64, "connect");
     let opened = net::open_many(
-        target,
+        nodes,
         &paths,
         concurrency,
         &net::SocketOpts::new(512, 1 << 24),
@@ -114,7 +114,7 @@ pub async fn run(
         )));
     }
 
-    let hold_cpu = CpuMeter::start(server_pid)?;
+    let hold_cpu = CpuMeter::start(server_pids)?;
     let pb = report::bar(p.hold.as_millis() as u64, "hold");
     let t0 = Instant::now();
     let end = t0 + p.hold;
@@ -125,7 +125,7 @@ pub async fn run(
     }
     pb.finish_and_clear();
     let hold_use = hold_cpu.stop()?;
-    let rss_after = server_pid.map(stats::rss_kib).transpose()?;
+    let rss_after = stats::rss_kib_sum(server_pids)?;
     let alive = established as u64 - sh.closed_early.get();
 
     sh.stopping.set(true);
@@ -134,12 +134,12 @@ pub async fn run(
     }
 
     let mut r = Report::new("idle");
-    r.param("url", target.addr.to_string());
+    r.param("url", nodes.describe());
     r.param("connections", p.connections);
     r.param("room_prefix", p.room_prefix.clone());
     r.param("rooms", p.rooms);
     r.param("hold_s", p.hold.as_secs_f64());
-    r.param("server_pid", server_pid);
+    r.param("server_pid", crate::stats::Pids::param(server_pids));
     r.int("established", "connections established", established as u64);
     r.int("failed", "connections failed", opened.failed as u64);
     r.int("alive_after_hold", "connections alive after hold", alive);
@@ -173,7 +173,7 @@ pub async fn run(
         "server RSS per connection (KiB)",
         per_conn,
     );
-    if server_pid.is_none() {
+    if server_pids.is_empty() {
         r.note("no --server-pid: no RSS or server CPU figures");
     }
     if let Some(e) = opened.first_error {

@@ -5,7 +5,8 @@
 //! generator costs one core at most and its shared state needs no atomics or locks.
 //!
 //! # Layout
-//! - `net`: target URL (loopback only), source addresses, socket set-up, handshake.
+//! - `net`: target URL (loopback only; a comma list is a cluster whose nodes take the
+//!   connections round-robin), source addresses, socket set-up, handshake.
 //! - `ws`: client-side RFC 6455 framing (masked sends, in-place parsing of server frames).
 //! - `deflate`: permessage-deflate for the subscribers (`fanout --deflate`): the offer, the
 //!   check of the server's answer, inflating compressed frames into a reused buffer.
@@ -14,9 +15,12 @@
 //!   connect and subscribe, pings, the `data` of a push found in place.
 //! - `fanout`, `slow`, `echo`, `idle`, `connect`: the scenarios (`slow` is a fanout run with
 //!   stalled subscribers; the stalled members themselves live in `fanout`).
+//! - `api`: `api-publish`, keep-alive `POST /api/publish` requests (the server HTTP API).
 //! - `floor`: the kernel's floor, no server at all: a thread writing frames to loopback
 //!   sockets and one draining them; the writer's CPU per delivery bounds every server's.
-//! - `stats`: CPU (utime + stime) and RSS from `/proc`, latency histograms.
+//! - `stats`: CPU (utime + stime) and RSS from `/proc` (of one pid, or summed over a comma
+//!   list: the nodes of a cluster and its broker, each one's part reported too), latency
+//!   histograms.
 //! - `report`: the table, the JSON line, progress bars, duration parsing.
 //!
 //! # Examples
@@ -33,6 +37,12 @@
 //!     --concurrency 64 --server-pid "$PID"
 //! taskset -c 1 switchboard-bench slow --url ws://127.0.0.1:8081 --subscribers 1000 \
 //!     --stalled-percent 1 --rate 33 --duration 10s --baseline --server-pid "$PID"
+//! # a cluster: subscribers spread over three nodes, the publisher on the first; CPU summed
+//! # over the nodes and the broker
+//! taskset -c 1 switchboard-bench fanout --url ws://127.0.0.1:8081,ws://127.0.0.1:8082,ws://127.0.0.1:8083 \
+//!     --subscribers 1000 --duration 10s --rate 33 --server-pid "$N1,$N2,$N3,$REDIS"
+//! taskset -c 1 switchboard-bench api-publish --url ws://127.0.0.1:8081 --connections 64 \
+//!     --channel chat:api-bench --duration 10s --server-pid "$PID"
 //! switchboard-bench floor --sockets 1000 --rate 33 --writer-cpu 0 --reader-cpu 1
 //! switchboard-bench floor --sockets 1000 --frames-per-write 4 --writer-cpu 0 --reader-cpu 1
 //! ```
@@ -41,6 +51,7 @@
 //! delivered, failed connects in `idle` or `connect`, healthy subscribers' loss in `slow`), 1 for
 //! an error.
 
+mod api;
 mod connect;
 mod deflate;
 #[cfg(test)]
@@ -77,20 +88,28 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 struct Server {
     /// Server base URL, e.g. ws://127.0.0.1:8081 (loopback only; a path is used as a prefix).
+    /// A comma list of base URLs is a cluster: connections are spread over them round-robin
+    /// (fanout and slow: the subscribers; their publishers all connect to the first one).
     #[arg(long)]
     url: String,
     /// Appended to every plain-door request as ?token=T; client-protocol subscribers
     /// (--door protocol) send it in their connect command instead.
     #[arg(long)]
     token: Option<String>,
-    /// Server process id, for its CPU time (/proc/PID/stat) and RSS (/proc/PID/status).
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Server process id, for its CPU time (/proc/PID/stat) and RSS (/proc/PID/status). A
+    /// comma list (every node of a cluster and its broker) is summed, and each one's part of
+    /// the CPU is reported too.
+    #[arg(long, value_parser = stats::Pids::parse)]
+    server_pid: Option<stats::Pids>,
 }
 
 impl Server {
-    fn target(&self) -> Result<net::Target> {
-        net::Target::parse(&self.url, self.token.as_deref())
+    fn nodes(&self) -> Result<net::Nodes> {
+        net::Nodes::parse(&self.url, self.token.as_deref())
+    }
+
+    fn pids(&self) -> &[u32] {
+        self.server_pid.as_ref().map_or(&[], |p| &p.0)
     }
 }
 
@@ -155,6 +174,14 @@ struct FanoutArgs {
     /// Time allowed for every member to join its room.
     #[arg(long, default_value = "30s", value_parser = duration)]
     join_timeout: Duration,
+    /// Write `start` to this file right before the measured phase starts and `end` right
+    /// after it ends, e.g. for a script reading a broker's counters over exactly the phase.
+    #[arg(long)]
+    phase_file: Option<std::path::PathBuf>,
+    /// After each write of --phase-file, wait until the file is removed (the reader is done),
+    /// at most this long, before going on (the connections stay open meanwhile).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    phase_hold: Duration,
 }
 
 impl FanoutArgs {
@@ -181,6 +208,8 @@ impl FanoutArgs {
             stall: fanout::Stall::default(),
             door: self.door,
             deflate: self.deflate,
+            phase_file: self.phase_file.clone(),
+            phase_hold: self.phase_hold,
         }
     }
 }
@@ -252,6 +281,31 @@ enum Cmd {
     /// sockets, another drains them; the writer's CPU per delivery is the least any server
     /// can spend per delivery on this machine.
     Floor(floor::Params),
+    /// Publications through the server HTTP API (`POST /api/publish`, keep-alive, one request
+    /// in flight per connection): publishes/s, latency, CPU per publish.
+    ApiPublish {
+        #[command(flatten)]
+        common: Common,
+        /// Keep-alive connections, each with one request in flight (spread over the nodes).
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// The channel published to (with `--dev` every namespace keeps history, so each
+        /// publish is given an offset; the report counts the answers that carry one).
+        #[arg(long, default_value = "chat:api-bench")]
+        channel: String,
+        /// Approximate size of each publication's data in bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Sent as X-API-Key (none: the server's API is open, as with `serve --dev`).
+        #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Measured phase.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        duration: Duration,
+        /// Time allowed after the phase for the last responses.
+        #[arg(long, default_value = "2s", value_parser = duration)]
+        drain: Duration,
+    },
     /// Echo round trips on /ws: messages/s and round-trip percentiles.
     Echo {
         #[command(flatten)]
@@ -278,12 +332,12 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
     match cmd {
         Cmd::Floor(params) => floor::run(&params),
         Cmd::Fanout { common, run } => {
-            let target = common.server.target()?;
+            let target = common.server.nodes()?;
             let p = run.params("room");
             fanout::run(
                 &target,
                 &p,
-                common.server.server_pid,
+                common.server.pids(),
                 common.connect_concurrency,
             )
             .await
@@ -296,7 +350,7 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             stalled_read_timeout,
             baseline,
         } => {
-            let target = common.server.target()?;
+            let target = common.server.nodes()?;
             let p = slow::Params {
                 fanout: run.params("slow"),
                 stalled_percent,
@@ -307,7 +361,7 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             slow::run(
                 &target,
                 &p,
-                common.server.server_pid,
+                common.server.pids(),
                 common.connect_concurrency,
             )
             .await
@@ -317,13 +371,13 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             connections,
             concurrency,
         } => {
-            let target = server.target()?;
+            let target = server.nodes()?;
             let p = connect::Params {
                 connections,
                 concurrency,
                 with_token: server.token.is_some(),
             };
-            connect::run(&target, &p, server.server_pid).await
+            connect::run(&target, &p, server.pids()).await
         }
         Cmd::Idle {
             common,
@@ -332,7 +386,7 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             rooms,
             hold,
         } => {
-            let target = common.server.target()?;
+            let target = common.server.nodes()?;
             let p = idle::Params {
                 connections,
                 room_prefix,
@@ -342,10 +396,30 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             idle::run(
                 &target,
                 &p,
-                common.server.server_pid,
+                common.server.pids(),
                 common.connect_concurrency,
             )
             .await
+        }
+        Cmd::ApiPublish {
+            common,
+            connections,
+            channel,
+            size,
+            api_key,
+            duration,
+            drain,
+        } => {
+            let nodes = common.server.nodes()?;
+            let p = api::Params {
+                connections,
+                channel,
+                size,
+                api_key,
+                duration,
+                drain,
+            };
+            api::run(&nodes, &p, common.server.pids(), common.connect_concurrency).await
         }
         Cmd::Echo {
             common,
@@ -355,7 +429,7 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             duration,
             drain,
         } => {
-            let target = common.server.target()?;
+            let target = common.server.nodes()?;
             let p = echo::Params {
                 connections,
                 in_flight,
@@ -366,7 +440,7 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             echo::run(
                 &target,
                 &p,
-                common.server.server_pid,
+                common.server.pids(),
                 common.connect_concurrency,
             )
             .await

@@ -124,6 +124,11 @@ impl Target {
         p
     }
 
+    /// The `Host` header value (the URL's authority).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// `--token`, as given.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
@@ -136,6 +141,55 @@ impl Target {
             SocketAddr::V4(_) => Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 254) as u8))),
             SocketAddr::V6(_) => None,
         }
+    }
+}
+
+/// The nodes of a cluster (`--url` as a comma list of base URLs, each a [`Target`]): members
+/// are spread over them round-robin ([`Nodes::node_for`]); publishers use the first one. One
+/// URL is the single-server case, exactly as before.
+#[derive(Debug, Clone)]
+pub struct Nodes {
+    targets: Vec<Target>,
+}
+
+impl Nodes {
+    /// Parses `URL[,URL...]` (each as [`Target::parse`]: loopback only), with the same token
+    /// for every node.
+    pub fn parse(urls: &str, token: Option<&str>) -> Result<Self> {
+        let targets = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| Target::parse(u, token))
+            .collect::<Result<Vec<_>>>()?;
+        if targets.is_empty() {
+            bail!("--url {urls:?} names no server");
+        }
+        Ok(Self { targets })
+    }
+
+    /// How many nodes.
+    pub fn count(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// The node index of the `i`-th spread connection: round-robin, `i % count`.
+    pub fn index_for(&self, i: usize) -> usize {
+        i % self.targets.len()
+    }
+
+    /// The node of the `i`-th spread connection ([`Nodes::index_for`]).
+    pub fn node_for(&self, i: usize) -> &Target {
+        &self.targets[self.index_for(i)]
+    }
+
+    /// Every node's address, comma-separated (the report's `url`: the bare address for one node).
+    pub fn describe(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| t.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -187,6 +241,35 @@ pub async fn open(
     open_request(target, &target.request_path(path), source, opts).await
 }
 
+/// A client TCP socket for `target`, not yet connected: TCP_NODELAY, non-blocking, an optional
+/// SO_RCVBUF (set before connect), bound to `source` when given.
+pub fn client_socket(
+    target: &Target,
+    source: Option<IpAddr>,
+    rcvbuf: Option<usize>,
+) -> Result<TcpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(target.addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .context("socket()")?;
+    socket.set_nodelay(true).context("TCP_NODELAY")?;
+    socket.set_nonblocking(true).context("O_NONBLOCK")?;
+    if let Some(size) = rcvbuf {
+        socket
+            .set_recv_buffer_size(size)
+            .with_context(|| format!("SO_RCVBUF {size}"))?;
+    }
+    if let Some(ip) = source {
+        socket
+            .bind(&SocketAddr::new(ip, 0).into())
+            .with_context(|| format!("binding the client socket to {ip}"))?;
+    }
+    let std_stream: std::net::TcpStream = socket.into();
+    Ok(TcpSocket::from_std_stream(std_stream))
+}
+
 /// Like [`open`], with the request target (path and query) given as is (see
 /// [`Target::request_path_without_token`]).
 pub async fn open_request(
@@ -196,27 +279,9 @@ pub async fn open_request(
     opts: &SocketOpts,
 ) -> Result<Conn> {
     let fut = async {
-        let socket = Socket::new(
-            Domain::for_address(target.addr),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .context("socket()")?;
-        socket.set_nodelay(true).context("TCP_NODELAY")?;
-        socket.set_nonblocking(true).context("O_NONBLOCK")?;
-        if let Some(size) = opts.rcvbuf {
-            socket
-                .set_recv_buffer_size(size)
-                .with_context(|| format!("SO_RCVBUF {size}"))?;
-        }
-        if let Some(ip) = source {
-            socket
-                .bind(&SocketAddr::new(ip, 0).into())
-                .with_context(|| format!("binding the client socket to {ip}"))?;
-        }
-        let std_stream: std::net::TcpStream = socket.into();
+        let socket = client_socket(target, source, opts.rcvbuf)?;
         let started = Instant::now();
-        let mut stream = TcpSocket::from_std_stream(std_stream)
+        let mut stream = socket
             .connect(target.addr)
             .await
             .with_context(|| format!("connecting to {}", target.addr))?;
@@ -260,21 +325,24 @@ pub struct Opened {
     pub first_error: Option<anyhow::Error>,
 }
 
-/// Opens one connection per entry of `paths` (connection `i` from [`Target::source_for`]`(i)`),
-/// at most `concurrency` handshakes at a time, ticking `progress` per finished attempt.
+/// Opens one connection per entry of `paths` (connection `i` to [`Nodes::node_for`]`(i)`, from
+/// its [`Target::source_for`]`(i)`), at most `concurrency` handshakes at a time, ticking `progress` per finished attempt.
 /// Must run inside a `LocalSet`.
 pub async fn open_many(
-    target: &Target,
+    nodes: &Nodes,
     paths: &[String],
     concurrency: usize,
     opts: &SocketOpts,
     progress: &indicatif::ProgressBar,
 ) -> Opened {
     let opts = *opts;
-    let target = std::rc::Rc::new(target.clone());
+    let nodes = std::rc::Rc::new(nodes.clone());
     open_many_with(paths.len(), concurrency, progress, |i| {
-        let (t, path) = (target.clone(), paths[i].clone());
-        async move { open(&t, &path, t.source_for(i), &opts).await }
+        let (n, path) = (nodes.clone(), paths[i].clone());
+        async move {
+            let t = n.node_for(i);
+            open(t, &path, t.source_for(i), &opts).await
+        }
     })
     .await
 }
@@ -356,6 +424,28 @@ mod tests {
             t.request_path_without_token("/connection/websocket"),
             "/p/connection/websocket?x=1"
         );
+    }
+
+    #[test]
+    fn spreads_over_nodes_round_robin() {
+        let n = Nodes::parse(
+            "ws://127.0.0.1:1, ws://127.0.0.1:2,ws://localhost:3",
+            Some("t"),
+        )
+        .expect("ok");
+        assert_eq!(n.count(), 3);
+        assert_eq!(n.node_for(0).addr.port(), 1);
+        let ports: Vec<u16> = (0..7).map(|i| n.node_for(i).addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3, 1]);
+        assert_eq!(n.describe(), "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3");
+        assert_eq!(n.node_for(2).token(), Some("t"));
+        // One URL: the single-server case.
+        let one = Nodes::parse("ws://127.0.0.1:9", None).expect("ok");
+        assert_eq!((one.count(), one.index_for(5)), (1, 0));
+        assert_eq!(one.describe(), "127.0.0.1:9");
+        // Every node must be loopback; an empty list names nothing.
+        assert!(Nodes::parse("ws://127.0.0.1:1,ws://10.0.0.1:2", None).is_err());
+        assert!(Nodes::parse(" , ", None).is_err());
     }
 
     #[test]

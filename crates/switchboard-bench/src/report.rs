@@ -174,6 +174,32 @@ impl Report {
                 cpu.server_s.and_then(|s| per_unit(s, n)),
             );
         }
+        if cpu.by_process.len() > 1 {
+            // Several server processes (the nodes of a cluster and its broker): each one's part.
+            let mut split = Map::new();
+            let mut shown = Vec::new();
+            for pc in &cpu.by_process {
+                let mut one = Map::new();
+                one.insert("pid".into(), pc.pid.into());
+                one.insert("name".into(), pc.name.clone().into());
+                one.insert("cpu_s".into(), round(pc.cpu_s, 3));
+                one.insert("cpu_pct".into(), round(pct(pc.cpu_s), 3));
+                if let Some((n, unit)) = work {
+                    one.insert(
+                        format!("cpu_us_per_{unit}"),
+                        per_unit(pc.cpu_s, n).map_or(Value::Null, |v| round(v, 3)),
+                    );
+                }
+                shown.push(format!("{} {}: {}", pc.name, pc.pid, fmt_num(pc.cpu_s)));
+                split.insert(format!("{}", pc.pid), Value::Object(one));
+            }
+            self.value(
+                &p("server_cpu_by_process"),
+                &l("server CPU by process (s)"),
+                shown.join(", "),
+                Value::Object(split),
+            );
+        }
         self.num(
             &p("generator_cpu_s"),
             &l("generator CPU (s)"),
@@ -304,6 +330,47 @@ mod tests {
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("1e30s").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn several_server_processes_are_split() {
+        use crate::stats::ProcCpu;
+        let cpu = CpuUse {
+            wall_s: 2.0,
+            generator_s: 0.5,
+            server_s: Some(1.5),
+            by_process: vec![
+                ProcCpu {
+                    pid: 10,
+                    name: "switchboard".into(),
+                    cpu_s: 1.0,
+                },
+                ProcCpu {
+                    pid: 11,
+                    name: "redis-server".into(),
+                    cpu_s: 0.5,
+                },
+            ],
+        };
+        let mut r = Report::new("t");
+        r.cpu("", &cpu, Some((1000, "delivery")));
+        assert_eq!(
+            r.get("server_cpu_us_per_delivery"),
+            Some(&serde_json::json!(1500.0))
+        );
+        let split = r.get("server_cpu_by_process").expect("split");
+        assert_eq!(split["11"]["name"], "redis-server");
+        assert_eq!(split["11"]["cpu_us_per_delivery"], 500.0);
+        assert_eq!(split["10"]["cpu_pct"], 50.0);
+        // One process: no split, as before.
+        let mut r = Report::new("t");
+        let one = CpuUse {
+            by_process: cpu.by_process[..1].to_vec(),
+            server_s: Some(1.0),
+            ..cpu
+        };
+        r.cpu("", &one, Some((1000, "delivery")));
+        assert!(r.get("server_cpu_by_process").is_none());
     }
 
     #[test]

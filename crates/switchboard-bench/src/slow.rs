@@ -20,7 +20,7 @@
 //! healthy subscribers lost messages (or a connection, a publisher, or every delivery).
 
 use crate::fanout::{self, Outcome, Stall};
-use crate::net::Target;
+use crate::net::Nodes;
 use crate::report::Report;
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
@@ -57,11 +57,11 @@ fn p99_us(o: &Outcome) -> Option<f64> {
     (o.hist.len() > 0).then(|| o.hist.quantile_us(0.99))
 }
 
-/// Runs the scenario against `target` and returns its report.
+/// Runs the scenario against `nodes` and returns its report.
 pub async fn run(
-    target: &Target,
+    nodes: &Nodes,
     p: &Params,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
     concurrency: usize,
 ) -> Result<Report> {
     let total = p.fanout.subscribers;
@@ -78,7 +78,7 @@ pub async fn run(
             stall: Stall::default(),
             ..p.fanout.clone()
         };
-        let o = fanout::execute(target, &base, server_pid, concurrency).await?;
+        let o = fanout::execute(nodes, &base, server_pids, concurrency).await?;
         tokio::time::sleep(SETTLE).await;
         Some(o)
     } else {
@@ -93,17 +93,17 @@ pub async fn run(
         },
         ..p.fanout.clone()
     };
-    let o = fanout::execute(target, &stalled, server_pid, concurrency).await?;
+    let o = fanout::execute(nodes, &stalled, server_pids, concurrency).await?;
 
     let mut r = Report::new("slow");
-    r.param("url", target.addr.to_string());
+    r.param("url", nodes.describe());
     fanout::write_params(&mut r, &stalled);
     r.param("stalled_percent", p.stalled_percent);
     r.param("stalled_subscribers", k);
     r.param("healthy_subscribers", total - k);
     r.param("stalled_rcvbuf", p.stalled_rcvbuf);
     r.param("baseline", p.baseline);
-    r.param("server_pid", server_pid);
+    r.param("server_pid", crate::stats::Pids::param(server_pids));
     // The healthy subscribers, under fanout's keys.
     o.figures(&mut r);
     stalled_figures(&mut r, &o.stalled);

@@ -84,31 +84,105 @@ pub fn open_files_limit() -> Option<u64> {
         .ok()
 }
 
+/// `--server-pid`: one pid, or a comma list of them (the nodes of a cluster and its broker),
+/// whose CPU times are summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pids(pub Vec<u32>);
+
+impl Pids {
+    /// Parses `PID[,PID...]` (no duplicates, at least one).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut pids = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let pid: u32 = part
+                .parse()
+                .map_err(|_| format!("bad pid {part:?} in {s:?} (a comma list of process ids)"))?;
+            if pids.contains(&pid) {
+                return Err(format!("pid {pid} given twice in {s:?}"));
+            }
+            pids.push(pid);
+        }
+        if pids.is_empty() {
+            return Err(format!("{s:?} names no process"));
+        }
+        Ok(Self(pids))
+    }
+
+    /// The report's `server_pid`: `null`, the pid as a number, or the comma list as a string.
+    pub fn param(pids: &[u32]) -> serde_json::Value {
+        match pids {
+            [] => serde_json::Value::Null,
+            [one] => (*one).into(),
+            many => many
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+                .into(),
+        }
+    }
+}
+
+/// `VmRSS` of every pid, summed, in KiB (`None` for no pid).
+pub fn rss_kib_sum(pids: &[u32]) -> Result<Option<u64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut sum = 0;
+    for &p in pids {
+        sum += rss_kib(p)?;
+    }
+    Ok(Some(sum))
+}
+
+/// The command name of `pid` (`/proc/PID/comm`; `?` if unreadable).
+pub fn process_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One server process' share of a phase's server CPU.
+#[derive(Debug, Clone)]
+pub struct ProcCpu {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command name.
+    pub name: String,
+    /// CPU seconds it used.
+    pub cpu_s: f64,
+}
+
 /// CPU seconds used over a phase by the generator and (optionally) the server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CpuUse {
     /// Wall-clock seconds of the phase.
     pub wall_s: f64,
     /// CPU seconds of this process.
     pub generator_s: f64,
-    /// CPU seconds of the server process, when a pid was given.
+    /// CPU seconds of the server processes (summed), when pids were given.
     pub server_s: Option<f64>,
+    /// Each server process' part of `server_s`, in `--server-pid` order.
+    pub by_process: Vec<ProcCpu>,
 }
 
 /// Start readings of a phase; [`CpuMeter::stop`] turns them into a [`CpuUse`].
 pub struct CpuMeter {
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     t0: Instant,
     self0: u64,
-    server0: Option<u64>,
+    server0: Vec<u64>,
 }
 
 impl CpuMeter {
-    /// Takes the start readings (fails if the server pid is given but unreadable).
-    pub fn start(server_pid: Option<u32>) -> Result<Self> {
-        let server0 = server_pid.map(|p| cpu_ticks(Some(p))).transpose()?;
+    /// Takes the start readings (fails if a server pid is given but unreadable).
+    pub fn start(server_pids: &[u32]) -> Result<Self> {
+        let server0 = server_pids
+            .iter()
+            .map(|&p| cpu_ticks(Some(p)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            server_pid,
+            server_pids: server_pids.to_vec(),
             t0: Instant::now(),
             self0: cpu_ticks(None)?,
             server0,
@@ -120,18 +194,22 @@ impl CpuMeter {
         let tck = clk_tck() as f64;
         let wall_s = self.t0.elapsed().as_secs_f64();
         let generator_s = cpu_ticks(None)?.saturating_sub(self.self0) as f64 / tck;
-        let server_s = match (self.server_pid, self.server0) {
-            (Some(p), Some(s0)) => {
-                let s1 =
-                    cpu_ticks(Some(p)).context("server process gone at the end of the phase?")?;
-                Some(s1.saturating_sub(s0) as f64 / tck)
-            }
-            _ => None,
-        };
+        let mut by_process = Vec::with_capacity(self.server_pids.len());
+        for (&p, &s0) in self.server_pids.iter().zip(&self.server0) {
+            let s1 = cpu_ticks(Some(p))
+                .with_context(|| format!("server process {p} gone at the end of the phase?"))?;
+            by_process.push(ProcCpu {
+                pid: p,
+                name: process_name(p),
+                cpu_s: s1.saturating_sub(s0) as f64 / tck,
+            });
+        }
+        let server_s = (!by_process.is_empty()).then(|| by_process.iter().map(|p| p.cpu_s).sum());
         Ok(CpuUse {
             wall_s,
             generator_s,
             server_s,
+            by_process,
         })
     }
 }
@@ -151,6 +229,14 @@ impl Hist {
     #[inline]
     pub fn record(&mut self, ns: u64) {
         self.0.saturating_record(ns.max(1));
+    }
+
+    /// Adds every value of `other` (values out of range are clamped, as in [`Hist::record`]).
+    pub fn add(&mut self, other: &Hist) {
+        for v in other.0.iter_recorded() {
+            self.0
+                .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+        }
     }
 
     /// Number of recorded values.
@@ -185,6 +271,41 @@ mod tests {
     }
 
     #[test]
+    fn pid_lists() {
+        assert_eq!(Pids::parse("12"), Ok(Pids(vec![12])));
+        assert_eq!(Pids::parse("12, 13,14"), Ok(Pids(vec![12, 13, 14])));
+        assert!(Pids::parse("12,x").is_err());
+        assert!(Pids::parse("12,12").is_err());
+        assert!(Pids::parse(",").is_err());
+        assert_eq!(Pids::param(&[]), serde_json::Value::Null);
+        assert_eq!(Pids::param(&[7]), serde_json::json!(7));
+        assert_eq!(Pids::param(&[7, 8]), serde_json::json!("7,8"));
+    }
+
+    #[test]
+    fn cpu_of_several_processes_is_summed() {
+        let me = std::process::id();
+        let parent = std::os::unix::process::parent_id();
+        let m = CpuMeter::start(&[me, parent]).expect("start");
+        // Burn a little CPU here so at least this process shows some.
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed().as_millis() < 60 {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let u = m.stop().expect("stop");
+        assert_eq!(u.by_process.len(), 2);
+        assert_eq!(u.by_process[0].pid, me);
+        let sum: f64 = u.by_process.iter().map(|p| p.cpu_s).sum();
+        assert_eq!(u.server_s, Some(sum));
+        assert_eq!(rss_kib_sum(&[]).expect("none"), None);
+        assert!(rss_kib_sum(&[me]).expect("rss").expect("some") > 0);
+        let none = CpuMeter::start(&[]).expect("start").stop().expect("stop");
+        assert!(none.server_s.is_none() && none.by_process.is_empty());
+    }
+
+    #[test]
     fn own_readings_work() {
         assert!(cpu_ticks(None).is_ok());
         assert!(rss_kib(std::process::id()).expect("rss") > 0);
@@ -201,5 +322,10 @@ mod tests {
         let p50 = h.quantile_us(0.5);
         assert!((499.0..=501.0).contains(&p50), "{p50}");
         assert!((h.max_us() - 1000.0).abs() < 1.0);
+        let mut sum = Hist::new().expect("hist");
+        sum.add(&h);
+        sum.add(&h);
+        assert_eq!(sum.len(), 2000);
+        assert!((sum.quantile_us(0.5) - p50).abs() < 1.0);
     }
 }

@@ -26,6 +26,8 @@ const DEFAULT_QUEUE: usize = 1 << 16;
 pub struct Seen {
     /// Pong payloads received.
     pub pongs: Mutex<Vec<Vec<u8>>>,
+    /// Connections accepted.
+    pub accepted: std::sync::atomic::AtomicUsize,
 }
 
 /// Reads one masked client frame: (opcode, unmasked payload); `None` at EOF.
@@ -155,13 +157,28 @@ pub async fn start(ping: bool) -> (SocketAddr, Arc<Seen>) {
 /// Starts the server with at most `queue` messages queued per member (then closed with 4000;
 /// the accepted sockets get a 4 KiB SO_SNDBUF), or the default queue and buffers for `None`.
 pub async fn start_with(ping: bool, queue: Option<usize>) -> (SocketAddr, Arc<Seen>) {
+    listen(ping, queue, Rooms::default()).await
+}
+
+/// Starts `n` servers that share their rooms, like the nodes of a cluster joined by a broker:
+/// a member's text reaches the room's members on every one of them. Each sees its own.
+pub async fn start_cluster(n: usize) -> Vec<(SocketAddr, Arc<Seen>)> {
+    let rooms = Rooms::default();
+    let mut nodes = Vec::with_capacity(n);
+    for _ in 0..n {
+        nodes.push(listen(false, None, rooms.clone()).await);
+    }
+    nodes
+}
+
+async fn listen(ping: bool, queue: Option<usize>, rooms: Rooms) -> (SocketAddr, Arc<Seen>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
-    let rooms: Rooms = Arc::default();
     let seen = Arc::new(Seen::default());
     let s2 = seen.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
+            s2.accepted.fetch_add(1, Ordering::Relaxed);
             if queue.is_some() {
                 socket2::SockRef::from(&s)
                     .set_send_buffer_size(4096)

@@ -31,6 +31,10 @@ use crate::state::State;
 
 /// Largest API request body.
 const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Most commands in one `batch`.
+const MAX_BATCH: usize = 1000;
+/// Most channels in one `broadcast`.
+const MAX_BROADCAST: usize = 1000;
 
 /// A field Centrifugo's server SDKs may send that Switchboard accepts and does not act on
 /// (docs/api.md lists them), so an SDK call with it still works and a misspelt field is still
@@ -302,14 +306,19 @@ async fn dispatch_one(state: &State, method: &str, value: &RawValue) -> Result<V
                     ))
                 }
             };
-            // Validate the payload once, before anything is published.
-            broadcast.publication()?;
+            if channels.len() > MAX_BROADCAST {
+                return Err(ApiError::BadRequest(format!(
+                    "broadcast takes at most {MAX_BROADCAST} channels"
+                )));
+            }
+            // Decode the payload once, before anything is published; each channel's
+            // publication shares its bytes.
+            let payload = broadcast.publication()?;
+            let (kind, bytes) = payload.payload();
             let mut responses: Vec<Value> = Vec::with_capacity(channels.len());
             for channel in channels {
-                let published = match broadcast.publication() {
-                    Ok(publication) => publish_to(state, channel, &broadcast, publication).await,
-                    Err(error) => Err(error),
-                };
+                let publication = Publication::from_payload(kind, bytes.clone());
+                let published = publish_to(state, channel, &broadcast, publication).await;
                 responses.push(match published {
                     Ok(result) => json!({ "result": result }),
                     Err(error) => error_json(&error),
@@ -405,6 +414,11 @@ async fn dispatch_one(state: &State, method: &str, value: &RawValue) -> Result<V
         }
         "batch" => {
             let batch: Batch = params(value)?;
+            if batch.commands.len() > MAX_BATCH {
+                return Err(ApiError::BadRequest(format!(
+                    "batch takes at most {MAX_BATCH} commands"
+                )));
+            }
             let mut replies: Vec<Value> = Vec::with_capacity(batch.commands.len());
             for command in batch.commands {
                 let mut entries = command.into_iter();

@@ -295,6 +295,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Development mode: anonymous plain doors, echo on, localhost origins, pretty logs.
     pub dev: bool,
+    /// Lets `dev` run on an address other than loopback. Development mode opens the API
+    /// and signs tokens with a secret anyone can read in the source: never on a network.
+    pub dev_insecure_on_network: bool,
     /// Time a client has to complete the HTTP upgrade request.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
@@ -482,6 +485,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             dev: false,
+            dev_insecure_on_network: false,
             handshake_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(25),
             shutdown_drain: Duration::from_secs(10),
@@ -547,6 +551,10 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_LISTEN", "server.listen"),
     ("SWITCHBOARD_DEV", "server.dev"),
+    (
+        "SWITCHBOARD_DEV_INSECURE_ON_NETWORK",
+        "server.dev_insecure_on_network",
+    ),
     ("SWITCHBOARD_HANDSHAKE_TIMEOUT", "server.handshake_timeout"),
     (
         "SWITCHBOARD_HEARTBEAT_INTERVAL",
@@ -669,6 +677,9 @@ impl Config {
         match key {
             "server.listen" => self.server.listen = parse(source, value)?,
             "server.dev" => self.server.dev = parse_bool(source, value)?,
+            "server.dev_insecure_on_network" => {
+                self.server.dev_insecure_on_network = parse_bool(source, value)?
+            }
             "server.handshake_timeout" => {
                 self.server.handshake_timeout = parse_duration(source, value)?
             }
@@ -778,6 +789,19 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first key that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        if server.dev && !server.listen.ip().is_loopback() && !server.dev_insecure_on_network {
+            return Err(invalid(
+                "server.dev",
+                format!(
+                    "development mode on {} would open the API and accept tokens signed with a \
+                     secret published in the source to anyone on the network; listen on \
+                     127.0.0.1 or [::1], or set server.dev_insecure_on_network = true \
+                     (SWITCHBOARD_DEV_INSECURE_ON_NETWORK) if you really mean it",
+                    server.listen
+                ),
+            ));
+        }
         let limits = &self.limits;
         if !(125..=64 * 1024 * 1024).contains(&limits.max_message_bytes) {
             return Err(invalid(
@@ -902,6 +926,21 @@ pub const GENERATED_CONFIG: &str = include_str!("../../../docs/switchboard.examp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_mode_is_refused_off_loopback_unless_loudly_allowed() {
+        let mut config = Config::default();
+        config.server.dev = true;
+        config.validate().unwrap();
+        config.server.listen = "0.0.0.0:8000".parse().unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("dev_insecure_on_network"), "{error}");
+        config.server.dev_insecure_on_network = true;
+        config.validate().unwrap();
+        config.server.dev = false;
+        config.server.dev_insecure_on_network = false;
+        config.validate().unwrap();
+    }
 
     #[test]
     fn generated_config_parses_to_the_defaults() {

@@ -276,11 +276,21 @@ impl Metrics {
         &self.doors[door as usize]
     }
 
-    /// Counts one ended connection.
+    /// Counts one ended connection. A code the client chose (reason `client_closed`) is
+    /// counted as its class (`1xxx`, `3xxx`, `4xxx`) when it is not one of RFC 6455's, so a
+    /// client cannot create thousands of label values.
     pub fn disconnected(&self, code: u16, reason: &str) {
-        self.disconnects
-            .with_label_values(&[&code.to_string(), reason])
-            .inc();
+        let standard = matches!(code, 1000..=1003 | 1005..=1015);
+        let label = if reason == "client_closed" && !standard {
+            match code {
+                3000..=3999 => "3xxx".to_owned(),
+                4000..=4999 => "4xxx".to_owned(),
+                _ => "other".to_owned(),
+            }
+        } else {
+            code.to_string()
+        };
+        self.disconnects.with_label_values(&[&label, reason]).inc();
     }
 
     /// Renders the text exposition, after refreshing the gauges read from the hub.
@@ -296,6 +306,28 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_chosen_close_codes_do_not_make_new_series() {
+        let metrics = Metrics::new();
+        for code in 3000..3100 {
+            metrics.disconnected(code, "client_closed");
+        }
+        metrics.disconnected(1000, "client_closed");
+        metrics.disconnected(4000, "slow_consumer");
+        let text = metrics.render(&Snapshot::default());
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("switchboard_disconnects_total{"))
+            .count();
+        assert_eq!(series, 3, "{text}");
+        assert!(text.contains("code=\"3xxx\""));
     }
 }
 

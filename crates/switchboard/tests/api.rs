@@ -152,6 +152,10 @@ async fn the_method_and_params_envelope_is_accepted() {
 async fn bad_requests_get_clear_errors_and_the_server_carries_on() {
     let server = start(config()).await;
     let key = [("X-API-Key", API_KEY)];
+    let publish = r#"{"publish":{"channel":"chat:x","data":1}}"#;
+    let oversized_batch = format!(r#"{{"commands":[{}]}}"#, vec![publish; 1001].join(","));
+    let channels: Vec<String> = (0..1001).map(|n| format!(r#""chat:{n}""#)).collect();
+    let oversized_broadcast = format!(r#"{{"channels":[{}],"data":1}}"#, channels.join(","));
     let cases = [
         // The request itself is wrong: an HTTP status of its own.
         ("POST", "/api/publish", "{not json", 400, r#""code":107"#),
@@ -193,9 +197,19 @@ async fn bad_requests_get_clear_errors_and_the_server_carries_on() {
             200,
             r#""code":108"#,
         ),
+        // Bounded requests: at most 1000 commands in a batch, 1000 channels in a broadcast.
+        ("POST", "/api/batch", &oversized_batch, 400, r#""code":107"#),
+        (
+            "POST",
+            "/api/broadcast",
+            &oversized_broadcast,
+            400,
+            r#""code":107"#,
+        ),
     ];
     for (method, path, body, status, code) in cases {
         let (got, text) = http(server.addr, method, path, &key, body).await;
+        let body = &body[..body.len().min(80)];
         assert_eq!(got, status, "{method} {path} {body}: {text}");
         assert!(text.contains(code), "{text}");
     }

@@ -444,6 +444,36 @@ async fn user_limited_channels_admit_only_their_users() {
 }
 
 #[tokio::test]
+async fn clients_cannot_publish_into_a_user_limited_channel_even_its_own_user() {
+    let mut config = protocol_config();
+    // Even where any client may publish: a user's channel is written by the backend only.
+    config.channels.default.publish = Some(PublishRule::Anonymous);
+    config.channels.default.subscribe = Some(SubscribeRule::Authenticated);
+    let server = start(config).await;
+    let (mut alice, _) = Proto::connected(&server, "alice").await;
+    let (mut mallory, _) = Proto::connected(&server, "mallory").await;
+    alice
+        .call("subscribe", json!({ "channel": "#alice" }))
+        .await;
+    for (who, client) in [("mallory", &mut mallory), ("alice", &mut alice)] {
+        let refused = client
+            .call(
+                "publish",
+                json!({ "channel": "#alice", "data": { "fake": who } }),
+            )
+            .await;
+        assert_eq!(refused["error"]["code"], 103, "{who}: {refused}");
+    }
+    // The backend still reaches her, and nothing forged arrived before it.
+    publish(&server, "#alice", json!({ "from": "backend" })).await;
+    assert_eq!(
+        alice.next_push().await["pub"]["data"],
+        json!({ "from": "backend" })
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_subscription_token_past_its_exp_is_error_109() {
     let server = start(protocol_config()).await;
     let (mut proto, _) = Proto::connected(&server, "u").await;

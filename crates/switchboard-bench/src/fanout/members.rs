@@ -104,6 +104,8 @@ pub(super) struct Shared {
     pub(super) c: Counters,
     pub(super) first_error: RefCell<Option<String>>,
     pub(super) hist: RefCell<Hist>,
+    /// With several nodes: the latency of the subscribers of each node (empty for one node).
+    pub(super) node_hists: RefCell<Vec<Hist>>,
     pub(super) pubs: Vec<Publisher>,
     pub(super) subs_in_room: Vec<usize>,
 }
@@ -129,7 +131,8 @@ impl Writer {
 
 #[derive(Clone, Copy)]
 pub(super) enum Role {
-    Sub,
+    /// A subscriber connected to node `.0` (its index in `--url`'s list).
+    Sub(usize),
     Pub,
 }
 
@@ -149,14 +152,19 @@ pub(super) fn each_message<'a>(door: Door, payload: &'a [u8], mut on: impl FnMut
 fn on_message(sh: &Shared, role: Role, room: usize, joined: &mut bool, p: &[u8], now: u64) {
     let p = payload::bench_message(p);
     match (p.first().copied(), role) {
-        (Some(KIND_PUB), Role::Sub) => match payload::parse_pub(p) {
+        (Some(KIND_PUB), Role::Sub(node)) => match payload::parse_pub(p) {
             Some(m) => {
                 let c = &sh.c;
                 c.delivered.set(c.delivered.get() + 1);
                 if sh.measuring.get() {
                     c.delivered_in_window.set(c.delivered_in_window.get() + 1);
                 }
-                sh.hist.borrow_mut().record(now.saturating_sub(m.ts));
+                let took = now.saturating_sub(m.ts);
+                sh.hist.borrow_mut().record(took);
+                // Per node only for a cluster (empty for one node).
+                if let Some(h) = sh.node_hists.borrow_mut().get_mut(node) {
+                    h.record(took);
+                }
                 if let Some(p) = sh.pubs.get(m.publisher as usize) {
                     p.delivered(m.seq);
                 }
@@ -185,7 +193,7 @@ async fn member_loop(
 ) -> Result<()> {
     let mut joined = false;
     let mut ctrl = Vec::new();
-    let sub = matches!(role, Role::Sub);
+    let sub = matches!(role, Role::Sub(_));
     loop {
         let now = now_ns();
         let counting = sub && sh.counting.get();

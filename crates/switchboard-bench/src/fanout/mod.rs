@@ -25,7 +25,7 @@
 //! state and the receive tasks; `phases` the warm-up, the publishers and the drain; `stalled`
 //! the subscribers that stop reading.
 
-use crate::net::{self, Conn, SocketOpts, Target};
+use crate::net::{self, Conn, Nodes, SocketOpts, Target};
 use crate::payload::PayloadKind;
 use crate::protocol;
 use crate::report::{self, Report};
@@ -114,6 +114,12 @@ pub struct Params {
     pub door: Door,
     /// The subscribers offer permessage-deflate (and require it).
     pub deflate: bool,
+    /// Written `start` right before the measured phase starts and `end` right after it ends
+    /// (so a script can read a broker's counters over exactly the measured phase).
+    pub phase_file: Option<std::path::PathBuf>,
+    /// After writing the phase file: wait until it is removed (the reader is done), at most
+    /// this long (zero: do not wait).
+    pub phase_hold: Duration,
 }
 
 mod members;
@@ -147,10 +153,19 @@ pub struct Outcome {
     inflated_bytes: u64,
     /// Publish→delivery latency of the (healthy) subscribers.
     pub hist: Hist,
+    /// With several nodes: the same per node (empty for one node).
+    by_node: Vec<NodeLatency>,
     first_error: Option<String>,
     problems: Vec<String>,
     /// How each stalled subscriber ended (empty without any).
     pub stalled: Vec<End>,
+}
+
+/// The latency of the subscribers of one node of a cluster.
+struct NodeLatency {
+    addr: String,
+    subscribers: usize,
+    hist: Hist,
 }
 
 fn validate(p: &Params) -> Result<()> {
@@ -179,18 +194,18 @@ fn validate(p: &Params) -> Result<()> {
     }
 }
 
-/// Runs the scenario against `target` and returns its report.
+/// Runs the scenario against `nodes` and returns its report.
 pub async fn run(
-    target: &Target,
+    nodes: &Nodes,
     p: &Params,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
     concurrency: usize,
 ) -> Result<Report> {
-    let o = execute(target, p, server_pid, concurrency).await?;
+    let o = execute(nodes, p, server_pids, concurrency).await?;
     let mut r = Report::new("fanout");
-    r.param("url", target.addr.to_string());
+    r.param("url", nodes.describe());
     write_params(&mut r, p);
-    r.param("server_pid", server_pid);
+    r.param("server_pid", crate::stats::Pids::param(server_pids));
     o.figures(&mut r);
     o.judge(&mut r, "");
     Ok(r)
@@ -242,11 +257,25 @@ async fn open_member(
     }
 }
 
+/// The node (index in `--url`'s list) of member `i` of a run with `subscribers` subscribers
+/// and `live` subscribers and publishers (stalled members come after): the subscribers are
+/// spread round-robin, publishers all connect to the first node, stalled subscribers are
+/// spread round-robin too.
+pub fn node_of(nodes: &Nodes, i: usize, subscribers: usize, live: usize) -> usize {
+    if i < subscribers {
+        nodes.index_for(i)
+    } else if i < live {
+        0
+    } else {
+        nodes.index_for(i - live)
+    }
+}
+
 /// Connects everyone, runs the phases, reads out the stalled subscribers; the figures.
 pub async fn execute(
-    target: &Target,
+    nodes: &Nodes,
     p: &Params,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
     concurrency: usize,
 ) -> Result<Outcome> {
     validate(p)?;
@@ -293,8 +322,13 @@ pub async fn execute(
             sub_opts
         }
     };
-    let t = Rc::new(target.clone());
+    // Subscribers spread over the nodes; publishers on the first one.
+    let ts: Vec<Rc<Target>> = (0..nodes.count())
+        .map(|j| Rc::new(nodes.node_for(j).clone()))
+        .collect();
+    let node = |i: usize| node_of(nodes, i, p.subscribers, live);
     let opened = net::open_many_with(live, concurrency, &pb, |i| {
+        let t = &ts[node(i)];
         open_member(t.clone(), room(i), door_of(i), t.source_for(i), opts_of(i))
     })
     .await;
@@ -303,6 +337,7 @@ pub async fn execute(
         ..sub_opts
     };
     let opened_stalled = net::open_many_with(p.stall.count, concurrency, &pb, |k| {
+        let t = &ts[node(live + k)];
         open_member(
             t.clone(),
             room(live + k),
@@ -350,6 +385,13 @@ pub async fn execute(
         c: Counters::default(),
         first_error: RefCell::new(None),
         hist: RefCell::new(Hist::new()?),
+        node_hists: RefCell::new(if nodes.count() > 1 {
+            (0..nodes.count())
+                .map(|_| Hist::new())
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        }),
         pubs,
         subs_in_room,
     });
@@ -363,7 +405,7 @@ pub async fn execute(
         let (rd, wr) = c.stream.into_split();
         let wr = Rc::new(Writer(tokio::sync::Mutex::new(wr)));
         let role = if i < p.subscribers {
-            Role::Sub
+            Role::Sub(node(i))
         } else {
             Role::Pub
         };
@@ -397,7 +439,7 @@ pub async fn execute(
         )));
     }
 
-    let outcome = measure(&sh, p, &writers, &room_of, server_pid).await;
+    let outcome = measure(&sh, p, &writers, &room_of, server_pids).await;
     let stalled_ends = match &outcome {
         Ok(_) if !stalled_tasks.is_empty() => {
             stalled::collect(&resume, &mut stalled_tasks, p.stall.read_timeout).await
@@ -421,6 +463,18 @@ pub async fn execute(
         .sum();
     let first_error = sh.first_error.borrow().clone();
     let hist = sh.hist.replace(Hist::new()?);
+    let node_hists = sh.node_hists.replace(Vec::new());
+    let by_node = node_hists
+        .into_iter()
+        .enumerate()
+        .map(|(j, hist)| NodeLatency {
+            addr: nodes.node_for(j).addr.to_string(),
+            subscribers: (0..p.subscribers)
+                .filter(|&i| nodes.index_for(i) == j)
+                .count(),
+            hist,
+        })
+        .collect();
     Ok(Outcome {
         connect_s,
         cpu,
@@ -441,6 +495,7 @@ pub async fn execute(
         compressed_bytes: sh.c.compressed_bytes.get(),
         inflated_bytes: sh.c.inflated_bytes.get(),
         hist,
+        by_node,
         first_error,
         problems,
         stalled: stalled_ends,
@@ -549,6 +604,36 @@ impl Outcome {
                 .then(|| 100.0 * (1.0 - self.compressed_bytes as f64 / self.inflated_bytes as f64)),
         );
         r.latency("latency", "publish→delivery", &self.hist);
+        if self.by_node.len() > 1 {
+            // The publishers are on node 0: the other nodes' subscribers get every
+            // publication through the broker (cross-node).
+            r.param("nodes", self.by_node.len());
+            let mut remote = Hist::new().ok();
+            for (j, n) in self.by_node.iter().enumerate() {
+                r.int(
+                    &format!("node{j}_subscribers"),
+                    &format!("node {j} ({}) subscribers", n.addr),
+                    n.subscribers as u64,
+                );
+                r.latency(
+                    &format!("node{j}_latency"),
+                    &format!("node {j} publish→delivery"),
+                    &n.hist,
+                );
+                if j > 0 {
+                    if let Some(h) = remote.as_mut() {
+                        h.add(&n.hist);
+                    }
+                }
+            }
+            if let Some(h) = &remote {
+                r.latency(
+                    "remote_latency",
+                    "other nodes than the publishers' (cross-node) publish→delivery",
+                    h,
+                );
+            }
+        }
         r.cpu("", &self.cpu, Some((in_window, "delivery")));
     }
 
@@ -578,5 +663,28 @@ impl Outcome {
                 "{what}the generator used >90% of a core: the result may be bounded by the generator"
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_are_spread_and_publishers_are_on_the_first_node() {
+        let nodes = Nodes::parse("ws://127.0.0.1:1,ws://127.0.0.1:2,ws://127.0.0.1:3", None)
+            .expect("nodes");
+        // 7 subscribers, 2 publishers (live = 9), then 4 stalled subscribers.
+        let placed: Vec<usize> = (0..13).map(|i| node_of(&nodes, i, 7, 9)).collect();
+        assert_eq!(placed, [0, 1, 2, 0, 1, 2, 0, 0, 0, 0, 1, 2, 0]);
+        // 1000 subscribers over 3 nodes: 334, 333, 333.
+        let mut per = [0usize; 3];
+        for i in 0..1000 {
+            per[node_of(&nodes, i, 1000, 1001)] += 1;
+        }
+        assert_eq!(per, [334, 333, 333]);
+        // One node: everyone on it.
+        let one = Nodes::parse("ws://127.0.0.1:1", None).expect("nodes");
+        assert!((0..13).all(|i| node_of(&one, i, 7, 9) == 0));
     }
 }

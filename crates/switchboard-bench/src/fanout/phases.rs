@@ -7,7 +7,7 @@ use crate::payload::{self, now_ns, PayloadKind, KIND_WARMUP};
 use crate::report;
 use crate::stats::CpuMeter;
 use crate::ws::{self, OP_TEXT};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,20 @@ async fn publish_rate(
     Ok(())
 }
 
+/// Writes `what` to `--phase-file` (if any), then waits until the file is removed, at most
+/// `--phase-hold`.
+async fn mark_phase(p: &Params, what: &str) -> Result<()> {
+    let Some(f) = &p.phase_file else {
+        return Ok(());
+    };
+    std::fs::write(f, format!("{what}\n")).with_context(|| format!("writing {}", f.display()))?;
+    let until = Instant::now() + p.phase_hold;
+    while Instant::now() < until && f.exists() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 pub(super) type Measured = (crate::stats::CpuUse, f64, Vec<String>);
 
 /// Warm-up, the measured phase and the drain. Returns the phase's CPU use, its wall time,
@@ -104,7 +118,7 @@ pub(super) async fn measure(
     p: &Params,
     writers: &[Rc<Writer>],
     room_of: &dyn Fn(usize) -> usize,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> Result<Measured> {
     // Warm-up sender per room: its first publisher if it has one, else its first subscriber
     // (never a stalled one: `writers` holds the subscribers and publishers only).
@@ -147,7 +161,8 @@ pub(super) async fn measure(
     // Let the last warm-up messages pass before measuring.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let cpu = CpuMeter::start(server_pid)?;
+    mark_phase(p, "start").await?;
+    let cpu = CpuMeter::start(server_pids)?;
     let t0 = Instant::now();
     let end = t0 + p.duration;
     sh.measuring.set(true);
@@ -195,6 +210,7 @@ pub(super) async fn measure(
     sh.measuring.set(false);
     let used = cpu.stop()?;
     let wall = (Instant::now() - t0).as_secs_f64();
+    mark_phase(p, "end").await?;
     pb.finish_and_clear();
 
     // Publishers stop by themselves at `end`; give them the drain time, then stop them.

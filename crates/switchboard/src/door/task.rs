@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use crate::conn::{Conn, IpPermit, MessageRate};
 use crate::error::CloseReason;
 use crate::kind::Door;
+use crate::node::PublishOrder;
 use crate::protocol::ClientSession;
 use crate::publication::Publication;
 use crate::state::State;
@@ -183,6 +184,8 @@ struct Socket {
     protocol: Option<Box<ClientSession>>,
     /// The echo door compresses its replies with this window when deflate was negotiated.
     echo_window: Option<u8>,
+    /// A plain room member's publications, in order on their way to a remote broker.
+    order: PublishOrder,
 }
 
 /// What woke the connection's task.
@@ -280,6 +283,7 @@ impl Socket {
             stats,
             client_closed,
             protocol,
+            order,
             echo_window,
             ..
         } = self;
@@ -289,6 +293,7 @@ impl Socket {
             rate,
             stats,
             protocol,
+            order,
             echo_window: *echo_window,
         };
         reader.feed(buf, &mut |event| match event {
@@ -441,6 +446,7 @@ struct Inbound<'a> {
     rate: &'a mut Option<MessageRate>,
     stats: &'a mut Stats,
     protocol: &'a mut Option<Box<ClientSession>>,
+    order: &'a mut PublishOrder,
     echo_window: Option<u8>,
 }
 
@@ -456,6 +462,7 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
         rate,
         stats,
         protocol,
+        order,
         echo_window,
     } = inbound;
     if let Some(rate) = rate.as_mut() {
@@ -486,7 +493,11 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
                 let publication = Publication::plain(opcode, Bytes::copy_from_slice(data));
                 // The room's name was checked at the upgrade, and `chat` always has rules.
                 match state.node.channels.rules(channel) {
-                    Ok(rules) => state.node.publish_then(channel, rules, publication, |_| {}),
+                    Ok(rules) => {
+                        state
+                            .node
+                            .publish_then(order, channel, rules, publication, |_| {})
+                    }
                     Err(error) => {
                         tracing::error!(event = "publish_failed", channel = %channel, %error)
                     }
@@ -528,6 +539,7 @@ pub(crate) async fn run(
         rate: MessageRate::new(limits.client_message_rate, limits.client_message_burst),
         stats: Stats::default(),
         client_closed: None,
+        order: PublishOrder::default(),
         protocol: (session.conn.door == Door::Protocol).then(|| {
             Box::new(ClientSession::new(
                 Arc::clone(&state),

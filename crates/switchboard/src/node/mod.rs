@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::memory::{MemoryBroker, StreamState};
@@ -91,6 +91,42 @@ struct Remote {
     listeners: Mutex<HashMap<Box<str>, usize>>,
     /// Presence entries of this node's clients, refreshed before they expire.
     presence: Mutex<OwnedPresence>,
+    /// Presence changes and join/leave pushes, carried out one after another.
+    chores: mpsc::Sender<Chore>,
+    chores_receiver: Mutex<Option<mpsc::Receiver<Chore>>>,
+}
+
+/// A presence change or a join/leave push for a remote broker. They are carried out in the
+/// order they were made (one task), so a client's leave never overtakes its join.
+enum Chore {
+    AddPresence {
+        channel: Box<str>,
+        info: Arc<ClientInfo>,
+    },
+    RemovePresence {
+        channel: Box<str>,
+        client: Box<str>,
+    },
+    Join {
+        channel: Box<str>,
+        info: Arc<ClientInfo>,
+    },
+    Leave {
+        channel: Box<str>,
+        info: Arc<ClientInfo>,
+    },
+}
+
+/// Chores waiting before new ones are dropped (with a warning; presence then heals at the
+/// next refresh or expiry).
+const CHORE_QUEUE: usize = 65536;
+
+/// Keeps one connection's publications in the order it sent them while they wait for a
+/// remote broker (empty, and unused, on the memory broker).
+#[derive(Default)]
+pub(crate) struct PublishOrder {
+    /// Done when the connection's last publish is over.
+    last: Option<oneshot::Receiver<()>>,
 }
 
 /// A connection joining a channel.
@@ -198,7 +234,10 @@ impl Node {
             Some(broker) => {
                 let (senders, receivers): (Vec<_>, Vec<_>) =
                     (0..WORKERS).map(|_| mpsc::channel(WORKER_QUEUE)).unzip();
+                let (chores, chores_receiver) = mpsc::channel(CHORE_QUEUE);
                 let remote = Remote {
+                    chores,
+                    chores_receiver: Mutex::new(Some(chores_receiver)),
                     broker: Arc::clone(&broker),
                     workers: senders.into(),
                     receivers: Mutex::new(receivers),
@@ -263,6 +302,13 @@ impl Node {
                 }
                 tokio::spawn(control::announce_loop(Arc::clone(self), shutdown.clone()));
                 tokio::spawn(refresh_presence_loop(Arc::clone(self), shutdown.clone()));
+                let chores = self
+                    .remote
+                    .as_ref()
+                    .and_then(|r| lock(&r.chores_receiver).take());
+                if let Some(chores) = chores {
+                    tokio::spawn(do_chores(Arc::clone(self), chores, shutdown.clone()));
+                }
                 tokio::spawn(worker::position_check_loop(Arc::clone(self), shutdown));
             }
         }
@@ -407,10 +453,12 @@ impl Node {
         }
     }
 
-    /// Publishes, then hands the result to `done` (at once on the memory broker: the hot
-    /// path allocates nothing here).
+    /// Publishes, then hands the result to `done`: at once on the memory broker (the hot path
+    /// allocates nothing here); on a remote broker from a task, after the publish before it in
+    /// `order` (one connection's publications reach the broker in the order it sent them).
     pub(crate) fn publish_then(
         self: &Arc<Self>,
+        order: &mut PublishOrder,
         channel: &str,
         rules: &ChannelRules,
         publication: Publication,
@@ -422,7 +470,18 @@ impl Node {
             return done(Ok(memory.publish_now(channel, publication, &options)));
         }
         let (node, channel, rules) = (Arc::clone(self), Box::<str>::from(channel), rules.clone());
-        tokio::spawn(async move { done(node.publish(&channel, &rules, publication, None).await) });
+        let before = order.last.take();
+        let (finished, next) = oneshot::channel();
+        order.last = Some(next);
+        tokio::spawn(async move {
+            if let Some(before) = before {
+                // Sent or dropped when the previous publish is over, either way.
+                let _ = before.await;
+            }
+            let result = node.publish(&channel, &rules, publication, None).await;
+            let _ = finished.send(());
+            done(result);
+        });
     }
 
     // ---- joining and leaving ----
@@ -568,18 +627,12 @@ impl Node {
     fn announce(self: &Arc<Self>, channel: &str, info: &Arc<ClientInfo>, joined: bool) {
         match &self.engine {
             Engine::Memory(_) => self.push_presence(channel, info, joined),
-            Engine::Remote(broker) => {
-                let (node, broker) = (Arc::clone(self), Arc::clone(broker));
-                let (channel, info) = (Box::<str>::from(channel), Arc::clone(info));
-                tokio::spawn(async move {
-                    let sent = if joined {
-                        node.call(broker.publish_join(&channel, &info)).await
-                    } else {
-                        node.call(broker.publish_leave(&channel, &info)).await
-                    };
-                    if let Err(error) = sent {
-                        tracing::warn!(event = "join_leave_lost", channel = %channel, %error, "a join/leave push could not be sent");
-                    }
+            Engine::Remote(_) => {
+                let (channel, info) = (channel.into(), Arc::clone(info));
+                self.chore(if joined {
+                    Chore::Join { channel, info }
+                } else {
+                    Chore::Leave { channel, info }
                 });
             }
         }
@@ -618,18 +671,14 @@ impl Node {
                 Arc::clone(info),
                 Duration::from_secs(u32::MAX.into()),
             ),
-            Engine::Remote(broker) => {
+            Engine::Remote(_) => {
                 if let Some(remote) = &self.remote {
                     lock(&remote.presence)
                         .insert((channel.into(), info.client.clone()), Arc::clone(info));
                 }
-                let (node, broker) = (Arc::clone(self), Arc::clone(broker));
-                let (channel, info) = (Box::<str>::from(channel), Arc::clone(info));
-                let ttl = self.settings.presence_ttl;
-                tokio::spawn(async move {
-                    if let Err(error) = node.call(broker.add_presence(&channel, &info, ttl)).await {
-                        tracing::warn!(event = "presence_failed", channel = %channel, %error, "presence not recorded; the next refresh retries");
-                    }
+                self.chore(Chore::AddPresence {
+                    channel: channel.into(),
+                    info: Arc::clone(info),
                 });
             }
         }
@@ -638,17 +687,14 @@ impl Node {
     fn remove_presence(self: &Arc<Self>, channel: &str, client: &str) {
         match &self.engine {
             Engine::Memory(memory) => memory.remove_presence_now(channel, client),
-            Engine::Remote(broker) => {
+            Engine::Remote(_) => {
                 if let Some(remote) = &self.remote {
                     lock(&remote.presence)
                         .remove(&(Box::<str>::from(channel), Box::<str>::from(client)));
                 }
-                let (node, broker) = (Arc::clone(self), Arc::clone(broker));
-                let (channel, client) = (Box::<str>::from(channel), Box::<str>::from(client));
-                tokio::spawn(async move {
-                    if let Err(error) = node.call(broker.remove_presence(&channel, &client)).await {
-                        tracing::warn!(event = "presence_failed", channel = %channel, %error, "presence not removed; it expires after node.presence_ttl");
-                    }
+                self.chore(Chore::RemovePresence {
+                    channel: channel.into(),
+                    client: client.into(),
                 });
             }
         }
@@ -842,6 +888,67 @@ impl Node {
                     .filter(|uid| *uid != self.uid)
                     .collect();
                 control::survey_channels(self, broker.as_ref(), &others).await
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Queues a presence change or a join/leave push (remote broker).
+    fn chore(&self, chore: Chore) {
+        if let Some(remote) = &self.remote {
+            if remote.chores.try_send(chore).is_err() {
+                tracing::warn!(event = "presence_failed", "presence and join/leave queue full; a change was dropped (presence heals at the next refresh or expiry)");
+            }
+        }
+    }
+}
+
+/// Carries out presence changes and join/leave pushes in order (remote broker).
+async fn do_chores(
+    node: Arc<Node>,
+    mut chores: mpsc::Receiver<Chore>,
+    shutdown: CancellationToken,
+) {
+    let Engine::Remote(broker) = &node.engine else {
+        return;
+    };
+    loop {
+        let chore = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            chore = chores.recv() => chore,
+        };
+        let Some(chore) = chore else { return };
+        let (what, channel, done) = match &chore {
+            Chore::AddPresence { channel, info } => {
+                let ttl = node.settings.presence_ttl;
+                (
+                    "presence",
+                    channel,
+                    node.call(broker.add_presence(channel, info, ttl)).await,
+                )
+            }
+            Chore::RemovePresence { channel, client } => (
+                "presence",
+                channel,
+                node.call(broker.remove_presence(channel, client)).await,
+            ),
+            Chore::Join { channel, info } => (
+                "join",
+                channel,
+                node.call(broker.publish_join(channel, info)).await,
+            ),
+            Chore::Leave { channel, info } => (
+                "leave",
+                channel,
+                node.call(broker.publish_leave(channel, info)).await,
+            ),
+        };
+        if let Err(error) = done {
+            if what == "presence" {
+                tracing::warn!(event = "presence_failed", channel = %channel, %error, "presence not changed; entries expire after node.presence_ttl, the next refresh re-adds the live ones");
+            } else {
+                tracing::warn!(event = "join_leave_lost", channel = %channel, push = what, %error, "a join/leave push could not be sent");
             }
         }
     }

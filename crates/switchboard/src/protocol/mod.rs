@@ -29,7 +29,7 @@ use crate::channels::{user_limited, ChannelRules};
 use crate::config::{PublishRule, SubscribeRule};
 use crate::conn::{Conn, ServerCommand};
 use crate::error::{ClientError, CloseReason};
-use crate::node::{encode_frame, JoinRequest, JoinTicket, TicketState};
+use crate::node::{encode_frame, JoinRequest, JoinTicket, PublishOrder, TicketState};
 use crate::publication::{ClientInfo, Publication};
 use crate::state::State;
 use crate::ws::frame::Opcode;
@@ -81,6 +81,8 @@ pub(crate) struct ClientSession {
     /// The connection token's `info` claim (others see it as `conn_info`).
     conn_info: Option<Value>,
     subscriptions: HashMap<Box<str>, Subscription>,
+    /// This connection's publications, in order on their way to a remote broker.
+    order: PublishOrder,
     /// Counts subscribes, to tell a subscription from an earlier one to the same channel.
     generations: u64,
 }
@@ -130,6 +132,7 @@ impl ClientSession {
             connected: false,
             conn_info: None,
             subscriptions: HashMap::new(),
+            order: PublishOrder::default(),
             generations: 0,
         }
     }
@@ -578,7 +581,8 @@ impl ClientSession {
     fn publish(&mut self, id: u32, request: wire::PublishRequest) -> Result<(), ClientError> {
         let channel = request.channel.as_str();
         let rules = self.state.channels().rules(channel)?;
-        if !self.may_publish(channel, rules) {
+        // A user-limited channel (`name#42`) is a user's inbox: only the backend writes there.
+        if user_limited(channel, "").is_some() || !self.may_publish(channel, rules) {
             return Err(ClientError::PermissionDenied);
         }
         let info = match self.subscriptions.get(channel) {
@@ -598,7 +602,7 @@ impl ClientSession {
         let done = self.reply_later(id, |reply, _| reply.publish = Some(Empty {}));
         self.state
             .node
-            .publish_then(channel, rules, publication, done);
+            .publish_then(&mut self.order, channel, rules, publication, done);
         Ok(())
     }
 
