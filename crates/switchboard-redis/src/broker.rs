@@ -1,6 +1,7 @@
 //! [`RedisBroker`]: the [`Broker`] contract on Redis. Streams, presence and idempotency keys
 //! live in the shard a channel hashes to; every multi-key step is one Lua script
-//! ([`crate::scripts`]); delivery goes through the pub/sub workers ([`crate::pubsub`]).
+//! ([`crate::scripts`]); delivery goes through the pub/sub workers ([`crate::pubsub`]), or on
+//! a Redis Cluster through the sharded pub/sub workers ([`crate::sharded`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,8 @@ use crate::keys::{self, Names, Presence};
 use crate::link::Shard;
 use crate::pubsub::{lock, Shared, Timing, Worker};
 use crate::scripts::Scripts;
-use crate::settings::{RedisSettings, SettingsError};
+use crate::settings::{RedisSettings, SettingsError, ShardAddress};
+use crate::sharded::ShardedWorker;
 
 /// Why a [`RedisBroker`] cannot be built.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,6 +42,36 @@ pub enum RedisBrokerError {
         /// The library's reason.
         reason: String,
     },
+}
+
+/// The pub/sub workers.
+enum Delivery {
+    /// Classic pub/sub on each shard: `workers[shard][connection]`.
+    Shards(Vec<Vec<Arc<Worker>>>),
+    /// Sharded pub/sub on a Redis Cluster: `workers[connection]`.
+    Cluster(Vec<Arc<ShardedWorker>>),
+}
+
+/// One channel's pub/sub worker.
+enum WorkerRef<'a> {
+    Shard(&'a Worker),
+    Cluster(&'a ShardedWorker),
+}
+
+impl WorkerRef<'_> {
+    async fn subscribe(&self, names: &[String]) -> Result<(), BrokerError> {
+        match self {
+            WorkerRef::Shard(worker) => worker.subscribe(names).await,
+            WorkerRef::Cluster(worker) => worker.subscribe(names).await,
+        }
+    }
+
+    async fn unsubscribe(&self, names: &[String]) -> Result<(), BrokerError> {
+        match self {
+            WorkerRef::Shard(worker) => worker.unsubscribe(names).await,
+            WorkerRef::Cluster(worker) => worker.unsubscribe(names).await,
+        }
+    }
 }
 
 /// The background tasks of a started broker.
@@ -58,8 +90,7 @@ struct Pinged {
 struct Inner {
     settings: RedisSettings,
     shards: Vec<Arc<Shard>>,
-    /// `workers[shard][connection]`.
-    workers: Vec<Vec<Arc<Worker>>>,
+    delivery: Delivery,
     shared: Arc<Shared>,
     scripts: Scripts,
     running: Mutex<Option<Running>>,
@@ -89,7 +120,14 @@ impl RedisBroker {
         if settings.pubsub_connections == 0 {
             return Err(SettingsError::NoPubsubConnections.into());
         }
-        let names = Names::new(&settings.prefix);
+        let cluster_seeds = match settings.shards.as_slice() {
+            [ShardAddress::Cluster { seeds }] => Some(seeds.clone()),
+            _ => None,
+        };
+        let names = match cluster_seeds {
+            Some(_) => Names::sharded(&settings.prefix),
+            None => Names::new(&settings.prefix),
+        };
         let timing = Timing {
             connect: settings.connect_timeout,
             call: settings.call_timeout,
@@ -109,6 +147,10 @@ impl RedisBroker {
                 }
             })?;
             let shard = Arc::new(shard);
+            shards.push(Arc::clone(&shard));
+            if cluster_seeds.is_some() {
+                continue;
+            }
             let of_shard = (0..settings.pubsub_connections)
                 .map(|connection| {
                     // Control rides on the first connection of the first shard, for every node.
@@ -121,15 +163,36 @@ impl RedisBroker {
                     Arc::new(Worker::new(Arc::clone(&shard), probe, fixed, timing))
                 })
                 .collect();
-            shards.push(shard);
             workers.push(of_shard);
         }
+        let delivery = match (cluster_seeds, shards.first()) {
+            (Some(seeds), Some(link)) => Delivery::Cluster(
+                (0..settings.pubsub_connections)
+                    .map(|connection| {
+                        // Control rides on the first connection, for every node.
+                        let fixed = if connection == 0 {
+                            vec![names.control()]
+                        } else {
+                            Vec::new()
+                        };
+                        Arc::new(ShardedWorker::new(
+                            seeds.clone(),
+                            Arc::clone(link),
+                            format!("{node}-{connection}"),
+                            fixed,
+                            timing,
+                        ))
+                    })
+                    .collect(),
+            ),
+            _ => Delivery::Shards(workers),
+        };
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared::new(names)),
                 settings,
                 shards,
-                workers,
+                delivery,
                 scripts: Scripts::new(),
                 running: Mutex::new(None),
                 pinged: Mutex::new(Pinged::default()),
@@ -145,7 +208,8 @@ impl RedisBroker {
         RedisBroker::new(RedisSettings::from_config(config)?)
     }
 
-    /// The shard `channel` lives on (its index in the URL list).
+    /// The shard `channel` lives on (its index in the URL list; 0 on a Redis Cluster, which
+    /// places channels on its masters by slot).
     pub fn shard_index(&self, channel: &str) -> usize {
         hash::shard_of(channel, self.inner.shards.len())
     }
@@ -154,9 +218,16 @@ impl RedisBroker {
         &self.inner.shards[self.shard_index(channel)]
     }
 
-    fn worker(&self, channel: &str) -> &Worker {
-        let of_shard = &self.inner.workers[self.shard_index(channel)];
-        &of_shard[hash::connection_of(channel, of_shard.len())]
+    fn worker(&self, channel: &str) -> WorkerRef<'_> {
+        match &self.inner.delivery {
+            Delivery::Shards(workers) => {
+                let of_shard = &workers[self.shard_index(channel)];
+                WorkerRef::Shard(&of_shard[hash::connection_of(channel, of_shard.len())])
+            }
+            Delivery::Cluster(workers) => {
+                WorkerRef::Cluster(&workers[hash::connection_of(channel, workers.len())])
+            }
+        }
     }
 
     fn names(&self) -> &Names {
@@ -169,9 +240,10 @@ impl RedisBroker {
         channel: String,
         message: Bytes,
     ) -> Result<(), BrokerError> {
+        let command = self.names().publish_command();
         shard
             .call(|mut connection| async move {
-                redis::cmd("PUBLISH")
+                redis::cmd(command)
                     .arg(channel)
                     .arg(&message[..])
                     .query_async::<i64>(&mut connection)
@@ -222,14 +294,29 @@ impl Broker for RedisBroker {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut firsts = Vec::new();
-        for worker in self.inner.workers.iter().flatten() {
-            let (first, reported) = oneshot::channel();
-            firsts.push(reported);
-            tasks.push(tokio::spawn(Arc::clone(worker).run(
-                Arc::clone(&self.inner.shared),
-                cancel.child_token(),
-                first,
-            )));
+        match &self.inner.delivery {
+            Delivery::Shards(workers) => {
+                for worker in workers.iter().flatten() {
+                    let (first, reported) = oneshot::channel();
+                    firsts.push(reported);
+                    tasks.push(tokio::spawn(Arc::clone(worker).run(
+                        Arc::clone(&self.inner.shared),
+                        cancel.child_token(),
+                        first,
+                    )));
+                }
+            }
+            Delivery::Cluster(workers) => {
+                for worker in workers {
+                    let (first, reported) = oneshot::channel();
+                    firsts.push(reported);
+                    tasks.push(tokio::spawn(Arc::clone(worker).run(
+                        Arc::clone(&self.inner.shared),
+                        cancel.child_token(),
+                        first,
+                    )));
+                }
+            }
         }
         let monitor = self.clone();
         let stop = cancel.child_token();
@@ -276,12 +363,10 @@ impl Broker for RedisBroker {
     fn health(&self) -> BrokerHealth {
         let pinged = *lock(&self.inner.pinged);
         let running = lock(&self.inner.running).is_some();
-        let workers_up = self
-            .inner
-            .workers
-            .iter()
-            .flatten()
-            .all(|w| w.is_connected());
+        let workers_up = match &self.inner.delivery {
+            Delivery::Shards(workers) => workers.iter().flatten().all(|w| w.is_connected()),
+            Delivery::Cluster(workers) => workers.iter().all(|w| w.is_connected()),
+        };
         BrokerHealth {
             connected: running && pinged.ok && workers_up,
             round_trip: pinged.round_trip,
@@ -344,6 +429,7 @@ impl Broker for RedisBroker {
                     .arg(millis(options.history_meta_ttl))
                     .arg(epoch)
                     .arg(idempotency_ttl)
+                    .arg(names.publish_command())
                     .invoke_async(&mut connection)
                     .await
             })

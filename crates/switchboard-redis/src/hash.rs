@@ -2,6 +2,9 @@
 //! channel's name (FNV-1a, the same on every node and build) fed to jump consistent hash
 //! (Lamping and Veach, 2014), so going from n to n+1 shards moves only about 1/(n+1) of the
 //! channels, all of them to the new shard.
+//!
+//! On a Redis Cluster the cluster decides instead: [`slot`] is the slot Redis gives a key or a
+//! sharded pub/sub channel (CRC16 of its hash tag, modulo 16384).
 
 /// FNV-1a, 64 bits: stable across processes, builds and platforms (unlike `DefaultHasher`).
 pub(crate) fn stable_hash(name: &str) -> u64 {
@@ -36,6 +39,35 @@ pub(crate) fn connection_of(channel: &str, connections: usize) -> usize {
         .rotate_left(32)
         .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     usize::try_from(mixed >> 32).unwrap_or(0) % connections.max(1)
+}
+
+/// How many slots a Redis Cluster has.
+pub(crate) const SLOTS: u16 = 16_384;
+
+/// CRC16/XMODEM (polynomial 0x1021, initial value 0), the checksum Redis Cluster hashes with.
+fn crc16(bytes: &[u8]) -> u16 {
+    bytes.iter().fold(0u16, |mut crc, &byte| {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+        crc
+    })
+}
+
+/// The cluster slot of `name`: the hash of the text between its first `{` and the first `}`
+/// after it when that text is not empty, else of the whole name (Redis' hash-tag rule).
+pub(crate) fn slot(name: &[u8]) -> u16 {
+    let tagged = name.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &name[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        Some(&rest[..close]).filter(|tag| !tag.is_empty())
+    });
+    crc16(tagged.unwrap_or(name)) % SLOTS
 }
 
 #[cfg(test)]
@@ -78,6 +110,23 @@ mod tests {
         for count in shards.iter().chain(&connections) {
             assert!((2_000..3_000).contains(count), "{shards:?} {connections:?}");
         }
+    }
+
+    #[test]
+    fn slots_follow_redis_hash_tags() {
+        // Values from Redis' `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(slot(b"foo"), 12_182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(
+            slot(b"foo{}{bar}"),
+            slot(b"foo{}{bar}"),
+            "an empty tag: the whole name"
+        );
+        assert_ne!(slot(b"a{}x"), slot(b"b{}x"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
     }
 
     #[test]

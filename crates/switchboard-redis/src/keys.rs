@@ -1,9 +1,16 @@
 //! The names the engine uses in Redis, and the bytes of its pub/sub messages.
 //!
 //! Every key of one channel carries the channel in a hash tag (`{channel}`), so all of them
-//! fall in one cluster slot and a Lua script may touch them together (a cluster mode stays
-//! possible). Pub/sub channels: `<prefix>:p:<channel>` for publications, `<prefix>:j:<channel>`
-//! for join/leave, `<prefix>:control` for control, `<prefix>:probe:<id>` per connection probe.
+//! fall in one cluster slot and a Lua script may touch them together. Pub/sub channels:
+//! `<prefix>:p:<channel>` for publications, `<prefix>:j:<channel>` for join/leave,
+//! `<prefix>:control` for control, `<prefix>:probe:<id>` per connection probe.
+//!
+//! On a Redis Cluster ([`Names::sharded`]) the pub/sub channels are sharded ones and carry
+//! the same tag as the channel's keys (`<prefix>:p:{=<channel>}`, `<prefix>:j:{=<channel>}`,
+//! control on `<prefix>:{control}`), so a channel's publications travel through the master
+//! that holds its stream. The tag gets a leading `=` there: Redis ignores an empty tag, so a
+//! channel starting with `}` would otherwise hash each name whole and scatter its keys over
+//! slots. Without a cluster the names stay as they were (existing data keeps its keys).
 //!
 //! A publication message is `<offset> <epoch>\n` then [`switchboard::broker::codec`] bytes
 //! (offset 0 and an empty epoch without history); a join/leave message is `j` or `l` then the
@@ -19,53 +26,94 @@ use switchboard::publication::{ClientInfo, Publication};
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
     prefix: String,
+    /// Sharded pub/sub on a Redis Cluster (see the module doc).
+    sharded: bool,
 }
 
 impl Names {
     pub(crate) fn new(prefix: &str) -> Self {
         Names {
             prefix: prefix.to_owned(),
+            sharded: false,
+        }
+    }
+
+    /// The names on a Redis Cluster: pub/sub channels tagged like the channel's keys.
+    pub(crate) fn sharded(prefix: &str) -> Self {
+        Names {
+            prefix: prefix.to_owned(),
+            sharded: true,
+        }
+    }
+
+    /// The command that publishes to one of these pub/sub channels.
+    pub(crate) fn publish_command(&self) -> &'static str {
+        if self.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// `channel`'s hash tag, braces included.
+    fn tag(&self, channel: &str) -> String {
+        if self.sharded {
+            format!("{{={channel}}}")
+        } else {
+            format!("{{{channel}}}")
         }
     }
 
     /// The stream position hash (`e` epoch, `o` offset).
     pub(crate) fn meta(&self, channel: &str) -> String {
-        format!("{}:meta:{{{channel}}}", self.prefix)
+        format!("{}:meta:{}", self.prefix, self.tag(channel))
     }
 
     /// The kept publications (a Redis stream whose ids are `<offset>-0`).
     pub(crate) fn stream(&self, channel: &str) -> String {
-        format!("{}:stream:{{{channel}}}", self.prefix)
+        format!("{}:stream:{}", self.prefix, self.tag(channel))
     }
 
     /// A remembered idempotent publish's result.
     pub(crate) fn idempotency(&self, channel: &str, key: &str) -> String {
-        format!("{}:idem:{{{channel}}}:{key}", self.prefix)
+        format!("{}:idem:{}:{key}", self.prefix, self.tag(channel))
     }
 
     /// Presence: client id → codec bytes.
     pub(crate) fn presence(&self, channel: &str) -> String {
-        format!("{}:presence:{{{channel}}}", self.prefix)
+        format!("{}:presence:{}", self.prefix, self.tag(channel))
     }
 
     /// Presence: client id scored by its expiry (ms, Redis clock).
     pub(crate) fn presence_expiry(&self, channel: &str) -> String {
-        format!("{}:presence-exp:{{{channel}}}", self.prefix)
+        format!("{}:presence-exp:{}", self.prefix, self.tag(channel))
     }
 
     /// The pub/sub channel of `channel`'s publications.
     pub(crate) fn publications(&self, channel: &str) -> String {
-        format!("{}:p:{channel}", self.prefix)
+        if self.sharded {
+            format!("{}:p:{}", self.prefix, self.tag(channel))
+        } else {
+            format!("{}:p:{channel}", self.prefix)
+        }
     }
 
     /// The pub/sub channel of `channel`'s join/leave.
     pub(crate) fn join_leave(&self, channel: &str) -> String {
-        format!("{}:j:{channel}", self.prefix)
+        if self.sharded {
+            format!("{}:j:{}", self.prefix, self.tag(channel))
+        } else {
+            format!("{}:j:{channel}", self.prefix)
+        }
     }
 
     /// The pub/sub channel every node's control messages go through.
     pub(crate) fn control(&self) -> String {
-        format!("{}:control", self.prefix)
+        if self.sharded {
+            format!("{}:{{control}}", self.prefix)
+        } else {
+            format!("{}:control", self.prefix)
+        }
     }
 
     /// The probe channel of one pub/sub connection.
@@ -76,11 +124,19 @@ impl Names {
     /// What a pub/sub channel name is about.
     pub(crate) fn classify<'a>(&self, name: &'a str) -> Option<Topic<'a>> {
         let rest = name.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
+        let untag = |tagged: &'a str| {
+            if self.sharded {
+                tagged.strip_prefix("{=")?.strip_suffix('}')
+            } else {
+                Some(tagged)
+            }
+        };
+        let control = if self.sharded { "{control}" } else { "control" };
         if let Some(channel) = rest.strip_prefix("p:") {
-            Some(Topic::Publications(channel))
+            untag(channel).map(Topic::Publications)
         } else if let Some(channel) = rest.strip_prefix("j:") {
-            Some(Topic::JoinLeave(channel))
-        } else if rest == "control" {
+            untag(channel).map(Topic::JoinLeave)
+        } else if rest == control {
             Some(Topic::Control)
         } else if rest.starts_with("probe:") {
             Some(Topic::Probe)
@@ -183,6 +239,65 @@ mod tests {
         ] {
             assert!(key.contains("{a:b}"), "{key}");
         }
+    }
+
+    /// Channels whose names play with braces, the `=` marker and separators.
+    const AWKWARD: [&str; 10] = [
+        "x:y", "}x", "}", "a}b", "{", "a{b}c", "{}", "=}", "{=a}", "p:j:",
+    ];
+
+    #[test]
+    fn on_a_cluster_every_key_and_pubsub_channel_of_one_channel_is_in_one_slot() {
+        let names = Names::sharded("sb");
+        for channel in AWKWARD {
+            // Every key a script names (the idempotency key too, whatever the caller's key),
+            // and the pub/sub channels the publish script and subscribers use.
+            let all = [
+                names.meta(channel),
+                names.stream(channel),
+                names.idempotency(channel, ""),
+                names.idempotency(channel, "}{k}"),
+                names.presence(channel),
+                names.presence_expiry(channel),
+                names.publications(channel),
+                names.join_leave(channel),
+            ];
+            let slot = crate::hash::slot(all[0].as_bytes());
+            for name in &all {
+                assert_eq!(
+                    crate::hash::slot(name.as_bytes()),
+                    slot,
+                    "{channel:?}: {name}"
+                );
+            }
+        }
+        // Without the marker a channel starting with `}` would scatter (why it is there).
+        let plain = Names::new("sb");
+        assert_ne!(
+            crate::hash::slot(plain.meta("}x").as_bytes()),
+            crate::hash::slot(plain.stream("}x").as_bytes())
+        );
+    }
+
+    #[test]
+    fn sharded_names_are_classified_back_and_stay_distinct() {
+        let names = Names::sharded("sb");
+        let mut seen = std::collections::HashSet::new();
+        for channel in AWKWARD {
+            assert_eq!(
+                names.classify(&names.publications(channel)),
+                Some(Topic::Publications(channel))
+            );
+            assert_eq!(
+                names.classify(&names.join_leave(channel)),
+                Some(Topic::JoinLeave(channel))
+            );
+            assert!(seen.insert(names.meta(channel)), "{channel:?} shares a key");
+        }
+        assert_eq!(names.classify(&names.control()), Some(Topic::Control));
+        assert_eq!(names.classify(&names.probe("{t-1}")), Some(Topic::Probe));
+        assert_eq!(names.classify("sb:p:x"), None, "not a sharded name");
+        assert_eq!(names.publish_command(), "SPUBLISH");
     }
 
     #[test]

@@ -3,6 +3,21 @@
 //! channel streams (offsets under an epoch), presence, and delivery of publications, join/leave
 //! and control messages.
 //!
+//! # Deployments
+//! - One server (`redis://`), or several as shards (a comma list): channels spread over them
+//!   by jump consistent hash; classic pub/sub on each.
+//! - Sentinel (`redis+sentinel://`): one shard whose master Sentinel names, asked again on
+//!   every reconnect.
+//! - Redis Cluster (`redis+cluster://host:port,host:port`, the seed nodes; Redis 7+): commands
+//!   and scripts go through the `redis` crate's cluster connection, which sends each to the
+//!   master owning its key's slot; every script names only keys of one channel, which share a
+//!   hash tag, so it runs on one slot. Delivery is Redis 7 sharded pub/sub: a channel's
+//!   pub/sub names carry its keys' tag, the publish script `SPUBLISH`es on the channel's
+//!   master and nodes `SSUBSCRIBE` there, so a message is not copied to every cluster node
+//!   (as classic `PUBLISH` on a cluster is). Control messages are sharded too, on one fixed
+//!   tag. The workers probe every master and resubscribe everything, with backoff and jitter,
+//!   when a node is lost, fails over, or a slot moves.
+//!
 //! # Why the `redis` crate
 //! `redis` (redis-rs) gives the pieces this engine needs and leaves it the policy: a multiplexed
 //! async connection for commands, a split pub/sub connection whose stream ends when the socket
@@ -14,12 +29,15 @@
 //! every resubscription visible.
 //!
 //! # Layout
-//! - [`settings`]: URLs (shards, Sentinel), prefix and time bounds, validated up front.
-//! - `hash`: which shard (jump consistent hash) and which pub/sub connection a channel uses.
+//! - [`settings`]: URLs (shards, Sentinel, Cluster), prefix and time bounds, validated up front.
+//! - `hash`: which shard (jump consistent hash) and which pub/sub connection a channel uses;
+//!   a name's cluster slot.
 //! - `keys`: key and pub/sub channel names (one hash tag per channel), message bytes.
 //! - `scripts`: the Lua scripts (publish with history, history read, presence).
-//! - `link`: one shard's command connection; every call bounded by the call timeout.
+//! - `link`: one shard's command connection (a server's or a cluster's); every call bounded by
+//!   the call timeout.
 //! - `pubsub`: the pub/sub workers: read loop, probe, reconnect with backoff and jitter.
+//! - `sharded`: the sharded pub/sub workers of a Redis Cluster.
 //! - `broker`: [`RedisBroker`] itself.
 //! - `ingest`: [`RedisStreamSource`], publications read from a Redis Stream by a consumer group.
 
@@ -31,6 +49,7 @@ mod link;
 mod pubsub;
 mod scripts;
 pub mod settings;
+mod sharded;
 
 pub use broker::{RedisBroker, RedisBrokerError};
 pub use ingest::RedisStreamSource;

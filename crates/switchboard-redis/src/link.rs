@@ -1,6 +1,10 @@
-//! One shard's command link: where its server is (a URL, or a master that Sentinels name), a
-//! multiplexed connection made on first use and remade after a failure, and the one helper,
-//! [`Shard::call`], through which every command goes, bounded by the call timeout.
+//! One shard's command link: where its server is (a URL, a master that Sentinels name, or a
+//! Redis Cluster), a connection made on first use and remade after a failure, and the one
+//! helper, [`Shard::call`], through which every command goes, bounded by the call timeout.
+//!
+//! A cluster's connection ([`redis::cluster_async::ClusterConnection`]) sends each command to
+//! the master owning its key's slot and follows `MOVED`/`ASK` itself; every script names only
+//! keys of one channel, which share a hash tag, so each script runs on one slot.
 //!
 //! The engine keeps its own reconnection rather than `redis::aio::ConnectionManager`, because
 //! under Sentinel the master's address must be asked again on every reconnect, and because a
@@ -10,9 +14,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::{MultiplexedConnection, PubSub};
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{AsyncConnectionConfig, Client, RedisConnectionInfo, RedisError};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, RedisConnectionInfo, RedisError,
+    RedisFuture, ServerErrorKind, Value,
+};
 use switchboard::broker::BrokerError;
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -23,20 +32,70 @@ enum Target {
     Direct(Client),
     // The Sentinel client caches nothing we rely on; the lock only serialises its `&mut` use.
     Sentinel(AsyncMutex<SentinelClient>),
+    Cluster(ClusterClient),
+}
+
+/// A command connection: to one server, or to a whole cluster. Both run the same commands and
+/// scripts, so the engine's calls do not care which.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
 }
 
 /// One shard's server and command connection.
 pub(crate) struct Shard {
     target: Target,
-    connection: AsyncMutex<Option<MultiplexedConnection>>,
+    connection: AsyncMutex<Option<Connection>>,
     timeout: Duration,
 }
 
 /// A Redis error as the contract's error.
 pub(crate) fn broker_error(error: &RedisError) -> BrokerError {
+    // A cluster that is re-electing a master, migrating a slot or has lost one answers these
+    // until it settles: the broker is unavailable, not speaking another protocol.
+    let cluster_unsettled = matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::ClusterDown
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+        )
+    );
     if error.is_timeout() {
         BrokerError::Timeout
-    } else if error.is_io_error()
+    } else if cluster_unsettled
+        || error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_unrecoverable_error()
@@ -74,6 +133,17 @@ impl Shard {
                     SentinelServerType::Master,
                 )?))
             }
+            ShardAddress::Cluster { seeds } => Target::Cluster(
+                ClusterClient::builder(seeds.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    // Redirections and a reconnect are worth a retry within the call bound;
+                    // longer waits are the node's decision, not this link's.
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
+                    .build()?,
+            ),
         };
         Ok(Shard {
             target,
@@ -87,6 +157,10 @@ impl Shard {
         match &self.target {
             Target::Direct(client) => Ok(client.clone()),
             Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+            Target::Cluster(_) => Err(RedisError::from((
+                ErrorKind::Client,
+                "a cluster has no single server",
+            ))),
         }
     }
 
@@ -97,15 +171,20 @@ impl Shard {
     }
 
     /// The command connection, made if there is none.
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn connection(&self) -> Result<Connection, RedisError> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        let client = self.client().await?;
-        let connection = client
-            .get_multiplexed_async_connection_with_config(&self.config())
-            .await?;
+        let connection = match &self.target {
+            Target::Cluster(cluster) => Connection::Cluster(cluster.get_async_connection().await?),
+            Target::Direct(_) | Target::Sentinel(_) => Connection::Single(
+                self.client()
+                    .await?
+                    .get_multiplexed_async_connection_with_config(&self.config())
+                    .await?,
+            ),
+        };
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -125,7 +204,7 @@ impl Shard {
     /// [`BrokerError::Timeout`] past the bound; otherwise the Redis error's [`broker_error`].
     pub(crate) async fn call<T, F, Fut>(&self, command: F) -> Result<T, BrokerError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let attempt = async {

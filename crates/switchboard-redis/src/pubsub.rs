@@ -53,7 +53,7 @@ impl Shared {
         }
     }
 
-    fn lost(&self) {
+    pub(crate) fn lost(&self) {
         let mut down = lock(&self.down);
         *down += 1;
         // Told under the lock so a "lost" and a "restored" are never reported out of order.
@@ -64,7 +64,7 @@ impl Shared {
         }
     }
 
-    fn restored(&self) {
+    pub(crate) fn restored(&self) {
         let mut down = lock(&self.down);
         *down = down.saturating_sub(1);
         if *down == 0 {
@@ -332,36 +332,40 @@ impl Worker {
         message: &redis::Msg,
         probe: &mut Option<(String, Instant)>,
     ) {
-        let payload = message.get_payload_bytes();
-        let Some(topic) = shared.names.classify(message.get_channel_name()) else {
-            return;
-        };
-        if let Topic::Probe = topic {
+        if let Some(payload) = deliver(shared, message) {
             if probe
                 .as_ref()
                 .is_some_and(|(nonce, _)| nonce.as_bytes() == payload)
             {
                 *probe = None;
             }
-            return;
-        }
-        let Some(events) = shared.events.get() else {
-            return;
-        };
-        match topic {
-            Topic::Publications(channel) => match keys::read_publication(payload) {
-                Ok((publication, epoch)) => events.publication(channel, publication, &epoch),
-                Err(error) => tracing::warn!(channel, %error, "undecodable redis publication"),
-            },
-            Topic::JoinLeave(channel) => match keys::read_join_leave(payload) {
-                Ok((Presence::Join, info)) => events.join(channel, info),
-                Ok((Presence::Leave, info)) => events.leave(channel, info),
-                Err(error) => tracing::warn!(channel, %error, "undecodable redis join/leave"),
-            },
-            Topic::Control => events.control(Bytes::copy_from_slice(payload)),
-            Topic::Probe => {}
         }
     }
+}
+
+/// Hands one pub/sub message to the node's events; a probe is not handed on but returned (its
+/// payload, the nonce), for the caller to match against the probe it sent.
+pub(crate) fn deliver<'m>(shared: &Shared, message: &'m redis::Msg) -> Option<&'m [u8]> {
+    let payload = message.get_payload_bytes();
+    let topic = shared.names.classify(message.get_channel_name())?;
+    if let Topic::Probe = topic {
+        return Some(payload);
+    }
+    let events = shared.events.get()?;
+    match topic {
+        Topic::Publications(channel) => match keys::read_publication(payload) {
+            Ok((publication, epoch)) => events.publication(channel, publication, &epoch),
+            Err(error) => tracing::warn!(channel, %error, "undecodable redis publication"),
+        },
+        Topic::JoinLeave(channel) => match keys::read_join_leave(payload) {
+            Ok((Presence::Join, info)) => events.join(channel, info),
+            Ok((Presence::Leave, info)) => events.leave(channel, info),
+            Err(error) => tracing::warn!(channel, %error, "undecodable redis join/leave"),
+        },
+        Topic::Control => events.control(Bytes::copy_from_slice(payload)),
+        Topic::Probe => {}
+    }
+    None
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use redis::Script;
 ///
 /// KEYS: meta, stream, idempotency key. ARGV: pub/sub channel, codec bytes, history size,
 /// history ttl ms, meta ttl ms (0: the position never expires), a fresh epoch (used only when
-/// the stream does not exist), idempotency ttl ms (0: no key).
+/// the stream does not exist), idempotency ttl ms (0: no key), the publish command (`PUBLISH`,
+/// or `SPUBLISH` on a cluster, whose pub/sub channel carries the keys' hash tag).
 /// Returns `{offset, epoch}` as strings (`{"0", ""}` when no history is kept).
 ///
 /// A missing meta hash means a new stream: a meta that expired, or a Redis that lost its data
@@ -46,7 +47,7 @@ if size > 0 then
     redis.call('PEXPIRE', KEYS[1], math.max(meta_ttl, ttl))
   end
 end
-redis.call('PUBLISH', ARGV[1], offset .. ' ' .. epoch .. '\n' .. ARGV[2])
+redis.call(ARGV[8], ARGV[1], offset .. ' ' .. epoch .. '\n' .. ARGV[2])
 if idem_ttl > 0 then
   redis.call('SET', KEYS[3], offset .. ' ' .. epoch, 'PX', idem_ttl)
 end

@@ -4,7 +4,9 @@
 //!
 //! URL forms: `redis://[user:password@]host:port[/db]` (also `rediss://`); several of them
 //! separated by commas are several shards; `redis+sentinel://[:password@]host:port,host:port/
-//! mastername[/db]` is one shard whose master the Sentinels name (re-asked on every reconnect).
+//! mastername[/db]` is one shard whose master the Sentinels name (re-asked on every reconnect);
+//! `redis+cluster://[user:password@]host:port,host:port` is a Redis Cluster reached through
+//! those seed nodes (the cluster itself tells where each slot lives; it has only db 0).
 
 use std::time::Duration;
 
@@ -48,6 +50,11 @@ pub enum ShardAddress {
         /// The database number.
         db: i64,
     },
+    /// A Redis Cluster: its seed nodes' `redis://` URLs (any one that answers is enough).
+    Cluster {
+        /// The seed nodes.
+        seeds: Vec<String>,
+    },
 }
 
 impl std::fmt::Debug for ShardAddress {
@@ -58,6 +65,7 @@ impl std::fmt::Debug for ShardAddress {
             ShardAddress::Sentinel {
                 sentinels, master, ..
             } => write!(f, "Sentinel({} sentinels, {master:?})", sentinels.len()),
+            ShardAddress::Cluster { seeds } => write!(f, "Cluster({} seeds)", seeds.len()),
         }
     }
 }
@@ -65,7 +73,8 @@ impl std::fmt::Debug for ShardAddress {
 /// The engine's settings.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// The shards; channels are spread over them by jump consistent hash.
+    /// The shards; channels are spread over them by jump consistent hash. A cluster URL gives
+    /// one [`ShardAddress::Cluster`], which spreads channels over its masters by slot.
     pub shards: Vec<ShardAddress>,
     /// Prefix of every key and pub/sub channel.
     pub prefix: String,
@@ -100,6 +109,8 @@ impl RedisSettings {
         }
         let shards = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
             vec![parse_sentinel(rest)?]
+        } else if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            vec![parse_cluster(rest)?]
         } else {
             url.split(',')
                 .enumerate()
@@ -188,6 +199,36 @@ fn parse_sentinel(rest: &str) -> Result<ShardAddress, SettingsError> {
     })
 }
 
+fn parse_cluster(rest: &str) -> Result<ShardAddress, SettingsError> {
+    let invalid = |reason| SettingsError::InvalidUrl { shard: 0, reason };
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (Some(auth), hosts),
+        None => (None, rest),
+    };
+    let hosts = match hosts.split_once('/') {
+        None => hosts,
+        Some((hosts, "" | "0")) => hosts,
+        Some(_) => return Err(invalid("a cluster has only db 0; give no other path")),
+    };
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| match auth {
+            Some(auth) => format!("redis://{auth}@{h}"),
+            None => format!("redis://{h}"),
+        })
+        .collect();
+    if seeds.is_empty() {
+        return Err(invalid("a cluster URL needs at least one host:port"));
+    }
+    for seed in &seeds {
+        redis::Client::open(seed.as_str())
+            .map_err(|_| invalid("a cluster seed host:port is invalid"))?;
+    }
+    Ok(ShardAddress::Cluster { seeds })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +266,37 @@ mod tests {
                 db: 3,
             }]
         );
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seeds_with_their_credentials() {
+        let settings =
+            RedisSettings::from_url("redis+cluster://u:pw@10.0.0.1:7000, 10.0.0.2:7001/", "sb")
+                .expect("valid");
+        assert_eq!(
+            settings.shards,
+            [ShardAddress::Cluster {
+                seeds: vec![
+                    "redis://u:pw@10.0.0.1:7000".to_owned(),
+                    "redis://u:pw@10.0.0.2:7001".to_owned()
+                ],
+            }]
+        );
+        assert_eq!(format!("{:?}", settings.shards[0]), "Cluster(2 seeds)");
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://h:1/3",
+            "redis+cluster://,",
+            "redis+cluster://h:notaport",
+        ] {
+            assert!(
+                matches!(
+                    RedisSettings::from_url(bad, "sb"),
+                    Err(SettingsError::InvalidUrl { shard: 0, .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
