@@ -417,7 +417,7 @@ impl Broker for RedisBroker {
         let epoch = format!("{:016x}", fastrand::u64(..));
         let script = &self.inner.scripts.publish;
         let (offset, epoch): (String, String) = shard
-            .call(|mut connection| async move {
+            .call_in_lineage(|mut connection, lineage| async move {
                 script
                     .key(names.meta(channel))
                     .key(names.stream(channel))
@@ -430,6 +430,7 @@ impl Broker for RedisBroker {
                     .arg(epoch)
                     .arg(idempotency_ttl)
                     .arg(names.publish_command())
+                    .arg(&*lineage)
                     .invoke_async(&mut connection)
                     .await
             })
@@ -521,12 +522,13 @@ impl Broker for RedisBroker {
         let script = &self.inner.scripts.stream_position;
         let (offset, epoch): (String, String) = self
             .shard(channel)
-            .call(|mut connection| async move {
+            .call_in_lineage(|mut connection, lineage| async move {
                 script
                     .key(names.meta(channel))
                     .key(names.stream(channel))
                     .arg(epoch)
                     .arg(millis(meta_ttl))
+                    .arg(&*lineage)
                     .invoke_async(&mut connection)
                     .await
             })

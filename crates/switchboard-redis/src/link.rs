@@ -74,8 +74,25 @@ impl ConnectionLike for Connection {
 /// One shard's server and command connection.
 pub(crate) struct Shard {
     target: Target,
-    connection: AsyncMutex<Option<Connection>>,
+    /// The command connection and the lineage of the server it reaches.
+    connection: AsyncMutex<Option<(Connection, Lineage)>>,
     timeout: Duration,
+}
+
+/// Which history a server's data continues: its replication id (`master_replid`). A
+/// replica promoted by a failover starts a new one, and may have missed the last writes its
+/// master acknowledged; the publish script starts a new epoch when a stream was last written
+/// under another lineage, so offsets are never reused for different publications. Empty for
+/// a cluster (each master has its own; not checked there).
+pub(crate) type Lineage = std::sync::Arc<str>;
+
+/// The replication id in an `INFO replication` answer.
+fn lineage_in(info: &str) -> Lineage {
+    info.lines()
+        .find_map(|line| line.strip_prefix("master_replid:"))
+        .map(str::trim)
+        .unwrap_or("")
+        .into()
 }
 
 /// A Redis error as the contract's error.
@@ -90,6 +107,8 @@ pub(crate) fn broker_error(error: &RedisError) -> BrokerError {
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::Moved
                 | ServerErrorKind::Ask
+                // A master demoted by a failover: reconnect to where Sentinel points now.
+                | ServerErrorKind::ReadOnly
         )
     );
     if error.is_timeout() {
@@ -170,23 +189,32 @@ impl Shard {
             .set_response_timeout(Some(self.timeout))
     }
 
-    /// The command connection, made if there is none.
-    async fn connection(&self) -> Result<Connection, RedisError> {
+    /// The command connection and its server's lineage, made if there is none.
+    async fn connection(&self) -> Result<(Connection, Lineage), RedisError> {
         let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
+        if let Some(made) = slot.as_ref() {
+            return Ok(made.clone());
         }
-        let connection = match &self.target {
-            Target::Cluster(cluster) => Connection::Cluster(cluster.get_async_connection().await?),
-            Target::Direct(_) | Target::Sentinel(_) => Connection::Single(
-                self.client()
+        let made = match &self.target {
+            Target::Cluster(cluster) => (
+                Connection::Cluster(cluster.get_async_connection().await?),
+                Lineage::from(""),
+            ),
+            Target::Direct(_) | Target::Sentinel(_) => {
+                let mut connection = self
+                    .client()
                     .await?
                     .get_multiplexed_async_connection_with_config(&self.config())
-                    .await?,
-            ),
+                    .await?;
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut connection)
+                    .await?;
+                (Connection::Single(connection), lineage_in(&info))
+            }
         };
-        *slot = Some(connection.clone());
-        Ok(connection)
+        *slot = Some(made.clone());
+        Ok(made)
     }
 
     /// Drops the command connection so the next call makes a new one. Never waits: when a
@@ -207,9 +235,23 @@ impl Shard {
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        self.call_in_lineage(|connection, _| command(connection))
+            .await
+    }
+
+    /// [`Shard::call`], also handing `command` the lineage of the server the connection
+    /// reaches.
+    ///
+    /// # Errors
+    /// As [`Shard::call`].
+    pub(crate) async fn call_in_lineage<T, F, Fut>(&self, command: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(Connection, Lineage) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         let attempt = async {
-            let connection = self.connection().await?;
-            command(connection).await
+            let (connection, lineage) = self.connection().await?;
+            command(connection, lineage).await
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(value)) => Ok(value),

@@ -9,12 +9,15 @@ use redis::Script;
 /// KEYS: meta, stream, idempotency key. ARGV: pub/sub channel, codec bytes, history size,
 /// history ttl ms, meta ttl ms (0: the position never expires), a fresh epoch (used only when
 /// the stream does not exist), idempotency ttl ms (0: no key), the publish command (`PUBLISH`,
-/// or `SPUBLISH` on a cluster, whose pub/sub channel carries the keys' hash tag).
+/// or `SPUBLISH` on a cluster, whose pub/sub channel carries the keys' hash tag), the
+/// server's lineage (its replication id; empty: not checked).
 /// Returns `{offset, epoch}` as strings (`{"0", ""}` when no history is kept).
 ///
 /// A missing meta hash means a new stream: a meta that expired, or a Redis that lost its data
-/// (restart, FLUSHALL). The new epoch is set then, and any leftover entries dropped, so
-/// offsets are never reused under an old epoch.
+/// (restart, FLUSHALL). So does a stream last written under another lineage: a replica
+/// promoted by a failover, which may lack the last publications its master acknowledged. The
+/// new epoch is set then, and any leftover entries dropped, so offsets are never reused
+/// under an old epoch for other publications.
 pub(crate) const PUBLISH: &str = r#"
 local idem_ttl = tonumber(ARGV[7])
 if idem_ttl > 0 then
@@ -25,14 +28,24 @@ if idem_ttl > 0 then
   end
 end
 local size = tonumber(ARGV[3])
+local lineage = ARGV[9]
 local offset = 0
 local epoch = ''
 if size > 0 then
   epoch = redis.call('HGET', KEYS[1], 'e')
+  if epoch and lineage ~= '' then
+    local written = redis.call('HGET', KEYS[1], 'r')
+    if written and written ~= lineage then
+      epoch = false
+    end
+  end
   if not epoch then
     epoch = ARGV[6]
     redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'e', epoch)
+    redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  end
+  if lineage ~= '' then
+    redis.call('HSET', KEYS[1], 'r', lineage)
   end
   offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
   local ttl = tonumber(ARGV[4])
@@ -111,14 +124,26 @@ return {meta[1], meta[2], out}
 "#;
 
 /// Start a stream if there is none (what a subscribe needs: an epoch the client can recover
-/// against later). KEYS: meta, stream. ARGV: a fresh epoch, meta ttl ms (0: never expires).
-/// Returns `{offset, epoch}` as strings. A stream that exists is only read.
+/// against later). KEYS: meta, stream. ARGV: a fresh epoch, meta ttl ms (0: never expires),
+/// the server's lineage (empty: not checked). Returns `{offset, epoch}` as strings. A stream
+/// that exists in this lineage is only read; one last written under another lineage starts
+/// over under a new epoch, as in `PUBLISH`.
 pub(crate) const STREAM_POSITION: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
+local lineage = ARGV[3]
+if epoch and lineage ~= '' then
+  local written = redis.call('HGET', KEYS[1], 'r')
+  if written and written ~= lineage then
+    epoch = false
+  end
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  if lineage ~= '' then
+    redis.call('HSET', KEYS[1], 'r', lineage)
+  end
   local meta_ttl = tonumber(ARGV[2])
   if meta_ttl > 0 then
     redis.call('PEXPIRE', KEYS[1], meta_ttl)
