@@ -1,7 +1,7 @@
 //! [`RedisBroker`]: the [`Broker`] contract on Redis. Streams, presence and idempotency keys
 //! live in the shard a channel hashes to; every multi-key step is one Lua script
-//! ([`crate::scripts`]); delivery goes through the pub/sub workers ([`crate::pubsub`]), or on
-//! a Redis Cluster through the sharded pub/sub workers ([`crate::sharded`]).
+//! ([`crate::scripts`]); delivery goes through the pub/sub workers ([`crate::pubsub`]), over
+//! classic pub/sub, or on a Redis Cluster over sharded pub/sub ([`crate::sharded`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,6 @@ use switchboard::broker::{
 };
 use switchboard::config::RedisConfig;
 use switchboard::publication::{ClientInfo, Publication};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::hash;
 use crate::keys::{self, Names, Presence};
 use crate::link::Shard;
-use crate::pubsub::{lock, Shared, Timing, Worker};
+use crate::pubsub::{lock, Classic, Shared, Timing, Worker};
 use crate::scripts::Scripts;
 use crate::settings::{RedisSettings, SettingsError, ShardAddress};
-use crate::sharded::ShardedWorker;
+use crate::sharded::Sharded;
 
 /// Why a [`RedisBroker`] cannot be built.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -47,15 +46,15 @@ pub enum RedisBrokerError {
 /// The pub/sub workers.
 enum Delivery {
     /// Classic pub/sub on each shard: `workers[shard][connection]`.
-    Shards(Vec<Vec<Arc<Worker>>>),
+    Shards(Vec<Vec<Arc<Worker<Classic>>>>),
     /// Sharded pub/sub on a Redis Cluster: `workers[connection]`.
-    Cluster(Vec<Arc<ShardedWorker>>),
+    Cluster(Vec<Arc<Worker<Sharded>>>),
 }
 
 /// One channel's pub/sub worker.
 enum WorkerRef<'a> {
-    Shard(&'a Worker),
-    Cluster(&'a ShardedWorker),
+    Shard(&'a Worker<Classic>),
+    Cluster(&'a Worker<Sharded>),
 }
 
 impl WorkerRef<'_> {
@@ -160,7 +159,12 @@ impl RedisBroker {
                         Vec::new()
                     };
                     let probe = names.probe(&format!("{node}-{index}-{connection}"));
-                    Arc::new(Worker::new(Arc::clone(&shard), probe, fixed, timing))
+                    Arc::new(Worker::new(
+                        Classic::new(probe),
+                        Arc::clone(&shard),
+                        fixed,
+                        timing,
+                    ))
                 })
                 .collect();
             workers.push(of_shard);
@@ -175,10 +179,9 @@ impl RedisBroker {
                         } else {
                             Vec::new()
                         };
-                        Arc::new(ShardedWorker::new(
-                            seeds.clone(),
+                        Arc::new(Worker::new(
+                            Sharded::new(seeds.clone(), format!("{node}-{connection}")),
                             Arc::clone(link),
-                            format!("{node}-{connection}"),
                             fixed,
                             timing,
                         ))
@@ -292,32 +295,18 @@ impl Broker for RedisBroker {
         }
         let _ = self.inner.shared.events.set(events);
         let cancel = CancellationToken::new();
-        let mut tasks = Vec::new();
-        let mut firsts = Vec::new();
-        match &self.inner.delivery {
-            Delivery::Shards(workers) => {
-                for worker in workers.iter().flatten() {
-                    let (first, reported) = oneshot::channel();
-                    firsts.push(reported);
-                    tasks.push(tokio::spawn(Arc::clone(worker).run(
-                        Arc::clone(&self.inner.shared),
-                        cancel.child_token(),
-                        first,
-                    )));
-                }
-            }
-            Delivery::Cluster(workers) => {
-                for worker in workers {
-                    let (first, reported) = oneshot::channel();
-                    firsts.push(reported);
-                    tasks.push(tokio::spawn(Arc::clone(worker).run(
-                        Arc::clone(&self.inner.shared),
-                        cancel.child_token(),
-                        first,
-                    )));
-                }
-            }
-        }
+        let shared = &self.inner.shared;
+        let (mut tasks, firsts): (Vec<_>, Vec<_>) = match &self.inner.delivery {
+            Delivery::Shards(workers) => workers
+                .iter()
+                .flatten()
+                .map(|worker| worker.spawn(shared, cancel.child_token()))
+                .unzip(),
+            Delivery::Cluster(workers) => workers
+                .iter()
+                .map(|worker| worker.spawn(shared, cancel.child_token()))
+                .unzip(),
+        };
         let monitor = self.clone();
         let stop = cancel.child_token();
         tasks.push(tokio::spawn(async move {

@@ -36,8 +36,9 @@
 //! - `scripts`: the Lua scripts (publish with history, history read, presence).
 //! - `link`: one shard's command connection (a server's or a cluster's); every call bounded by
 //!   the call timeout.
-//! - `pubsub`: the pub/sub workers: read loop, probe, reconnect with backoff and jitter.
-//! - `sharded`: the sharded pub/sub workers of a Redis Cluster.
+//! - `pubsub`: the pub/sub workers: read loop, probe, reconnect with backoff and jitter, over
+//!   a transport; classic pub/sub on one server.
+//! - `sharded`: the sharded pub/sub transport of a Redis Cluster (its masters and probes).
 //! - `broker`: [`RedisBroker`] itself.
 //! - `ingest`: [`RedisStreamSource`], publications read from a Redis Stream by a consumer group.
 

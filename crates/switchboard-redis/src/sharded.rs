@@ -3,67 +3,42 @@
 //! script that stores it, on the master owning the channel's slot, and only that master sends
 //! it to subscribers; classic `PUBLISH` on a cluster would copy every message to every node.
 //!
-//! Each [`ShardedWorker`] owns one cluster pub/sub connection
-//! ([`redis::cluster_async::ClusterConnection`] in RESP3, its messages arriving as pushes): the
-//! library sends each `SSUBSCRIBE` to the master owning the channel's slot. The worker keeps
+//! [`Sharded`] is the [`Transport`] of a cluster's pub/sub workers ([`crate::pubsub::Worker`]):
+//! each worker owns one cluster pub/sub connection
+//! ([`redis::cluster_async::ClusterConnection`] in RESP3, its messages arriving as pushes), and
+//! the library sends each `SSUBSCRIBE` to the master owning the channel's slot. The worker keeps
 //! the policy: it remembers its channels, probes every master (a nonce `SPUBLISH`ed from the
-//! command link on a probe channel whose slot that master owns), and when a node's socket
-//! drops, a probe does not come back, or a master unsubscribes a channel on its own (its slot
-//! moved), it drops the whole connection, reconnects with backoff and jitter, asks the cluster
-//! for its masters again, subscribes everything on their current owners, and only then
-//! reports the link restored. Rebuilding the whole connection for one node's trouble costs a
-//! resubscription of every channel, but a node hears `link_lost` for every channel anyway.
+//! command link on a probe channel whose slot that master owns, found here when connecting),
+//! and when a node's socket drops, a probe does not come back, or a master unsubscribes a
+//! channel on its own (its slot moved), it drops the whole connection, reconnects with backoff
+//! and jitter, asks the cluster for its masters again, subscribes everything on their current
+//! owners, and only then reports the link restored. Rebuilding the whole connection for one
+//! node's trouble costs a resubscription of every channel, but a node hears `link_lost` for
+//! every channel anyway.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 
 use futures_util::{StreamExt, TryStreamExt};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use switchboard::broker::BrokerError;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tokio::sync::oneshot;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::hash;
 use crate::link::{broker_error, Shard};
-use crate::pubsub::{backoff, deliver, lock, Shared, Timing};
+use crate::pubsub::{Incoming, Opened, Shared, Timing, Transport};
 
 /// How many `SSUBSCRIBE`s a (re)connection keeps in flight.
 const SUBSCRIBE_CONCURRENCY: usize = 32;
 /// How many candidate probe tags are tried to land in one master's slots.
 const PROBE_TAG_TRIES: u32 = 1 << 20;
 
-/// A master's probe: its channel, and the nonce in flight with when it was sent.
-struct Probe {
-    channel: String,
-    pending: Option<(String, Instant)>,
-}
-
-/// Why a connection's read loop ended.
-enum End {
-    Cancelled,
-    Dropped,
-    ProbeLost,
-    SlotMoved(String),
-}
-
-/// One cluster pub/sub connection and the channels it carries.
-pub(crate) struct ShardedWorker {
+/// Sharded pub/sub on a Redis Cluster, through one cluster connection per worker.
+pub(crate) struct Sharded {
     seeds: Vec<String>,
-    /// The command link, to publish probes through.
-    link: Arc<Shard>,
     /// Starts every probe channel's tag (unique per node and worker).
     probe_id: String,
-    /// Extra channels this worker always carries (the control channel, on one worker).
-    fixed: Vec<String>,
-    desired: Mutex<HashSet<String>>,
-    connection: Mutex<Option<ClusterConnection>>,
-    connected: AtomicBool,
-    timing: Timing,
 }
 
 /// Why the cluster's answer to `CLUSTER SLOTS` is unusable.
@@ -123,297 +98,99 @@ fn push_channel(push: &PushInfo) -> Option<String> {
     }
 }
 
-impl ShardedWorker {
-    pub(crate) fn new(
-        seeds: Vec<String>,
-        link: Arc<Shard>,
-        probe_id: String,
-        fixed: Vec<String>,
-        timing: Timing,
-    ) -> Self {
-        ShardedWorker {
-            seeds,
-            link,
-            probe_id,
-            fixed,
-            desired: Mutex::new(HashSet::new()),
-            connection: Mutex::new(None),
-            connected: AtomicBool::new(false),
-            timing,
-        }
+impl Sharded {
+    pub(crate) fn new(seeds: Vec<String>, probe_id: String) -> Self {
+        Sharded { seeds, probe_id }
     }
+}
 
-    pub(crate) fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
+impl Transport for Sharded {
+    type Handle = ClusterConnection;
+    type Stream = UnboundedReceiver<PushInfo>;
+    const LABEL: &'static str = "redis cluster pub/sub";
 
-    /// Subscribes `names` (one channel's pub/sub names: one slot) and waits for the master
-    /// owning it to confirm.
-    ///
-    /// # Errors
-    /// [`BrokerError`] when the connection is down or does not confirm in time (the names are
-    /// then forgotten, so a later reconnect does not subscribe them).
-    pub(crate) async fn subscribe(&self, names: &[String]) -> Result<(), BrokerError> {
-        lock(&self.desired).extend(names.iter().cloned());
-        // Read after remembering: a reconnect either saw the names or had already put its new
-        // connection here (see `connect`).
-        let connection = lock(&self.connection).clone();
-        let result = match connection {
-            None => Err(BrokerError::Unavailable(
-                "redis cluster pub/sub connection is reconnecting".to_owned(),
-            )),
-            Some(mut connection) => {
-                match tokio::time::timeout(self.timing.call, connection.ssubscribe(names)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(broker_error(&error)),
-                    Err(_elapsed) => Err(BrokerError::Timeout),
-                }
-            }
-        };
-        if result.is_err() {
-            let mut desired = lock(&self.desired);
-            for name in names {
-                desired.remove(name);
-            }
-        }
-        result
-    }
-
-    /// Unsubscribes `names`. A connection that is down needs nothing: it will not subscribe
-    /// them again.
-    ///
-    /// # Errors
-    /// [`BrokerError::Timeout`] when a live connection does not confirm in time.
-    pub(crate) async fn unsubscribe(&self, names: &[String]) -> Result<(), BrokerError> {
-        {
-            let mut desired = lock(&self.desired);
-            for name in names {
-                desired.remove(name);
-            }
-        }
-        let connection = lock(&self.connection).clone();
-        let Some(mut connection) = connection else {
-            return Ok(());
-        };
-        match tokio::time::timeout(self.timing.call, connection.sunsubscribe(names)).await {
-            Ok(_) => Ok(()),
-            Err(_elapsed) => Err(BrokerError::Timeout),
-        }
-    }
-
-    /// Opens a cluster pub/sub connection, finds the masters, and subscribes every probe,
-    /// fixed and remembered channel on its owner, within the connect bound.
-    async fn connect(
+    /// Connects to the cluster and finds its masters, with a probe channel in each one's slots.
+    async fn open(
         &self,
+        _link: &Shard,
         shared: &Shared,
-    ) -> Result<(UnboundedReceiver<PushInfo>, Vec<Probe>), BrokerError> {
-        let attempt = async {
-            let (pushes, received) = unbounded_channel();
-            let client = ClusterClient::builder(self.seeds.iter().map(String::as_str))
-                .use_protocol(ProtocolVersion::RESP3)
-                .push_sender(pushes)
-                .connection_timeout(self.timing.call)
-                .response_timeout(self.timing.call)
-                .retries(1)
-                .build()
-                .map_err(|e| broker_error(&e))?;
-            let mut connection = client
-                .get_async_connection()
-                .await
-                .map_err(|e| broker_error(&e))?;
-            let reply: Value = redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| broker_error(&e))?;
-            let probes = masters(&reply)?
-                .values()
-                .map(|ranges| {
-                    probe_channel(&self.probe_id, ranges, |tag| shared.names.probe(tag))
-                        .map(|channel| Probe {
-                            channel,
-                            pending: None,
-                        })
-                        .ok_or_else(bad_slots)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            // The connection goes where `subscribe` looks before the snapshot is taken, so a
-            // channel remembered after the snapshot is subscribed by its own caller on it.
-            *lock(&self.connection) = Some(connection.clone());
-            let mut names: Vec<String> = lock(&self.desired).iter().cloned().collect();
-            names.extend(probes.iter().map(|probe| probe.channel.clone()));
-            names.extend(self.fixed.iter().cloned());
-            // One SSUBSCRIBE per slot: the names of one command must share a slot.
-            let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-            for name in names {
-                by_slot
-                    .entry(hash::slot(name.as_bytes()))
-                    .or_default()
-                    .push(name);
-            }
-            futures_util::stream::iter(by_slot.into_values().map(|group| {
-                let mut connection = connection.clone();
-                async move { connection.ssubscribe(group).await }
-            }))
-            .buffer_unordered(SUBSCRIBE_CONCURRENCY)
-            .try_collect::<Vec<()>>()
+        timing: &Timing,
+    ) -> Result<Opened<Self>, BrokerError> {
+        let (pushes, stream) = unbounded_channel();
+        let client = ClusterClient::builder(self.seeds.iter().map(String::as_str))
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .connection_timeout(timing.call)
+            .response_timeout(timing.call)
+            .retries(1)
+            .build()
+            .map_err(|e| broker_error(&e))?;
+        let mut handle = client
+            .get_async_connection()
             .await
             .map_err(|e| broker_error(&e))?;
-            Ok::<_, BrokerError>((received, probes))
-        };
-        let result = match tokio::time::timeout(self.timing.connect, attempt).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(BrokerError::Timeout),
-        };
-        if result.is_err() {
-            *lock(&self.connection) = None;
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut handle)
+            .await
+            .map_err(|e| broker_error(&e))?;
+        let probes = masters(&reply)?
+            .values()
+            .map(|ranges| {
+                probe_channel(&self.probe_id, ranges, |tag| shared.names.probe(tag))
+                    .ok_or_else(bad_slots)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Opened {
+            handle,
+            stream,
+            probes,
+        })
+    }
+
+    async fn subscribe(handle: &mut ClusterConnection, names: &[String]) -> RedisResult<()> {
+        handle.ssubscribe(names).await
+    }
+
+    async fn unsubscribe(handle: &mut ClusterConnection, names: &[String]) -> RedisResult<()> {
+        handle.sunsubscribe(names).await
+    }
+
+    /// One `SSUBSCRIBE` per slot (the names of one command must share a slot), a few in
+    /// flight at once.
+    async fn subscribe_all(handle: &ClusterConnection, names: Vec<String>) -> RedisResult<()> {
+        let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+        for name in names {
+            by_slot
+                .entry(hash::slot(name.as_bytes()))
+                .or_default()
+                .push(name);
         }
-        result
+        futures_util::stream::iter(by_slot.into_values().map(|group| {
+            let mut handle = handle.clone();
+            async move { handle.ssubscribe(group).await }
+        }))
+        .buffer_unordered(SUBSCRIBE_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(drop)
     }
 
-    /// Keeps the connection up until `cancel`, reporting the first attempt's result on
-    /// `first`.
-    pub(crate) async fn run(
-        self: Arc<Self>,
-        shared: Arc<Shared>,
-        cancel: CancellationToken,
-        first: oneshot::Sender<Result<(), BrokerError>>,
-    ) {
-        let mut first = Some(first);
-        let mut attempt: u32 = 0;
-        let mut up = true;
-        loop {
-            let connected = tokio::select! {
-                () = cancel.cancelled() => return,
-                connected = self.connect(&shared) => connected,
-            };
-            match connected {
-                Ok((pushes, probes)) => {
-                    if let Some(first) = first.take() {
-                        let _ = first.send(Ok(()));
-                    }
-                    attempt = 0;
-                    self.connected.store(true, Ordering::Relaxed);
-                    if !up {
-                        shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                        shared.restored();
-                    }
-                    let end = self.read(pushes, probes, &shared, &cancel).await;
-                    self.connected.store(false, Ordering::Relaxed);
-                    *lock(&self.connection) = None;
-                    match end {
-                        End::Cancelled => return,
-                        End::Dropped => tracing::warn!("redis cluster pub/sub link dropped"),
-                        End::ProbeLost => tracing::warn!(
-                            "redis cluster pub/sub probe not back in time; reconnecting"
-                        ),
-                        End::SlotMoved(channel) => tracing::warn!(
-                            channel,
-                            "redis cluster unsubscribed a channel (its slot moved); reconnecting"
-                        ),
-                    }
-                    up = false;
-                    shared.lost();
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "redis cluster pub/sub connect failed");
-                    if let Some(first) = first.take() {
-                        let _ = first.send(Err(error));
-                    }
-                    if up {
-                        up = false;
-                        shared.lost();
-                    }
-                }
+    /// The stream ends with the channel or a `Disconnection` push (a node's socket dropped);
+    /// an `SUNSUBSCRIBE` push is a master dropping a channel on its own.
+    async fn next(stream: &mut UnboundedReceiver<PushInfo>) -> Incoming {
+        let Some(push) = stream.recv().await else {
+            return Incoming::Dropped;
+        };
+        match push.kind {
+            PushKind::Disconnection => Incoming::Dropped,
+            PushKind::SUnsubscribe => {
+                push_channel(&push).map_or(Incoming::Other, Incoming::Unsubscribed)
             }
-            let delay = backoff(attempt, self.timing.backoff_min, self.timing.backoff_max);
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+            PushKind::SMessage | PushKind::Message => {
+                redis::Msg::from_push_info(push).map_or(Incoming::Other, Incoming::Message)
             }
-        }
-    }
-
-    /// Whether this worker still wants `channel` (so a master dropping it is news).
-    fn wants(&self, channel: &str, probes: &[Probe]) -> bool {
-        self.fixed.iter().any(|fixed| fixed == channel)
-            || probes.iter().any(|probe| probe.channel == channel)
-            || lock(&self.desired).contains(channel)
-    }
-
-    async fn read(
-        &self,
-        mut pushes: UnboundedReceiver<PushInfo>,
-        mut probes: Vec<Probe>,
-        shared: &Shared,
-        cancel: &CancellationToken,
-    ) -> End {
-        let mut ticks = tokio::time::interval(self.timing.probe_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return End::Cancelled,
-                push = pushes.recv() => {
-                    let Some(push) = push else {
-                        return End::Dropped;
-                    };
-                    match push.kind {
-                        PushKind::Disconnection => return End::Dropped,
-                        PushKind::SUnsubscribe => {
-                            if let Some(channel) = push_channel(&push) {
-                                if self.wants(&channel, &probes) {
-                                    return End::SlotMoved(channel);
-                                }
-                            }
-                        }
-                        PushKind::SMessage | PushKind::Message => {
-                            if let Some(message) = redis::Msg::from_push_info(push) {
-                                if let Some(nonce) = deliver(shared, &message) {
-                                    let channel = message.get_channel_name();
-                                    for probe in &mut probes {
-                                        if probe.channel == channel
-                                            && probe.pending.as_ref().is_some_and(|(sent, _)| {
-                                                sent.as_bytes() == nonce
-                                            })
-                                        {
-                                            probe.pending = None;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                },
-                _ = ticks.tick() => {
-                    for probe in &mut probes {
-                        if let Some((_, sent)) = &probe.pending {
-                            if sent.elapsed() > self.timing.probe_timeout {
-                                return End::ProbeLost;
-                            }
-                            continue;
-                        }
-                        let nonce = format!("{:016x}", fastrand::u64(..));
-                        probe.pending = Some((nonce.clone(), Instant::now()));
-                        let link = Arc::clone(&self.link);
-                        let channel = probe.channel.clone();
-                        // Published from the command link, off this loop, so reading never
-                        // waits.
-                        tokio::spawn(async move {
-                            let _ = link
-                                .call(|mut connection| async move {
-                                    redis::cmd("SPUBLISH")
-                                        .arg(channel)
-                                        .arg(nonce)
-                                        .query_async::<i64>(&mut connection)
-                                        .await
-                                })
-                                .await;
-                        });
-                    }
-                }
-            }
+            _ => Incoming::Other,
         }
     }
 }
