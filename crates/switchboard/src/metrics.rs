@@ -309,6 +309,12 @@ impl Metrics {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,11 +334,5 @@ mod tests {
             .count();
         assert_eq!(series, 3, "{text}");
         assert!(text.contains("code=\"3xxx\""));
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
     }
 }

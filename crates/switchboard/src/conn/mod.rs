@@ -55,6 +55,9 @@ struct Outbox {
     queued: usize,
     close: Option<CloseReason>,
     commands: Vec<ServerCommand>,
+    /// The pong for the client's latest ping; an earlier one not yet taken is replaced (RFC
+    /// 6455 §5.5.3 allows answering only the latest), so a ping flood queues one frame.
+    pong: Option<Bytes>,
 }
 
 /// The shared handle of one connection.
@@ -244,7 +247,22 @@ impl Conn {
         self.wake.wake();
     }
 
-    /// Queues a control frame (ping, pong) regardless of the byte limit.
+    /// Queues the pong for the client's latest ping, replacing one not yet taken.
+    pub fn push_pong(&self, frame: Bytes) {
+        let mut outbox = self.outbox();
+        if outbox.close.is_some() {
+            return;
+        }
+        outbox.queued += frame.len();
+        if let Some(replaced) = outbox.pong.replace(frame) {
+            outbox.queued -= replaced.len();
+        }
+        drop(outbox);
+        self.wake.wake();
+    }
+
+    /// Queues a control frame (the server's ping, once per heartbeat) regardless of the byte
+    /// limit.
     pub fn push_control(&self, frame: Bytes) {
         let mut outbox = self.outbox();
         if outbox.close.is_some() {
@@ -273,6 +291,9 @@ impl Conn {
             std::mem::swap(into, &mut outbox.frames);
         } else {
             into.extend(outbox.frames.drain(..));
+        }
+        if let Some(pong) = outbox.pong.take() {
+            into.push_back(pong);
         }
         outbox.close
     }
@@ -554,6 +575,18 @@ mod tests {
             !conn.push(&Bytes::from_static(b"1")),
             "nothing is queued once closing"
         );
+    }
+
+    #[test]
+    fn a_ping_flood_queues_one_pong_the_latest() {
+        let conn = Conn::new(1, Door::Chat, "", 0, 1024, 0);
+        for n in 0..10_000u32 {
+            conn.push_pong(Bytes::from(n.to_be_bytes().to_vec()));
+        }
+        assert_eq!(conn.queued_bytes(), 4, "one pong's bytes");
+        let mut taken = VecDeque::new();
+        conn.take_queued(&mut taken);
+        assert_eq!(taken, [Bytes::from(9_999u32.to_be_bytes().to_vec())]);
     }
 
     #[test]

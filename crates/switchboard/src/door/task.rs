@@ -300,7 +300,9 @@ impl Socket {
             Event::Text(data) => inbound.message(Opcode::Text, data),
             Event::Binary(data) => inbound.message(Opcode::Binary, data),
             Event::Ping(payload) => {
-                conn.push_control(frame::encode(Opcode::Pong, payload));
+                // Pings count against the message rate, and only the latest is answered.
+                inbound.allow()?;
+                conn.push_pong(frame::encode(Opcode::Pong, payload));
                 Ok(())
             }
             Event::Pong => Ok(()),
@@ -353,7 +355,8 @@ impl Socket {
     }
 
     /// Waits for the next thing to do, in this order of preference: a wake from the
-    /// connection's handle, inbound bytes, room in the socket (only while a write is pending).
+    /// connection's handle, then inbound bytes while everything was written, or room in the
+    /// socket while a write is pending.
     ///
     /// Polled by hand rather than with `select!` over `notified()`/`readable()`/`writable()`:
     /// those futures join a waiter list on every turn and leave it under a lock when dropped,
@@ -364,21 +367,23 @@ impl Socket {
             if conn.poll_wake(cx).is_ready() {
                 return Poll::Ready(Ok(Turn::Woken));
             }
-            if let Poll::Ready(ready) = self.tcp.poll_read_ready(cx) {
-                return Poll::Ready(
-                    ready
-                        .map(|()| Turn::Readable)
-                        .map_err(|_| End::Abnormal("read failed")),
-                );
-            }
-            if !all_written {
-                if let Poll::Ready(ready) = self.tcp.poll_write_ready(cx) {
+            // While the client does not take what is written to it, what it sends is not
+            // read either: its requests would only queue more replies it does not read (the
+            // kernel's buffers hold it back; the heartbeat sweep ends a client silent too long).
+            if all_written {
+                if let Poll::Ready(ready) = self.tcp.poll_read_ready(cx) {
                     return Poll::Ready(
                         ready
-                            .map(|()| Turn::Writable)
-                            .map_err(|_| End::Abnormal("write failed")),
+                            .map(|()| Turn::Readable)
+                            .map_err(|_| End::Abnormal("read failed")),
                     );
                 }
+            } else if let Poll::Ready(ready) = self.tcp.poll_write_ready(cx) {
+                return Poll::Ready(
+                    ready
+                        .map(|()| Turn::Writable)
+                        .map_err(|_| End::Abnormal("write failed")),
+                );
             }
             Poll::Pending
         })
@@ -454,22 +459,31 @@ impl Inbound<'_> {
     fn message(&mut self, opcode: Opcode, data: &[u8]) -> Result<(), CloseReason> {
         on_message(self, opcode, data)
     }
+
+    /// Counts one inbound frame against the connection's message rate.
+    fn allow(&mut self) -> Result<(), CloseReason> {
+        let allowed = match self.rate.as_mut() {
+            Some(rate) => rate.allow(Instant::now()),
+            None => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(CloseReason::RateLimited)
+        }
+    }
 }
 
 fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<(), CloseReason> {
+    inbound.allow()?;
     let Inbound {
         session,
-        rate,
+        rate: _,
         stats,
         protocol,
         order,
         echo_window,
     } = inbound;
-    if let Some(rate) = rate.as_mut() {
-        if !rate.allow(Instant::now()) {
-            return Err(CloseReason::RateLimited);
-        }
-    }
     stats.messages_in += 1;
     stats.bytes_in += data.len() as u64;
     let state = &session.state;

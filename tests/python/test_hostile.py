@@ -1,0 +1,95 @@
+"""Hostile clients against the release binary: each one is held to a bound, and the node
+keeps serving everyone else."""
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import time
+
+import websockets
+
+from conftest import API_KEY
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def raw_upgrade(server, path):
+    """A raw socket past the WebSocket handshake, for sending frames by hand."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def masked(opcode, payload):
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+
+
+def still_serves(server):
+    async def check():
+        url = f"ws://{server.base}/ws/chat/ok?token={server.token('other')}"
+        async with websockets.connect(url) as ws:
+            await ws.send("still here")
+            assert await asyncio.wait_for(ws.recv(), 5) == "still here"
+    asyncio.run(check())
+
+
+def test_a_ping_flood_from_a_client_that_never_reads_costs_one_pong(make_server):
+    # No message rate, to show the queue bound alone: only the latest ping is answered.
+    server = make_server(env={"SWITCHBOARD_CLIENT_MESSAGE_RATE": "0"})
+    sock = raw_upgrade(server, f"/ws/chat/flood?token={server.token('mallory')}")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    before = rss_kib(server.proc.pid)
+    ping = masked(0x9, b"p" * 125)
+    burst = ping * 1000
+    deadline = time.monotonic() + 20
+    sent = 0
+    sock.settimeout(2)
+    try:
+        while sent < 200_000 and time.monotonic() < deadline:
+            sock.sendall(burst)
+            sent += 1000
+    except (socket.timeout, OSError):
+        pass  # the node stopped reading a client that does not read: the bound holds
+    time.sleep(0.5)
+    grown = rss_kib(server.proc.pid) - before
+    # 200k queued pongs would be over 25 MiB; one pong and the read buffers are a few KiB.
+    assert grown < 8 * 1024, f"RSS grew {grown} KiB after {sent} pings"
+    still_serves(server)
+    sock.close()
+
+
+def test_a_ping_flood_is_closed_by_the_message_rate(make_server):
+    server = make_server(env={"SWITCHBOARD_CLIENT_MESSAGE_RATE": "50"})
+    sock = raw_upgrade(server, f"/ws/chat/flood?token={server.token('mallory')}")
+    sock.sendall(masked(0x9, b"x") * 500)
+    sock.settimeout(5)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        at = data.find(b"\x88")
+        if at >= 0 and len(data) >= at + 4:
+            break
+    at = data.find(b"\x88")
+    assert at >= 0, "no close frame"
+    assert struct.unpack(">H", data[at + 2:at + 4])[0] == 4004
+    sock.close()
+    still_serves(server)
