@@ -387,6 +387,12 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Most channels one connection may subscribe to (more: error 106).
     pub max_subscriptions: usize,
+    /// Most commands in one message (more: close 3501). Above `max_subscriptions`, since an
+    /// SDK resubscribes every channel in one message after a reconnect.
+    pub max_commands_per_message: usize,
+    /// Subscribes and unsubscribes per second per connection, with `max_subscriptions` at
+    /// once (more: error 111; 0: no limit). Each may push a join or leave to every member.
+    pub subscribe_rate: u32,
     /// How long after its token's `exp` a connection (3005) or a subscription (3006) is
     /// closed, if not refreshed: the SDKs refresh when the TTL they were given runs out, so
     /// closing exactly at `exp` would always beat them.
@@ -404,6 +410,8 @@ impl Default for ClientConfig {
             enabled: true,
             connect_timeout: Duration::from_secs(10),
             max_subscriptions: 128,
+            max_commands_per_message: 256,
+            subscribe_rate: 32,
             expiry_grace: Duration::from_secs(25),
             history_meta_ttl: Duration::from_secs(24 * 3600),
         }
@@ -600,6 +608,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "SWITCHBOARD_CLIENT_MAX_SUBSCRIPTIONS",
         "client.max_subscriptions",
     ),
+    (
+        "SWITCHBOARD_CLIENT_MAX_COMMANDS_PER_MESSAGE",
+        "client.max_commands_per_message",
+    ),
+    ("SWITCHBOARD_CLIENT_SUBSCRIBE_RATE", "client.subscribe_rate"),
     ("SWITCHBOARD_CLIENT_EXPIRY_GRACE", "client.expiry_grace"),
     ("SWITCHBOARD_LOG_FORMAT", "log.format"),
     ("SWITCHBOARD_LOG_LEVEL", "log.level"),
@@ -736,6 +749,10 @@ impl Config {
                 self.client.connect_timeout = parse_duration(source, value)?
             }
             "client.max_subscriptions" => self.client.max_subscriptions = parse(source, value)?,
+            "client.max_commands_per_message" => {
+                self.client.max_commands_per_message = parse(source, value)?
+            }
+            "client.subscribe_rate" => self.client.subscribe_rate = parse(source, value)?,
             "client.expiry_grace" => self.client.expiry_grace = parse_duration(source, value)?,
             "log.format" => {
                 self.log.format = Some(match value.trim() {
@@ -876,6 +893,13 @@ impl Config {
             if value < Duration::from_millis(100) {
                 return Err(invalid(key, "must be at least 100ms"));
             }
+        }
+        if self.client.max_commands_per_message <= self.client.max_subscriptions {
+            return Err(invalid(
+                "client.max_commands_per_message",
+                "must be above client.max_subscriptions: an SDK resubscribes every channel in one \
+                 message after a reconnect",
+            ));
         }
         if self.client.connect_timeout < Duration::from_millis(100) {
             return Err(invalid("client.connect_timeout", "must be at least 100ms"));

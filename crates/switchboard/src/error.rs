@@ -330,6 +330,9 @@ pub enum ClientError {
     /// The broker cannot be reached right now; retry later.
     #[error("broker unavailable")]
     Unavailable,
+    /// More subscribes and unsubscribes than `client.subscribe_rate` allows; retry later.
+    #[error("too many requests")]
+    TooManyRequests,
 }
 
 impl ClientError {
@@ -348,12 +351,16 @@ impl ClientError {
             ClientError::TokenExpired => 109,
             ClientError::Unrecoverable => 112,
             ClientError::Unavailable => 100,
+            ClientError::TooManyRequests => 111,
         }
     }
 
     /// Whether the client should retry the same command later.
     pub fn temporary(self) -> bool {
-        matches!(self, ClientError::Internal | ClientError::Unavailable)
+        matches!(
+            self,
+            ClientError::Internal | ClientError::Unavailable | ClientError::TooManyRequests
+        )
     }
 }
 

@@ -213,6 +213,80 @@ async fn a_frame_that_is_not_protocol_json_closes_with_3501_and_others_carry_on(
     server.stop().await;
 }
 
+/// Several commands in one text frame, one per line.
+fn frame_of(commands: impl IntoIterator<Item = Value>) -> String {
+    commands
+        .into_iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn more_commands_in_one_message_than_the_cap_close_with_3501_and_others_carry_on() {
+    let mut config = protocol_config();
+    config.client.max_subscriptions = 4;
+    config.client.max_commands_per_message = 10;
+    let server = start(config).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let pings = (1..=11).map(|id| json!({ "id": id, "ping": {} }));
+    proto.send_raw(&frame_of(pings)).await;
+    assert_eq!(close_code(&mut proto.ws).await, 3501);
+    let (mut other, _) = Proto::connected(&server, "v").await;
+    assert!(other.call("ping", json!({})).await.get("ping").is_some());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn each_command_counts_against_the_message_rate() {
+    let mut config = protocol_config();
+    config.limits.client_message_rate = 5;
+    config.client.max_subscriptions = 4;
+    config.client.max_commands_per_message = 10;
+    let server = start(config).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    // The burst is the cap (10 tokens, 5 a second): two full messages at once exceed it.
+    for round in 0..2 {
+        let pings = (1..=10).map(|id| json!({ "id": round * 10 + id, "ping": {} }));
+        proto.send_raw(&frame_of(pings)).await;
+    }
+    assert_eq!(close_code(&mut proto.ws).await, 3013);
+    let (mut other, _) = Proto::connected(&server, "v").await;
+    assert!(other.call("ping", json!({})).await.get("ping").is_some());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn subscribe_churn_past_the_subscribe_rate_gets_error_111() {
+    let mut config = protocol_config();
+    config.client.max_subscriptions = 4;
+    config.client.subscribe_rate = 1;
+    let server = start(config).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut refused = 0;
+    for _ in 0..6 {
+        let reply = proto
+            .call("subscribe", json!({ "channel": "room:churn" }))
+            .await;
+        let unsub = proto
+            .call("unsubscribe", json!({ "channel": "room:churn" }))
+            .await;
+        for answer in [reply, unsub] {
+            if answer["error"]["code"] == 111 {
+                assert_eq!(answer["error"]["temporary"], true, "{answer}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused >= 6,
+        "12 subscribes and unsubscribes, 4 at once, refused {refused}"
+    );
+    // The connection stays open and served.
+    assert!(proto.call("ping", json!({})).await.get("ping").is_some());
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn several_commands_in_one_frame_each_get_their_reply_in_order() {
     let server = start(protocol_config()).await;

@@ -478,7 +478,7 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
     inbound.allow()?;
     let Inbound {
         session,
-        rate: _,
+        rate,
         stats,
         protocol,
         order,
@@ -522,7 +522,7 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
         Door::Notify => {}
         Door::Protocol => {
             if let Some(protocol) = protocol.as_mut() {
-                protocol.handle_frame(opcode, data)?;
+                protocol.handle_frame(opcode, data, rate)?;
             }
         }
     }
@@ -550,7 +550,14 @@ pub(crate) async fn run(
         echo_window: deflate.map(|n| n.server_window_bits()),
         partial: Vec::new(),
         writer: Writer::default(),
-        rate: MessageRate::new(limits.client_message_rate, limits.client_message_burst),
+        // Commands count one token each, and an SDK may send one command per subscription
+        // in one message after a reconnect: the burst holds at least that many.
+        rate: MessageRate::new(
+            limits.client_message_rate,
+            limits.client_message_burst.max(
+                u32::try_from(state.config.client.max_commands_per_message).unwrap_or(u32::MAX),
+            ),
+        ),
         stats: Stats::default(),
         client_closed: None,
         order: PublishOrder::default(),

@@ -27,7 +27,7 @@ use crate::broker::memory::StreamState;
 use crate::broker::HistoryPage;
 use crate::channels::{user_limited, ChannelRules};
 use crate::config::{PublishRule, SubscribeRule};
-use crate::conn::{Conn, ServerCommand};
+use crate::conn::{Conn, MessageRate, ServerCommand};
 use crate::error::{ClientError, CloseReason};
 use crate::node::{encode_frame, JoinRequest, JoinTicket, PublishOrder, TicketState};
 use crate::publication::{ClientInfo, Publication};
@@ -83,6 +83,9 @@ pub(crate) struct ClientSession {
     subscriptions: HashMap<Box<str>, Subscription>,
     /// This connection's publications, in order on their way to a remote broker.
     order: PublishOrder,
+    /// Subscribes and unsubscribes (`client.subscribe_rate`): each may push a join or a
+    /// leave to every member of the channel.
+    subscribe_rate: Option<MessageRate>,
     /// Counts subscribes, to tell a subscription from an earlier one to the same channel.
     generations: u64,
 }
@@ -125,6 +128,11 @@ fn expiry(expires_at: u64) -> ExpiryResult {
 impl ClientSession {
     /// The protocol state of a new connection (not connected yet).
     pub(crate) fn new(state: Arc<State>, conn: Arc<Conn>) -> Self {
+        let client = &state.config.client;
+        let subscribe_rate = MessageRate::new(
+            client.subscribe_rate,
+            u32::try_from(client.max_subscriptions).unwrap_or(u32::MAX),
+        );
         ClientSession {
             state,
             conn,
@@ -133,6 +141,7 @@ impl ClientSession {
             conn_info: None,
             subscriptions: HashMap::new(),
             order: PublishOrder::default(),
+            subscribe_rate,
             generations: 0,
         }
     }
@@ -179,8 +188,15 @@ impl ClientSession {
     }
 
     /// Handles one data frame: one or more commands (newline-separated JSON in a text frame,
-    /// length-delimited Protobuf in a binary frame).
-    pub(crate) fn handle_frame(&mut self, opcode: Opcode, data: &[u8]) -> Outcome {
+    /// length-delimited Protobuf in a binary frame). Each command after the first takes one
+    /// more token of the connection's message `rate`; more than
+    /// `client.max_commands_per_message` closes with 3501.
+    pub(crate) fn handle_frame(
+        &mut self,
+        opcode: Opcode,
+        data: &[u8],
+        rate: &mut Option<MessageRate>,
+    ) -> Outcome {
         let expected = match self.encoding() {
             Encoding::Json => Opcode::Text,
             Encoding::Protobuf => Opcode::Binary,
@@ -190,7 +206,18 @@ impl ClientSession {
         }
         let commands =
             wire::decode_commands(self.encoding(), data).map_err(|_| CloseReason::BadRequest)?;
-        for command in commands {
+        if commands.len() > self.state.config.client.max_commands_per_message {
+            return Err(CloseReason::BadRequest);
+        }
+        for (n, command) in commands.into_iter().enumerate() {
+            // The frame itself took the first command's token.
+            if n > 0 {
+                if let Some(rate) = rate.as_mut() {
+                    if !rate.allow(std::time::Instant::now()) {
+                        return Err(CloseReason::RateLimited);
+                    }
+                }
+            }
             self.handle(command)?;
         }
         Ok(())
@@ -222,6 +249,15 @@ impl ClientSession {
             || command.presence.is_some()
             || command.presence_stats.is_some()
             || command.history.is_some();
+        let churn = command.subscribe.is_some() || command.unsubscribe.is_some();
+        if churn {
+            if let Some(rate) = self.subscribe_rate.as_mut() {
+                if !rate.allow(std::time::Instant::now()) {
+                    self.reply_error(id, ClientError::TooManyRequests);
+                    return Ok(());
+                }
+            }
+        }
         let outcome = if let Some(request) = command.subscribe {
             self.subscribe(id, request);
             return Ok(());
