@@ -2,8 +2,10 @@
 //!
 //! Tokens are JWTs. The accepted algorithm is pinned by configuration: a token whose header
 //! names any other algorithm (including `none`) is refused, so there is no algorithm switching.
-//! `exp` is honoured when present (no leeway); `sub` is the user id (empty = anonymous user
-//! with a valid token). The token itself is never logged.
+//! `exp` and `nbf` are honoured when present (no leeway), `aud` and `iss` when configured;
+//! `sub` is the user id (empty = anonymous user with a valid token). A subscription token (one
+//! with a `channel` claim) is not a connection token, and the reverse. The token itself is
+//! never logged.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -137,7 +139,18 @@ impl TokenVerifier {
         validation.leeway = 0;
         validation.required_spec_claims.clear();
         validation.validate_exp = true;
-        validation.validate_aud = false;
+        validation.validate_nbf = true;
+        match &config.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
         Ok(TokenVerifier { key, validation })
     }
 
@@ -167,8 +180,48 @@ impl TokenVerifier {
                 jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
                     TokenError::Invalid("algorithm not allowed".to_owned())
                 }
-                other => TokenError::Invalid(format!("malformed token ({other:?})")),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    TokenError::Invalid("token not valid yet (nbf)".to_owned())
+                }
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                    TokenError::Invalid("wrong audience".to_owned())
+                }
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
+                    TokenError::Invalid("wrong issuer".to_owned())
+                }
+                jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim) => {
+                    TokenError::Invalid(format!("missing claim {claim}"))
+                }
+                _ => TokenError::Invalid("malformed token".to_owned()),
             })
+    }
+
+    /// Verifies a connection token: a subscription token (with a `channel`) is refused.
+    ///
+    /// # Errors
+    /// As [`TokenVerifier::verify`].
+    pub fn verify_connection(&self, token: &str) -> Result<Claims, TokenError> {
+        let claims = self.verify(token)?;
+        if claims.channel.is_some() {
+            return Err(TokenError::Invalid(
+                "a subscription token is not a connection token".to_owned(),
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// Verifies a subscription token: it must name a `channel`.
+    ///
+    /// # Errors
+    /// As [`TokenVerifier::verify`].
+    pub fn verify_subscription(&self, token: &str) -> Result<Claims, TokenError> {
+        let claims = self.verify(token)?;
+        if claims.channel.is_none() {
+            return Err(TokenError::Invalid(
+                "a connection token is not a subscription token".to_owned(),
+            ));
+        }
+        Ok(claims)
     }
 }
 
@@ -225,6 +278,63 @@ mod tests {
             other.verify(&token),
             Err(TokenError::Invalid("bad signature".into()))
         );
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret-s3cret-s3cret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_used_before_its_nbf_is_refused() {
+        let verifier = TokenVerifier::from_config(&hs_config("s3cret-s3cret-s3cret")).unwrap();
+        let later = signed(serde_json::json!({ "sub": "1", "nbf": unix_now() + 600 }));
+        assert_eq!(
+            verifier.verify(&later),
+            Err(TokenError::Invalid("token not valid yet (nbf)".into()))
+        );
+        let now = signed(serde_json::json!({ "sub": "1", "nbf": unix_now() - 1 }));
+        assert_eq!(verifier.verify(&now).unwrap().sub, "1");
+    }
+
+    #[test]
+    fn audience_and_issuer_are_required_when_configured() {
+        let config = TokenConfig {
+            audience: Some("switchboard".into()),
+            issuer: Some("https://auth.example".into()),
+            ..hs_config("s3cret-s3cret-s3cret")
+        };
+        let verifier = TokenVerifier::from_config(&config).unwrap();
+        let good = signed(serde_json::json!({
+            "sub": "1", "aud": ["other", "switchboard"], "iss": "https://auth.example"
+        }));
+        assert_eq!(verifier.verify(&good).unwrap().sub, "1");
+        let wrong_aud = signed(
+            serde_json::json!({ "sub": "1", "aud": "other", "iss": "https://auth.example" }),
+        );
+        assert!(verifier.verify(&wrong_aud).is_err());
+        let no_iss = signed(serde_json::json!({ "sub": "1", "aud": "switchboard" }));
+        assert!(verifier.verify(&no_iss).is_err());
+        let unchecked = TokenVerifier::from_config(&hs_config("s3cret-s3cret-s3cret")).unwrap();
+        assert!(
+            unchecked.verify(&wrong_aud).is_ok(),
+            "not configured: not checked"
+        );
+    }
+
+    #[test]
+    fn subscription_and_connection_tokens_are_not_interchangeable() {
+        let verifier = TokenVerifier::from_config(&hs_config("s3cret-s3cret-s3cret")).unwrap();
+        let subscription = signed(serde_json::json!({ "sub": "1", "channel": "news" }));
+        let connection = signed(serde_json::json!({ "sub": "1" }));
+        assert!(verifier.verify_connection(&subscription).is_err());
+        assert!(verifier.verify_subscription(&connection).is_err());
+        assert!(verifier.verify_connection(&connection).is_ok());
+        assert!(verifier.verify_subscription(&subscription).is_ok());
     }
 
     #[test]

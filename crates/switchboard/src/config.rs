@@ -327,6 +327,10 @@ pub struct TokenConfig {
     pub public_key_file: Option<PathBuf>,
     /// Let plain-door clients connect with no token (default: off; on with `--dev`).
     pub allow_anonymous: Option<bool>,
+    /// When set, tokens must carry this `aud` (or hold it in their `aud` list).
+    pub audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
 }
 
 /// `[origins]`
@@ -511,6 +515,8 @@ impl Default for TokenConfig {
             hmac_secret: Secret::default(),
             public_key_file: None,
             allow_anonymous: None,
+            audience: None,
+            issuer: None,
         }
     }
 }
@@ -582,6 +588,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_TOKEN_HMAC_SECRET", "token.hmac_secret"),
     ("SWITCHBOARD_TOKEN_PUBLIC_KEY_FILE", "token.public_key_file"),
     ("SWITCHBOARD_ALLOW_ANONYMOUS", "token.allow_anonymous"),
+    ("SWITCHBOARD_TOKEN_AUDIENCE", "token.audience"),
+    ("SWITCHBOARD_TOKEN_ISSUER", "token.issuer"),
     ("SWITCHBOARD_ALLOWED_ORIGINS", "origins.allowed"),
     ("SWITCHBOARD_API_KEY", "api.key"),
     ("SWITCHBOARD_MAX_MESSAGE_BYTES", "limits.max_message_bytes"),
@@ -725,6 +733,8 @@ impl Config {
             "token.allow_anonymous" => {
                 self.token.allow_anonymous = Some(parse_bool(source, value)?)
             }
+            "token.audience" => self.token.audience = Some(value.trim().to_owned()),
+            "token.issuer" => self.token.issuer = Some(value.trim().to_owned()),
             "origins.allowed" => {
                 self.origins.allowed = value
                     .split(',')
@@ -807,6 +817,14 @@ impl Config {
     /// [`ConfigError::Invalid`] naming the first key that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let server = &self.server;
+        let secret = &self.token.hmac_secret.0;
+        if !server.dev && !secret.is_empty() && secret.len() < 32 {
+            return Err(invalid(
+                "token.hmac_secret",
+                "must be at least 32 bytes: a shorter HS256 secret can be guessed offline from \
+                 one token",
+            ));
+        }
         if server.dev && !server.listen.ip().is_loopback() && !server.dev_insecure_on_network {
             return Err(invalid(
                 "server.dev",
@@ -950,6 +968,19 @@ pub const GENERATED_CONFIG: &str = include_str!("../../../docs/switchboard.examp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_hmac_secret_is_refused_outside_dev() {
+        let mut config = Config::default();
+        config.token.hmac_secret = Secret("too-short".into());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("token.hmac_secret"), "{error}");
+        config.server.dev = true;
+        config.validate().unwrap();
+        config.server.dev = false;
+        config.token.hmac_secret = Secret("x".repeat(32));
+        config.validate().unwrap();
+    }
 
     #[test]
     fn dev_mode_is_refused_off_loopback_unless_loudly_allowed() {

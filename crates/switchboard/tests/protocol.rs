@@ -548,6 +548,45 @@ async fn clients_cannot_publish_into_a_user_limited_channel_even_its_own_user() 
 }
 
 #[tokio::test]
+async fn a_subscription_token_is_not_a_connection_token() {
+    let server = start(protocol_config()).await;
+    let mut proto = Proto::open(&server).await;
+    let claims = Claims {
+        sub: "u".into(),
+        exp: Some(unix_now() + 60),
+        channel: Some("secret:s".into()),
+        ..Claims::default()
+    };
+    let token = mint_claims_hs256(SECRET, &claims).unwrap();
+    proto
+        .send_raw(&json!({ "id": 1, "connect": { "token": token } }).to_string())
+        .await;
+    assert_eq!(close_code(&mut proto.ws).await, 3500);
+    let (mut other, _) = Proto::connected(&server, "v").await;
+    assert!(other.call("ping", json!({})).await.get("ping").is_some());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_refresh_with_a_token_without_exp_is_refused() {
+    let server = start(protocol_config()).await;
+    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let endless = mint_claims_hs256(
+        SECRET,
+        &Claims {
+            sub: "u".into(),
+            ..Claims::default()
+        },
+    )
+    .unwrap();
+    proto
+        .send_raw(&json!({ "id": 9, "refresh": { "token": endless } }).to_string())
+        .await;
+    assert_eq!(close_code(&mut proto.ws).await, 3500);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_subscription_token_past_its_exp_is_error_109() {
     let server = start(protocol_config()).await;
     let (mut proto, _) = Proto::connected(&server, "u").await;

@@ -550,13 +550,17 @@ pub(crate) async fn run(
         echo_window: deflate.map(|n| n.server_window_bits()),
         partial: Vec::new(),
         writer: Writer::default(),
-        // Commands count one token each, and an SDK may send one command per subscription
-        // in one message after a reconnect: the burst holds at least that many.
+        // Client-protocol commands count one token each, and an SDK may send one command per
+        // subscription in one message after a reconnect: its burst holds at least that many.
         rate: MessageRate::new(
             limits.client_message_rate,
-            limits.client_message_burst.max(
-                u32::try_from(state.config.client.max_commands_per_message).unwrap_or(u32::MAX),
-            ),
+            if session.conn.door == Door::Protocol {
+                limits.client_message_burst.max(
+                    u32::try_from(state.config.client.max_commands_per_message).unwrap_or(u32::MAX),
+                )
+            } else {
+                limits.client_message_burst
+            },
         ),
         stats: Stats::default(),
         client_closed: None,

@@ -249,7 +249,7 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
         _ if door == Door::Protocol => Claims::default(),
         Some(token) => state
             .verifier
-            .verify(token)
+            .verify_connection(token)
             .map_err(|e| Rejection::InvalidToken(e.to_string()))?,
         None if door == Door::Notify || !state.resolved.allow_anonymous => {
             return Err(Rejection::MissingToken)

@@ -307,7 +307,7 @@ impl ClientSession {
             }
             Claims::default()
         } else {
-            match self.state.verifier.verify(&request.token) {
+            match self.state.verifier.verify_connection(&request.token) {
                 Ok(claims) => claims,
                 Err(TokenError::Expired) => {
                     self.reply_error(id, ClientError::TokenExpired);
@@ -396,7 +396,7 @@ impl ClientSession {
     ) -> Result<Granted, ClientError> {
         let user = self.conn.user();
         if !token.is_empty() {
-            let claims = match self.state.verifier.verify(token) {
+            let claims = match self.state.verifier.verify_subscription(token) {
                 Ok(claims) => claims,
                 Err(TokenError::Expired) => return Err(ClientError::TokenExpired),
                 Err(TokenError::Invalid(_)) => return Err(ClientError::PermissionDenied),
@@ -702,7 +702,7 @@ impl ClientSession {
     }
 
     fn refresh(&mut self, id: u32, token: &str) -> Outcome {
-        let claims = match self.state.verifier.verify(token) {
+        let claims = match self.state.verifier.verify_connection(token) {
             Ok(claims) => claims,
             Err(TokenError::Expired) => {
                 self.reply_error(id, ClientError::TokenExpired);
@@ -710,7 +710,8 @@ impl ClientSession {
             }
             Err(TokenError::Invalid(_)) => return Err(CloseReason::InvalidToken),
         };
-        if claims.sub != self.conn.user() {
+        // A refresh extends a session; a token without `exp` would make it endless.
+        if claims.sub != self.conn.user() || claims.exp.is_none() {
             return Err(CloseReason::InvalidToken);
         }
         let expires_at = claims.exp.unwrap_or(0);
@@ -745,7 +746,7 @@ impl ClientSession {
         if !self.subscriptions.contains_key(channel) {
             return Err(ClientError::PermissionDenied);
         }
-        let claims = match self.state.verifier.verify(token) {
+        let claims = match self.state.verifier.verify_subscription(token) {
             Ok(claims) => claims,
             Err(TokenError::Expired) => return Err(ClientError::TokenExpired),
             Err(TokenError::Invalid(_)) => return Err(ClientError::PermissionDenied),
