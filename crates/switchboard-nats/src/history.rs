@@ -31,6 +31,7 @@
 //! headers, in offset order, and only once stored: a publish that lost the race is never
 //! delivered.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +56,14 @@ use crate::subject::Names;
 /// up; the caller's deadline usually ends it first.
 const MAX_ATTEMPTS: u32 = 64;
 
+/// Publish locks: channels are spread over this many by hash.
+const PUBLISH_LOCKS: usize = 64;
+/// Channels whose last stored message a lock remembers before it forgets them all.
+const REMEMBERED: usize = 1024;
+
+/// The last message this node stored, by subject.
+type Remembered = HashMap<String, Last>;
+
 /// The channel streams of one prefix.
 pub struct History {
     js: jetstream::Context,
@@ -62,6 +71,11 @@ pub struct History {
     max_age: Duration,
     /// Whether the stream is known to exist; reset when the server says it does not.
     exists: Mutex<bool>,
+    /// One node's publishes to one channel take turns (so they never race each other for
+    /// the next offset: only other nodes can), and each lock remembers the last message this
+    /// node stored for its channels, so a publish right after another needs no read first (a
+    /// stale memory is found out by the conditional store, which then reads).
+    publishing: Box<[tokio::sync::Mutex<Remembered>]>,
 }
 
 /// Whether a conditional store went through.
@@ -72,6 +86,7 @@ enum Stored {
 }
 
 /// A stored message: its sequence and headers.
+#[derive(Clone)]
 struct Last {
     sequence: u64,
     meta: Meta,
@@ -97,7 +112,17 @@ impl History {
             names,
             max_age,
             exists: Mutex::new(false),
+            publishing: (0..PUBLISH_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(HashMap::new()))
+                .collect(),
         }
+    }
+
+    fn publish_lock(&self, subject: &str) -> &tokio::sync::Mutex<Remembered> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        subject.hash(&mut hasher);
+        &self.publishing[(hasher.finish() as usize) % PUBLISH_LOCKS]
     }
 
     fn known(&self) -> bool {
@@ -179,10 +204,15 @@ impl History {
     ) -> Result<Position, BrokerError> {
         let subject = self.names.stored(channel);
         let size = u64::try_from(options.history_size).unwrap_or(u64::MAX);
+        let mut remembered = self.publish_lock(&subject).lock().await;
         for attempt in 0..MAX_ATTEMPTS {
             self.ensure().await?;
             let stream = self.stream().await?;
-            let last = self.last(&stream, &subject).await?;
+            // What this node stored last, if it is still to be trusted; read otherwise.
+            let last = match remembered.remove(&subject) {
+                Some(last) if attempt == 0 => Some(last),
+                _ => self.last(&stream, &subject).await?,
+            };
             let now = now_ms();
             let expected = last.as_ref().map_or(0, |last| last.sequence);
             let (offset, epoch) = match last.filter(|last| last.meta.alive(now)) {
@@ -225,14 +255,25 @@ impl History {
                         epoch: first.epoch,
                     });
                 }
-                Ok(_) => {
+                Ok(ack) => {
+                    if remembered.len() >= REMEMBERED {
+                        remembered.clear();
+                    }
+                    let position = Position {
+                        offset: meta.offset,
+                        epoch: meta.epoch.clone(),
+                    };
+                    remembered.insert(
+                        subject.clone(),
+                        Last {
+                            sequence: ack.sequence,
+                            meta,
+                        },
+                    );
                     if offset > size {
                         self.trim(stream, subject, size);
                     }
-                    return Ok(Position {
-                        offset: meta.offset,
-                        epoch: meta.epoch,
-                    });
+                    return Ok(position);
                 }
                 Err(e) => match e.kind() {
                     PublishErrorKind::WrongLastSequence => {
