@@ -49,8 +49,9 @@ def still_serves(server):
     asyncio.run(check())
 
 
-def test_a_ping_flood_from_a_client_that_never_reads_costs_one_pong(make_server):
-    # No message rate, to show the queue bound alone: only the latest ping is answered.
+def test_a_ping_flood_from_a_client_that_never_reads_is_held_to_the_queue_bound(make_server):
+    # No message rate, to show the queue bound alone: pongs count against max_queued_bytes
+    # (1 MiB by default), past which the client is closed as a slow consumer.
     server = make_server(env={"SWITCHBOARD_CLIENT_MESSAGE_RATE": "0"})
     sock = raw_upgrade(server, f"/ws/chat/flood?token={server.token('mallory')}")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -68,7 +69,7 @@ def test_a_ping_flood_from_a_client_that_never_reads_costs_one_pong(make_server)
         pass  # the node stopped reading a client that does not read: the bound holds
     time.sleep(0.5)
     grown = rss_kib(server.proc.pid) - before
-    # 200k queued pongs would be over 25 MiB; one pong and the read buffers are a few KiB.
+    # 200k queued pongs would be over 25 MiB; the bound is 1 MiB of queue plus bookkeeping.
     assert grown < 8 * 1024, f"RSS grew {grown} KiB after {sent} pings"
     still_serves(server)
     sock.close()

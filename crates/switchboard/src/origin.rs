@@ -62,7 +62,9 @@ impl OriginPattern {
 /// Splits `scheme://host[:port]` into lower-cased parts; `None` when it is not of that form.
 fn split_origin(text: &str) -> Option<(String, String, Option<String>)> {
     let (scheme, rest) = text.split_once("://")?;
-    if rest.contains('/') || scheme.is_empty() {
+    // A browser never sends a path or userinfo in `Origin`; `https://user@a.example.com`
+    // names nobody's allowlisted origin.
+    if rest.contains('/') || rest.contains('@') || scheme.is_empty() {
         return None;
     }
     let (host, port) = if let Some(v6_end) = rest.find(']') {
@@ -130,6 +132,14 @@ mod tests {
     fn policy(patterns: &[&str]) -> OriginPolicy {
         let owned: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
         OriginPolicy::new(&owned, false)
+    }
+
+    #[test]
+    fn userinfo_in_an_origin_never_matches() {
+        let allowed = policy(&["https://a.example.com", "https://*.example.com"]);
+        assert!(allowed.allows(Some("https://a.example.com")));
+        assert!(!allowed.allows(Some("https://user@a.example.com")));
+        assert!(!allowed.allows(Some("https://a.example.com@evil.example.net")));
     }
 
     #[test]

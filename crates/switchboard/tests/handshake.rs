@@ -91,6 +91,44 @@ async fn token_as_a_subprotocol_is_accepted_and_a_protocol_is_selected() {
 }
 
 #[tokio::test]
+async fn a_token_offered_as_the_only_subprotocol_is_read_but_never_echoed() {
+    let server = start(config()).await;
+    let jwt = token("u", 60);
+    let (_socket, head) = raw_upgrade_with(
+        server.addr,
+        "/ws/chat/a",
+        &[("Sec-WebSocket-Protocol", &jwt)],
+    )
+    .await;
+    assert!(!head.contains(&jwt), "the 101 echoed the token: {head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("sec-websocket-protocol"),
+        "no known subprotocol was offered, none is selected: {head}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_origin_that_is_not_visible_ascii_is_refused_not_ignored() {
+    let mut config = config();
+    config.origins.allowed = vec!["https://app.example.com".into()];
+    let server = start(config).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut bytes = format!(
+        "GET /ws/chat/a?token={} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        token("u", 60)
+    )
+    .into_bytes();
+    bytes.extend_from_slice(b"Origin: https://app.example.com\xff\r\n\r\n");
+    stream.write_all(&bytes).await.unwrap();
+    let mut head = vec![0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 403");
+    server.assert_still_serving().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn anonymous_clients_are_let_in_only_when_allowed() {
     let mut config = config();
     config.token.allow_anonymous = Some(true);

@@ -55,9 +55,6 @@ struct Outbox {
     queued: usize,
     close: Option<CloseReason>,
     commands: Vec<ServerCommand>,
-    /// The pong for the client's latest ping; an earlier one not yet taken is replaced (RFC
-    /// 6455 §5.5.3 allows answering only the latest), so a ping flood queues one frame.
-    pong: Option<Bytes>,
 }
 
 /// The shared handle of one connection.
@@ -247,18 +244,12 @@ impl Conn {
         self.wake.wake();
     }
 
-    /// Queues the pong for the client's latest ping, replacing one not yet taken.
-    pub fn push_pong(&self, frame: Bytes) {
-        let mut outbox = self.outbox();
-        if outbox.close.is_some() {
-            return;
-        }
-        outbox.queued += frame.len();
-        if let Some(replaced) = outbox.pong.replace(frame) {
-            outbox.queued -= replaced.len();
-        }
-        drop(outbox);
-        self.wake.wake();
+    /// Queues the pong for a client's ping. Pongs count against `max_queued_bytes` like
+    /// everything the client is sent, so a client that pings and never reads is closed as a
+    /// slow consumer instead of growing the queue (every ping is answered: conformance
+    /// suites check it, though RFC 6455 §5.5.3 would allow answering the latest only).
+    pub fn push_pong(&self, frame: &Bytes) {
+        self.push(frame);
     }
 
     /// Queues a control frame (the server's ping, once per heartbeat) regardless of the byte
@@ -291,9 +282,6 @@ impl Conn {
             std::mem::swap(into, &mut outbox.frames);
         } else {
             into.extend(outbox.frames.drain(..));
-        }
-        if let Some(pong) = outbox.pong.take() {
-            into.push_back(pong);
         }
         outbox.close
     }
@@ -578,15 +566,20 @@ mod tests {
     }
 
     #[test]
-    fn a_ping_flood_queues_one_pong_the_latest() {
+    fn pongs_count_against_the_queue_bound() {
         let conn = Conn::new(1, Door::Chat, "", 0, 1024, 0);
-        for n in 0..10_000u32 {
-            conn.push_pong(Bytes::from(n.to_be_bytes().to_vec()));
+        let pong = Bytes::from(vec![0u8; 100]);
+        for _ in 0..10 {
+            conn.push_pong(&pong);
         }
-        assert_eq!(conn.queued_bytes(), 4, "one pong's bytes");
+        assert_eq!(conn.queued_bytes(), 1000);
+        conn.push_pong(&pong);
         let mut taken = VecDeque::new();
-        conn.take_queued(&mut taken);
-        assert_eq!(taken, [Bytes::from(9_999u32.to_be_bytes().to_vec())]);
+        assert_eq!(
+            conn.take_queued(&mut taken),
+            Some(CloseReason::SlowConsumer),
+            "the 11th pong passes 1024 bytes"
+        );
     }
 
     #[test]

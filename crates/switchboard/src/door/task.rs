@@ -300,9 +300,9 @@ impl Socket {
             Event::Text(data) => inbound.message(Opcode::Text, data),
             Event::Binary(data) => inbound.message(Opcode::Binary, data),
             Event::Ping(payload) => {
-                // Pings count against the message rate, and only the latest is answered.
+                // Pings count against the message rate, and pongs against the queue bound.
                 inbound.allow()?;
-                conn.push_pong(frame::encode(Opcode::Pong, payload));
+                conn.push_pong(&frame::encode(Opcode::Pong, payload));
                 Ok(())
             }
             Event::Pong => Ok(()),

@@ -33,6 +33,10 @@ use crate::ws::handshake;
 /// Protobuf.
 const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
 
+/// The subprotocols this server selects when offered: the name browsers pair with a token
+/// (`new WebSocket(url, ["switchboard", token])`), and the client protocol's encodings.
+const KNOWN_SUBPROTOCOLS: [&str; 3] = ["switchboard", PROTOBUF_SUBPROTOCOL, "centrifuge-json"];
+
 /// Longest room or user id in a path.
 const MAX_NAME_LEN: usize = 128;
 
@@ -100,11 +104,12 @@ fn find_token<B>(req: &Request<B>) -> TokenSource<'_> {
     let offered = handshake::offered_protocols(req.headers());
     let looks_like_jwt = |value: &&str| value.bytes().filter(|b| *b == b'.').count() == 2;
     let protocol_token = offered.iter().copied().find(looks_like_jwt);
+    // Only a subprotocol this server speaks is selected; a token offered as one is read, and
+    // never echoed back in the 101 (where proxies and logs would keep it).
     let protocol = offered
         .iter()
         .copied()
-        .find(|p| !looks_like_jwt(p))
-        .or(protocol_token);
+        .find(|p| KNOWN_SUBPROTOCOLS.contains(p));
     let query_token = req
         .uri()
         .query()
@@ -236,10 +241,12 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
     let (door, channel) = route(state, req.uri().path())?;
     let accept = handshake::accept_key(req.method(), req.version(), req.headers())?;
 
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
+    // An `Origin` that is not visible ASCII is no origin any allowlist names: refused, not
+    // treated as absent (which would let it pass as a non-browser client).
+    let origin = match req.headers().get(header::ORIGIN) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| Rejection::OriginNotAllowed)?),
+    };
     if !state.origins.allows(origin) {
         return Err(Rejection::OriginNotAllowed);
     }
@@ -354,6 +361,17 @@ mod tests {
         assert_eq!(
             (source.token, source.protocol),
             (Some("p.p.p"), Some("switchboard"))
+        );
+        let req = Request::builder()
+            .uri("/ws/chat/a")
+            .header("sec-websocket-protocol", "p.p.p, made-up")
+            .body(())
+            .unwrap();
+        let source = find_token(&req);
+        assert_eq!(
+            (source.token, source.protocol),
+            (Some("p.p.p"), None),
+            "a token or an unknown name is never selected"
         );
     }
 }
