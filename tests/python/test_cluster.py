@@ -631,10 +631,12 @@ def test_redis_sentinel_failover_keeps_publishing_and_loses_nothing_replicated(t
         for subscriber in subscribers:
             await subscriber.stop()
             # Everything of the old epoch that the replica holds, once, in order; then told
-            # once (3010, recovered false); then the new epoch with no gap from where the
-            # subscribe reply put it.
-            assert subscriber.codes == [3010], subscriber.describe()
-            assert (True, False) in subscriber.outcomes, subscriber.describe()
+            # once of the new epoch (3010, recovered false); then the new epoch with no gap
+            # from where the subscribe reply put it. Publications the node's pub/sub link
+            # missed while it was rebuilt are gaps it detects: more 3010s, each followed by a
+            # successful recovery.
+            assert set(subscriber.codes) == {3010}, subscriber.describe()
+            assert subscriber.outcomes.count((True, False)) == 1, subscriber.describe()
             mine = subscriber.positions()
             assert len(mine) == len(set(mine)), subscriber.describe()
             seen_old = [o for e, o in mine if e == old]
