@@ -278,21 +278,10 @@ pub async fn run(
             }
         }));
     }
-    let pb = report::bar(p.duration.as_millis() as u64, "measure");
-    while Instant::now() < end {
-        let tick = (Instant::now() + Duration::from_millis(250)).min(end);
-        tokio::time::sleep_until(tick.into()).await;
-        let secs = t0.elapsed().as_secs_f64().max(1e-3);
-        pb.set_position(t0.elapsed().as_millis() as u64);
-        pb.set_message(format!(
-            "{:.0} publishes/s",
-            sh.ok_in_window.get() as f64 / secs
-        ));
-    }
+    report::measure_phase(p.duration, t0, end, "publishes", || sh.ok_in_window.get()).await;
     sh.measuring.set(false);
     let used = cpu.stop()?;
     let wall = t0.elapsed().as_secs_f64().max(1e-9);
-    pb.finish_and_clear();
     // Each connection ends after the answer to its last request.
     let drain_end = tokio::time::Instant::now() + p.drain;
     let mut unfinished = 0u64;

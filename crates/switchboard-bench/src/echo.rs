@@ -191,20 +191,9 @@ pub async fn run(
             p.size,
         )));
     }
-    let pb = report::bar(p.duration.as_millis() as u64, "measure");
-    while Instant::now() < end {
-        let tick = (Instant::now() + Duration::from_millis(250)).min(end);
-        tokio::time::sleep_until(tick.into()).await;
-        let secs = t0.elapsed().as_secs_f64().max(1e-3);
-        pb.set_position(t0.elapsed().as_millis() as u64);
-        pb.set_message(format!(
-            "{:.0} msgs/s",
-            sh.received_in_window.get() as f64 / secs
-        ));
-    }
+    report::measure_phase(p.duration, t0, end, "msgs", || sh.received_in_window.get()).await;
     let used = cpu.stop()?;
     let wall = (Instant::now() - t0).as_secs_f64().max(1e-9);
-    pb.finish_and_clear();
 
     let drain_end = tokio::time::Instant::now() + p.drain;
     let mut unfinished = 0;

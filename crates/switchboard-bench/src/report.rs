@@ -279,6 +279,26 @@ impl Report {
 }
 
 /// A progress bar for a phase of `len` steps, drawn on stderr only when it is a terminal.
+/// Shows the measured phase's progress until `end` (it started at `t0`, lasts `duration`),
+/// with the rate of `count()` in `unit`s per second, refreshed four times a second.
+pub async fn measure_phase(
+    duration: Duration,
+    t0: std::time::Instant,
+    end: std::time::Instant,
+    unit: &str,
+    count: impl Fn() -> u64,
+) {
+    let pb = bar(duration.as_millis() as u64, "measure");
+    while std::time::Instant::now() < end {
+        let tick = (std::time::Instant::now() + Duration::from_millis(250)).min(end);
+        tokio::time::sleep_until(tick.into()).await;
+        let secs = t0.elapsed().as_secs_f64().max(1e-3);
+        pb.set_position(t0.elapsed().as_millis() as u64);
+        pb.set_message(format!("{:.0} {unit}/s", count() as f64 / secs));
+    }
+    pb.finish_and_clear();
+}
+
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr_with_hz(4)

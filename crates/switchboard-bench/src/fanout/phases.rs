@@ -196,22 +196,14 @@ pub(super) async fn measure(
         };
         tasks.push(task);
     }
-    let pb = report::bar(p.duration.as_millis() as u64, "measure");
-    while Instant::now() < end {
-        let tick = (Instant::now() + Duration::from_millis(250)).min(end);
-        tokio::time::sleep_until(tick.into()).await;
-        let secs = t0.elapsed().as_secs_f64().max(1e-3);
-        pb.set_position(t0.elapsed().as_millis() as u64);
-        pb.set_message(format!(
-            "{:.0} deliveries/s",
-            sh.c.delivered_in_window.get() as f64 / secs
-        ));
-    }
+    report::measure_phase(p.duration, t0, end, "deliveries", || {
+        sh.c.delivered_in_window.get()
+    })
+    .await;
     sh.measuring.set(false);
     let used = cpu.stop()?;
     let wall = (Instant::now() - t0).as_secs_f64();
     mark_phase(p, "end").await?;
-    pb.finish_and_clear();
 
     // Publishers stop by themselves at `end`; give them the drain time, then stop them.
     let drain_end = Instant::now() + p.drain;
