@@ -311,6 +311,23 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most connections one client IP holds (0 = no limit).
     pub max_connections_per_ip: usize,
+    /// Most HTTP connections that are not WebSockets (yet) on this node: waiting for or
+    /// sending a request, or idle between requests (0 = no limit). At the bound the oldest
+    /// one between requests is closed to make room.
+    pub max_pending_handshakes: usize,
+    /// Most such connections from one client IP (0 = no limit); more are closed at once.
+    /// Trusted proxies are not held to it.
+    pub max_pending_handshakes_per_ip: usize,
+    /// Largest request line and headers, bytes; more is answered 431.
+    pub max_header_bytes: usize,
+    /// Addresses or networks (`10.0.0.0/8`) of proxies whose `client_ip_header` names the
+    /// client, for per-IP limits and logs. From any other peer the header is ignored.
+    pub trusted_proxies: Vec<String>,
+    /// The header trusted proxies set: `x-forwarded-for` or `forwarded` (RFC 7239).
+    pub client_ip_header: crate::peer::ClientIpHeader,
+    /// IPv6 clients are counted per network of this prefix length for per-IP limits (a host
+    /// usually holds a whole /64); IPv4 clients per address.
+    pub ipv6_prefix: u8,
     /// Negotiate permessage-deflate (RFC 7692) with clients that offer it.
     pub permessage_deflate: bool,
 }
@@ -503,6 +520,12 @@ impl Default for ServerConfig {
             shutdown_drain: Duration::from_secs(10),
             max_connections: 0,
             max_connections_per_ip: 0,
+            max_pending_handshakes: 4096,
+            max_pending_handshakes_per_ip: 256,
+            max_header_bytes: 16 * 1024,
+            trusted_proxies: Vec::new(),
+            client_ip_header: crate::peer::ClientIpHeader::XForwardedFor,
+            ipv6_prefix: 64,
             permessage_deflate: false,
         }
     }
@@ -580,6 +603,18 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "SWITCHBOARD_MAX_CONNECTIONS_PER_IP",
         "server.max_connections_per_ip",
     ),
+    (
+        "SWITCHBOARD_MAX_PENDING_HANDSHAKES",
+        "server.max_pending_handshakes",
+    ),
+    (
+        "SWITCHBOARD_MAX_PENDING_HANDSHAKES_PER_IP",
+        "server.max_pending_handshakes_per_ip",
+    ),
+    ("SWITCHBOARD_MAX_HEADER_BYTES", "server.max_header_bytes"),
+    ("SWITCHBOARD_TRUSTED_PROXIES", "server.trusted_proxies"),
+    ("SWITCHBOARD_CLIENT_IP_HEADER", "server.client_ip_header"),
+    ("SWITCHBOARD_IPV6_PREFIX", "server.ipv6_prefix"),
     (
         "SWITCHBOARD_PERMESSAGE_DEFLATE",
         "server.permessage_deflate",
@@ -712,6 +747,23 @@ impl Config {
             "server.max_connections_per_ip" => {
                 self.server.max_connections_per_ip = parse(source, value)?
             }
+            "server.max_pending_handshakes" => {
+                self.server.max_pending_handshakes = parse(source, value)?
+            }
+            "server.max_pending_handshakes_per_ip" => {
+                self.server.max_pending_handshakes_per_ip = parse(source, value)?
+            }
+            "server.max_header_bytes" => self.server.max_header_bytes = parse(source, value)?,
+            "server.trusted_proxies" => {
+                self.server.trusted_proxies = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
+            "server.client_ip_header" => self.server.client_ip_header = parse(source, value)?,
+            "server.ipv6_prefix" => self.server.ipv6_prefix = parse(source, value)?,
             "server.permessage_deflate" => {
                 self.server.permessage_deflate = parse_bool(source, value)?
             }
@@ -862,6 +914,17 @@ impl Config {
                 "must be at least 100ms",
             ));
         }
+        if !(1024..=256 * 1024).contains(&server.max_header_bytes) {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "must be between 1024 and 262144",
+            ));
+        }
+        if !(1..=128).contains(&server.ipv6_prefix) {
+            return Err(invalid("server.ipv6_prefix", "must be between 1 and 128"));
+        }
+        crate::peer::TrustedProxies::new(&server.trusted_proxies, server.client_ip_header)
+            .map_err(|message| invalid("server.trusted_proxies", message))?;
         match self.token.algorithm {
             TokenAlgorithm::HS256 => {
                 if self.token.public_key_file.is_some() {
@@ -1045,6 +1108,35 @@ mod tests {
             .unwrap();
         assert_eq!(config.origins.allowed, ["https://a.com", "https://*.b.com"]);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn client_address_settings_are_checked_at_start() {
+        let mut config = Config::default();
+        config
+            .apply_env([
+                (
+                    "SWITCHBOARD_TRUSTED_PROXIES".into(),
+                    "10.0.0.0/8, 2001:db8::1".into(),
+                ),
+                ("SWITCHBOARD_CLIENT_IP_HEADER".into(), "forwarded".into()),
+            ])
+            .unwrap();
+        assert_eq!(config.server.trusted_proxies, ["10.0.0.0/8", "2001:db8::1"]);
+        config.validate().unwrap();
+        config.server.trusted_proxies.push("10.0.0.0/40".into());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("server.trusted_proxies"), "{error}");
+        config.server.trusted_proxies.clear();
+        config.server.ipv6_prefix = 0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("server.ipv6_prefix"), "{error}");
+        config.server.ipv6_prefix = 64;
+        config.server.max_header_bytes = 100;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("server.max_header_bytes"), "{error}");
+        let error = Config::from_toml("[server]\nclient_ip_header = \"x-real-ip\"").unwrap_err();
+        assert!(error.contains("client_ip_header"), "{error}");
     }
 
     #[test]

@@ -22,12 +22,13 @@ use crate::auth::{KeyError, TokenVerifier};
 use crate::broker::Broker;
 use crate::channels::Namespaces;
 use crate::config::{Config, ConfigError};
-use crate::conn::{IpLimits, SweepTiming};
+use crate::conn::{IpLimits, NodeSlots, PendingConns, PendingPermit, SweepTiming};
 use crate::error::CloseReason;
 use crate::ingest::LogSource;
 use crate::kind::{Door, Encoding};
 use crate::node::{Node, NodeSettings};
 use crate::origin::OriginPolicy;
+use crate::peer::TrustedProxies;
 use crate::state::State;
 use crate::ws::frame::{self, Opcode};
 
@@ -84,6 +85,16 @@ impl Gateway {
         let listener =
             bind_listener(addr, send_buffer).map_err(|source| StartError::Bind { addr, source })?;
         let origins = OriginPolicy::new(&config.origins.allowed, resolved.localhost_origins);
+        let server = &config.server;
+        let proxies = TrustedProxies::new(&server.trusted_proxies, server.client_ip_header)
+            .map_err(|message| ConfigError::Invalid {
+                key: "server.trusted_proxies".to_owned(),
+                message,
+            })?;
+        let pending = PendingConns::new(
+            server.max_pending_handshakes,
+            server.max_pending_handshakes_per_ip,
+        );
         let channels = Namespaces::from_config(&config, &resolved);
         let settings = NodeSettings {
             name: config
@@ -101,6 +112,9 @@ impl Gateway {
             resolved,
             node: Node::new(broker, channels, settings),
             ip_limits: Arc::new(IpLimits::default()),
+            slots: Arc::new(NodeSlots::default()),
+            pending: Arc::new(pending),
+            proxies,
             verifier,
             origins,
             shutdown: CancellationToken::new(),
@@ -202,14 +216,41 @@ impl Gateway {
     }
 }
 
-/// Accepts connections until the listener fails for good (it does not, in practice).
+/// Accepts connections until the listener fails for good (it does not, in practice). A socket
+/// over the pending bounds is closed at once, before it costs a task or a buffer; no line is
+/// logged for it (a flood would become a flood of log lines), the metric counts it.
 async fn accept_loop(state: &Arc<State>, listener: &TcpListener) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                state
-                    .tracker
-                    .spawn(serve_http(Arc::clone(state), tcp, peer));
+                // Before the request is read only the TCP peer is known: a trusted proxy
+                // carries many clients, so it is held to the node bound only.
+                let ip = peer.ip();
+                let key = (!state.proxies.trusts(ip)).then(|| state.limit_key(ip));
+                match state.pending.admit(key) {
+                    Ok((permit, evicted)) => {
+                        if evicted {
+                            state
+                                .node
+                                .metrics
+                                .pending_closed
+                                .with_label_values(&["evicted"])
+                                .inc();
+                        }
+                        state
+                            .tracker
+                            .spawn(serve_http(Arc::clone(state), tcp, peer, permit));
+                    }
+                    Err(refused) => {
+                        state
+                            .node
+                            .metrics
+                            .pending_closed
+                            .with_label_values(&[refused.label()])
+                            .inc();
+                        drop(tcp);
+                    }
+                }
             }
             Err(error) => accept_error(error).await,
         }
@@ -280,24 +321,41 @@ async fn accept_error(error: std::io::Error) {
 }
 
 /// Serves HTTP/1.1 on one TCP connection. The header read timeout is the handshake timeout; it
-/// never applies after an upgrade, because the upgraded socket leaves hyper.
-async fn serve_http(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
+/// never applies after an upgrade, because the upgraded socket leaves hyper. `permit` holds
+/// the connection's pending place until it returns (upgraded or closed); while a request is
+/// being answered the connection is busy, and is never closed to make room for another.
+async fn serve_http(state: Arc<State>, tcp: TcpStream, peer: SocketAddr, permit: PendingPermit) {
     let io = TokioIo::new(tcp);
     let state2 = Arc::clone(&state);
+    let permit = Arc::new(permit);
+    let busy = Arc::clone(&permit);
     let service = service_fn(move |req: http::Request<Incoming>| {
         let state = Arc::clone(&state2);
-        async move { Ok::<_, Infallible>(crate::door::handle(state, peer, req).await) }
+        let busy = Arc::clone(&busy);
+        busy.set_busy(true);
+        async move {
+            let response = crate::door::handle(state, peer, req).await;
+            // A 101 stays busy: the socket is leaving for its WebSocket task.
+            if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                busy.set_busy(false);
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.server.handshake_timeout)
+        // Answered 431 past it; hyper's own bound (its ~400 KB read buffer) is far larger.
+        .max_header_size(state.config.server.max_header_bytes)
         // While draining, answer one request (a health check) and close.
         .keep_alive(!state.draining());
     let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
+        // Closed to make room for a newer connection: dropping it closes the socket.
+        _ = permit.evicted() => {}
         _ = state.shutdown.cancelled(), if !state.draining() => {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;

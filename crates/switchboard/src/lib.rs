@@ -29,6 +29,8 @@
 //! - `api`: the server HTTP API.
 //! - [`auth`]: token verification (algorithm pinned by configuration).
 //! - [`origin`]: the `Origin` allowlist.
+//! - [`peer`]: who a client is for limits and logs (trusted proxies, forwarded headers, the
+//!   IPv6 prefix it is counted under).
 //! - [`metrics`]: Prometheus metrics.
 //! - `gateway`: accept loop, heartbeat sweep, graceful shutdown.
 
@@ -48,6 +50,7 @@ pub mod kind;
 pub mod metrics;
 mod node;
 pub mod origin;
+pub mod peer;
 pub mod protocol;
 pub mod publication;
 mod respond;

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     /// Upgrade requests refused for a missing or invalid token.
     pub auth_failures: IntCounter,
+    /// Accepted sockets closed before a request was answered, by reason (`per_ip`,
+    /// `node_full`: closed at once; `evicted`: the oldest idle one, to make room).
+    pub pending_closed: IntCounterVec,
     /// Time from request to `101 Switching Protocols`.
     pub handshake_seconds: Histogram,
     /// Publications accepted (from clients and the API).
@@ -197,6 +200,11 @@ impl Metrics {
             auth_failures: counter(
                 "switchboard_auth_failures_total",
                 "Upgrade requests refused for a missing or invalid token",
+            ),
+            pending_closed: counter_vec(
+                "switchboard_pending_closed_total",
+                "HTTP connections closed before becoming WebSockets to stay within the pending bounds, by reason",
+                &["reason"],
             ),
             handshake_seconds,
             publications: counter(

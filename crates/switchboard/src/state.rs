@@ -1,5 +1,6 @@
 //! What every task of one gateway shares: the configuration as resolved, the node (hub,
-//! connections, broker), and the checks made at the door (tokens, origins, per-IP limits).
+//! connections, broker), and the checks made at the door (tokens, origins, trusted proxies,
+//! node and per-IP limits).
 //! The doors and the API read it; it imports nothing above the node.
 
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
 use crate::config::{Config, Resolved};
-use crate::conn::IpLimits;
+use crate::conn::{IpLimits, NodeSlots, PendingConns};
 use crate::node::Node;
 use crate::origin::OriginPolicy;
+use crate::peer::TrustedProxies;
 
 /// State shared by every task of one gateway.
 pub(crate) struct State {
@@ -20,6 +22,11 @@ pub(crate) struct State {
     pub(crate) resolved: Resolved,
     pub(crate) node: Arc<Node>,
     pub(crate) ip_limits: Arc<IpLimits>,
+    /// WebSocket slots, reserved at the upgrade check (`server.max_connections`).
+    pub(crate) slots: Arc<NodeSlots>,
+    /// Accepted sockets that are not WebSockets (`server.max_pending_handshakes*`).
+    pub(crate) pending: Arc<PendingConns>,
+    pub(crate) proxies: TrustedProxies,
     pub(crate) verifier: TokenVerifier,
     pub(crate) origins: OriginPolicy,
     pub(crate) shutdown: CancellationToken,
@@ -36,6 +43,11 @@ impl State {
     /// Channel rules.
     pub(crate) fn channels(&self) -> &crate::channels::Namespaces {
         &self.node.channels
+    }
+
+    /// The key a client address is counted under for per-IP limits.
+    pub(crate) fn limit_key(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
+        crate::peer::limit_key(ip, self.config.server.ipv6_prefix)
     }
 
     /// Whether shutdown has begun.

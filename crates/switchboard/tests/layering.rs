@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     // leaf types
     ("kind", 0),
     ("origin", 0),
+    ("peer", 0),
     ("config", 1),
     ("metrics", 1),
     ("auth", 2),

@@ -1,11 +1,13 @@
 //! One WebSocket connection: its shared handle ([`Conn`]) with the bounded outbound queue, the
-//! node-wide registry of handles ([`ConnRegistry`]), per-IP admission ([`IpLimits`]) and the
-//! task that owns the socket (`task`).
+//! node-wide registry of handles ([`ConnRegistry`]), per-IP admission ([`IpLimits`]), the
+//! node's slots and the connections not yet upgraded (`admission`), and the task that owns the
+//! socket (`task`).
 //!
 //! Anyone may queue a frame or ask for a close through a [`Conn`]; only the connection's own
 //! task writes to its socket. Queueing never waits: past `max_queued_bytes` the queue is
 //! dropped and the connection is marked a slow consumer, which its task then closes.
 
+mod admission;
 mod rate;
 
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +24,7 @@ use crate::error::CloseReason;
 use crate::kind::Door;
 use crate::kind::Encoding;
 
+pub use admission::{NodeSlot, NodeSlots, PendingConns, PendingOutcome, PendingPermit};
 pub use rate::MessageRate;
 
 /// What the server API asks of a client-protocol connection; its task carries it out, since

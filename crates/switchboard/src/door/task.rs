@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use crate::conn::{Conn, IpPermit, MessageRate};
+use crate::conn::{Conn, IpPermit, MessageRate, NodeSlot};
 use crate::error::CloseReason;
 use crate::kind::Door;
 use crate::node::PublishOrder;
@@ -47,7 +47,8 @@ pub(crate) struct Session {
     pub(crate) channel: Option<Box<str>>,
     pub(crate) ip: IpAddr,
     pub(crate) trace_id: Box<str>,
-    pub(crate) _ip_permit: Option<IpPermit>,
+    /// The per-IP place and the node slot, given back when the session drops.
+    pub(crate) _places: (Option<IpPermit>, NodeSlot),
 }
 
 impl Session {
@@ -58,7 +59,7 @@ impl Session {
         channel: Option<Box<str>>,
         ip: IpAddr,
         trace_id: Box<str>,
-        ip_permit: Option<IpPermit>,
+        places: (Option<IpPermit>, NodeSlot),
     ) -> Self {
         state.node.conns.insert(Arc::clone(&conn));
         if let Some(channel) = &channel {
@@ -73,7 +74,7 @@ impl Session {
             channel,
             ip,
             trace_id,
-            _ip_permit: ip_permit,
+            _places: places,
         }
     }
 }

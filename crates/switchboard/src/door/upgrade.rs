@@ -3,12 +3,14 @@
 //!
 //! Every check happens before the upgrade, in this order: draining (503), a valid upgrade
 //! request (400), the channel name (400), the origin (403), the token (401, or 403 for the
-//! wrong subject), then the node and per-IP connection limits (503, 429). Only then is `101`
-//! sent and the connection task spawned on the gateway's tracker. The client-protocol door
-//! takes its token in the `connect` command instead (see `protocol`), so it skips the token
-//! check here.
+//! wrong subject), then the node and per-IP connection limits (503, 429). The node slot and the
+//! per-IP place are taken at that check, atomically, and given back if the upgrade fails, so a
+//! limit holds exactly under concurrent handshakes. The client's address is the TCP peer's, or
+//! what a trusted proxy forwarded (`peer`). Only then is `101` sent and the connection task
+//! spawned on the gateway's tracker. The client-protocol door takes its token in the `connect`
+//! command instead (see `protocol`), so it skips the token check here.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -138,7 +140,8 @@ pub(crate) fn upgrade(
     trace_id: &str,
 ) -> Response {
     let started = Instant::now();
-    match check(state, peer, &req) {
+    let client = state.proxies.client_ip(peer.ip(), req.headers());
+    match check(state, client, &req) {
         Err(refused) => {
             state
                 .node
@@ -152,7 +155,7 @@ pub(crate) fn upgrade(
             ) {
                 state.node.metrics.auth_failures.inc();
             }
-            refused_log(&refused, peer, trace_id, req.uri().path());
+            refused_log(&refused, client, trace_id, req.uri().path());
             rejection(&refused)
         }
         Ok(admitted) => {
@@ -190,7 +193,7 @@ pub(crate) fn upgrade(
                     tracing::error!(event = "upgrade_failed", "upgraded connection is not a TCP stream");
                     return;
                 };
-                let Admitted { door, channel, claims, permit, encoding: admitted_encoding, deflate, .. } = admitted;
+                let Admitted { door, channel, claims, permit, slot, encoding: admitted_encoding, deflate, .. } = admitted;
                 let conn = Arc::new(Conn::new(
                     state2.node.conns.next_id(),
                     door,
@@ -203,8 +206,8 @@ pub(crate) fn upgrade(
                 // Shared compressed frames are made with the full window; a client that asked
                 // for a smaller one gets publications uncompressed (always allowed).
                 .with_deflate(deflate.is_some_and(|n| n.server_window_bits() == 15)));
-                tracing::info!(event = "connected", conn_id = conn.id, user = %conn.user(), ip = %peer.ip(), trace_id = %trace, door = door.label(), channel = channel.as_deref().unwrap_or(""));
-                let session = Session::open(Arc::clone(&state2), conn, channel.map(Into::into), peer.ip(), trace, permit);
+                tracing::info!(event = "connected", conn_id = conn.id, user = %conn.user(), ip = %client, trace_id = %trace, door = door.label(), channel = channel.as_deref().unwrap_or(""));
+                let session = Session::open(Arc::clone(&state2), conn, channel.map(Into::into), client, trace, (permit, slot));
                 task::run(session, parts.io.into_inner(), parts.read_buf, deflate).await;
             });
             state
@@ -225,6 +228,8 @@ struct Admitted {
     accept: String,
     protocol: Option<String>,
     permit: Option<crate::conn::IpPermit>,
+    /// The node slot, reserved at the check: the upgrade holds it until its connection ends.
+    slot: crate::conn::NodeSlot,
     /// The client protocol's encoding: Protobuf when asked with `?cf_protocol=protobuf`, as
     /// the SDKs' protobuf builds do.
     encoding: Encoding,
@@ -234,7 +239,7 @@ struct Admitted {
     deflate: Option<Negotiated>,
 }
 
-fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Admitted, Rejection> {
+fn check<B>(state: &Arc<State>, client: IpAddr, req: &Request<B>) -> Result<Admitted, Rejection> {
     if state.draining() {
         return Err(Rejection::ShuttingDown);
     }
@@ -269,13 +274,18 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
             return Err(Rejection::WrongSubject);
         }
     }
-    let max = state.config.server.max_connections;
-    if max != 0 && state.node.conns.len() >= max {
-        return Err(Rejection::NodeFull);
-    }
+    // Reserved here, not counted once the upgrade is done: otherwise every handshake under
+    // way would pass a check that only some of them fit under.
+    let slot = state
+        .slots
+        .reserve(state.config.server.max_connections)
+        .ok_or(Rejection::NodeFull)?;
     let permit = state
         .ip_limits
-        .acquire(peer.ip(), state.config.server.max_connections_per_ip)
+        .acquire(
+            state.limit_key(client),
+            state.config.server.max_connections_per_ip,
+        )
         .ok_or(Rejection::TooManyConnectionsPerIp)?;
     Ok(Admitted {
         door,
@@ -284,6 +294,7 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
         accept,
         protocol: source.protocol.map(str::to_owned),
         permit: Some(permit),
+        slot,
         deflate: state
             .config
             .server
@@ -304,23 +315,23 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
     })
 }
 
-fn refused_log(refused: &Rejection, peer: SocketAddr, trace_id: &str, path: &str) {
+fn refused_log(refused: &Rejection, client: IpAddr, trace_id: &str, path: &str) {
     let code = refused.code();
     match refused {
         Rejection::MissingToken | Rejection::InvalidToken(_) | Rejection::WrongSubject => {
-            tracing::warn!(event = "auth_failed", ip = %peer.ip(), trace_id, path, code, reason = %refused, "upgrade refused: authentication");
+            tracing::warn!(event = "auth_failed", ip = %client, trace_id, path, code, reason = %refused, "upgrade refused: authentication");
         }
         Rejection::OriginNotAllowed => {
-            tracing::warn!(event = "origin_rejected", ip = %peer.ip(), trace_id, path, code, "upgrade refused: origin not allowed");
+            tracing::warn!(event = "origin_rejected", ip = %client, trace_id, path, code, "upgrade refused: origin not allowed");
         }
         Rejection::TooManyConnectionsPerIp | Rejection::NodeFull => {
-            tracing::warn!(event = "limit_exceeded", ip = %peer.ip(), trace_id, path, code, reason = %refused, "upgrade refused: connection limit");
+            tracing::warn!(event = "limit_exceeded", ip = %client, trace_id, path, code, reason = %refused, "upgrade refused: connection limit");
         }
         Rejection::BadUpgrade(_)
         | Rejection::BadChannel(_)
         | Rejection::ShuttingDown
         | Rejection::NotFound => {
-            tracing::info!(event = "upgrade_refused", ip = %peer.ip(), trace_id, path, code, reason = %refused);
+            tracing::info!(event = "upgrade_refused", ip = %client, trace_id, path, code, reason = %refused);
         }
     }
 }

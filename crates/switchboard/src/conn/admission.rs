@@ -1,0 +1,275 @@
+//! Admission before a WebSocket exists: the node-wide connection slots reserved at the
+//! upgrade check ([`NodeSlots`]), and the HTTP connections that have not become WebSockets
+//! ([`PendingConns`]), bounded per node and per client IP.
+//!
+//! A slot is taken atomically when the upgrade is checked, not counted after it completes,
+//! so concurrent handshakes cannot all pass a limit that only one of them fits under; a
+//! failed upgrade drops its slot. A pending connection is every accepted socket until it is
+//! upgraded or closed (request in flight, idle keep-alive, or headers still arriving). Over
+//! the per-IP bound a new socket is closed at once; over the node bound the oldest pending
+//! connection that is between requests is closed to make room, so a flood of silent sockets
+//! cannot lock out the API, the probes or clients that send their request promptly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+/// The node's WebSocket slots (`server.max_connections`).
+#[derive(Default)]
+pub struct NodeSlots {
+    used: AtomicUsize,
+}
+
+/// One reserved slot; dropping it gives the slot back.
+pub struct NodeSlot {
+    slots: Arc<NodeSlots>,
+}
+
+impl NodeSlots {
+    /// Reserves a slot unless `max` are taken (0 = no limit).
+    pub fn reserve(self: &Arc<Self>, max: usize) -> Option<NodeSlot> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (max == 0 || used < max).then_some(used + 1)
+            })
+            .ok()?;
+        Some(NodeSlot {
+            slots: Arc::clone(self),
+        })
+    }
+
+    /// Slots taken (open WebSockets and upgrades under way).
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        self.slots.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why an accepted socket was closed at once, or another one closed for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingOutcome {
+    /// Its IP already holds `max_pending_handshakes_per_ip` pending connections.
+    PerIpFull,
+    /// The node holds `max_pending_handshakes` and every one of them is inside a request.
+    NodeFull,
+}
+
+impl PendingOutcome {
+    /// Label in `switchboard_pending_closed_total{reason}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            PendingOutcome::PerIpFull => "per_ip",
+            PendingOutcome::NodeFull => "node_full",
+        }
+    }
+}
+
+/// HTTP connections that are not WebSockets (yet).
+pub struct PendingConns {
+    max: usize,
+    max_per_ip: usize,
+    inner: Mutex<PendingInner>,
+}
+
+#[derive(Default)]
+struct PendingInner {
+    /// By accept order, so the oldest comes first.
+    entries: BTreeMap<u64, Entry>,
+    per_ip: HashMap<IpAddr, usize>,
+    next: u64,
+}
+
+struct Entry {
+    /// The key it counts under per IP; `None` for a trusted proxy.
+    key: Option<IpAddr>,
+    busy: Arc<AtomicBool>,
+    evict: CancellationToken,
+}
+
+/// One pending connection's place; dropping it (upgrade done, or socket closed) frees it.
+pub struct PendingPermit {
+    conns: Arc<PendingConns>,
+    id: u64,
+    busy: Arc<AtomicBool>,
+    evict: CancellationToken,
+}
+
+impl PendingConns {
+    /// Bounds of `max` per node and `max_per_ip` per client key (0 = no limit).
+    pub fn new(max: usize, max_per_ip: usize) -> PendingConns {
+        PendingConns {
+            max,
+            max_per_ip,
+            inner: Mutex::new(PendingInner::default()),
+        }
+    }
+
+    /// Admits a newly accepted socket counted under `key` (`None`: exempt from the per-IP
+    /// bound, for a trusted proxy). At the node bound, the oldest pending connection that is
+    /// not inside a request is told to close and gives its place; `Ok` carries whether one
+    /// was.
+    ///
+    /// # Errors
+    /// Which bound refused the socket; the caller closes it.
+    pub fn admit(
+        self: &Arc<Self>,
+        key: Option<IpAddr>,
+    ) -> Result<(PendingPermit, bool), PendingOutcome> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = key {
+            let held = inner.per_ip.get(&key).copied().unwrap_or(0);
+            if self.max_per_ip != 0 && held >= self.max_per_ip {
+                return Err(PendingOutcome::PerIpFull);
+            }
+        }
+        let mut evicted = false;
+        if self.max != 0 && inner.entries.len() >= self.max {
+            let oldest_idle = inner
+                .entries
+                .iter()
+                .find(|(_, entry)| !entry.busy.load(Ordering::Acquire))
+                .map(|(id, _)| *id);
+            let Some(id) = oldest_idle else {
+                return Err(PendingOutcome::NodeFull);
+            };
+            if let Some(entry) = inner.remove(id) {
+                entry.evict.cancel();
+                evicted = true;
+            }
+        }
+        let id = inner.next;
+        inner.next += 1;
+        if let Some(key) = key {
+            *inner.per_ip.entry(key).or_insert(0) += 1;
+        }
+        let busy = Arc::new(AtomicBool::new(false));
+        let evict = CancellationToken::new();
+        inner.entries.insert(
+            id,
+            Entry {
+                key,
+                busy: Arc::clone(&busy),
+                evict: evict.clone(),
+            },
+        );
+        Ok((
+            PendingPermit {
+                conns: Arc::clone(self),
+                id,
+                busy,
+                evict,
+            },
+            evicted,
+        ))
+    }
+
+    /// Connections pending now.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl PendingInner {
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&id)?;
+        if let Some(key) = entry.key {
+            if let Some(count) = self.per_ip.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_ip.remove(&key);
+                }
+            }
+        }
+        Some(entry)
+    }
+}
+
+impl PendingPermit {
+    /// Marks the connection as inside a request (or upgrading), which is never closed to make
+    /// room, or as between requests again.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Release);
+    }
+
+    /// Completes when this connection was chosen to close to make room for a newer one.
+    pub async fn evicted(&self) {
+        self.evict.cancelled().await
+    }
+}
+
+impl Drop for PendingPermit {
+    fn drop(&mut self) {
+        let mut inner = self.conns.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Absent when it was evicted: its place was given away then.
+        inner.remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([192, 0, 2, last]))
+    }
+
+    #[test]
+    fn node_slots_are_exact_and_given_back() {
+        let slots = Arc::new(NodeSlots::default());
+        let held: Vec<_> = (0..3).map(|_| slots.reserve(3).unwrap()).collect();
+        assert!(slots.reserve(3).is_none());
+        drop(held);
+        assert_eq!(slots.used(), 0);
+        assert!(slots.reserve(3).is_some());
+        assert!(slots.reserve(0).is_some(), "0 means no limit");
+    }
+
+    #[test]
+    fn an_ip_over_its_bound_is_refused_and_trusted_proxies_are_not_counted() {
+        let conns = Arc::new(PendingConns::new(0, 2));
+        let _a = conns.admit(ip(1)).unwrap();
+        let b = conns.admit(ip(1)).unwrap();
+        assert_eq!(conns.admit(ip(1)).err(), Some(PendingOutcome::PerIpFull));
+        assert!(conns.admit(ip(2)).is_ok());
+        let proxied: Vec<_> = (0..5).map(|_| conns.admit(None).unwrap()).collect();
+        assert_eq!(proxied.len(), 5);
+        drop(b);
+        assert!(conns.admit(ip(1)).is_ok());
+    }
+
+    #[test]
+    fn at_the_node_bound_the_oldest_idle_connection_makes_room() {
+        let conns = Arc::new(PendingConns::new(2, 0));
+        let (first, _) = conns.admit(ip(1)).unwrap();
+        let (second, _) = conns.admit(ip(2)).unwrap();
+        first.set_busy(true);
+        let (third, evicted) = conns.admit(ip(3)).unwrap();
+        assert!(evicted);
+        assert!(second.evict.is_cancelled(), "the oldest idle one goes");
+        assert!(!first.evict.is_cancelled(), "one inside a request stays");
+        assert_eq!(conns.len(), 2);
+        drop(second);
+        assert_eq!(conns.len(), 2, "an evicted permit frees nothing twice");
+        third.set_busy(true);
+        assert_eq!(conns.admit(ip(4)).err(), Some(PendingOutcome::NodeFull));
+        drop(first);
+        assert!(conns.admit(ip(4)).is_ok());
+    }
+}
