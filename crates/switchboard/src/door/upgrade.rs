@@ -273,6 +273,12 @@ fn check<B>(state: &Arc<State>, peer: SocketAddr, req: &Request<B>) -> Result<Ad
     if max != 0 && state.node.conns.len() >= max {
         return Err(Rejection::NodeFull);
     }
+    // Refused before the upgrade, so a plain client sees an HTTP status, not a closed socket.
+    if let Some(channel) = &channel {
+        if state.node.admit_channel(channel).is_err() {
+            return Err(Rejection::ChannelLimit);
+        }
+    }
     let permit = state
         .ip_limits
         .acquire(peer.ip(), state.config.server.max_connections_per_ip)
@@ -313,7 +319,7 @@ fn refused_log(refused: &Rejection, peer: SocketAddr, trace_id: &str, path: &str
         Rejection::OriginNotAllowed => {
             tracing::warn!(event = "origin_rejected", ip = %peer.ip(), trace_id, path, code, "upgrade refused: origin not allowed");
         }
-        Rejection::TooManyConnectionsPerIp | Rejection::NodeFull => {
+        Rejection::TooManyConnectionsPerIp | Rejection::NodeFull | Rejection::ChannelLimit => {
             tracing::warn!(event = "limit_exceeded", ip = %peer.ip(), trace_id, path, code, reason = %refused, "upgrade refused: connection limit");
         }
         Rejection::BadUpgrade(_)
