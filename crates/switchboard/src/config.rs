@@ -383,6 +383,15 @@ pub struct LimitsConfig {
     /// auto-grows to megabytes). It bounds how much a stalled client can owe beyond
     /// `max_queued_bytes` before it is closed as a slow consumer.
     pub socket_send_buffer_bytes: usize,
+    /// Most channels with subscribers on this node (0 = no limit). A subscribe or a plain
+    /// door that would open one more is refused (error 106, HTTP 503 `channel_limit`).
+    pub max_channels: usize,
+    /// Most channel streams (history positions) the memory broker keeps (0 = no limit). A
+    /// publish or subscribe that would start one more is refused (error 106).
+    pub max_history_streams: usize,
+    /// Most presence entries (one per client per channel with presence) of this node's
+    /// clients (0 = no limit). A subscribe that would add one more is refused (error 106).
+    pub max_presence_entries: usize,
 }
 
 /// `[doors]`
@@ -423,6 +432,11 @@ pub struct ClientConfig {
     /// publication; after that the history is gone and the next publication starts a new epoch.
     #[serde(deserialize_with = "duration")]
     pub history_meta_ttl: Duration,
+    /// How long a stream that a subscribe started, and that was never published to, outlives
+    /// its channel's last subscriber on the node (memory broker): the window for a dropped
+    /// client to come back and recover under the epoch it was given.
+    #[serde(deserialize_with = "duration")]
+    pub history_unused_ttl: Duration,
 }
 
 impl Default for ClientConfig {
@@ -435,6 +449,7 @@ impl Default for ClientConfig {
             subscribe_rate: 32,
             expiry_grace: Duration::from_secs(25),
             history_meta_ttl: Duration::from_secs(24 * 3600),
+            history_unused_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -552,6 +567,9 @@ impl Default for LimitsConfig {
             client_message_rate: 100,
             client_message_burst: 0,
             socket_send_buffer_bytes: 128 * 1024,
+            max_channels: 100_000,
+            max_history_streams: 100_000,
+            max_presence_entries: 1_000_000,
         }
     }
 }
@@ -640,6 +658,15 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "SWITCHBOARD_SOCKET_SEND_BUFFER_BYTES",
         "limits.socket_send_buffer_bytes",
+    ),
+    ("SWITCHBOARD_MAX_CHANNELS", "limits.max_channels"),
+    (
+        "SWITCHBOARD_MAX_HISTORY_STREAMS",
+        "limits.max_history_streams",
+    ),
+    (
+        "SWITCHBOARD_MAX_PRESENCE_ENTRIES",
+        "limits.max_presence_entries",
     ),
     ("SWITCHBOARD_ECHO", "doors.echo"),
     ("SWITCHBOARD_CLIENT_ENABLED", "client.enabled"),
@@ -804,6 +831,11 @@ impl Config {
             }
             "limits.socket_send_buffer_bytes" => {
                 self.limits.socket_send_buffer_bytes = parse(source, value)?
+            }
+            "limits.max_channels" => self.limits.max_channels = parse(source, value)?,
+            "limits.max_history_streams" => self.limits.max_history_streams = parse(source, value)?,
+            "limits.max_presence_entries" => {
+                self.limits.max_presence_entries = parse(source, value)?
             }
             "doors.echo" => self.doors.echo = Some(parse_bool(source, value)?),
             "client.enabled" => self.client.enabled = parse_bool(source, value)?,

@@ -107,6 +107,10 @@ impl Gateway {
             position_check_interval: config.node.position_check_interval,
             broker_timeout: config.node.broker_timeout,
             history_meta_ttl: config.client.history_meta_ttl,
+            max_channels: config.limits.max_channels,
+            max_history_streams: config.limits.max_history_streams,
+            history_unused_ttl: config.client.history_unused_ttl,
+            max_presence_entries: config.limits.max_presence_entries,
         };
         let state = State {
             resolved,

@@ -511,7 +511,12 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
                     Ok(rules) => {
                         state
                             .node
-                            .publish_then(order, channel, rules, publication, |_| {})
+                            .publish_then(order, channel, rules, publication, |published| {
+                                // A plain client has no reply to read; the log says why.
+                                if let Err(error) = published {
+                                    tracing::warn!(event = "publish_refused", %error, "a plain door's message was not published");
+                                }
+                            })
                     }
                     Err(error) => {
                         tracing::error!(event = "publish_failed", channel = %channel, %error)

@@ -511,7 +511,7 @@ impl ClientSession {
             let found = match found {
                 Ok(found) => found,
                 Err(error) => {
-                    tracing::warn!(event = "subscribe_failed", conn_id, channel = %error_channel, %error, "subscribe could not reach the broker");
+                    tracing::warn!(event = "subscribe_failed", conn_id, channel = %error_channel, %error, "subscribe refused or the broker could not be reached");
                     return queue(Err(error));
                 }
             };
