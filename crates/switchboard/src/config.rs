@@ -371,9 +371,11 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Largest inbound message (after reassembly), bytes. Over it: close 1009.
+    /// Largest inbound message (after reassembly), bytes. Over it, or in more than
+    /// `max_message_bytes / 64` frames (at least 64): close 1009.
     pub max_message_bytes: usize,
-    /// Most bytes queued for one connection. Over it: close 4000 (slow consumer).
+    /// Most bytes queued for one connection, each frame counted 32 bytes more (its queue
+    /// slot). Over it: close 4000 (slow consumer).
     pub max_queued_bytes: usize,
     /// Inbound messages per second per connection (token bucket; 0 = no limit). Over: 4004.
     pub client_message_rate: u32,
