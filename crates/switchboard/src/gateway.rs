@@ -300,7 +300,9 @@ fn announce(state: &State) {
             "no api.key configured: the server API refuses every call"
         );
     }
-    tracing::info!(event = "config", config = ?config, "configuration (secrets masked)");
+    // Logged resolved: `--dev` decides the settings left unset, and an unset `None` in the
+    // log would not say what applies.
+    tracing::info!(event = "config", config = ?config.with_resolved(), "configuration (resolved, secrets masked)");
     tracing::info!(
         event = "node",
         name = state.node.name(),
