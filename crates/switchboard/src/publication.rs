@@ -338,6 +338,36 @@ impl Publication {
 mod tests {
     use super::*;
 
+    #[test]
+    fn fits_never_admits_a_frame_larger_than_the_bound() {
+        let conn_info = serde_json::json!({ "n": "\u{2}" });
+        let info = Arc::new(ClientInfo::new(
+            "client",
+            "user\u{1}",
+            Some(&conn_info),
+            None,
+        ));
+        let channel = "ns:chan\u{1}";
+        let cases = [
+            Publication::json(Bytes::from_static(br#"{"a":"\u0001"}"#)),
+            Publication::plain(Opcode::Text, Bytes::from("\u{1}".repeat(300))),
+            Publication::plain(Opcode::Binary, Bytes::from(vec![0xFF_u8; 300])),
+        ];
+        for publication in cases {
+            let publication = publication.positioned(u64::MAX, Some(Arc::clone(&info)));
+            let largest = [Format::Plain, Format::Json, Format::Protobuf]
+                .into_iter()
+                .map(|format| publication.frame(channel, format, false).len())
+                .max()
+                .unwrap();
+            assert!(!publication.fits(channel, largest - 1), "{publication:?}");
+            assert!(
+                publication.fits(channel, 2 * largest + 4096),
+                "{publication:?}"
+            );
+        }
+    }
+
     fn text_of(frame: &Bytes) -> String {
         // Server frames of these sizes have a 2-byte header.
         String::from_utf8(frame[2..].to_vec()).unwrap()

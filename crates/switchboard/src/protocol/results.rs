@@ -131,3 +131,73 @@ pub(crate) fn history_result(
         offset: page.position.offset,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Position;
+    use bytes::Bytes;
+
+    /// Publications `offsets`, each about 1 KiB.
+    fn kept(offsets: std::ops::RangeInclusive<u64>) -> Vec<Arc<Publication>> {
+        offsets
+            .map(|offset| {
+                let data = Bytes::from(format!("\"{}\"", "x".repeat(1000)));
+                Arc::new(Publication::json(data).positioned(offset, None))
+            })
+            .collect()
+    }
+
+    fn offsets_of(bodies: &[wire::PublicationBody]) -> Vec<u64> {
+        bodies.iter().map(|body| body.offset).collect()
+    }
+
+    fn recovering(publications: Vec<Arc<Publication>>) -> StreamState {
+        StreamState {
+            position: Some(Position {
+                offset: 10,
+                epoch: "e".into(),
+            }),
+            recovery: Some(Ok(publications)),
+        }
+    }
+
+    #[test]
+    fn a_recovery_within_the_budget_is_recovered_whole() {
+        let result = subscribe_result(recovering(kept(1..=10)), true, Encoding::Json, 1 << 20);
+        assert!(result.recovered);
+        assert_eq!(
+            offsets_of(&result.publications),
+            (1..=10).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_recovery_over_the_budget_is_not_recovered_and_keeps_the_newest_that_fit() {
+        let result = subscribe_result(recovering(kept(1..=10)), true, Encoding::Json, 4096);
+        assert!(result.was_recovering && !result.recovered);
+        let got = offsets_of(&result.publications);
+        assert!(!got.is_empty() && got.len() < 10, "{got:?}");
+        assert_eq!(got, (11 - got.len() as u64..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_history_page_over_the_budget_keeps_the_first_in_the_order_asked() {
+        let page = |publications| HistoryPage {
+            publications,
+            position: Position {
+                offset: 10,
+                epoch: "e".into(),
+            },
+        };
+        let oldest_first = history_result(page(kept(1..=10)), "", Encoding::Json, 4096).unwrap();
+        let got = offsets_of(&oldest_first.publications);
+        assert!(!got.is_empty() && got.len() < 10, "{got:?}");
+        assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+        let mut newest = kept(1..=10);
+        newest.reverse();
+        let newest_first = history_result(page(newest), "", Encoding::Json, 4096).unwrap();
+        assert_eq!(offsets_of(&newest_first.publications)[0], 10);
+        assert_eq!(newest_first.offset, 10);
+    }
+}
