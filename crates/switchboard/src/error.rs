@@ -343,6 +343,10 @@ pub enum ClientError {
     /// `max_presence_entries`) would be passed; retry later, when others have left.
     #[error("node limit exceeded")]
     NodeLimit,
+    /// A publication whose frame could never be queued for a subscriber (over
+    /// `limits.max_queued_bytes`); nothing was published.
+    #[error("publication too large")]
+    TooLarge,
 }
 
 impl ClientError {
@@ -363,7 +367,7 @@ impl ClientError {
             ClientError::Unavailable => 100,
             ClientError::TooManyRequests => 111,
             // 106 is the code the protocol's SDKs know for a limit; the message tells which.
-            ClientError::NodeLimit => 106,
+            ClientError::NodeLimit | ClientError::TooLarge => 106,
         }
     }
 

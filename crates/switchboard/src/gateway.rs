@@ -111,6 +111,7 @@ impl Gateway {
             max_history_streams: config.limits.max_history_streams,
             history_unused_ttl: config.client.history_unused_ttl,
             max_presence_entries: config.limits.max_presence_entries,
+            max_frame_bytes: config.limits.max_queued_bytes,
         };
         let state = State {
             resolved,

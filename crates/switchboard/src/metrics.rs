@@ -57,7 +57,7 @@ pub struct Metrics {
     /// `epoch`, `position_check`, `overflow`).
     pub broker_gaps: IntCounterVec,
     /// Requests refused by a node-wide bound, by limit (`channels`, `history_streams`,
-    /// `presence`).
+    /// `presence`, `publication_size`).
     pub node_limits: IntCounterVec,
     /// Publications from the broker dropped because the node's delivery queue was full.
     pub broker_dropped: IntCounter,

@@ -1,6 +1,6 @@
-//! Node-wide bounds (channels, history streams, presence entries; issue 11, item 2): each
-//! refused with its documented code, what exists kept working, and the node still serving
-//! others.
+//! Node-wide bounds (channels, history streams, presence entries) and replies and publications
+//! that could never fit a connection's queue (issue 11, items 2 and 5): each refused with its
+//! documented code, nobody disconnected for it, and the node still serving others.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
@@ -100,6 +100,13 @@ async fn api_publish(server: &TestServer, channel: &str, data: Value) -> Value {
         .await;
     assert_eq!(status, 200, "{body}");
     body
+}
+
+fn offsets(publications: &Value) -> Vec<u64> {
+    publications
+        .as_array()
+        .map(|all| all.iter().map(|p| p["offset"].as_u64().unwrap()).collect())
+        .unwrap_or_default()
 }
 
 // ---- node-wide bounds ----
@@ -263,5 +270,140 @@ async fn a_stream_a_subscribe_started_is_dropped_when_its_last_subscriber_leaves
         .await;
     api_publish(&server, "feed:live", json!(1)).await;
     assert_eq!(client.next_publication().await["offset"], 1);
+    server.stop().await;
+}
+
+// ---- what could never fit a connection's queue ----
+
+/// A small queue bound: 16 KiB, so a reply may carry 8 KiB.
+fn small_queue_config() -> Config {
+    let mut config = bounds_config();
+    config.limits.max_message_bytes = 4096;
+    config.limits.max_queued_bytes = 16384;
+    config
+}
+
+#[tokio::test]
+async fn an_api_publish_larger_than_the_queue_bound_is_refused_and_nobody_is_disconnected() {
+    let server = start(small_queue_config()).await;
+    let mut subscriber = Proto::connected(&server, "s").await;
+    subscriber
+        .call("subscribe", json!({ "channel": "feed:big" }))
+        .await;
+    let body = api_publish(&server, "feed:big", json!("x".repeat(20_000))).await;
+    assert_eq!(body["error"]["code"], 106, "{body}");
+    assert_eq!(body["error"]["message"], "publication too large");
+    // Nothing was published (the next offset is 1), and the subscriber was not closed.
+    let body = api_publish(&server, "feed:big", json!("small")).await;
+    assert_eq!(body["result"]["offset"], 1, "{body}");
+    assert_eq!(subscriber.next_publication().await["data"], "small");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_publish_whose_push_would_pass_the_queue_bound_gets_error_106() {
+    let mut config = bounds_config();
+    // Messages as large as the queue: the push around such a message could never be queued.
+    config.limits.max_message_bytes = 8192;
+    config.limits.max_queued_bytes = 8192;
+    let server = start(config).await;
+    // The push carries the publisher's user and client id, which the command does not.
+    let mut publisher = Proto::connected(&server, &"p".repeat(40)).await;
+    let mut subscriber = Proto::connected(&server, "s").await;
+    for client in [&mut publisher, &mut subscriber] {
+        client
+            .call("subscribe", json!({ "channel": "room:x" }))
+            .await;
+    }
+    let reply = publisher
+        .call(
+            "publish",
+            json!({ "channel": "room:x", "data": "y".repeat(8120) }),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], 106, "{reply}");
+    let reply = publisher
+        .call("publish", json!({ "channel": "room:x", "data": "fits" }))
+        .await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    assert_eq!(subscriber.next_publication().await["data"], "fits");
+    server.stop().await;
+}
+
+/// Publishes `count` publications of about 1.5 KiB each to `channel`.
+async fn publish_bulky(server: &TestServer, channel: &str, count: usize) {
+    for n in 0..count {
+        api_publish(server, channel, json!(format!("{n}:{}", "z".repeat(1500)))).await;
+    }
+}
+
+#[tokio::test]
+async fn a_recovery_larger_than_a_reply_may_be_is_not_recovered_and_not_a_disconnect() {
+    let server = start(small_queue_config()).await;
+    let mut first = Proto::connected(&server, "u").await;
+    let reply = first
+        .call("subscribe", json!({ "channel": "feed:r" }))
+        .await;
+    let epoch = reply["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    api_publish(&server, "feed:r", json!(1)).await;
+    assert_eq!(first.next_publication().await["offset"], 1);
+    drop(first);
+    // About 30 KiB missed (offsets 2 to 21): more than the 16 KiB queue.
+    publish_bulky(&server, "feed:r", 20).await;
+
+    let mut again = Proto::connected(&server, "u").await;
+    let reply = again
+        .call(
+            "subscribe",
+            json!({ "channel": "feed:r", "recover": true, "offset": 1, "epoch": epoch }),
+        )
+        .await;
+    let result = &reply["subscribe"];
+    assert_eq!(result["was_recovering"], true, "{reply}");
+    assert_ne!(result["recovered"], true, "a gap is reported: {reply}");
+    assert_eq!(result["offset"], 21);
+    let got = offsets(&result["publications"]);
+    assert!(!got.is_empty() && got.len() < 20, "{got:?}");
+    let first_kept = got[0];
+    assert_eq!(
+        got,
+        (first_kept..=21).collect::<Vec<_>>(),
+        "the newest that fit, contiguous up to the stream's top"
+    );
+    // Still connected, and live publications follow with no gap.
+    api_publish(&server, "feed:r", json!("live")).await;
+    let live = again.next_publication().await;
+    assert_eq!(live["offset"], 22);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_history_reply_larger_than_a_reply_may_be_holds_the_first_that_fit() {
+    let server = start(small_queue_config()).await;
+    publish_bulky(&server, "feed:h", 20).await;
+    let mut client = Proto::connected(&server, "u").await;
+    let reply = client
+        .call("history", json!({ "channel": "feed:h", "limit": -1 }))
+        .await;
+    let page = offsets(&reply["history"]["publications"]);
+    assert!(!page.is_empty() && page.len() < 20, "{reply}");
+    assert_eq!(page, (1..=page.len() as u64).collect::<Vec<_>>());
+    assert_eq!(reply["history"]["offset"], 20);
+    // The next page follows on from the last offset received.
+    let last = *page.last().unwrap();
+    let epoch = reply["history"]["epoch"].clone();
+    let reply = client
+        .call(
+            "history",
+            json!({ "channel": "feed:h", "limit": -1, "since": { "offset": last, "epoch": epoch } }),
+        )
+        .await;
+    assert_eq!(offsets(&reply["history"]["publications"])[0], last + 1);
+    // Still connected and served.
+    client
+        .call("subscribe", json!({ "channel": "feed:h" }))
+        .await;
+    api_publish(&server, "feed:h", json!("live")).await;
+    assert_eq!(client.next_publication().await["offset"], 21);
     server.stop().await;
 }

@@ -525,3 +525,82 @@ impl Broker for MemoryBroker {
         Ok(self.presence_now(channel))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn keeping() -> PublishOptions {
+        PublishOptions {
+            history_size: 10,
+            history_ttl: DAY,
+            history_meta_ttl: DAY,
+            ..PublishOptions::default()
+        }
+    }
+
+    fn publish(broker: &MemoryBroker, channel: &str) -> Result<Option<Position>, StreamsFull> {
+        broker.publish_now(
+            channel,
+            Publication::json(Bytes::from_static(b"1")),
+            &keeping(),
+        )
+    }
+
+    #[test]
+    fn past_the_stream_bound_a_new_stream_is_refused_and_an_existing_one_continues() {
+        let broker = MemoryBroker::bounded(1, UNUSED_TTL);
+        assert!(publish(&broker, "a").is_ok());
+        assert_eq!(publish(&broker, "b"), Err(StreamsFull));
+        assert_eq!(
+            broker.subscribe_atomically("b", Some(DAY), None, |_| ()),
+            Err(StreamsFull)
+        );
+        assert_eq!(
+            publish(&broker, "a").map(|p| p.map(|p| p.offset)),
+            Ok(Some(2))
+        );
+        assert_eq!(broker.stream_count(), 1);
+    }
+
+    #[test]
+    fn an_unpublished_stream_is_dropped_once_unused_and_a_published_one_is_kept() {
+        let broker = MemoryBroker::bounded(0, Duration::ZERO);
+        broker
+            .subscribe_atomically("started", Some(DAY), None, |_| ())
+            .unwrap();
+        publish(&broker, "published").unwrap();
+        broker.expire_unused(|channel| channel == "started");
+        assert_eq!(broker.stream_count(), 2, "in use: kept");
+        broker.expire_unused(|_| false);
+        assert_eq!(broker.stream_count(), 1);
+        assert_eq!(
+            broker
+                .history_now("started", &HistoryRange::default())
+                .position,
+            no_stream()
+        );
+        assert_eq!(
+            broker
+                .history_now("published", &HistoryRange::default())
+                .position
+                .offset,
+            1
+        );
+    }
+
+    #[test]
+    fn presence_entries_are_counted_once_each() {
+        let broker = MemoryBroker::default();
+        let info = Arc::new(ClientInfo::new("c", "u", None, None));
+        broker.add_presence_now("a", Arc::clone(&info), DAY);
+        broker.add_presence_now("a", Arc::clone(&info), DAY);
+        broker.add_presence_now("b", Arc::clone(&info), DAY);
+        assert_eq!(broker.presence_count(), 2);
+        broker.remove_presence_now("a", "c");
+        broker.remove_presence_now("a", "c");
+        assert_eq!(broker.presence_count(), 1);
+    }
+}

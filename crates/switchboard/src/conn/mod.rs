@@ -306,6 +306,15 @@ impl Conn {
         outbox.queued = outbox.queued.saturating_sub(n + frames * FRAME_SLOT_BYTES);
     }
 
+    /// The most bytes one reply may take now (a history reply, a subscribe reply carrying
+    /// recovered publications): half the queue bound, leaving the other half to what is
+    /// published while the client reads it, and never more than the room left. A reply cut
+    /// to this is never what closes a connection as a slow consumer.
+    pub(crate) fn reply_budget(&self) -> usize {
+        let queued = self.outbox().queued;
+        (self.max_queued / 2).min(self.max_queued.saturating_sub(queued))
+    }
+
     /// Bytes waiting to be written, each frame counted [`FRAME_SLOT_BYTES`] more.
     pub fn queued_bytes(&self) -> usize {
         self.outbox().queued

@@ -78,6 +78,9 @@ pub(crate) struct NodeSettings {
     pub(crate) history_unused_ttl: Duration,
     /// Most presence entries of this node's clients (0: no limit).
     pub(crate) max_presence_entries: usize,
+    /// The largest frame a connection may be sent (its queue bound): a publication that
+    /// would make a larger one is refused.
+    pub(crate) max_frame_bytes: usize,
 }
 
 /// The engine behind the node.
@@ -432,6 +435,22 @@ impl Node {
         Ok(())
     }
 
+    /// A publication refused before it reaches the broker: its frame could never be queued.
+    fn refuse_oversized(
+        &self,
+        channel: &str,
+        publication: &Publication,
+    ) -> Result<(), ClientError> {
+        if publication.fits(channel, self.settings.max_frame_bytes) {
+            return Ok(());
+        }
+        self.metrics
+            .node_limits
+            .with_label_values(&["publication_size"])
+            .inc();
+        Err(ClientError::TooLarge)
+    }
+
     /// The memory broker refused to start one more stream.
     fn streams_full(&self, _: StreamsFull) -> ClientError {
         self.metrics
@@ -501,8 +520,10 @@ impl Node {
     /// position after it when the channel keeps history.
     ///
     /// # Errors
-    /// [`ClientError::Unavailable`] when the broker cannot take it; [`ClientError::NodeLimit`]
-    /// when it would start a stream past `limits.max_history_streams` (nothing is published).
+    /// [`ClientError::Unavailable`] when the broker cannot take it; [`ClientError::TooLarge`]
+    /// when its frame could never be delivered; [`ClientError::NodeLimit`] when it would
+    /// start a stream past `limits.max_history_streams`. Nothing is published on an error
+    /// but the first.
     pub(crate) async fn publish(
         &self,
         channel: &str,
@@ -510,6 +531,7 @@ impl Node {
         publication: Publication,
         idempotency_key: Option<Box<str>>,
     ) -> Result<Option<Position>, ClientError> {
+        self.refuse_oversized(channel, &publication)?;
         self.metrics.publications.inc();
         let options = self.options(rules, idempotency_key);
         match &self.engine {
@@ -537,6 +559,9 @@ impl Node {
         publication: Publication,
         done: impl FnOnce(Result<Option<Position>, ClientError>) + Send + 'static,
     ) {
+        if let Err(error) = self.refuse_oversized(channel, &publication) {
+            return done(Err(error));
+        }
         if let Engine::Memory(memory) = &self.engine {
             self.metrics.publications.inc();
             let options = self.options(rules, None);
