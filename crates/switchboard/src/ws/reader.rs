@@ -39,8 +39,8 @@ pub enum Event<'a> {
 /// `max_message / MIN_AVERAGE_FRAGMENT` fragments (RFC 6455 test suites send 64-byte fragments).
 const MIN_AVERAGE_FRAGMENT: usize = 64;
 
-/// Fragments one message may never exceed whatever the size limit, so that short messages split
-/// byte by byte stay valid.
+/// The fragment bound never falls below this, whatever the size limit, so that short messages
+/// split byte by byte stay valid.
 const MIN_FRAGMENTS: usize = 64;
 
 /// The most frames one message may arrive in, for a message limit of `max_message` bytes; more
