@@ -223,7 +223,7 @@ def test_an_error_in_the_channels_table_names_the_key_and_its_line(tmp_path):
     path.write_text("[channels]\nhistory_size = -5\n")
     out = run("serve", "--config", str(path), env={"PATH": ""})
     assert out.returncode == 1
-    assert "channels.history_size (line 2)" in out.stderr, out.stderr
+    assert "channels.history_size (line 2)" in out.stderr and "whole number" in out.stderr, out.stderr
 
 
 def test_a_misspelt_switchboard_variable_stops_the_start_naming_the_closest_known_one(server):

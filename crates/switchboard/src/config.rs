@@ -888,6 +888,19 @@ fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
     (line, full)
 }
 
+/// The parser's message with Rust's integer type names (`expected usize`) said in words: the
+/// reader of a config error writes TOML, not Rust.
+fn plain_words(message: &str) -> String {
+    ["usize", "u64", "u32", "u16", "u8"]
+        .iter()
+        .fold(message.to_owned(), |text, name| {
+            text.replace(
+                &format!("expected {name}"),
+                "expected a whole number, 0 or more",
+            )
+        })
+}
+
 /// `SWITCHBOARD_*` variables that the project's scripts, tests and examples read, not the
 /// server: [`Config::apply_env`] leaves them alone instead of refusing them as misspellings.
 pub const IGNORED_ENV_VARS: &[&str] = &[
@@ -974,13 +987,13 @@ impl Config {
         toml::from_str(text).map_err(|e| match e.span() {
             Some(span) => {
                 let (line, key) = locate(text, span.start);
-                let message = e.message().trim_end();
+                let message = plain_words(e.message().trim_end());
                 match key {
                     Some(key) => format!("{key} (line {line}): {message}"),
                     None => format!("line {line}: {message}"),
                 }
             }
-            None => e.message().trim_end().to_owned(),
+            None => plain_words(e.message().trim_end()),
         })
     }
 
@@ -1413,6 +1426,10 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("-5"), "{error}");
+        assert!(
+            error.ends_with("expected a whole number, 0 or more"),
+            "{error}"
+        );
     }
 
     #[test]
