@@ -327,17 +327,16 @@ async fn accept_error(error: std::io::Error) {
 async fn serve_http(state: Arc<State>, tcp: TcpStream, peer: SocketAddr, permit: PendingPermit) {
     let io = TokioIo::new(tcp);
     let state2 = Arc::clone(&state);
-    let permit = Arc::new(permit);
-    let busy = Arc::clone(&permit);
+    let busy = permit.busy_flag();
     let service = service_fn(move |req: http::Request<Incoming>| {
         let state = Arc::clone(&state2);
-        let busy = Arc::clone(&busy);
-        busy.set_busy(true);
+        let busy = busy.clone();
+        busy.set(true);
         async move {
             let response = crate::door::handle(state, peer, req).await;
             // A 101 stays busy: the socket is leaving for its WebSocket task.
             if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                busy.set_busy(false);
+                busy.set(false);
             }
             Ok::<_, Infallible>(response)
         }

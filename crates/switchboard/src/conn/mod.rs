@@ -24,7 +24,7 @@ use crate::error::CloseReason;
 use crate::kind::Door;
 use crate::kind::Encoding;
 
-pub use admission::{NodeSlot, NodeSlots, PendingConns, PendingOutcome, PendingPermit};
+pub use admission::{BusyFlag, NodeSlot, NodeSlots, PendingConns, PendingOutcome, PendingPermit};
 pub use rate::MessageRate;
 
 /// What the server API asks of a client-protocol connection; its task carries it out, since
