@@ -1,7 +1,9 @@
 //! The gateway: the accept loop, the heartbeat sweep and graceful shutdown.
 //!
-//! The accept loop only accepts: it sets TCP_NODELAY and keepalive, and spawns the HTTP
-//! connection on the [`TaskTracker`]; the handshake and its timeout run inside that task.
+//! The accept loop only accepts: the socket inherits TCP_NODELAY and keepalive from the
+//! listener, takes a pending place (or is closed at once over the bounds, see
+//! `conn::PendingConns`), and its HTTP connection is spawned on the [`TaskTracker`]; the
+//! handshake and its timeout run inside that task.
 //! Upgraded WebSockets are spawned on the same tracker (hyper does not track them), so
 //! shutdown can wait for every socket. One sweep task serves every connection's heartbeat and
 //! token deadline, instead of a timer per connection.
