@@ -181,3 +181,102 @@ def test_dev_mode_refuses_to_start_off_loopback_and_names_the_override(tmp_path)
     out = run("serve", "--dev", "--listen", "0.0.0.0:1", env={"PATH": ""})
     assert out.returncode != 0
     assert "dev_insecure_on_network" in out.stderr + out.stdout
+
+
+# Start-up as a new user meets it: every refusal says once what is wrong and where, and exits
+# non-zero; a refused start leaves a server that is already running serving.
+
+def test_a_missing_config_file_is_reported_once_with_its_path(tmp_path):
+    missing = tmp_path / "nope.toml"
+    out = run("serve", "--config", str(missing), env={"PATH": ""})
+    assert out.returncode == 1
+    assert str(missing) in out.stderr
+    assert out.stderr.count("No such file or directory") == 1, out.stderr
+
+
+def test_a_port_in_use_is_reported_once_with_the_address_and_the_holder_keeps_serving(server):
+    out = run("serve", "--listen", server.base, env={"PATH": "", "SWITCHBOARD_TOKEN_HMAC_SECRET": SECRET})
+    assert out.returncode == 1
+    assert f"cannot listen on {server.base}" in out.stderr, out.stderr
+    assert out.stderr.count("in use") == 1, out.stderr
+    assert server.get("/healthz") == (200, "ok")
+
+
+def test_a_bad_log_level_is_reported_once_naming_the_key(tmp_path):
+    out = run("serve", "--log-level", "info,switchboard=loud", env={"PATH": ""})
+    assert out.returncode == 1
+    assert "log.level" in out.stderr, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    message = lines[0].split("log.level", 1)[1]
+    # each part of the chain once: no sentence of it repeats
+    parts = [p.strip() for p in message.split(": ") if p.strip()]
+    assert len(parts) == len(set(parts)), out.stderr
+
+
+def test_an_error_in_the_channels_table_names_the_key_and_its_line(tmp_path):
+    path = tmp_path / "channels.toml"
+    path.write_text("[channels]\npresence = true\nsubscribe = \"everyone\"\n")
+    out = run("checkconfig", str(path), env={"PATH": ""})
+    assert out.returncode == 1
+    assert "channels.subscribe (line 3)" in out.stderr, out.stderr
+    path.write_text("[channels]\nhistory_size = -5\n")
+    out = run("serve", "--config", str(path), env={"PATH": ""})
+    assert out.returncode == 1
+    assert "channels.history_size (line 2)" in out.stderr, out.stderr
+
+
+def test_a_misspelt_switchboard_variable_stops_the_start_naming_the_closest_known_one(server):
+    out = run("serve", env={"PATH": "", "SWITCHBOARD_LISTN": "127.0.0.1:1"})
+    assert out.returncode == 1
+    assert "unknown environment variable SWITCHBOARD_LISTN" in out.stderr, out.stderr
+    assert "did you mean SWITCHBOARD_LISTEN?" in out.stderr, out.stderr
+    # The variables the project's own scripts export are not refused.
+    out = run("checkconfig", "/dev/null", env={"PATH": "", "SWITCHBOARD_BIN": "x", "SWITCHBOARD_SHARED": "y"})
+    assert out.returncode == 0, out.stderr
+    assert server.get("/healthz") == (200, "ok")
+
+
+def test_recover_without_history_stops_the_start_naming_the_namespace(tmp_path):
+    path = tmp_path / "recover.toml"
+    path.write_text("[channels.namespaces.feed]\nrecover = true\n")
+    out = run("serve", "--config", str(path), env={"PATH": ""})
+    assert out.returncode == 1
+    assert "channels.namespaces.feed.recover" in out.stderr and '"feed"' in out.stderr, out.stderr
+    assert "history_size" in out.stderr and "history_ttl" in out.stderr, out.stderr
+
+
+def test_a_host_name_as_listen_address_is_refused_with_an_ip_example(tmp_path):
+    path = tmp_path / "listen.toml"
+    path.write_text("[server]\nlisten = \"localhost:8000\"\n")
+    out = run("serve", "--config", str(path), env={"PATH": ""})
+    assert out.returncode == 1
+    assert "server.listen (line 2)" in out.stderr, out.stderr
+    assert "host names are not accepted" in out.stderr and "127.0.0.1:8000" in out.stderr, out.stderr
+    out = run("serve", "--listen", "localhost:8000", env={"PATH": ""})
+    assert out.returncode == 1
+    assert "--listen" in out.stderr and "127.0.0.1:8000" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("ttl", ["-5s", "=-5s", "soon"])
+def test_a_token_ttl_that_is_not_a_positive_duration_is_refused_with_an_example(ttl):
+    args = ["token", "--dev", "--user", "u"] + ([f"--ttl{ttl}"] if ttl.startswith("=") else ["--ttl", ttl])
+    out = run(*args, env={"PATH": ""})
+    assert out.returncode == 1
+    assert "--ttl" in out.stderr and "positive duration" in out.stderr and "--ttl 5m" in out.stderr, out.stderr
+    assert out.stdout == ""
+
+
+def test_dev_mode_logs_the_resolved_configuration(make_server):
+    server = make_server(
+        args=["--dev", "--log-format", "json"],
+        env={"SWITCHBOARD_TOKEN_HMAC_SECRET": "", "SWITCHBOARD_API_KEY": ""},
+    )
+    assert server.get("/healthz") == (200, "ok")
+    server.stop()
+    config = next(e for e in server.log_events() if e.get("event") == "config")["config"]
+    assert "allow_anonymous: Some(true)" in config, config
+    assert "echo: Some(true)" in config, config
+    assert "subscribe: Some(Anonymous)" in config and "recover: Some(true)" in config, config
+    channels = config.split("channels: ", 1)[1].split(", log: ", 1)[0]
+    assert "None" not in channels, channels

@@ -53,7 +53,9 @@ enum Command {
         #[arg(long)]
         user: String,
         /// Lifetime, e.g. 1h, 30m, 0s for no expiry.
-        #[arg(long, default_value = "1h")]
+        // Hyphen values are taken so that `--ttl -5s` reaches `ttl_secs` and gets a message
+        // about the lifetime instead of clap's "unexpected argument '-5'".
+        #[arg(long, default_value = "1h", allow_hyphen_values = true)]
         ttl: String,
         /// Read the secret from this configuration file (the environment applies too).
         #[arg(long)]
@@ -221,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             subscribe,
         } => {
             let config = load(config.as_ref())?;
-            let ttl = humantime_secs(&ttl)?;
+            let ttl = ttl_secs(&ttl)?;
             let secret = if config.token.hmac_secret.is_empty() && dev {
                 DEV_SECRET
             } else {
@@ -245,10 +247,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn humantime_secs(text: &str) -> anyhow::Result<u64> {
+/// A token lifetime in seconds from `--ttl` (0: no expiry).
+fn ttl_secs(text: &str) -> anyhow::Result<u64> {
+    let usage = "a token's lifetime is a positive duration such as --ttl 5m, --ttl 1h or \
+                 --ttl 7d (--ttl 0s for a token that never expires)";
+    if text.trim_start().starts_with('-') {
+        anyhow::bail!("--ttl {text}: {usage}");
+    }
+    // Parsed as a duration setting would be, so --ttl takes exactly what config files take.
     let mut probe = Config::default();
-    probe.set("server.shutdown_drain", text, "--ttl")?;
+    if probe.set("server.shutdown_drain", text, "--ttl").is_err() {
+        anyhow::bail!("--ttl {text:?} is not a duration: {usage}");
+    }
     Ok(probe.server.shutdown_drain.as_secs())
+}
+
+/// The error and its causes, each said once: a cause whose text its context already holds
+/// (an error type that shows its source in its own message) is not repeated.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn main() -> ExitCode {
@@ -257,7 +284,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("switchboard: {error:#}");
+            eprintln!("switchboard: {}", describe(&error));
             ExitCode::FAILURE
         }
     }

@@ -397,7 +397,13 @@ async fn dispatch_one(state: &State, method: &str, value: &RawValue) -> Result<V
                 .history(&request.channel, &range)
                 .await
                 .map_err(unavailable)?;
-            to_json(&history_result(page, &since_epoch, Encoding::Json)?)
+            // An HTTP reply has no queue bound to respect.
+            to_json(&history_result(
+                page,
+                &since_epoch,
+                Encoding::Json,
+                usize::MAX,
+            )?)
         }
         "history_remove" => {
             let request: Channel = params(value)?;

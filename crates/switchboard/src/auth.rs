@@ -192,7 +192,18 @@ impl TokenVerifier {
                 jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim) => {
                     TokenError::Invalid(format!("missing claim {claim}"))
                 }
-                _ => TokenError::Invalid("malformed token".to_owned()),
+                jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::Invalid(
+                    "the token's header or claims are not the expected JSON (a string `sub`, \
+                     a numeric `exp`)"
+                        .to_owned(),
+                ),
+                // Every other kind means the text is not a JWT at all; the kind's own name
+                // (`InvalidToken`, `Base64`, ...) is the library's, not the user's.
+                _ => TokenError::Invalid(
+                    "not a JSON Web Token (expected three base64url parts: \
+                     header.payload.signature)"
+                        .to_owned(),
+                ),
             })
     }
 

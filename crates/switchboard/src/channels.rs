@@ -206,6 +206,34 @@ mod tests {
     }
 
     #[test]
+    fn the_rules_applied_are_the_rules_the_configuration_log_shows() {
+        // `Config::with_resolved` (the start-up log) resolves the same rules as this module.
+        let text = "[channels]\npresence = true\n[channels.namespaces.feed]\nhistory_size = 10\n";
+        for dev in [false, true] {
+            let mut config = Config::from_toml(text).unwrap();
+            config.server.dev = dev;
+            let shown = config.with_resolved().channels;
+            let applied = Namespaces::from_config(&config, &config.resolve());
+            for (channel, written) in [
+                ("news", &shown.default),
+                ("feed:x", &shown.namespaces["feed"]),
+            ] {
+                let rules = applied.rules(channel).unwrap();
+                let as_shown = ChannelRules {
+                    subscribe: written.subscribe.unwrap(),
+                    publish: written.publish.unwrap(),
+                    presence: written.presence.unwrap(),
+                    join_leave: written.join_leave.unwrap(),
+                    history_size: written.history_size.unwrap(),
+                    history_ttl: written.history_ttl.unwrap(),
+                    recover: written.recover.unwrap(),
+                };
+                assert_eq!(rules, &as_shown, "dev = {dev}, {channel}");
+            }
+        }
+    }
+
+    #[test]
     fn named_namespaces_inherit_unset_keys_from_the_default_one() {
         let ns = namespaces(
             "[channels]\npresence = true\n[channels.namespaces.feed]\nhistory_size = 10\nhistory_ttl = \"1m\"\n",

@@ -61,6 +61,18 @@ pub enum ConfigError {
         /// What the parser said (names the key).
         message: String,
     },
+    /// A `SWITCHBOARD_*` environment variable that no setting reads (a misspelling would
+    /// otherwise be ignored silently while the same mistake in the file stops the start).
+    #[error(
+        "unknown environment variable {name}{}; docs/configuration.md lists every SWITCHBOARD_* variable",
+        suggestion.map(|known| format!(" (did you mean {known}?)")).unwrap_or_default()
+    )]
+    UnknownVariable {
+        /// The variable.
+        name: String,
+        /// The known variable closest to it, if one is close.
+        suggestion: Option<&'static str>,
+    },
     /// A value is out of its allowed range or inconsistent with another.
     #[error("invalid value for {key}: {message}")]
     Invalid {
@@ -291,7 +303,8 @@ impl Default for NatsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address to listen on.
+    /// Address to listen on: an IP address and a port (host names are not resolved).
+    #[serde(deserialize_with = "listen_addr")]
     pub listen: SocketAddr,
     /// Development mode: anonymous plain doors, echo on, localhost origins, pretty logs.
     pub dev: bool,
@@ -371,9 +384,11 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Largest inbound message (after reassembly), bytes. Over it: close 1009.
+    /// Largest inbound message (after reassembly), bytes. Over it, or in more than
+    /// `max_message_bytes / 64` frames (at least 64): close 1009.
     pub max_message_bytes: usize,
-    /// Most bytes queued for one connection. Over it: close 4000 (slow consumer).
+    /// Most bytes queued for one connection, each frame counted 32 bytes more (its queue
+    /// slot). Over it: close 4000 (slow consumer).
     pub max_queued_bytes: usize,
     /// Inbound messages per second per connection (token bucket; 0 = no limit). Over: 4004.
     pub client_message_rate: u32,
@@ -383,6 +398,15 @@ pub struct LimitsConfig {
     /// auto-grows to megabytes). It bounds how much a stalled client can owe beyond
     /// `max_queued_bytes` before it is closed as a slow consumer.
     pub socket_send_buffer_bytes: usize,
+    /// Most channels with subscribers on this node (0 = no limit). A subscribe or a plain
+    /// door that would open one more is refused (error 106, HTTP 503 `channel_limit`).
+    pub max_channels: usize,
+    /// Most channel streams (history positions) the memory broker keeps (0 = no limit). A
+    /// publish or subscribe that would start one more is refused (error 106).
+    pub max_history_streams: usize,
+    /// Most presence entries (one per client per channel with presence) of this node's
+    /// clients (0 = no limit). A subscribe that would add one more is refused (error 106).
+    pub max_presence_entries: usize,
 }
 
 /// `[doors]`
@@ -423,6 +447,11 @@ pub struct ClientConfig {
     /// publication; after that the history is gone and the next publication starts a new epoch.
     #[serde(deserialize_with = "duration")]
     pub history_meta_ttl: Duration,
+    /// How long a stream that a subscribe started, and that was never published to, outlives
+    /// its channel's last subscriber on the node (memory broker): the window for a dropped
+    /// client to come back and recover under the epoch it was given.
+    #[serde(deserialize_with = "duration")]
+    pub history_unused_ttl: Duration,
 }
 
 impl Default for ClientConfig {
@@ -435,6 +464,7 @@ impl Default for ClientConfig {
             subscribe_rate: 32,
             expiry_grace: Duration::from_secs(25),
             history_meta_ttl: Duration::from_secs(24 * 3600),
+            history_unused_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -488,15 +518,134 @@ pub struct NamespaceConfig {
     pub recover: Option<bool>,
 }
 
+impl NamespaceConfig {
+    /// The rules the default namespace starts from, every key set: closed, or `--dev`'s open
+    /// ones. `channels::Namespaces` resolves to the same values (a test there checks).
+    pub fn base(dev: bool) -> NamespaceConfig {
+        NamespaceConfig {
+            subscribe: Some(if dev {
+                SubscribeRule::Anonymous
+            } else {
+                SubscribeRule::Token
+            }),
+            publish: Some(if dev {
+                PublishRule::Subscribers
+            } else {
+                PublishRule::None
+            }),
+            presence: Some(dev),
+            join_leave: Some(dev),
+            history_size: Some(if dev { 100 } else { 0 }),
+            history_ttl: Some(Duration::from_secs(if dev { 300 } else { 0 })),
+            recover: Some(dev),
+        }
+    }
+
+    /// These rules with each unset key taken from `base`.
+    pub fn over(&self, base: &NamespaceConfig) -> NamespaceConfig {
+        NamespaceConfig {
+            subscribe: self.subscribe.or(base.subscribe),
+            publish: self.publish.or(base.publish),
+            presence: self.presence.or(base.presence),
+            join_leave: self.join_leave.or(base.join_leave),
+            history_size: self.history_size.or(base.history_size),
+            history_ttl: self.history_ttl.or(base.history_ttl),
+            recover: self.recover.or(base.recover),
+        }
+    }
+
+    /// Whether publications are kept (a size and a lifetime both above zero).
+    fn keeps_history(&self) -> bool {
+        self.history_size.unwrap_or(0) > 0 && self.history_ttl.is_some_and(|ttl| !ttl.is_zero())
+    }
+}
+
+impl ChannelsConfig {
+    /// Every namespace with each key set: the default namespace over
+    /// [`NamespaceConfig::base`], each named namespace over the default one.
+    pub fn resolved(&self, dev: bool) -> ChannelsConfig {
+        let default = self.default.over(&NamespaceConfig::base(dev));
+        let namespaces = self
+            .namespaces
+            .iter()
+            .map(|(name, written)| (name.clone(), written.over(&default)))
+            .collect();
+        ChannelsConfig {
+            default,
+            namespaces,
+        }
+    }
+}
+
 /// `[channels]`: the default namespace's rules, and named namespaces.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default)]
 pub struct ChannelsConfig {
     /// The default namespace (channels with no `ns:` prefix).
-    #[serde(flatten)]
     pub default: NamespaceConfig,
     /// Named namespaces: `[channels.namespaces.NAME]`.
     pub namespaces: std::collections::BTreeMap<String, NamespaceConfig>,
+}
+
+/// The keys of `[channels]`: the default namespace's, and `namespaces`.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum ChannelsKey {
+    Subscribe,
+    Publish,
+    Presence,
+    JoinLeave,
+    HistorySize,
+    HistoryTtl,
+    Recover,
+    Namespaces,
+}
+
+/// A duration written as text (`5m`), for [`ChannelsConfig`]'s hand-written deserializer.
+struct TextDuration(Duration);
+
+impl<'de> Deserialize<'de> for TextDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        duration(d).map(TextDuration)
+    }
+}
+
+// Written by hand instead of `#[serde(flatten)]` on `default`: a flattened struct is buffered
+// before it is read, and the TOML parser then reports an error in it (a bad rule, a negative
+// size) at the `[channels]` header with no key. Read here, each value keeps its own key and
+// line.
+impl<'de> Deserialize<'de> for ChannelsConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ChannelsConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the [channels] table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ChannelsConfig, A::Error> {
+                let mut out = ChannelsConfig::default();
+                let ns = &mut out.default;
+                while let Some(key) = map.next_key::<ChannelsKey>()? {
+                    match key {
+                        ChannelsKey::Subscribe => ns.subscribe = Some(map.next_value()?),
+                        ChannelsKey::Publish => ns.publish = Some(map.next_value()?),
+                        ChannelsKey::Presence => ns.presence = Some(map.next_value()?),
+                        ChannelsKey::JoinLeave => ns.join_leave = Some(map.next_value()?),
+                        ChannelsKey::HistorySize => ns.history_size = Some(map.next_value()?),
+                        ChannelsKey::HistoryTtl => {
+                            ns.history_ttl = Some(map.next_value::<TextDuration>()?.0)
+                        }
+                        ChannelsKey::Recover => ns.recover = Some(map.next_value()?),
+                        ChannelsKey::Namespaces => out.namespaces = map.next_value()?,
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// `[log]`
@@ -552,6 +701,9 @@ impl Default for LimitsConfig {
             client_message_rate: 100,
             client_message_burst: 0,
             socket_send_buffer_bytes: 128 * 1024,
+            max_channels: 100_000,
+            max_history_streams: 100_000,
+            max_presence_entries: 1_000_000,
         }
     }
 }
@@ -578,6 +730,24 @@ impl Default for LogConfig {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// An IP address and port. Host names are refused with an example rather than resolved: a
+/// name can resolve to several addresses (`localhost` to 127.0.0.1 and ::1), and which one
+/// was bound would then depend on the resolver.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "{text:?} is not an IP address and port; host names are not accepted: use e.g. \
+             127.0.0.1:8000 (this machine only, also for localhost), [::1]:8000, or \
+             0.0.0.0:8000 (every interface)"
+        )
+    })
+}
+
+fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_listen(&text).map_err(serde::de::Error::custom)
 }
 
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -641,6 +811,15 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "SWITCHBOARD_SOCKET_SEND_BUFFER_BYTES",
         "limits.socket_send_buffer_bytes",
     ),
+    ("SWITCHBOARD_MAX_CHANNELS", "limits.max_channels"),
+    (
+        "SWITCHBOARD_MAX_HISTORY_STREAMS",
+        "limits.max_history_streams",
+    ),
+    (
+        "SWITCHBOARD_MAX_PRESENCE_ENTRIES",
+        "limits.max_presence_entries",
+    ),
     ("SWITCHBOARD_ECHO", "doors.echo"),
     ("SWITCHBOARD_CLIENT_ENABLED", "client.enabled"),
     (
@@ -677,6 +856,77 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_INGEST_SUBJECT", "ingest.subject"),
     ("SWITCHBOARD_INGEST_GROUP", "ingest.group"),
 ];
+
+/// The line (from 1) of byte `offset` in `text`, and the dotted key written there: the key
+/// before `=` on that line under the nearest table header above it, or the header itself.
+/// The TOML parser's own message names neither once a value fails inside a table.
+fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let mut lines = text.lines().take(line).collect::<Vec<_>>();
+    let current = lines.pop().unwrap_or("").trim();
+    let header = |line: &str| {
+        let line = line.trim();
+        line.starts_with('[').then(|| {
+            let end = line.find(']').unwrap_or(line.len());
+            line[..end].trim_start_matches('[').trim().to_owned()
+        })
+    };
+    if let Some(table) = header(current) {
+        return (line, Some(table));
+    }
+    let key = current
+        .split_once('=')
+        .map(|(key, _)| key.trim().trim_matches('"').to_owned())
+        .filter(|key| !key.is_empty() && !key.starts_with('#'));
+    let table = lines.iter().rev().find_map(|line| header(line));
+    let full = match (table, key) {
+        (Some(table), Some(key)) => Some(format!("{table}.{key}")),
+        (None, Some(key)) => Some(key),
+        (_, None) => None,
+    };
+    (line, full)
+}
+
+/// `SWITCHBOARD_*` variables that the project's scripts, tests and examples read, not the
+/// server: [`Config::apply_env`] leaves them alone instead of refusing them as misspellings.
+pub const IGNORED_ENV_VARS: &[&str] = &[
+    "SWITCHBOARD_BIN",
+    "SWITCHBOARD_SHARED",
+    "SWITCHBOARD_TOKEN",
+    "SWITCHBOARD_TEST_KEEP",
+    "SWITCHBOARD_TEST_LOG_LEVEL",
+    "SWITCHBOARD_SCREENSHOT_DIR",
+];
+
+/// The known variable closest to `name` by edit distance, when it is close enough to be a
+/// likely misspelling (at most a third of the name's length away).
+fn closest_env_var(name: &str) -> Option<&'static str> {
+    ENV_VARS
+        .iter()
+        .map(|(var, _)| (edit_distance(name, var), *var))
+        .min()
+        .filter(|(distance, _)| *distance <= name.len() / 3)
+        .map(|(_, var)| var)
+}
+
+/// Levenshtein distance over bytes (variable names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
 where
@@ -721,7 +971,17 @@ impl Config {
     /// # Errors
     /// The parser's message when the text is not valid for this schema.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => {
+                let (line, key) = locate(text, span.start);
+                let message = e.message().trim_end();
+                match key {
+                    Some(key) => format!("{key} (line {line}): {message}"),
+                    None => format!("line {line}: {message}"),
+                }
+            }
+            None => e.message().trim_end().to_owned(),
+        })
     }
 
     /// Sets one key (as named in [`ENV_VARS`]) from its text form; used for environment
@@ -731,7 +991,10 @@ impl Config {
     /// [`ConfigError::Invalid`] naming `source` when the value does not parse.
     pub fn set(&mut self, key: &str, value: &str, source: &str) -> Result<(), ConfigError> {
         match key {
-            "server.listen" => self.server.listen = parse(source, value)?,
+            "server.listen" => {
+                self.server.listen =
+                    parse_listen(value).map_err(|message| invalid(source, message))?
+            }
             "server.dev" => self.server.dev = parse_bool(source, value)?,
             "server.dev_insecure_on_network" => {
                 self.server.dev_insecure_on_network = parse_bool(source, value)?
@@ -805,6 +1068,11 @@ impl Config {
             "limits.socket_send_buffer_bytes" => {
                 self.limits.socket_send_buffer_bytes = parse(source, value)?
             }
+            "limits.max_channels" => self.limits.max_channels = parse(source, value)?,
+            "limits.max_history_streams" => self.limits.max_history_streams = parse(source, value)?,
+            "limits.max_presence_entries" => {
+                self.limits.max_presence_entries = parse(source, value)?
+            }
             "doors.echo" => self.doors.echo = Some(parse_bool(source, value)?),
             "client.enabled" => self.client.enabled = parse_bool(source, value)?,
             "client.connect_timeout" => {
@@ -847,10 +1115,13 @@ impl Config {
         Ok(())
     }
 
-    /// Applies every `SWITCHBOARD_*` variable of [`ENV_VARS`] found in `vars`.
+    /// Applies every `SWITCHBOARD_*` variable of [`ENV_VARS`] found in `vars`. Any other
+    /// `SWITCHBOARD_*` variable is refused (unless it is one of [`IGNORED_ENV_VARS`]), as an
+    /// unknown key in the file is.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the variable whose value does not parse.
+    /// [`ConfigError::Invalid`] naming the variable whose value does not parse;
+    /// [`ConfigError::UnknownVariable`] naming an unknown `SWITCHBOARD_*` variable.
     pub fn apply_env<I>(&mut self, vars: I) -> Result<(), ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
@@ -858,6 +1129,12 @@ impl Config {
         for (name, value) in vars {
             if let Some((_, key)) = ENV_VARS.iter().find(|(var, _)| *var == name) {
                 self.set(key, &value, &name)?;
+            } else if name.starts_with("SWITCHBOARD_") && !IGNORED_ENV_VARS.contains(&name.as_str())
+            {
+                return Err(ConfigError::UnknownVariable {
+                    suggestion: closest_env_var(&name),
+                    name,
+                });
             }
         }
         Ok(())
@@ -962,6 +1239,36 @@ impl Config {
                 ));
             }
         }
+        let channels = self.channels.resolved(server.dev);
+        let every = std::iter::once(("channels", &channels.default)).chain(
+            channels
+                .namespaces
+                .iter()
+                .map(|(name, rules)| (name.as_str(), rules)),
+        );
+        for (name, rules) in every {
+            if rules.recover == Some(true) && !rules.keeps_history() {
+                let (key, which) = if name == "channels" {
+                    (
+                        "channels.recover".to_owned(),
+                        "the default namespace".to_owned(),
+                    )
+                } else {
+                    (
+                        format!("channels.namespaces.{name}.recover"),
+                        format!("namespace {name:?}"),
+                    )
+                };
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "recover = true in {which} needs history to recover from: set \
+                         history_size and history_ttl above zero there (e.g. history_size = 100, \
+                         history_ttl = \"5m\"), or recover = false"
+                    ),
+                ));
+            }
+        }
         for (key, value) in [
             ("node.presence_ttl", self.node.presence_ttl),
             ("node.announce_interval", self.node.announce_interval),
@@ -990,6 +1297,19 @@ impl Config {
                 .map_err(|message| invalid("origins.allowed", format!("{pattern:?}: {message}")))?;
         }
         Ok(())
+    }
+
+    /// A copy with every setting `--dev` decides filled in (the anonymous, echo and log format
+    /// switches and every namespace's rules), as the gateway logs it at start: an unset
+    /// `Option` there would say nothing of what applies.
+    pub fn with_resolved(&self) -> Config {
+        let resolved = self.resolve();
+        let mut out = self.clone();
+        out.token.allow_anonymous = Some(resolved.allow_anonymous);
+        out.doors.echo = Some(resolved.echo);
+        out.log.format = Some(resolved.log_format);
+        out.channels = self.channels.resolved(self.server.dev);
+        out
     }
 
     /// The settings as they apply, with `--dev`'s changes made.
@@ -1071,6 +1391,182 @@ mod tests {
     fn unknown_keys_are_errors_that_name_the_key() {
         let error = Config::from_toml("[server]\nlisten_on = \"x\"").unwrap_err();
         assert!(error.contains("listen_on"), "{error}");
+    }
+
+    #[test]
+    fn an_error_in_the_channels_table_names_the_full_key_and_its_line() {
+        let text =
+            "[server]\ndev = false\n\n[channels]\npresence = true\nsubscribe = \"everyone\"\n";
+        let error = Config::from_toml(text).unwrap_err();
+        assert!(
+            error.starts_with("channels.subscribe (line 6): "),
+            "{error}"
+        );
+        assert!(error.contains("everyone"), "{error}");
+    }
+
+    #[test]
+    fn a_negative_history_size_names_the_key_and_its_line() {
+        let error = Config::from_toml("[channels]\nhistory_size = -5\n").unwrap_err();
+        assert!(
+            error.starts_with("channels.history_size (line 2): "),
+            "{error}"
+        );
+        assert!(error.contains("-5"), "{error}");
+    }
+
+    #[test]
+    fn an_error_in_a_named_namespace_or_another_table_names_the_full_key() {
+        let text = "[channels.namespaces.chat]\npresence = true\nhistory_ttl = \"soon\"\n";
+        let error = Config::from_toml(text).unwrap_err();
+        assert!(
+            error.starts_with("channels.namespaces.chat.history_ttl (line 3): "),
+            "{error}"
+        );
+        let error = Config::from_toml("[limits]\nmax_queued_bytes = \"1MB\"\n").unwrap_err();
+        assert!(
+            error.starts_with("limits.max_queued_bytes (line 2): "),
+            "{error}"
+        );
+        let error = Config::from_toml("[channels]\nsubscrib = \"token\"\n").unwrap_err();
+        assert!(error.starts_with("channels.subscrib (line 2): "), "{error}");
+    }
+
+    #[test]
+    fn the_channels_table_still_reads_every_key() {
+        let text = "[channels]\nsubscribe = \"authenticated\"\npublish = \"subscribers\"\n\
+                    presence = true\njoin_leave = true\nhistory_size = 10\nhistory_ttl = \"1m\"\n\
+                    recover = true\n[channels.namespaces.news]\nsubscribe = \"anonymous\"\n";
+        let config = Config::from_toml(text).unwrap();
+        let ns = &config.channels.default;
+        assert_eq!(ns.subscribe, Some(SubscribeRule::Authenticated));
+        assert_eq!(ns.publish, Some(PublishRule::Subscribers));
+        assert_eq!(
+            (ns.presence, ns.join_leave, ns.recover),
+            (Some(true), Some(true), Some(true))
+        );
+        assert_eq!(ns.history_size, Some(10));
+        assert_eq!(ns.history_ttl, Some(Duration::from_secs(60)));
+        assert_eq!(
+            config.channels.namespaces["news"].subscribe,
+            Some(SubscribeRule::Anonymous)
+        );
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_switchboard_variable_is_refused_naming_the_closest_known_one() {
+        let error = Config::default()
+            .apply_env([("SWITCHBOARD_LISTN".to_owned(), "127.0.0.1:9".to_owned())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("unknown environment variable SWITCHBOARD_LISTN"),
+            "{error}"
+        );
+        assert!(
+            error.contains("did you mean SWITCHBOARD_LISTEN?"),
+            "{error}"
+        );
+        let error = Config::default()
+            .apply_env([("SWITCHBOARD_QQQQQQQQQQQQ".to_owned(), "1".to_owned())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("SWITCHBOARD_QQQQQQQQQQQQ") && !error.contains("did you mean"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn variables_the_scripts_read_and_other_programs_variables_are_left_alone() {
+        let mut config = Config::default();
+        let mut vars: Vec<(String, String)> = IGNORED_ENV_VARS
+            .iter()
+            .map(|name| ((*name).to_owned(), "x".to_owned()))
+            .collect();
+        vars.push(("PATH".to_owned(), "/bin".to_owned()));
+        vars.push(("MY_SWITCHBOARD_LISTEN".to_owned(), "x".to_owned()));
+        config.apply_env(vars).unwrap();
+    }
+
+    #[test]
+    fn recover_without_history_is_refused_naming_the_namespace() {
+        let config = Config::from_toml("[channels]\nrecover = true\n").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("channels.recover") && error.contains("default namespace"),
+            "{error}"
+        );
+        let text = "[channels.namespaces.feed]\nrecover = true\nhistory_size = 10\n";
+        let error = Config::from_toml(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("channels.namespaces.feed.recover") && error.contains("\"feed\""),
+            "{error}"
+        );
+        // --dev keeps history by default, so recovery there is fine until a namespace drops it.
+        let mut config = Config::from_toml("[channels.namespaces.feed]\nrecover = true\n").unwrap();
+        config.server.dev = true;
+        config.validate().unwrap();
+        config
+            .channels
+            .namespaces
+            .get_mut("feed")
+            .unwrap()
+            .history_size = Some(0);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("channels.namespaces.feed.recover"),
+            "{error}"
+        );
+        let text = "[channels]\nrecover = true\nhistory_size = 10\nhistory_ttl = \"1m\"\n";
+        Config::from_toml(text).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn a_host_name_as_listen_address_is_refused_with_an_ip_example() {
+        let error = Config::from_toml("[server]\nlisten = \"localhost:8000\"\n").unwrap_err();
+        assert!(error.starts_with("server.listen (line 2): "), "{error}");
+        assert!(
+            error.contains("host names are not accepted") && error.contains("127.0.0.1:8000"),
+            "{error}"
+        );
+        let error = Config::default()
+            .apply_env([("SWITCHBOARD_LISTEN".to_owned(), "localhost:8000".to_owned())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("SWITCHBOARD_LISTEN") && error.contains("127.0.0.1:8000"),
+            "{error}"
+        );
+        let config = Config::from_toml("[server]\nlisten = \"[::1]:8001\"\n").unwrap();
+        assert_eq!(config.server.listen, "[::1]:8001".parse().unwrap());
+    }
+
+    #[test]
+    fn the_resolved_copy_fills_every_setting_dev_decides() {
+        let mut config =
+            Config::from_toml("[channels.namespaces.feed]\npresence = false\n").unwrap();
+        config.server.dev = true;
+        let shown = config.with_resolved();
+        assert_eq!(shown.token.allow_anonymous, Some(true));
+        assert_eq!(shown.doors.echo, Some(true));
+        assert_eq!(shown.log.format, Some(LogFormat::Pretty));
+        assert_eq!(
+            shown.channels.default.subscribe,
+            Some(SubscribeRule::Anonymous)
+        );
+        let feed = &shown.channels.namespaces["feed"];
+        assert_eq!(
+            (feed.presence, feed.recover, feed.history_size),
+            (Some(false), Some(true), Some(100))
+        );
+        let printed = format!("{:?}", shown.channels);
+        assert!(!printed.contains("None"), "{printed}");
     }
 
     #[test]

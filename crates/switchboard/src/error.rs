@@ -193,6 +193,9 @@ pub enum Rejection {
     /// The node is draining for shutdown.
     #[error("server shutting down")]
     ShuttingDown,
+    /// A plain door would open a channel beyond `limits.max_channels` on this node.
+    #[error("node channel limit reached")]
+    ChannelLimit,
     /// The door is switched off in configuration, or the path is unknown.
     #[error("not found")]
     NotFound,
@@ -206,7 +209,9 @@ impl Rejection {
             Rejection::MissingToken | Rejection::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Rejection::WrongSubject | Rejection::OriginNotAllowed => StatusCode::FORBIDDEN,
             Rejection::TooManyConnectionsPerIp => StatusCode::TOO_MANY_REQUESTS,
-            Rejection::NodeFull | Rejection::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::NodeFull | Rejection::ShuttingDown | Rejection::ChannelLimit => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::NotFound => StatusCode::NOT_FOUND,
         }
     }
@@ -223,6 +228,7 @@ impl Rejection {
             Rejection::TooManyConnectionsPerIp => "too_many_connections_per_ip",
             Rejection::NodeFull => "node_full",
             Rejection::ShuttingDown => "shutting_down",
+            Rejection::ChannelLimit => "channel_limit",
             Rejection::NotFound => "not_found",
         }
     }
@@ -333,6 +339,14 @@ pub enum ClientError {
     /// More subscribes and unsubscribes than `client.subscribe_rate` allows; retry later.
     #[error("too many requests")]
     TooManyRequests,
+    /// A node-wide bound (`limits.max_channels`, `max_history_streams`,
+    /// `max_presence_entries`) would be passed; retry later, when others have left.
+    #[error("node limit exceeded")]
+    NodeLimit,
+    /// A publication whose frame could never be queued for a subscriber (over
+    /// `limits.max_queued_bytes`); nothing was published.
+    #[error("publication too large")]
+    TooLarge,
 }
 
 impl ClientError {
@@ -352,6 +366,8 @@ impl ClientError {
             ClientError::Unrecoverable => 112,
             ClientError::Unavailable => 100,
             ClientError::TooManyRequests => 111,
+            // 106 is the code the protocol's SDKs know for a limit; the message tells which.
+            ClientError::NodeLimit | ClientError::TooLarge => 106,
         }
     }
 
@@ -359,7 +375,10 @@ impl ClientError {
     pub fn temporary(self) -> bool {
         matches!(
             self,
-            ClientError::Internal | ClientError::Unavailable | ClientError::TooManyRequests
+            ClientError::Internal
+                | ClientError::Unavailable
+                | ClientError::TooManyRequests
+                | ClientError::NodeLimit
         )
     }
 }

@@ -109,6 +109,11 @@ impl Gateway {
             position_check_interval: config.node.position_check_interval,
             broker_timeout: config.node.broker_timeout,
             history_meta_ttl: config.client.history_meta_ttl,
+            max_channels: config.limits.max_channels,
+            max_history_streams: config.limits.max_history_streams,
+            history_unused_ttl: config.client.history_unused_ttl,
+            max_presence_entries: config.limits.max_presence_entries,
+            max_frame_bytes: config.limits.max_queued_bytes,
         };
         let state = State {
             resolved,
@@ -298,7 +303,9 @@ fn announce(state: &State) {
             "no api.key configured: the server API refuses every call"
         );
     }
-    tracing::info!(event = "config", config = ?config, "configuration (secrets masked)");
+    // Logged resolved: `--dev` decides the settings left unset, and an unset `None` in the
+    // log would not say what applies.
+    tracing::info!(event = "config", config = ?config.with_resolved(), "configuration (resolved, secrets masked)");
     tracing::info!(
         event = "node",
         name = state.node.name(),

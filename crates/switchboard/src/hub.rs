@@ -164,6 +164,15 @@ impl Hub {
             .is_some_and(|subscribers| subscribers.iter().any(|s| s.conn.id == conn_id))
     }
 
+    /// Whether `channel` has a subscriber here.
+    pub fn has_channel(&self, channel: &str) -> bool {
+        let shard = self
+            .shard(channel)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        shard.contains_key(channel)
+    }
+
     /// Calls `f` on every subscriber of `channel` (under the shard's read lock: `f` must not
     /// subscribe or unsubscribe).
     pub fn for_each_subscriber(&self, channel: &str, mut f: impl FnMut(&Arc<Conn>)) {

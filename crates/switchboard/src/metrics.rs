@@ -56,6 +56,9 @@ pub struct Metrics {
     /// Channels whose subscribers were made to recover (close 3010), by cause (`gap`,
     /// `epoch`, `position_check`, `overflow`).
     pub broker_gaps: IntCounterVec,
+    /// Requests refused by a node-wide bound, by limit (`channels`, `history_streams`,
+    /// `presence`, `publication_size`).
+    pub node_limits: IntCounterVec,
     /// Publications from the broker dropped because the node's delivery queue was full.
     pub broker_dropped: IntCounter,
     /// Log entries published (ingestion from a Redis Stream or JetStream).
@@ -64,6 +67,8 @@ pub struct Metrics {
     pub ingest_dropped: IntCounter,
     channels: IntGauge,
     subscriptions: IntGauge,
+    history_streams: IntGauge,
+    presence_entries: IntGauge,
     uptime: IntGauge,
     broker_connected: IntGauge,
     broker_round_trip: prometheus::Gauge,
@@ -78,6 +83,10 @@ pub struct Snapshot {
     pub channels: usize,
     /// Local subscriptions.
     pub subscriptions: usize,
+    /// Channel streams the memory broker keeps (0 on a remote broker).
+    pub history_streams: usize,
+    /// Presence entries of this node's clients.
+    pub presence_entries: usize,
     /// Seconds since start.
     pub uptime_secs: u64,
     /// Whether the broker is reachable.
@@ -231,6 +240,11 @@ impl Metrics {
                 "Channels whose subscribers were made to recover (close 3010), by cause",
                 &["cause"],
             ),
+            node_limits: counter_vec(
+                "switchboard_node_limit_refusals_total",
+                "Subscribes, doors and publishes refused by a node-wide bound, by limit",
+                &["limit"],
+            ),
             broker_dropped: counter(
                 "switchboard_broker_dropped_total",
                 "Publications from the broker dropped because the delivery queue was full",
@@ -271,6 +285,14 @@ impl Metrics {
                 "switchboard_subscriptions",
                 "Subscriptions across all channels",
             ),
+            history_streams: gauge(
+                "switchboard_history_streams",
+                "Channel streams kept by the memory broker (bound: limits.max_history_streams)",
+            ),
+            presence_entries: gauge(
+                "switchboard_presence_entries",
+                "Presence entries of this node's clients (bound: limits.max_presence_entries)",
+            ),
             uptime: gauge(
                 "switchboard_uptime_seconds",
                 "Seconds since the gateway started",
@@ -305,6 +327,8 @@ impl Metrics {
     pub fn render(&self, now: &Snapshot) -> String {
         self.channels.set(now.channels as i64);
         self.subscriptions.set(now.subscriptions as i64);
+        self.history_streams.set(now.history_streams as i64);
+        self.presence_entries.set(now.presence_entries as i64);
         self.uptime.set(now.uptime_secs as i64);
         self.broker_connected.set(i64::from(now.broker_connected));
         self.broker_round_trip.set(now.broker_round_trip_secs);

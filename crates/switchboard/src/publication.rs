@@ -248,6 +248,47 @@ impl Publication {
         })
     }
 
+    /// Whether every frame this publication can become for a subscriber of `channel` is at
+    /// most `max` bytes: one over a connection's queue bound (`limits.max_queued_bytes`) could
+    /// never be delivered, and would close every subscriber as a slow consumer. Answered from
+    /// an upper bound when that suffices (nothing is encoded: the usual case); otherwise from
+    /// the JSON `data`, which is made once and kept for the fan-out.
+    pub fn fits(&self, channel: &str, max: usize) -> bool {
+        // Frame header, the push's keys, the offset and quotes take far less than this.
+        const OVERHEAD: usize = 256;
+        // Names and info may be escaped in JSON: at most 6 bytes per byte (`\u00XX`).
+        let info = self.info.as_ref().map_or(0, |info| {
+            6 * (info.client.len() + info.user.len() + info.conn_info.len() + info.chan_info.len())
+        });
+        let fixed = OVERHEAD
+            .saturating_add(6 * channel.len())
+            .saturating_add(info);
+        // Plain and Protobuf frames carry the payload's bytes (a JSON string's text is shorter).
+        let payload = self.data_bytes().len();
+        let json_at_most = match &self.source {
+            Source::Json(json) => json.len(),
+            Source::Binary(bytes) => bytes.len().div_ceil(3) * 4 + 2,
+            Source::Text(text) => text.len().saturating_mul(6).saturating_add(2),
+        };
+        if fixed.saturating_add(json_at_most.max(payload)) <= max {
+            return true;
+        }
+        fixed.saturating_add(self.data_json().len().max(payload)) <= max
+    }
+
+    /// At least the bytes this publication takes inside a reply (history, recovery) in
+    /// `encoding`: its `data`, `info` (escaped at worst) and the keys around them.
+    pub(crate) fn body_len(&self, encoding: Encoding) -> usize {
+        let info = self.info.as_ref().map_or(0, |info| {
+            6 * (info.client.len() + info.user.len() + info.conn_info.len() + info.chan_info.len())
+        });
+        let data = match encoding {
+            Encoding::Json => self.data_json().len(),
+            Encoding::Protobuf => self.data_bytes().len(),
+        };
+        data.saturating_add(info).saturating_add(96)
+    }
+
     /// The payload's bytes as Protobuf clients receive them.
     fn data_bytes(&self) -> &Bytes {
         match &self.source {
@@ -296,6 +337,36 @@ impl Publication {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fits_never_admits_a_frame_larger_than_the_bound() {
+        let conn_info = serde_json::json!({ "n": "\u{2}" });
+        let info = Arc::new(ClientInfo::new(
+            "client",
+            "user\u{1}",
+            Some(&conn_info),
+            None,
+        ));
+        let channel = "ns:chan\u{1}";
+        let cases = [
+            Publication::json(Bytes::from_static(br#"{"a":"\u0001"}"#)),
+            Publication::plain(Opcode::Text, Bytes::from("\u{1}".repeat(300))),
+            Publication::plain(Opcode::Binary, Bytes::from(vec![0xFF_u8; 300])),
+        ];
+        for publication in cases {
+            let publication = publication.positioned(u64::MAX, Some(Arc::clone(&info)));
+            let largest = [Format::Plain, Format::Json, Format::Protobuf]
+                .into_iter()
+                .map(|format| publication.frame(channel, format, false).len())
+                .max()
+                .unwrap();
+            assert!(!publication.fits(channel, largest - 1), "{publication:?}");
+            assert!(
+                publication.fits(channel, 2 * largest + 4096),
+                "{publication:?}"
+            );
+        }
+    }
 
     fn text_of(frame: &Bytes) -> String {
         // Server frames of these sizes have a 2-byte header.

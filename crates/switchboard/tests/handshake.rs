@@ -37,6 +37,28 @@ async fn token_signed_with_another_secret_is_401() {
 }
 
 #[tokio::test]
+async fn a_garbage_token_is_401_with_a_human_message_and_no_internal_name() {
+    let server = start(config()).await;
+    let (status, body) = refused(
+        &format!("{}?token=not-a-token", server.url("/ws/chat/a")),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("not a JSON Web Token") && message.contains("header.payload.signature"),
+        "{message}"
+    );
+    assert!(!message.contains("InvalidToken"), "{message}");
+    server.assert_still_serving().await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn expired_token_is_401() {
     let server = start(config()).await;
     let claims = switchboard::auth::Claims {

@@ -9,10 +9,17 @@
 //! with no gap and no duplicate. Lock order is always stream, then whatever the node takes.
 //! A restart loses every stream, and the next one starts under a new epoch, which recovering
 //! clients are told (`recovered: false`).
+//!
+//! What it holds is bounded: at most `max_streams` streams (a publish or subscribe that would
+//! start one more gets [`StreamsFull`]), and a stream that was never published to is kept only
+//! while the channel has subscribers here (see [`MemoryBroker::expire_unused`]), so
+//! subscribing to made-up names leaves nothing behind. Reads never start a stream.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,7 +38,14 @@ const SHARDS: usize = 64;
 struct Stream {
     history: ChannelHistory,
     meta_ttl_ms: u64,
+    /// Never published to, and seen with no subscriber here since then (`expire_unused`).
+    unused_since_ms: Option<u64>,
 }
+
+/// How long a stream that was never published to outlives its last subscriber here unless
+/// told otherwise: long enough for a client whose connection dropped to come back and recover
+/// under the epoch it was given, short enough that made-up names do not pile up.
+const UNUSED_TTL: Duration = Duration::from_secs(60);
 
 struct Present {
     info: Arc<ClientInfo>,
@@ -51,6 +65,11 @@ pub struct StreamState {
     pub recovery: Option<Result<Vec<Arc<Publication>>, Unrecoverable>>,
 }
 
+/// A publish or subscribe would start a stream beyond the broker's `max_streams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("history stream limit reached")]
+pub struct StreamsFull;
+
 /// Streams and presence of every channel, in this process.
 pub struct MemoryBroker {
     streams: Box<[Mutex<Streams>]>,
@@ -58,17 +77,19 @@ pub struct MemoryBroker {
     idempotency: Mutex<Remembered>,
     events: OnceLock<Arc<dyn BrokerEvents>>,
     started: Instant,
+    /// Most streams kept (0: no limit).
+    max_streams: usize,
+    /// How long a never-published stream outlives its last subscriber (`expire_unused`).
+    unused_ttl_ms: u64,
+    /// Streams kept now, across shards (a slot is taken before a stream is inserted).
+    stream_count: AtomicUsize,
+    /// Presence entries (client in channel) kept now, across shards.
+    presence_count: AtomicUsize,
 }
 
 impl Default for MemoryBroker {
     fn default() -> Self {
-        MemoryBroker {
-            streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            presence: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            idempotency: Mutex::new(HashMap::new()),
-            events: OnceLock::new(),
-            started: Instant::now(),
-        }
+        MemoryBroker::bounded(0, UNUSED_TTL)
     }
 }
 
@@ -96,6 +117,60 @@ fn no_stream() -> Position {
 }
 
 impl MemoryBroker {
+    /// A broker that keeps at most `max_streams` streams (0: no limit), and a stream that was
+    /// never published to for `unused_ttl` after its last subscriber here.
+    pub fn bounded(max_streams: usize, unused_ttl: Duration) -> Self {
+        MemoryBroker {
+            streams: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            presence: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            idempotency: Mutex::new(HashMap::new()),
+            events: OnceLock::new(),
+            started: Instant::now(),
+            max_streams,
+            unused_ttl_ms: millis(unused_ttl),
+            stream_count: AtomicUsize::new(0),
+            presence_count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Streams kept now.
+    pub fn stream_count(&self) -> usize {
+        self.stream_count.load(Ordering::Relaxed)
+    }
+
+    /// Presence entries kept now.
+    pub fn presence_count(&self) -> usize {
+        self.presence_count.load(Ordering::Relaxed)
+    }
+
+    /// `channel`'s stream, started (under a new epoch) when there is none and a slot is free.
+    /// The slot is taken with one atomic step, so shards racing for the last one cannot both
+    /// have it.
+    fn stream_of<'a>(
+        &self,
+        streams: &'a mut Streams,
+        channel: &str,
+        now_ms: u64,
+        meta_ttl_ms: u64,
+    ) -> Result<&'a mut Stream, StreamsFull> {
+        match streams.entry(channel.into()) {
+            Entry::Occupied(found) => Ok(found.into_mut()),
+            Entry::Vacant(free) => {
+                let max = self.max_streams;
+                self.stream_count
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (max == 0 || n < max).then_some(n + 1)
+                    })
+                    .map_err(|_| StreamsFull)?;
+                Ok(free.insert(Stream {
+                    history: ChannelHistory::new(now_ms),
+                    meta_ttl_ms,
+                    unused_since_ms: None,
+                }))
+            }
+        }
+    }
+
     /// Milliseconds on this broker's clock.
     fn now_ms(&self) -> u64 {
         millis(self.started.elapsed())
@@ -122,12 +197,16 @@ impl MemoryBroker {
 
     /// Publishes to `channel` and hands it to the node before returning: keeps it under the
     /// next offset when the channel keeps history.
+    ///
+    /// # Errors
+    /// [`StreamsFull`] when the channel has no stream and no more may be started; nothing was
+    /// published.
     pub fn publish_now(
         &self,
         channel: &str,
         publication: Publication,
         options: &PublishOptions,
-    ) -> Option<Position> {
+    ) -> Result<Option<Position>, StreamsFull> {
         let Some(key) = &options.idempotency_key else {
             return self.publish_once(channel, publication, options);
         };
@@ -135,13 +214,13 @@ impl MemoryBroker {
         let mut remembered = lock(&self.idempotency);
         remembered.retain(|_, (_, expires_ms)| *expires_ms > now_ms);
         if let Some((position, _)) = remembered.get(key.as_ref()) {
-            return position.clone();
+            return Ok(position.clone());
         }
         // Held across the publish, so two publishes with one key cannot both apply.
-        let position = self.publish_once(channel, publication, options);
+        let position = self.publish_once(channel, publication, options)?;
         let expires_ms = now_ms.saturating_add(millis(options.idempotency_ttl));
         remembered.insert(key.clone(), (position.clone(), expires_ms));
-        position
+        Ok(position)
     }
 
     fn publish_once(
@@ -149,17 +228,14 @@ impl MemoryBroker {
         channel: &str,
         mut publication: Publication,
         options: &PublishOptions,
-    ) -> Option<Position> {
+    ) -> Result<Option<Position>, StreamsFull> {
         if options.history_size == 0 {
             self.deliver(channel, Arc::new(publication), "");
-            return None;
+            return Ok(None);
         }
         let now_ms = self.now_ms();
         let mut streams = self.streams(channel);
-        let stream = streams.entry(channel.into()).or_insert_with(|| Stream {
-            history: ChannelHistory::new(now_ms),
-            meta_ttl_ms: 0,
-        });
+        let stream = self.stream_of(&mut streams, channel, now_ms, 0)?;
         stream.meta_ttl_ms = millis(options.history_meta_ttl);
         publication.offset = stream.history.next_offset();
         let publication = Arc::new(publication);
@@ -172,43 +248,52 @@ impl MemoryBroker {
         );
         let position = stream.history.position();
         self.deliver(channel, publication, &position.epoch);
-        Some(position)
+        Ok(Some(position))
     }
 
     /// Reads `channel`'s stream and runs `join` under its lock with what was found (and, with
     /// `recover_from`, what was missed since that offset and epoch), so that no publication
     /// reaches the node between the read and whatever `join` does. A channel with no stream
-    /// gets one (kept for `meta_ttl`), so the subscriber's epoch means something later.
+    /// gets one, so the subscriber's epoch means something later; until its first
+    /// publication it is kept only while the channel has subscribers (`expire_unused`).
+    ///
+    /// # Errors
+    /// [`StreamsFull`] (and `join` is not called) when the channel has no stream and no more
+    /// may be started.
     pub fn subscribe_atomically<T>(
         &self,
         channel: &str,
         history: Option<Duration>,
         recover_from: Option<(u64, &str)>,
         join: impl FnOnce(StreamState) -> T,
-    ) -> T {
+    ) -> Result<T, StreamsFull> {
         let Some(meta_ttl) = history else {
-            return join(StreamState {
+            return Ok(join(StreamState {
                 position: None,
                 recovery: recover_from.map(|_| Err(Unrecoverable)),
-            });
+            }));
         };
         let now_ms = self.now_ms();
         let mut streams = self.streams(channel);
-        let stream = streams.entry(channel.into()).or_insert_with(|| Stream {
-            history: ChannelHistory::new(now_ms),
-            meta_ttl_ms: millis(meta_ttl),
-        });
+        let stream = self.stream_of(&mut streams, channel, now_ms, millis(meta_ttl))?;
         stream.history.prune(now_ms);
         let state = StreamState {
             position: Some(stream.history.position()),
             recovery: recover_from.map(|(offset, epoch)| stream.history.recover(offset, epoch)),
         };
-        join(state)
+        Ok(join(state))
     }
 
     /// The stream's position, starting it when there is none (see
     /// [`Broker::stream_position`]).
-    pub fn stream_position_now(&self, channel: &str, meta_ttl: Duration) -> Position {
+    ///
+    /// # Errors
+    /// [`StreamsFull`] when there is none and no more may be started.
+    pub fn stream_position_now(
+        &self,
+        channel: &str,
+        meta_ttl: Duration,
+    ) -> Result<Position, StreamsFull> {
         self.subscribe_atomically(channel, Some(meta_ttl), None, |state| {
             state.position.unwrap_or_else(no_stream)
         })
@@ -247,35 +332,68 @@ impl MemoryBroker {
     /// Drops expired publications and presence everywhere, and streams idle past their
     /// meta TTL.
     pub fn expire(&self) {
+        self.expire_unused(|_| true);
+    }
+
+    /// [`expire`](Self::expire), and also drops every stream that was never published to
+    /// and whose channel has not been `in_use` (had no subscriber here) for the broker's
+    /// `unused_ttl` (at most the meta TTL): a subscribe started it only to give its subscriber
+    /// an epoch, and once nobody can come back with that epoch it serves no one. `in_use` is
+    /// called under the stream's lock (the node's hub lock comes after it, as in a join).
+    pub fn expire_unused(&self, in_use: impl Fn(&str) -> bool) {
         let now_ms = self.now_ms();
         for shard in self.streams.iter() {
-            lock(shard).retain(|_, stream| {
+            let mut dropped = 0;
+            lock(shard).retain(|channel, stream| {
                 stream.history.prune(now_ms);
-                !stream.history.is_stale(now_ms, stream.meta_ttl_ms)
+                let mut keep = !stream.history.is_stale(now_ms, stream.meta_ttl_ms);
+                if keep && stream.history.next_offset() == 1 {
+                    if in_use(channel) {
+                        stream.unused_since_ms = None;
+                    } else {
+                        let since = *stream.unused_since_ms.get_or_insert(now_ms);
+                        let grace = self.unused_ttl_ms.min(stream.meta_ttl_ms);
+                        keep = now_ms.saturating_sub(since) < grace;
+                    }
+                }
+                dropped += usize::from(!keep);
+                keep
             });
+            self.stream_count.fetch_sub(dropped, Ordering::AcqRel);
         }
         for shard in self.presence.iter() {
+            let mut dropped = 0;
             lock(shard).retain(|_, clients| {
+                let before = clients.len();
                 clients.retain(|_, present| present.expires_ms > now_ms);
+                dropped += before - clients.len();
                 !clients.is_empty()
             });
+            self.presence_count.fetch_sub(dropped, Ordering::AcqRel);
         }
     }
 
     /// Records `info` as present in `channel` for `ttl`.
     pub fn add_presence_now(&self, channel: &str, info: Arc<ClientInfo>, ttl: Duration) {
         let expires_ms = self.now_ms().saturating_add(millis(ttl));
-        self.presence_shard(channel)
+        let added = self
+            .presence_shard(channel)
             .entry(channel.into())
             .or_default()
-            .insert(info.client.clone(), Present { info, expires_ms });
+            .insert(info.client.clone(), Present { info, expires_ms })
+            .is_none();
+        if added {
+            self.presence_count.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Removes client `client` from `channel`'s presence.
     pub fn remove_presence_now(&self, channel: &str, client: &str) {
         let mut shard = self.presence_shard(channel);
         if let Some(clients) = shard.get_mut(channel) {
-            clients.remove(client);
+            if clients.remove(client).is_some() {
+                self.presence_count.fetch_sub(1, Ordering::AcqRel);
+            }
             if clients.is_empty() {
                 shard.remove(channel);
             }
@@ -341,7 +459,8 @@ impl Broker for MemoryBroker {
         let (kind, payload) = publication.payload();
         let mut copy = Publication::from_payload(kind, payload.clone());
         copy.info = publication.info.clone();
-        Ok(self.publish_now(channel, copy, options))
+        self.publish_now(channel, copy, options)
+            .map_err(|full| BrokerError::Unavailable(full.to_string()))
     }
 
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), BrokerError> {
@@ -378,7 +497,8 @@ impl Broker for MemoryBroker {
         channel: &str,
         meta_ttl: Duration,
     ) -> Result<Position, BrokerError> {
-        Ok(self.stream_position_now(channel, meta_ttl))
+        self.stream_position_now(channel, meta_ttl)
+            .map_err(|full| BrokerError::Unavailable(full.to_string()))
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
@@ -403,5 +523,84 @@ impl Broker for MemoryBroker {
 
     async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, BrokerError> {
         Ok(self.presence_now(channel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn keeping() -> PublishOptions {
+        PublishOptions {
+            history_size: 10,
+            history_ttl: DAY,
+            history_meta_ttl: DAY,
+            ..PublishOptions::default()
+        }
+    }
+
+    fn publish(broker: &MemoryBroker, channel: &str) -> Result<Option<Position>, StreamsFull> {
+        broker.publish_now(
+            channel,
+            Publication::json(Bytes::from_static(b"1")),
+            &keeping(),
+        )
+    }
+
+    #[test]
+    fn past_the_stream_bound_a_new_stream_is_refused_and_an_existing_one_continues() {
+        let broker = MemoryBroker::bounded(1, UNUSED_TTL);
+        assert!(publish(&broker, "a").is_ok());
+        assert_eq!(publish(&broker, "b"), Err(StreamsFull));
+        assert_eq!(
+            broker.subscribe_atomically("b", Some(DAY), None, |_| ()),
+            Err(StreamsFull)
+        );
+        assert_eq!(
+            publish(&broker, "a").map(|p| p.map(|p| p.offset)),
+            Ok(Some(2))
+        );
+        assert_eq!(broker.stream_count(), 1);
+    }
+
+    #[test]
+    fn an_unpublished_stream_is_dropped_once_unused_and_a_published_one_is_kept() {
+        let broker = MemoryBroker::bounded(0, Duration::ZERO);
+        broker
+            .subscribe_atomically("started", Some(DAY), None, |_| ())
+            .unwrap();
+        publish(&broker, "published").unwrap();
+        broker.expire_unused(|channel| channel == "started");
+        assert_eq!(broker.stream_count(), 2, "in use: kept");
+        broker.expire_unused(|_| false);
+        assert_eq!(broker.stream_count(), 1);
+        assert_eq!(
+            broker
+                .history_now("started", &HistoryRange::default())
+                .position,
+            no_stream()
+        );
+        assert_eq!(
+            broker
+                .history_now("published", &HistoryRange::default())
+                .position
+                .offset,
+            1
+        );
+    }
+
+    #[test]
+    fn presence_entries_are_counted_once_each() {
+        let broker = MemoryBroker::default();
+        let info = Arc::new(ClientInfo::new("c", "u", None, None));
+        broker.add_presence_now("a", Arc::clone(&info), DAY);
+        broker.add_presence_now("a", Arc::clone(&info), DAY);
+        broker.add_presence_now("b", Arc::clone(&info), DAY);
+        assert_eq!(broker.presence_count(), 2);
+        broker.remove_presence_now("a", "c");
+        broker.remove_presence_now("a", "c");
+        assert_eq!(broker.presence_count(), 1);
     }
 }

@@ -6,6 +6,10 @@
 //! Anyone may queue a frame or ask for a close through a [`Conn`]; only the connection's own
 //! task writes to its socket. Queueing never waits: past `max_queued_bytes` the queue is
 //! dropped and the connection is marked a slow consumer, which its task then closes.
+//!
+//! Each queued frame is charged its length plus [`FRAME_SLOT_BYTES`]: a publication's bytes
+//! are shared by every subscriber, but the slot that holds them in each queue is not, and a
+//! queue of 3-byte frames would otherwise hold ten times its bound in slots.
 
 mod admission;
 mod rate;
@@ -26,6 +30,10 @@ use crate::kind::Encoding;
 
 pub use admission::{BusyFlag, NodeSlot, NodeSlots, PendingConns, PendingOutcome, PendingPermit};
 pub use rate::MessageRate;
+
+/// What one queued frame costs beyond its bytes: the `Bytes` handle in the queue's slot.
+/// Charged against `max_queued_bytes` with every frame, and given back when it is written.
+pub const FRAME_SLOT_BYTES: usize = std::mem::size_of::<Bytes>();
 
 /// What the server API asks of a client-protocol connection; its task carries it out, since
 /// only the task owns the connection's subscriptions.
@@ -54,7 +62,8 @@ pub enum ServerCommand {
 #[derive(Default)]
 struct Outbox {
     frames: VecDeque<Bytes>,
-    /// Bytes queued here plus bytes taken by the writer and not yet written.
+    /// Bytes queued here plus bytes taken by the writer and not yet written, each frame
+    /// charged [`FRAME_SLOT_BYTES`] more.
     queued: usize,
     close: Option<CloseReason>,
     commands: Vec<ServerCommand>,
@@ -210,14 +219,15 @@ impl Conn {
         if outbox.close.is_some() {
             return false;
         }
-        if outbox.queued + frame.len() > self.max_queued {
+        let cost = frame.len() + FRAME_SLOT_BYTES;
+        if outbox.queued + cost > self.max_queued {
             outbox.close = Some(CloseReason::SlowConsumer);
             outbox.frames = VecDeque::new();
             drop(outbox);
             self.wake.wake();
             return false;
         }
-        outbox.queued += frame.len();
+        outbox.queued += cost;
         let was_empty = outbox.frames.is_empty();
         outbox.frames.push_back(frame.clone());
         drop(outbox);
@@ -240,7 +250,7 @@ impl Conn {
         if outbox.close.is_some() {
             return;
         }
-        outbox.queued += frame.len();
+        outbox.queued += frame.len() + FRAME_SLOT_BYTES;
         let index = index.min(outbox.frames.len());
         outbox.frames.insert(index, frame);
         drop(outbox);
@@ -262,7 +272,7 @@ impl Conn {
         if outbox.close.is_some() {
             return;
         }
-        outbox.queued += frame.len();
+        outbox.queued += frame.len() + FRAME_SLOT_BYTES;
         outbox.frames.push_back(frame);
         drop(outbox);
         self.wake.wake();
@@ -289,13 +299,23 @@ impl Conn {
         outbox.close
     }
 
-    /// Records that the writer put `n` bytes on the wire.
-    pub(crate) fn written(&self, n: usize) {
+    /// Records that the writer put `n` bytes on the wire and finished `frames` frames (which
+    /// gives their slots back).
+    pub(crate) fn written(&self, n: usize, frames: usize) {
         let mut outbox = self.outbox();
-        outbox.queued = outbox.queued.saturating_sub(n);
+        outbox.queued = outbox.queued.saturating_sub(n + frames * FRAME_SLOT_BYTES);
     }
 
-    /// Bytes waiting to be written.
+    /// The most bytes one reply may take now (a history reply, a subscribe reply carrying
+    /// recovered publications): half the queue bound, leaving the other half to what is
+    /// published while the client reads it, and never more than the room left. A reply cut
+    /// to this is never what closes a connection as a slow consumer.
+    pub(crate) fn reply_budget(&self) -> usize {
+        let queued = self.outbox().queued;
+        (self.max_queued / 2).min(self.max_queued.saturating_sub(queued))
+    }
+
+    /// Bytes waiting to be written, each frame counted [`FRAME_SLOT_BYTES`] more.
     pub fn queued_bytes(&self) -> usize {
         self.outbox().queued
     }
@@ -552,7 +572,7 @@ mod tests {
 
     #[test]
     fn overflow_marks_a_slow_consumer_and_drops_the_queue() {
-        let conn = conn(10);
+        let conn = conn(2 * FRAME_SLOT_BYTES + 10);
         let frame = Bytes::from_static(b"123456");
         assert!(conn.push(&frame));
         assert!(!conn.push(&frame));
@@ -570,34 +590,48 @@ mod tests {
 
     #[test]
     fn pongs_count_against_the_queue_bound() {
-        let conn = Conn::new(1, Door::Chat, "", 0, 1024, 0);
+        let each = 100 + FRAME_SLOT_BYTES;
+        let conn = Conn::new(1, Door::Chat, "", 0, 10 * each + 99, 0);
         let pong = Bytes::from(vec![0u8; 100]);
         for _ in 0..10 {
             conn.push_pong(&pong);
         }
-        assert_eq!(conn.queued_bytes(), 1000);
+        assert_eq!(conn.queued_bytes(), 10 * each);
         conn.push_pong(&pong);
         let mut taken = VecDeque::new();
         assert_eq!(
             conn.take_queued(&mut taken),
             Some(CloseReason::SlowConsumer),
-            "the 11th pong passes 1024 bytes"
+            "the 11th pong passes the bound"
         );
     }
 
     #[test]
+    fn each_frame_is_charged_its_queue_slot() {
+        // 3-byte frames (a 1-byte plain message): without the slot charge a 1 KiB bound would
+        // hold 341 of them, whose slots alone take 11 KiB.
+        let conn = conn(1024);
+        let tiny = Bytes::from_static(b"\x81\x01a");
+        let mut queued = 0;
+        while conn.push(&tiny) {
+            queued += 1;
+        }
+        assert_eq!(queued, 1024 / (3 + FRAME_SLOT_BYTES));
+    }
+
+    #[test]
     fn written_bytes_free_queue_space() {
-        let conn = conn(10);
+        let conn = conn(FRAME_SLOT_BYTES + 10);
         let frame = Bytes::from_static(b"123456");
         assert!(conn.push(&frame));
         let mut taken = VecDeque::new();
         assert_eq!(conn.take_queued(&mut taken), None);
         assert_eq!(
             conn.queued_bytes(),
-            6,
+            6 + FRAME_SLOT_BYTES,
             "taken but unwritten bytes still count"
         );
-        conn.written(6);
+        conn.written(6, 1);
         assert!(conn.push(&frame));
     }
 
@@ -622,7 +656,11 @@ mod tests {
         };
         let conn = conn(100);
         conn.sweep(1000, &timing, 0, &ping);
-        assert_eq!(conn.queued_bytes(), 1, "a ping is due after one interval");
+        assert_eq!(
+            conn.queued_bytes(),
+            1 + FRAME_SLOT_BYTES,
+            "a ping is due after one interval"
+        );
         conn.sweep(2000, &timing, 0, &ping);
         assert_eq!(
             conn.take_queued(&mut VecDeque::new()),

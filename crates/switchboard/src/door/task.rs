@@ -131,14 +131,15 @@ impl Writer {
                 *slot = IoSlice::new(&frame[start..]);
                 count += 1;
             }
-            let mut written = match tcp.try_write_vectored(&slices[..count]) {
+            let n = match tcp.try_write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             };
-            conn.written(written);
-            stats.bytes_out += written as u64;
+            stats.bytes_out += n as u64;
+            let finished_before = stats.messages_out;
+            let mut written = n;
             while written > 0 {
                 let Some(front) = self.frames.front() else {
                     break;
@@ -154,6 +155,7 @@ impl Writer {
                     written = 0;
                 }
             }
+            conn.written(n, (stats.messages_out - finished_before) as usize);
         }
         if self.frames.capacity() > 256 {
             self.frames = VecDeque::new();
@@ -206,10 +208,13 @@ enum ReadOutcome {
 
 impl Socket {
     /// Reads what the socket has and handles every complete frame.
+    ///
+    /// Only a whole frame is a sign of life for the heartbeat deadline, not bytes: a client
+    /// that trickles a frame a byte at a time (slowloris) is closed like a silent one.
     fn read_available(&mut self, session: &Session) -> Result<ReadOutcome, CloseReason> {
-        let mut got_bytes = false;
-        let outcome = self.read_loop(session, &mut got_bytes);
-        if got_bytes {
+        let mut got_frame = false;
+        let outcome = self.read_loop(session, &mut got_frame);
+        if got_frame {
             session.conn.touch(session.state.clock_ms());
         }
         outcome
@@ -218,7 +223,7 @@ impl Socket {
     fn read_loop(
         &mut self,
         session: &Session,
-        got_bytes: &mut bool,
+        got_frame: &mut bool,
     ) -> Result<ReadOutcome, CloseReason> {
         // Bounded so one busy client cannot starve the others on this worker.
         for _ in 0..16 {
@@ -235,8 +240,8 @@ impl Socket {
                     }
                     Err(_) => return Ok(ReadOutcome::Eof),
                 };
-                *got_bytes = true;
                 let used = self.feed(session, &mut buf[..n])?;
+                *got_frame |= used > 0;
                 if used < n {
                     self.partial.extend_from_slice(&buf[used..n]);
                 }
@@ -263,10 +268,10 @@ impl Socket {
                         return Ok(ReadOutcome::Eof);
                     }
                 };
-                *got_bytes = true;
                 self.partial.truncate(held + n);
                 let mut partial = std::mem::take(&mut self.partial);
                 let used = self.feed(session, &mut partial)?;
+                *got_frame |= used > 0;
                 partial.drain(..used);
                 if !partial.is_empty() {
                     self.partial = partial;
@@ -511,7 +516,12 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
                     Ok(rules) => {
                         state
                             .node
-                            .publish_then(order, channel, rules, publication, |_| {})
+                            .publish_then(order, channel, rules, publication, |published| {
+                                // A plain client has no reply to read; the log says why.
+                                if let Err(error) = published {
+                                    tracing::warn!(event = "publish_refused", %error, "a plain door's message was not published");
+                                }
+                            })
                     }
                     Err(error) => {
                         tracing::error!(event = "publish_failed", channel = %channel, %error)

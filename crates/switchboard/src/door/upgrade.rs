@@ -280,6 +280,12 @@ fn check<B>(state: &Arc<State>, client: IpAddr, req: &Request<B>) -> Result<Admi
         .slots
         .reserve(state.config.server.max_connections)
         .ok_or(Rejection::NodeFull)?;
+    // Refused before the upgrade, so a plain client sees an HTTP status, not a closed socket.
+    if let Some(channel) = &channel {
+        if state.node.admit_channel(channel).is_err() {
+            return Err(Rejection::ChannelLimit);
+        }
+    }
     let permit = state
         .ip_limits
         .acquire(
@@ -324,7 +330,7 @@ fn refused_log(refused: &Rejection, client: IpAddr, trace_id: &str, path: &str) 
         Rejection::OriginNotAllowed => {
             tracing::warn!(event = "origin_rejected", ip = %client, trace_id, path, code, "upgrade refused: origin not allowed");
         }
-        Rejection::TooManyConnectionsPerIp | Rejection::NodeFull => {
+        Rejection::TooManyConnectionsPerIp | Rejection::NodeFull | Rejection::ChannelLimit => {
             tracing::warn!(event = "limit_exceeded", ip = %client, trace_id, path, code, reason = %refused, "upgrade refused: connection limit");
         }
         Rejection::BadUpgrade(_)

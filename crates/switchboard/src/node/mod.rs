@@ -28,7 +28,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::memory::{MemoryBroker, StreamState};
+use crate::broker::memory::{MemoryBroker, StreamState, StreamsFull};
 use crate::broker::{
     Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, Position,
     PublishOptions,
@@ -70,6 +70,17 @@ pub(crate) struct NodeSettings {
     pub(crate) broker_timeout: Duration,
     /// How long a stream position outlives its last publication.
     pub(crate) history_meta_ttl: Duration,
+    /// Most channels with subscribers here (0: no limit).
+    pub(crate) max_channels: usize,
+    /// Most streams the memory broker keeps (0: no limit).
+    pub(crate) max_history_streams: usize,
+    /// How long a never-published stream outlives its last subscriber (memory broker).
+    pub(crate) history_unused_ttl: Duration,
+    /// Most presence entries of this node's clients (0: no limit).
+    pub(crate) max_presence_entries: usize,
+    /// The largest frame a connection may be sent (its queue bound): a publication that
+    /// would make a larger one is refused.
+    pub(crate) max_frame_bytes: usize,
 }
 
 /// The engine behind the node.
@@ -230,7 +241,13 @@ impl Node {
         settings: NodeSettings,
     ) -> Arc<Node> {
         let (engine, remote) = match broker {
-            None => (Engine::Memory(Arc::new(MemoryBroker::default())), None),
+            None => (
+                Engine::Memory(Arc::new(MemoryBroker::bounded(
+                    settings.max_history_streams,
+                    settings.history_unused_ttl,
+                ))),
+                None,
+            ),
             Some(broker) => {
                 let (senders, receivers): (Vec<_>, Vec<_>) =
                     (0..WORKERS).map(|_| mpsc::channel(WORKER_QUEUE)).unzip();
@@ -278,7 +295,7 @@ impl Node {
                             _ = tick.tick() => {}
                         }
                         if let Engine::Memory(memory) = &node.engine {
-                            memory.expire();
+                            memory.expire_unused(|channel| node.hub.has_channel(channel));
                         }
                     }
                 });
@@ -363,12 +380,84 @@ impl Node {
         Snapshot {
             channels: self.hub.channel_count(),
             subscriptions: self.hub.subscription_count(),
+            history_streams: match &self.engine {
+                Engine::Memory(memory) => memory.stream_count(),
+                Engine::Remote(_) => 0,
+            },
+            presence_entries: self.presence_entries(),
             uptime_secs: self.uptime_secs(),
             broker_connected: health.connected,
             broker_round_trip_secs: health.round_trip.map_or(0.0, |rtt| rtt.as_secs_f64()),
             broker_reconnects: health.reconnects,
             cluster_nodes: self.peers.live(self.peer_ttl()).len().max(1),
         }
+    }
+
+    /// Presence entries of this node's clients.
+    fn presence_entries(&self) -> usize {
+        match (&self.engine, &self.remote) {
+            (Engine::Memory(memory), _) => memory.presence_count(),
+            (Engine::Remote(_), Some(remote)) => lock(&remote.presence).len(),
+            (Engine::Remote(_), None) => 0,
+        }
+    }
+
+    /// Whether a subscriber of `channel` may join here: the channel has subscribers already,
+    /// or the node holds fewer than `limits.max_channels`. Checked before the join, so joins
+    /// racing for the last slot may pass the bound by the few running at that instant.
+    ///
+    /// # Errors
+    /// [`ClientError::NodeLimit`] when it would open one channel too many.
+    pub(crate) fn admit_channel(&self, channel: &str) -> Result<(), ClientError> {
+        let max = self.settings.max_channels;
+        if max != 0 && self.hub.channel_count() >= max && !self.hub.has_channel(channel) {
+            self.metrics
+                .node_limits
+                .with_label_values(&["channels"])
+                .inc();
+            return Err(ClientError::NodeLimit);
+        }
+        Ok(())
+    }
+
+    /// Whether `request` may join: [`admit_channel`](Self::admit_channel), and room for its
+    /// presence entry under `limits.max_presence_entries`.
+    fn admit(&self, request: &JoinRequest) -> Result<(), ClientError> {
+        self.admit_channel(&request.channel)?;
+        let max = self.settings.max_presence_entries;
+        if request.rules.presence && max != 0 && self.presence_entries() >= max {
+            self.metrics
+                .node_limits
+                .with_label_values(&["presence"])
+                .inc();
+            return Err(ClientError::NodeLimit);
+        }
+        Ok(())
+    }
+
+    /// A publication refused before it reaches the broker: its frame could never be queued.
+    fn refuse_oversized(
+        &self,
+        channel: &str,
+        publication: &Publication,
+    ) -> Result<(), ClientError> {
+        if publication.fits(channel, self.settings.max_frame_bytes) {
+            return Ok(());
+        }
+        self.metrics
+            .node_limits
+            .with_label_values(&["publication_size"])
+            .inc();
+        Err(ClientError::TooLarge)
+    }
+
+    /// The memory broker refused to start one more stream.
+    fn streams_full(&self, _: StreamsFull) -> ClientError {
+        self.metrics
+            .node_limits
+            .with_label_values(&["history_streams"])
+            .inc();
+        ClientError::NodeLimit
     }
 
     fn peer_ttl(&self) -> Duration {
@@ -431,7 +520,10 @@ impl Node {
     /// position after it when the channel keeps history.
     ///
     /// # Errors
-    /// [`ClientError::Unavailable`] when the broker cannot take it.
+    /// [`ClientError::Unavailable`] when the broker cannot take it; [`ClientError::TooLarge`]
+    /// when its frame could never be delivered; [`ClientError::NodeLimit`] when it would
+    /// start a stream past `limits.max_history_streams`. Nothing is published on an error
+    /// but the first.
     pub(crate) async fn publish(
         &self,
         channel: &str,
@@ -439,10 +531,13 @@ impl Node {
         publication: Publication,
         idempotency_key: Option<Box<str>>,
     ) -> Result<Option<Position>, ClientError> {
+        self.refuse_oversized(channel, &publication)?;
         self.metrics.publications.inc();
         let options = self.options(rules, idempotency_key);
         match &self.engine {
-            Engine::Memory(memory) => Ok(memory.publish_now(channel, publication, &options)),
+            Engine::Memory(memory) => memory
+                .publish_now(channel, publication, &options)
+                .map_err(|full| self.streams_full(full)),
             Engine::Remote(broker) => self
                 .call(broker.publish(channel, &publication, &options))
                 .await
@@ -464,10 +559,16 @@ impl Node {
         publication: Publication,
         done: impl FnOnce(Result<Option<Position>, ClientError>) + Send + 'static,
     ) {
+        if let Err(error) = self.refuse_oversized(channel, &publication) {
+            return done(Err(error));
+        }
         if let Engine::Memory(memory) = &self.engine {
             self.metrics.publications.inc();
             let options = self.options(rules, None);
-            return done(Ok(memory.publish_now(channel, publication, &options)));
+            let published = memory
+                .publish_now(channel, publication, &options)
+                .map_err(|full| self.streams_full(full));
+            return done(published);
         }
         let (node, channel, rules) = (Arc::clone(self), Box::<str>::from(channel), rules.clone());
         let before = order.last.take();
@@ -492,6 +593,10 @@ impl Node {
     /// joined when that was decided at once (memory); `None` when the answer comes later
     /// through `ServerCommand::Joined` (remote).
     pub(crate) fn join(self: &Arc<Self>, request: JoinRequest, reply: JoinReply) -> Option<bool> {
+        if let Err(error) = self.admit(&request) {
+            reply(Err(error));
+            return Some(false);
+        }
         match &self.engine {
             Engine::Memory(memory) => {
                 let history = request
@@ -502,14 +607,25 @@ impl Node {
                     .recover_from
                     .as_ref()
                     .map(|(offset, epoch)| (*offset, &**epoch));
+                let mut reply = Some(reply);
                 let joined =
                     memory.subscribe_atomically(&request.channel, history, recover_from, |found| {
-                        let go = reply(Ok(found));
+                        let go = reply.take().is_some_and(|reply| reply(Ok(found)));
                         if go {
                             self.hub.subscribe(&request.channel, &request.conn);
                         }
                         go
                     });
+                let joined = match joined {
+                    Ok(joined) => joined,
+                    Err(full) => {
+                        let error = self.streams_full(full);
+                        if let Some(reply) = reply.take() {
+                            reply(Err(error));
+                        }
+                        false
+                    }
+                };
                 if joined {
                     self.joined(&request);
                 }
@@ -767,7 +883,9 @@ impl Node {
     pub(crate) async fn stream_position(&self, channel: &str) -> Result<Position, ClientError> {
         let meta_ttl = self.settings.history_meta_ttl;
         match &self.engine {
-            Engine::Memory(memory) => Ok(memory.stream_position_now(channel, meta_ttl)),
+            Engine::Memory(memory) => memory
+                .stream_position_now(channel, meta_ttl)
+                .map_err(|full| self.streams_full(full)),
             Engine::Remote(broker) => self
                 .call(broker.stream_position(channel, meta_ttl))
                 .await

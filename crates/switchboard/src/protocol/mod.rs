@@ -506,16 +506,18 @@ impl ClientSession {
         let generation = self.generations;
         let ticket = Arc::new(JoinTicket::default());
         let metrics_node = Arc::clone(&self.state.node);
+        let reply_conn = Arc::clone(&self.conn);
         let (conn_id, error_channel) = (self.conn.id, channel.to_owned());
         let reply = Box::new(move |found: Result<StreamState, ClientError>| {
             let found = match found {
                 Ok(found) => found,
                 Err(error) => {
-                    tracing::warn!(event = "subscribe_failed", conn_id, channel = %error_channel, %error, "subscribe could not reach the broker");
+                    tracing::warn!(event = "subscribe_failed", conn_id, channel = %error_channel, %error, "subscribe refused or the broker could not be reached");
                     return queue(Err(error));
                 }
             };
-            let mut result = subscribe_result(found, recoverable, encoding);
+            let budget = reply_conn.reply_budget();
+            let mut result = subscribe_result(found, recoverable, encoding, budget);
             if expires_at != 0 {
                 result.expires = true;
                 result.ttl = ttl_of(expires_at);
@@ -684,7 +686,9 @@ impl ClientSession {
             &channel,
             range,
             move |found: Result<HistoryPage, ClientError>| {
-                let result = found.and_then(|page| history_result(page, &since_epoch, encoding));
+                let result = found.and_then(|page| {
+                    history_result(page, &since_epoch, encoding, conn.reply_budget())
+                });
                 let reply = match result {
                     Ok(history) => Reply {
                         id,

@@ -1,6 +1,12 @@
 //! The protocol's result shapes for presence, presence stats, history and subscribe, made
 //! from what the node found. Shared by the client protocol and the server API (which answers
 //! in the same shapes); pure functions of data, no state.
+//!
+//! Replies that carry publications are cut to a byte budget (what the connection may queue,
+//! see `Conn::reply_budget`), so a reply is never what closes a client as a slow consumer.
+//! A recovery that does not fit is answered `recovered: false` with the newest publications
+//! that fit (contiguous with the live ones that follow); a history page that does not fit is
+//! its first publications that fit, in the order asked for, to be continued with `since`.
 
 use std::sync::Arc;
 
@@ -18,11 +24,35 @@ fn publication_bodies(
     publications.iter().map(|p| p.body(encoding)).collect()
 }
 
-/// The subscribe result for what the stream held (and, when asked, what recovery found).
+/// Room for a reply's own fields (id, epoch, offset, keys) around its publications.
+const REPLY_OVERHEAD: usize = 256;
+
+/// How many of `publications`, taken in the order given, fit in `budget` bytes.
+fn fitting<'a>(
+    publications: impl Iterator<Item = &'a Arc<Publication>>,
+    budget: usize,
+    encoding: Encoding,
+) -> usize {
+    let mut left = budget.saturating_sub(REPLY_OVERHEAD);
+    let mut count = 0;
+    for publication in publications {
+        let len = publication.body_len(encoding);
+        if len > left {
+            break;
+        }
+        left -= len;
+        count += 1;
+    }
+    count
+}
+
+/// The subscribe result for what the stream held (and, when asked, what recovery found),
+/// its publications cut to `budget` bytes.
 pub(crate) fn subscribe_result(
     found: StreamState,
     recoverable: bool,
     encoding: Encoding,
+    budget: usize,
 ) -> SubscribeResult {
     let mut result = SubscribeResult::default();
     let Some(position) = found.position else {
@@ -36,8 +66,12 @@ pub(crate) fn subscribe_result(
     if let Some(recovery) = found.recovery {
         result.was_recovering = true;
         if let Ok(publications) = recovery {
-            result.recovered = true;
-            result.publications = publication_bodies(&publications, encoding);
+            let fit = fitting(publications.iter().rev(), budget, encoding);
+            // All of them, or (a gap the client must be told of) the newest that fit: they
+            // end at the stream's top, so the live publications continue them with no gap.
+            result.recovered = fit == publications.len();
+            result.publications =
+                publication_bodies(&publications[publications.len() - fit..], encoding);
         }
     }
     result
@@ -76,7 +110,8 @@ pub(crate) fn history_range(request: &wire::HistoryRequest) -> (HistoryRange, St
     (range, epoch)
 }
 
-/// The history result for what the stream held.
+/// The history result for what the stream held: its first publications (in the order
+/// asked for) that fit in `budget` bytes.
 ///
 /// # Errors
 /// [`ClientError::Unrecoverable`] when `since_epoch` names another epoch than the stream's.
@@ -84,13 +119,85 @@ pub(crate) fn history_result(
     page: HistoryPage,
     since_epoch: &str,
     encoding: Encoding,
+    budget: usize,
 ) -> Result<HistoryResult, ClientError> {
     if !since_epoch.is_empty() && since_epoch != &*page.position.epoch {
         return Err(ClientError::Unrecoverable);
     }
+    let fit = fitting(page.publications.iter(), budget, encoding);
     Ok(HistoryResult {
-        publications: publication_bodies(&page.publications, encoding),
+        publications: publication_bodies(&page.publications[..fit], encoding),
         epoch: page.position.epoch.to_string(),
         offset: page.position.offset,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Position;
+    use bytes::Bytes;
+
+    /// Publications `offsets`, each about 1 KiB.
+    fn kept(offsets: std::ops::RangeInclusive<u64>) -> Vec<Arc<Publication>> {
+        offsets
+            .map(|offset| {
+                let data = Bytes::from(format!("\"{}\"", "x".repeat(1000)));
+                Arc::new(Publication::json(data).positioned(offset, None))
+            })
+            .collect()
+    }
+
+    fn offsets_of(bodies: &[wire::PublicationBody]) -> Vec<u64> {
+        bodies.iter().map(|body| body.offset).collect()
+    }
+
+    fn recovering(publications: Vec<Arc<Publication>>) -> StreamState {
+        StreamState {
+            position: Some(Position {
+                offset: 10,
+                epoch: "e".into(),
+            }),
+            recovery: Some(Ok(publications)),
+        }
+    }
+
+    #[test]
+    fn a_recovery_within_the_budget_is_recovered_whole() {
+        let result = subscribe_result(recovering(kept(1..=10)), true, Encoding::Json, 1 << 20);
+        assert!(result.recovered);
+        assert_eq!(
+            offsets_of(&result.publications),
+            (1..=10).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_recovery_over_the_budget_is_not_recovered_and_keeps_the_newest_that_fit() {
+        let result = subscribe_result(recovering(kept(1..=10)), true, Encoding::Json, 4096);
+        assert!(result.was_recovering && !result.recovered);
+        let got = offsets_of(&result.publications);
+        assert!(!got.is_empty() && got.len() < 10, "{got:?}");
+        assert_eq!(got, (11 - got.len() as u64..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_history_page_over_the_budget_keeps_the_first_in_the_order_asked() {
+        let page = |publications| HistoryPage {
+            publications,
+            position: Position {
+                offset: 10,
+                epoch: "e".into(),
+            },
+        };
+        let oldest_first = history_result(page(kept(1..=10)), "", Encoding::Json, 4096).unwrap();
+        let got = offsets_of(&oldest_first.publications);
+        assert!(!got.is_empty() && got.len() < 10, "{got:?}");
+        assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+        let mut newest = kept(1..=10);
+        newest.reverse();
+        let newest_first = history_result(page(newest), "", Encoding::Json, 4096).unwrap();
+        assert_eq!(offsets_of(&newest_first.publications)[0], 10);
+        assert_eq!(newest_first.offset, 10);
+    }
 }

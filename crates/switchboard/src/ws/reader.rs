@@ -10,6 +10,11 @@
 //! With permessage-deflate negotiated, a message whose first frame has RSV1 set is compressed:
 //! its frames are gathered as they come, inflated whole (never past the message limit), and
 //! only then checked for UTF-8 and handed over. RSV1 anywhere else is a protocol error.
+//!
+//! A fragmented message may have at most [`max_fragments`] frames: without a count, empty
+//! continuation frames would never reach the size limit, and a client could keep the node
+//! parsing frames at its line rate without ever finishing a message (which is what the
+//! message rate counts).
 
 use super::deflate::{DeflateError, Inflater};
 use super::frame::{self, FrameError, Opcode};
@@ -30,6 +35,20 @@ pub enum Event<'a> {
     Close(Option<u16>),
 }
 
+/// Frames of one message are, on average, at least this long: at most
+/// `max_message / MIN_AVERAGE_FRAGMENT` fragments (RFC 6455 test suites send 64-byte fragments).
+const MIN_AVERAGE_FRAGMENT: usize = 64;
+
+/// Fragments one message may never exceed whatever the size limit, so that short messages split
+/// byte by byte stay valid.
+const MIN_FRAGMENTS: usize = 64;
+
+/// The most frames one message may arrive in, for a message limit of `max_message` bytes; more
+/// closes the connection as for a message too big (1009).
+pub fn max_fragments(max_message: usize) -> usize {
+    (max_message / MIN_AVERAGE_FRAGMENT).max(MIN_FRAGMENTS)
+}
+
 /// Frame reassembly state for one connection.
 #[derive(Debug, Default)]
 pub struct MessageReader {
@@ -44,6 +63,8 @@ pub struct MessageReader {
     inflater: Option<Box<Inflater>>,
     /// The message in progress is compressed.
     compressed: bool,
+    /// Frames of the fragmented message in progress so far.
+    fragments: usize,
 }
 
 /// Checks that `bytes` is UTF-8, allowing an incomplete character at the end when `partial`.
@@ -170,6 +191,7 @@ impl MessageReader {
                     return Err(CloseReason::ProtocolError);
                 }
                 self.utf8_checked = 0;
+                self.fragments = 0;
                 self.fragmented = Some((opcode, Vec::new()));
                 self.append_fragment(fin, payload, on_event)
             }
@@ -195,6 +217,7 @@ impl MessageReader {
             (Opcode::Text | Opcode::Binary, false) => {
                 if !fin {
                     self.compressed = true;
+                    self.fragments = 1;
                     self.fragmented = Some((opcode, payload.to_vec()));
                     return Ok(());
                 }
@@ -238,13 +261,16 @@ impl MessageReader {
         }
     }
 
-    /// Adds a fragment to the message in progress, within the message limit; returns the
-    /// message's opcode.
+    /// Adds a fragment to the message in progress, within the message limit and the fragment
+    /// count; returns the message's opcode.
     fn gather(&mut self, payload: &[u8]) -> Result<Opcode, CloseReason> {
         let Some((opcode, bytes)) = self.fragmented.as_mut() else {
             return Err(CloseReason::ProtocolError);
         };
-        if bytes.len() + payload.len() > self.max_message {
+        self.fragments += 1;
+        if bytes.len() + payload.len() > self.max_message
+            || self.fragments > max_fragments(self.max_message)
+        {
             return Err(CloseReason::MessageTooBig);
         }
         bytes.extend_from_slice(payload);
@@ -389,6 +415,27 @@ mod tests {
         bytes.extend(masked(0x80, &[0; 60]));
         assert_eq!(
             collect(&mut MessageReader::new(100), &bytes),
+            Err(CloseReason::MessageTooBig)
+        );
+    }
+
+    #[test]
+    fn a_message_in_more_fragments_than_the_bound_is_too_big() {
+        // 1000-byte limit: 64 fragments at most, even empty ones.
+        let mut bytes = masked(0x01, b"");
+        for _ in 0..62 {
+            bytes.extend(masked(0x00, b""));
+        }
+        let mut at_bound = bytes.clone();
+        at_bound.extend(masked(0x80, b"ok"));
+        assert_eq!(
+            collect(&mut MessageReader::new(1000), &at_bound).unwrap(),
+            ["text:ok"]
+        );
+        bytes.extend(masked(0x00, b""));
+        bytes.extend(masked(0x80, b"late"));
+        assert_eq!(
+            collect(&mut MessageReader::new(1000), &bytes),
             Err(CloseReason::MessageTooBig)
         );
     }
