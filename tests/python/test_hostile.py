@@ -233,6 +233,60 @@ def test_a_ping_flood_is_closed_by_the_message_rate(make_server):
     still_serves(server)
 
 
+def test_slowloris_headers_from_one_address_are_held_to_the_per_ip_pending_bound(make_server):
+    # Each socket sends part of a request and then nothing. From one address at most
+    # server.max_pending_handshakes_per_ip (256 by default) are kept; the rest are closed at
+    # once, before the node reads or answers anything; other addresses are served meanwhile.
+    server = make_server(env={"SWITCHBOARD_HANDSHAKE_TIMEOUT": "60s"})
+    before = rss_kib(server.proc.pid)
+    opened = []
+    for _ in range(1000):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        try:
+            sock.sendall(b"GET /ws/chat/a HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        except OSError:
+            pass  # closed already
+        opened.append(sock)
+    closed = set()
+    deadline = time.monotonic() + 20
+    while len(closed) < 1000 - 256 and time.monotonic() < deadline:
+        for i, sock in enumerate(opened):
+            if i in closed:
+                continue
+            sock.setblocking(False)
+            try:
+                if sock.recv(4096) == b"":
+                    closed.add(i)
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed.add(i)
+        time.sleep(0.05)
+    held = rss_kib(server.proc.pid) - before
+    assert len(closed) == 1000 - 256, f"{len(closed)} of 1000 closed"
+    assert min(closed) >= 256, "the first 256 are the ones kept"
+
+    async def other_address():
+        url = f"ws://{server.base}/ws/chat/ok?token={server.token('other')}"
+        async with websockets.connect(url, local_addr=("127.0.0.2", 0)) as ws:
+            await ws.send("still here")
+            assert await asyncio.wait_for(ws.recv(), 5) == "still here"
+    asyncio.run(other_address())
+    print(f"RSS grew {held} KiB with 256 slow sockets held, 744 closed")
+    for sock in opened:
+        sock.close()
+    # The node frees the places as it sees the sockets end; until then 127.0.0.1 is refused.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _, body = server.get("/metrics")
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "127.0.0.1 is served again once its sockets end"
+            time.sleep(0.05)
+    assert 'switchboard_pending_closed_total{reason="per_ip"} 744' in body, body
+
+
 PROTOCOL_CONFIG = """
 [token]
 allow_anonymous = true

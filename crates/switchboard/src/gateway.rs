@@ -1,7 +1,9 @@
 //! The gateway: the accept loop, the heartbeat sweep and graceful shutdown.
 //!
-//! The accept loop only accepts: it sets TCP_NODELAY and keepalive, and spawns the HTTP
-//! connection on the [`TaskTracker`]; the handshake and its timeout run inside that task.
+//! The accept loop only accepts: the socket inherits TCP_NODELAY and keepalive from the
+//! listener, takes a pending place (or is closed at once over the bounds, see
+//! `conn::PendingConns`), and its HTTP connection is spawned on the [`TaskTracker`]; the
+//! handshake and its timeout run inside that task.
 //! Upgraded WebSockets are spawned on the same tracker (hyper does not track them), so
 //! shutdown can wait for every socket. One sweep task serves every connection's heartbeat and
 //! token deadline, instead of a timer per connection.
@@ -334,17 +336,16 @@ async fn accept_error(error: std::io::Error) {
 async fn serve_http(state: Arc<State>, tcp: TcpStream, peer: SocketAddr, permit: PendingPermit) {
     let io = TokioIo::new(tcp);
     let state2 = Arc::clone(&state);
-    let permit = Arc::new(permit);
-    let busy = Arc::clone(&permit);
+    let busy = permit.busy_flag();
     let service = service_fn(move |req: http::Request<Incoming>| {
         let state = Arc::clone(&state2);
-        let busy = Arc::clone(&busy);
-        busy.set_busy(true);
+        let busy = busy.clone();
+        busy.set(true);
         async move {
             let response = crate::door::handle(state, peer, req).await;
             // A 101 stays busy: the socket is leaving for its WebSocket task.
             if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                busy.set_busy(false);
+                busy.set(false);
             }
             Ok::<_, Infallible>(response)
         }

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 /// The node's WebSocket slots (`server.max_connections`).
 #[derive(Default)]
@@ -90,16 +90,34 @@ struct PendingInner {
 struct Entry {
     /// The key it counts under per IP; `None` for a trusted proxy.
     key: Option<IpAddr>,
-    busy: Arc<AtomicBool>,
-    evict: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+/// What the registry and the connection's task both see (one allocation per connection).
+#[derive(Default)]
+struct Shared {
+    /// Inside a request, or answered 101: never closed to make room.
+    busy: AtomicBool,
+    /// Told once when the connection is chosen to close; the permit is kept until it looks.
+    evict: Notify,
 }
 
 /// One pending connection's place; dropping it (upgrade done, or socket closed) frees it.
 pub struct PendingPermit {
     conns: Arc<PendingConns>,
     id: u64,
-    busy: Arc<AtomicBool>,
-    evict: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+/// Marks one pending connection busy or idle, from inside its HTTP service.
+#[derive(Clone)]
+pub struct BusyFlag(Arc<Shared>);
+
+impl BusyFlag {
+    /// Inside a request (or upgrading): never closed to make room; or between requests again.
+    pub fn set(&self, busy: bool) {
+        self.0.busy.store(busy, Ordering::Release);
+    }
 }
 
 impl PendingConns {
@@ -135,13 +153,13 @@ impl PendingConns {
             let oldest_idle = inner
                 .entries
                 .iter()
-                .find(|(_, entry)| !entry.busy.load(Ordering::Acquire))
+                .find(|(_, entry)| !entry.shared.busy.load(Ordering::Acquire))
                 .map(|(id, _)| *id);
             let Some(id) = oldest_idle else {
                 return Err(PendingOutcome::NodeFull);
             };
             if let Some(entry) = inner.remove(id) {
-                entry.evict.cancel();
+                entry.shared.evict.notify_one();
                 evicted = true;
             }
         }
@@ -150,22 +168,19 @@ impl PendingConns {
         if let Some(key) = key {
             *inner.per_ip.entry(key).or_insert(0) += 1;
         }
-        let busy = Arc::new(AtomicBool::new(false));
-        let evict = CancellationToken::new();
+        let shared = Arc::new(Shared::default());
         inner.entries.insert(
             id,
             Entry {
                 key,
-                busy: Arc::clone(&busy),
-                evict: evict.clone(),
+                shared: Arc::clone(&shared),
             },
         );
         Ok((
             PendingPermit {
                 conns: Arc::clone(self),
                 id,
-                busy,
-                evict,
+                shared,
             },
             evicted,
         ))
@@ -202,15 +217,14 @@ impl PendingInner {
 }
 
 impl PendingPermit {
-    /// Marks the connection as inside a request (or upgrading), which is never closed to make
-    /// room, or as between requests again.
-    pub fn set_busy(&self, busy: bool) {
-        self.busy.store(busy, Ordering::Release);
+    /// The flag its HTTP service sets while a request is answered.
+    pub fn busy_flag(&self) -> BusyFlag {
+        BusyFlag(Arc::clone(&self.shared))
     }
 
     /// Completes when this connection was chosen to close to make room for a newer one.
     pub async fn evicted(&self) {
-        self.evict.cancelled().await
+        self.shared.evict.notified().await
     }
 }
 
@@ -225,6 +239,12 @@ impl Drop for PendingPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use futures_util::FutureExt;
+
+    fn was_evicted(permit: &PendingPermit) -> bool {
+        permit.evicted().now_or_never().is_some()
+    }
 
     fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([192, 0, 2, last]))
@@ -259,15 +279,15 @@ mod tests {
         let conns = Arc::new(PendingConns::new(2, 0));
         let (first, _) = conns.admit(ip(1)).unwrap();
         let (second, _) = conns.admit(ip(2)).unwrap();
-        first.set_busy(true);
+        first.busy_flag().set(true);
         let (third, evicted) = conns.admit(ip(3)).unwrap();
         assert!(evicted);
-        assert!(second.evict.is_cancelled(), "the oldest idle one goes");
-        assert!(!first.evict.is_cancelled(), "one inside a request stays");
+        assert!(was_evicted(&second), "the oldest idle one goes");
+        assert!(!was_evicted(&first), "one inside a request stays");
         assert_eq!(conns.len(), 2);
         drop(second);
         assert_eq!(conns.len(), 2, "an evicted permit frees nothing twice");
-        third.set_busy(true);
+        third.busy_flag().set(true);
         assert_eq!(conns.admit(ip(4)).err(), Some(PendingOutcome::NodeFull));
         drop(first);
         assert!(conns.admit(ip(4)).is_ok());

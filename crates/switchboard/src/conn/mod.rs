@@ -28,7 +28,7 @@ use crate::error::CloseReason;
 use crate::kind::Door;
 use crate::kind::Encoding;
 
-pub use admission::{NodeSlot, NodeSlots, PendingConns, PendingOutcome, PendingPermit};
+pub use admission::{BusyFlag, NodeSlot, NodeSlots, PendingConns, PendingOutcome, PendingPermit};
 pub use rate::MessageRate;
 
 /// What one queued frame costs beyond its bytes: the `Bytes` handle in the queue's slot.
