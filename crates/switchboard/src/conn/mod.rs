@@ -59,8 +59,16 @@ struct Outbox {
     /// Bytes queued here plus bytes taken by the writer and not yet written.
     queued: usize,
     close: Option<CloseReason>,
-    /// The inbox: subscribes and unsubscribes from the API (bounded), and the node's `Joined`
-    /// (one per join in flight, never refused: a lost one would leave a subscription pending).
+    /// Made at the first request or subscription: plain-door connections (most of them,
+    /// idle) carry one pointer for it, and the fan-out's fields stay packed.
+    inbox: Option<Box<Inbox>>,
+}
+
+/// What the server API and the node ask of a client-protocol connection, waiting for its task.
+#[derive(Default)]
+struct Inbox {
+    /// Subscribes and unsubscribes from the API (bounded), and the node's `Joined` (one per
+    /// join in flight, never refused: a lost one would leave a subscription pending).
     commands: Vec<ServerCommand>,
     /// Subscribes and unsubscribes from the API in `commands`.
     requested: usize,
@@ -69,6 +77,9 @@ struct Outbox {
     /// The latest session expiry the API set: a newer one replaces it, so refreshes never
     /// fill the inbox.
     refresh: Option<u64>,
+    /// Channels the session holds (joins in flight included), kept by the session so the API
+    /// can refuse a subscribe past `max_subscriptions` at once.
+    subscriptions: usize,
 }
 
 /// The shared handle of one connection.
@@ -92,11 +103,9 @@ pub struct Conn {
     /// Whether the client-protocol `connect` succeeded (plain doors: from the start).
     connected: AtomicBool,
     /// Channels this connection may subscribe to (`client.max_subscriptions`); also the most
-    /// subscribes and unsubscribes from the API its inbox holds.
-    max_subscriptions: usize,
-    /// Channels the client-protocol session holds (joins in flight included), kept by the
-    /// session so the API can refuse a subscribe past `max_subscriptions` at once.
-    subscriptions: AtomicUsize,
+    /// subscribes and unsubscribes from the API its inbox holds. A `u32` sits in the padding
+    /// after the one-byte fields: the handle does not grow for it.
+    max_subscriptions: u32,
 
     /// Milliseconds since gateway start when the connection opened.
     opened_ms: u64,
@@ -133,8 +142,9 @@ impl Conn {
             expires_at: AtomicU64::new(expires_at),
             subscription_expires_at: AtomicU64::new(0),
             connected: AtomicBool::new(door != Door::Protocol),
-            max_subscriptions: crate::config::ClientConfig::default().max_subscriptions,
-            subscriptions: AtomicUsize::new(0),
+            max_subscriptions: saturating_u32(
+                crate::config::ClientConfig::default().max_subscriptions,
+            ),
 
             opened_ms: now_ms,
             max_queued,
@@ -159,13 +169,16 @@ impl Conn {
 
     /// The same handle with `client.max_subscriptions` (the default's otherwise).
     pub fn with_max_subscriptions(mut self, max_subscriptions: usize) -> Self {
-        self.max_subscriptions = max_subscriptions;
+        self.max_subscriptions = saturating_u32(max_subscriptions);
         self
     }
 
     /// Records how many channels the client-protocol session holds.
     pub(crate) fn set_subscription_count(&self, count: usize) {
-        self.subscriptions.store(count, Ordering::Relaxed);
+        self.outbox()
+            .inbox
+            .get_or_insert_with(Box::default)
+            .subscriptions = count;
     }
 
     /// The user (empty when anonymous, or before a protocol client's `connect`).
@@ -219,23 +232,22 @@ impl Conn {
         if outbox.close.is_some() {
             return Ok(());
         }
+        let max = self.max_subscriptions as usize;
+        let inbox = outbox.inbox.get_or_insert_with(Box::default);
         match command {
-            ServerCommand::Refresh(expires_at) => outbox.refresh = Some(expires_at),
-            ServerCommand::Joined { .. } => outbox.commands.push(command),
+            ServerCommand::Refresh(expires_at) => inbox.refresh = Some(expires_at),
+            ServerCommand::Joined { .. } => inbox.commands.push(command),
             ServerCommand::Subscribe(_) | ServerCommand::Unsubscribe(_) => {
                 let subscribe = matches!(command, ServerCommand::Subscribe(_));
-                if subscribe
-                    && self.subscriptions.load(Ordering::Relaxed) + outbox.subscribes
-                        >= self.max_subscriptions
-                {
+                if subscribe && inbox.subscriptions + inbox.subscribes >= max {
                     return Err(ClientError::LimitExceeded);
                 }
-                if outbox.requested >= self.max_subscriptions {
+                if inbox.requested >= max {
                     return Err(ClientError::TooManyRequests);
                 }
-                outbox.requested += 1;
-                outbox.subscribes += usize::from(subscribe);
-                outbox.commands.push(command);
+                inbox.requested += 1;
+                inbox.subscribes += usize::from(subscribe);
+                inbox.commands.push(command);
             }
         }
         drop(outbox);
@@ -252,13 +264,16 @@ impl Conn {
     /// Takes the pending server API requests (a refresh last).
     pub(crate) fn take_commands(&self) -> Vec<ServerCommand> {
         let mut outbox = self.outbox();
-        if outbox.commands.is_empty() && outbox.refresh.is_none() {
+        let Some(inbox) = outbox.inbox.as_mut() else {
+            return Vec::new();
+        };
+        if inbox.commands.is_empty() && inbox.refresh.is_none() {
             return Vec::new();
         }
-        outbox.requested = 0;
-        outbox.subscribes = 0;
-        let mut commands = std::mem::take(&mut outbox.commands);
-        if let Some(expires_at) = outbox.refresh.take() {
+        inbox.requested = 0;
+        inbox.subscribes = 0;
+        let mut commands = std::mem::take(&mut inbox.commands);
+        if let Some(expires_at) = inbox.refresh.take() {
             commands.push(ServerCommand::Refresh(expires_at));
         }
         commands
@@ -404,6 +419,10 @@ impl Conn {
             self.push_control(ping.clone());
         }
     }
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Wakes a connection's task when there is something for it: a flag and the task's waker.
