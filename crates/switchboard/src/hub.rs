@@ -6,10 +6,15 @@
 //! doors, a JSON push for the client protocol); fan-out clones the right handle into each
 //! subscriber's outbound queue and never waits for a socket: a subscriber whose queue is full
 //! is closed as a slow consumer by its own [`Conn::push`]. The hub never sees a socket.
+//!
+//! A channel's subscribers are a dense list, which fan-out walks; a big channel also knows
+//! where each connection sits in it ([`Members`]), so a connection leaves in constant time
+//! (swap-remove, then fix the moved entry's slot) and a mass disconnect from a channel of
+//! 100,000 does not hold its shard's write lock for a quadratic scan.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -31,7 +36,102 @@ struct Subscriber {
     since: u64,
 }
 
-type Channels = HashMap<Box<str>, Vec<Subscriber>>;
+/// A channel passing this many subscribers gets an index of their slots; below it, scanning
+/// the list finds a connection about as fast and costs no memory (most channels are small:
+/// a user's inbox, a room of a few).
+const INDEX_FROM: usize = 32;
+
+/// Hashes a connection id, which the node hands out in sequence (never chosen by a client),
+/// with one multiplication: the default SipHash would cost more than the rest of a leave.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// The subscribers of one channel. A connection is in `list` at most once; once the channel
+/// passes [`INDEX_FROM`] subscribers, `slots` says where each one is.
+#[derive(Default)]
+struct Members {
+    list: Vec<Subscriber>,
+    slots: Option<HashMap<u64, usize, BuildHasherDefault<IdHasher>>>,
+}
+
+impl Members {
+    /// Where connection `conn_id` is in `list`.
+    fn slot_of(&self, conn_id: u64) -> Option<usize> {
+        match &self.slots {
+            Some(slots) => slots.get(&conn_id).copied(),
+            None => self.list.iter().position(|s| s.conn.id == conn_id),
+        }
+    }
+
+    /// Adds a subscriber unless its connection is already one; returns whether it was added.
+    fn add(&mut self, subscriber: Subscriber) -> bool {
+        let id = subscriber.conn.id;
+        if self.slot_of(id).is_some() {
+            return false;
+        }
+        let slot = self.list.len();
+        self.list.push(subscriber);
+        if let Some(slots) = &mut self.slots {
+            slots.insert(id, slot);
+        } else if self.list.len() > INDEX_FROM {
+            self.slots = Some(
+                self.list
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, s)| (s.conn.id, slot))
+                    .collect(),
+            );
+        }
+        true
+    }
+
+    /// Removes connection `conn_id`; returns whether it was a subscriber. The last entry
+    /// takes its slot, and the index learns where that one went.
+    fn remove(&mut self, conn_id: u64) -> bool {
+        let Some(slot) = self.slot_of(conn_id) else {
+            return false;
+        };
+        self.list.swap_remove(slot);
+        if let Some(slots) = &mut self.slots {
+            slots.remove(&conn_id);
+            if let Some(moved) = self.list.get(slot) {
+                slots.insert(moved.conn.id, slot);
+            }
+            // Halfway below the threshold, so a channel hovering around it does not rebuild
+            // its index on every join.
+            if self.list.len() < INDEX_FROM / 2 {
+                self.slots = None;
+            }
+        }
+        // A channel emptied by a mass disconnect gives its memory back; shrinking by half
+        // only when a quarter is used keeps this amortised constant.
+        if self.list.capacity() > 2 * INDEX_FROM && self.list.len() < self.list.capacity() / 4 {
+            self.list.shrink_to(self.list.len() * 2);
+            if let Some(slots) = &mut self.slots {
+                slots.shrink_to(self.list.len() * 2);
+            }
+        }
+        true
+    }
+}
+
+type Channels = HashMap<Box<str>, Members>;
 
 /// Channel → subscribers, sharded.
 pub struct Hub {
@@ -72,37 +172,40 @@ impl Hub {
     }
 
     /// Adds `conn` to `channel`'s subscribers for publications after offset `since` (and every
-    /// publication without an offset).
+    /// publication without an offset). A connection already subscribed stays as it was (a
+    /// connection is a channel's subscriber at most once).
     pub fn subscribe_since(&self, channel: &str, conn: &Arc<Conn>, since: u64) {
         let mut shard = self
             .shard(channel)
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let subscribers = shard.entry(channel.into()).or_insert_with(|| {
+        let members = shard.entry(channel.into()).or_insert_with(|| {
             self.channels.fetch_add(1, Ordering::Relaxed);
-            Vec::new()
+            Members::default()
         });
-        subscribers.push(Subscriber {
+        let added = members.add(Subscriber {
             conn: Arc::clone(conn),
             since,
         });
-        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        if added {
+            self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// Removes connection `conn_id` from `channel`; drops the channel when it empties.
+    /// Removes connection `conn_id` from `channel`, in constant time; drops the channel when
+    /// it empties.
     pub fn unsubscribe(&self, channel: &str, conn_id: u64) {
         let mut shard = self
             .shard(channel)
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let Some(subscribers) = shard.get_mut(channel) else {
+        let Some(members) = shard.get_mut(channel) else {
             return;
         };
-        if let Some(at) = subscribers.iter().position(|s| s.conn.id == conn_id) {
-            subscribers.swap_remove(at);
+        if members.remove(conn_id) {
             self.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
-        if subscribers.is_empty() {
+        if members.list.is_empty() {
             shard.remove(channel);
             self.channels.fetch_sub(1, Ordering::Relaxed);
         }
@@ -115,11 +218,12 @@ impl Hub {
             .shard(channel)
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let Some(subscribers) = shard.get(channel) else {
+        let Some(members) = shard.get(channel) else {
             return 0;
         };
         let offset = publication.offset;
-        subscribers
+        members
+            .list
             .iter()
             .filter(|subscriber| {
                 let conn = &subscriber.conn;
@@ -141,8 +245,8 @@ impl Hub {
             .shard(channel)
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(subscribers) = shard.get(channel) {
-            for Subscriber { conn, .. } in subscribers {
+        if let Some(members) = shard.get(channel) {
+            for Subscriber { conn, .. } in &members.list {
                 if conn.door == Door::Protocol && conn.client_id() != except {
                     conn.push(match conn.encoding {
                         Encoding::Json => json,
@@ -161,7 +265,7 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner());
         shard
             .get(channel)
-            .is_some_and(|subscribers| subscribers.iter().any(|s| s.conn.id == conn_id))
+            .is_some_and(|members| members.slot_of(conn_id).is_some())
     }
 
     /// Whether `channel` has a subscriber here.
@@ -180,8 +284,8 @@ impl Hub {
             .shard(channel)
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(subscribers) = shard.get(channel) {
-            subscribers.iter().for_each(|s| f(&s.conn));
+        if let Some(members) = shard.get(channel) {
+            members.list.iter().for_each(|s| f(&s.conn));
         }
     }
 
@@ -204,11 +308,141 @@ impl Hub {
                 let shard = shard.read().unwrap_or_else(|e| e.into_inner());
                 shard
                     .iter()
-                    .map(|(name, subs)| (name.to_string(), subs.len()))
+                    .map(|(name, members)| (name.to_string(), members.list.len()))
                     .collect::<Vec<_>>()
             })
             .collect();
         all.sort();
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap, VecDeque};
+
+    use super::*;
+    use crate::ws::frame::Opcode;
+
+    fn conn(id: u64) -> Arc<Conn> {
+        let door = if id.is_multiple_of(3) {
+            Door::Protocol
+        } else {
+            Door::Chat
+        };
+        Arc::new(Conn::new(id, door, "", 0, usize::MAX, 0))
+    }
+
+    /// The connections a publication to `channel` reaches, read back from their queues.
+    fn reached(hub: &Hub, channel: &str, conns: &[Arc<Conn>]) -> BTreeSet<u64> {
+        let publication = Publication::plain(Opcode::Text, Bytes::from_static(b"x"));
+        let count = hub.publish(channel, &publication);
+        let mut got = BTreeSet::new();
+        for conn in conns {
+            let mut frames = VecDeque::new();
+            let _ = conn.take_queued(&mut frames);
+            if !frames.is_empty() {
+                conn.written(frames.iter().map(|f| f.len()).sum(), frames.len());
+                assert_eq!(frames.len(), 1, "one frame per publication");
+                got.insert(conn.id);
+            }
+        }
+        assert_eq!(count, got.len(), "publish counts what it queued");
+        got
+    }
+
+    fn check(hub: &Hub, model: &HashMap<&str, BTreeSet<u64>>, conns: &[Arc<Conn>]) {
+        for (channel, members) in model {
+            assert_eq!(&reached(hub, channel, conns), members, "{channel}");
+            for conn in conns {
+                assert_eq!(
+                    hub.is_subscribed(channel, conn.id),
+                    members.contains(&conn.id)
+                );
+            }
+        }
+        let listed: Vec<(String, usize)> = {
+            let mut all: Vec<(String, usize)> = model
+                .iter()
+                .filter(|(_, members)| !members.is_empty())
+                .map(|(channel, members)| (channel.to_string(), members.len()))
+                .collect();
+            all.sort();
+            all
+        };
+        assert_eq!(hub.channels(), listed);
+        assert_eq!(hub.channel_count(), listed.len());
+        let total: usize = model.values().map(BTreeSet::len).sum();
+        assert_eq!(hub.subscription_count(), total);
+    }
+
+    #[test]
+    fn subscribers_removed_in_any_order_leave_exactly_the_others_receiving() {
+        for (seed, n) in [(1, 10), (2, INDEX_FROM as u64 + 1), (3, 300), (4, 2000)] {
+            let hub = Hub::new();
+            let conns: Vec<Arc<Conn>> = (0..n).map(conn).collect();
+            for conn in &conns {
+                hub.subscribe("room", conn);
+            }
+            let mut order: Vec<u64> = (0..n).collect();
+            fastrand::Rng::with_seed(seed).shuffle(&mut order);
+            let mut left: BTreeSet<u64> = (0..n).collect();
+            for (step, id) in order.into_iter().enumerate() {
+                hub.unsubscribe("room", id);
+                left.remove(&id);
+                // Checking after every removal is quadratic; every few (and the last) suffice.
+                if step.is_multiple_of(7) || left.len() < 3 {
+                    let model = HashMap::from([("room", left.clone())]);
+                    check(&hub, &model, &conns);
+                }
+            }
+            assert_eq!(hub.channel_count(), 0, "the emptied channel is dropped");
+        }
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_interleavings_match_a_model() {
+        let channels = ["a", "b", "c"];
+        let conns: Vec<Arc<Conn>> = (0..120).map(conn).collect();
+        for seed in 0..20 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let hub = Hub::new();
+            let mut model: HashMap<&str, BTreeSet<u64>> =
+                channels.iter().map(|c| (*c, BTreeSet::new())).collect();
+            for step in 0..3000 {
+                let channel = channels[rng.usize(..channels.len())];
+                let conn = &conns[rng.usize(..conns.len())];
+                // Mostly joins early, mostly leaves late: channels cross the index threshold
+                // both ways.
+                let join = rng.usize(..3000) > step;
+                if join {
+                    hub.subscribe(channel, conn);
+                    model.entry(channel).or_default().insert(conn.id);
+                } else {
+                    hub.unsubscribe(channel, conn.id);
+                    model.entry(channel).or_default().remove(&conn.id);
+                }
+                if step.is_multiple_of(100) {
+                    check(&hub, &model, &conns);
+                }
+            }
+            check(&hub, &model, &conns);
+        }
+    }
+
+    #[test]
+    fn a_second_subscribe_of_one_connection_is_not_a_second_delivery() {
+        let hub = Hub::new();
+        let conns: Vec<Arc<Conn>> = (0..40).map(conn).collect();
+        for conn in conns.iter().chain(conns.iter()) {
+            hub.subscribe("room", conn);
+        }
+        assert_eq!(hub.subscription_count(), 40);
+        let all: BTreeSet<u64> = (0..40).collect();
+        assert_eq!(reached(&hub, "room", &conns), all);
+        for conn in &conns {
+            hub.unsubscribe("room", conn.id);
+        }
+        assert_eq!((hub.subscription_count(), hub.channel_count()), (0, 0));
     }
 }

@@ -5,11 +5,16 @@
 //!
 //! Anyone may queue a frame or ask for a close through a [`Conn`]; only the connection's own
 //! task writes to its socket. Queueing never waits: past `max_queued_bytes` the queue is
-//! dropped and the connection is marked a slow consumer, which its task then closes.
+//! dropped and the connection is marked a slow consumer, which its task then closes. What the
+//! server API asks of a connection waits in a bounded inbox (see [`Conn::request`]); a close is
+//! a flag, so it is never refused or lost.
 //!
 //! Each queued frame is charged its length plus [`FRAME_SLOT_BYTES`]: a publication's bytes
 //! are shared by every subscriber, but the slot that holds them in each queue is not, and a
 //! queue of 3-byte frames would otherwise hold ten times its bound in slots.
+//!
+//! The registry finds a user's connections through a per-user index, so what the API asks of
+//! one user costs the user's connections, not the node's.
 
 mod admission;
 mod rate;
@@ -24,7 +29,7 @@ use std::task::{Context, Poll};
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 
-use crate::error::CloseReason;
+use crate::error::{ClientError, CloseReason};
 use crate::kind::Door;
 use crate::kind::Encoding;
 
@@ -66,7 +71,27 @@ struct Outbox {
     /// charged [`FRAME_SLOT_BYTES`] more.
     queued: usize,
     close: Option<CloseReason>,
+    /// Made at the first request or subscription: plain-door connections (most of them,
+    /// idle) carry one pointer for it, and the fan-out's fields stay packed.
+    inbox: Option<Box<Inbox>>,
+}
+
+/// What the server API and the node ask of a client-protocol connection, waiting for its task.
+#[derive(Default)]
+struct Inbox {
+    /// Subscribes and unsubscribes from the API (bounded), and the node's `Joined` (one per
+    /// join in flight, never refused: a lost one would leave a subscription pending).
     commands: Vec<ServerCommand>,
+    /// Subscribes and unsubscribes from the API in `commands`.
+    requested: usize,
+    /// Subscribes among them.
+    subscribes: usize,
+    /// The latest session expiry the API set: a newer one replaces it, so refreshes never
+    /// fill the inbox.
+    refresh: Option<u64>,
+    /// Channels the session holds (joins in flight included), kept by the session so the API
+    /// can refuse a subscribe past `max_subscriptions` at once.
+    subscriptions: usize,
 }
 
 /// The shared handle of one connection.
@@ -89,6 +114,10 @@ pub struct Conn {
     subscription_expires_at: AtomicU64,
     /// Whether the client-protocol `connect` succeeded (plain doors: from the start).
     connected: AtomicBool,
+    /// Channels this connection may subscribe to (`client.max_subscriptions`); also the most
+    /// subscribes and unsubscribes from the API its inbox holds. A `u32` sits in the padding
+    /// after the one-byte fields: the handle does not grow for it.
+    max_subscriptions: u32,
 
     /// Milliseconds since gateway start when the connection opened.
     opened_ms: u64,
@@ -125,6 +154,9 @@ impl Conn {
             expires_at: AtomicU64::new(expires_at),
             subscription_expires_at: AtomicU64::new(0),
             connected: AtomicBool::new(door != Door::Protocol),
+            max_subscriptions: saturating_u32(
+                crate::config::ClientConfig::default().max_subscriptions,
+            ),
 
             opened_ms: now_ms,
             max_queued,
@@ -145,6 +177,20 @@ impl Conn {
     pub fn with_deflate(mut self, deflate: bool) -> Self {
         self.deflate = deflate;
         self
+    }
+
+    /// The same handle with `client.max_subscriptions` (the default's otherwise).
+    pub fn with_max_subscriptions(mut self, max_subscriptions: usize) -> Self {
+        self.max_subscriptions = saturating_u32(max_subscriptions);
+        self
+    }
+
+    /// Records how many channels the client-protocol session holds.
+    pub(crate) fn set_subscription_count(&self, count: usize) {
+        self.outbox()
+            .inbox
+            .get_or_insert_with(Box::default)
+            .subscriptions = count;
     }
 
     /// The user (empty when anonymous, or before a protocol client's `connect`).
@@ -182,14 +228,43 @@ impl Conn {
     }
 
     /// Hands a server API request to the connection's task.
-    pub fn request(&self, command: ServerCommand) {
+    ///
+    /// The inbox holds at most `client.max_subscriptions` subscribes and unsubscribes (the
+    /// task takes them all each time it runs, so only a burst faster than the task fills it). A
+    /// refresh replaces the one waiting, and the node's `Joined` is always taken. Nothing is
+    /// queued for a connection that is closing (it is going away; that is not an error).
+    ///
+    /// # Errors
+    /// [`ClientError::LimitExceeded`] for a subscribe when the session's channels and the
+    /// subscribes already waiting reach `client.max_subscriptions`;
+    /// [`ClientError::TooManyRequests`] when the inbox is full (retry later: a subscribe or an
+    /// unsubscribe carried out twice is carried out once).
+    pub fn request(&self, command: ServerCommand) -> Result<(), ClientError> {
         let mut outbox = self.outbox();
         if outbox.close.is_some() {
-            return;
+            return Ok(());
         }
-        outbox.commands.push(command);
+        let max = self.max_subscriptions as usize;
+        let inbox = outbox.inbox.get_or_insert_with(Box::default);
+        match command {
+            ServerCommand::Refresh(expires_at) => inbox.refresh = Some(expires_at),
+            ServerCommand::Joined { .. } => inbox.commands.push(command),
+            ServerCommand::Subscribe(_) | ServerCommand::Unsubscribe(_) => {
+                let subscribe = matches!(command, ServerCommand::Subscribe(_));
+                if subscribe && inbox.subscriptions + inbox.subscribes >= max {
+                    return Err(ClientError::LimitExceeded);
+                }
+                if inbox.requested >= max {
+                    return Err(ClientError::TooManyRequests);
+                }
+                inbox.requested += 1;
+                inbox.subscribes += usize::from(subscribe);
+                inbox.commands.push(command);
+            }
+        }
         drop(outbox);
         self.wake.wake();
+        Ok(())
     }
 
     /// Ready once something was queued, a close asked for or a request made since the last
@@ -198,13 +273,22 @@ impl Conn {
         self.wake.poll(cx)
     }
 
-    /// Takes the pending server API requests.
+    /// Takes the pending server API requests (a refresh last).
     pub(crate) fn take_commands(&self) -> Vec<ServerCommand> {
         let mut outbox = self.outbox();
-        if outbox.commands.is_empty() {
+        let Some(inbox) = outbox.inbox.as_mut() else {
+            return Vec::new();
+        };
+        if inbox.commands.is_empty() && inbox.refresh.is_none() {
             return Vec::new();
         }
-        std::mem::take(&mut outbox.commands)
+        inbox.requested = 0;
+        inbox.subscribes = 0;
+        let mut commands = std::mem::take(&mut inbox.commands);
+        if let Some(expires_at) = inbox.refresh.take() {
+            commands.push(ServerCommand::Refresh(expires_at));
+        }
+        commands
     }
 
     fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
@@ -360,6 +444,10 @@ impl Conn {
     }
 }
 
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Wakes a connection's task when there is something for it: a flag and the task's waker.
 ///
 /// Every publication wakes each subscriber's task, so this is on the hot path. Unlike
@@ -409,9 +497,13 @@ const REGISTRY_SHARDS: usize = 16;
 
 type RegistryShard = Mutex<HashMap<u64, Arc<Conn>>>;
 
-/// Every open connection of the node, by id.
+/// A user's connections on this node (anonymous ones are not indexed: no API call names them).
+type UserShard = Mutex<HashMap<Box<str>, Vec<Arc<Conn>>>>;
+
+/// Every open connection of the node, by id, and by user.
 pub struct ConnRegistry {
     shards: Box<[RegistryShard]>,
+    users: Box<[UserShard]>,
     count: AtomicUsize,
     next_id: AtomicU64,
 }
@@ -420,6 +512,9 @@ impl Default for ConnRegistry {
     fn default() -> Self {
         ConnRegistry {
             shards: (0..REGISTRY_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            users: (0..REGISTRY_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             count: AtomicUsize::new(0),
@@ -440,16 +535,61 @@ impl ConnRegistry {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a connection.
+    fn user_shard(
+        &self,
+        user: &str,
+    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<Arc<Conn>>>> {
+        use std::hash::{Hash, Hasher};
+        // The shard only spreads the lock; the maps inside are randomly keyed, so a chosen
+        // user name can crowd a shard's lock but never a map's bucket.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut hasher);
+        self.users[(hasher.finish() as usize) % REGISTRY_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a connection (and indexes its user, when the door knew it at the upgrade).
     pub fn insert(&self, conn: Arc<Conn>) {
+        self.index_user(&conn);
         self.shard(conn.id).insert(conn.id, conn);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Indexes a client-protocol connection under the user its `connect` named; call once,
+    /// after [`Conn::set_connected`].
+    pub(crate) fn connected(&self, conn: &Arc<Conn>) {
+        self.index_user(conn);
+    }
+
+    fn index_user(&self, conn: &Arc<Conn>) {
+        let user = conn.user();
+        if !user.is_empty() {
+            self.user_shard(user)
+                .entry(user.into())
+                .or_default()
+                .push(Arc::clone(conn));
+        }
+    }
+
     /// Removes a connection.
     pub fn remove(&self, id: u64) {
-        if self.shard(id).remove(&id).is_some() {
-            self.count.fetch_sub(1, Ordering::Relaxed);
+        let Some(conn) = self.shard(id).remove(&id) else {
+            return;
+        };
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        let user = conn.user();
+        if user.is_empty() {
+            return;
+        }
+        let mut users = self.user_shard(user);
+        if let Some(conns) = users.get_mut(user) {
+            if let Some(at) = conns.iter().position(|c| c.id == id) {
+                conns.swap_remove(at);
+            }
+            if conns.is_empty() {
+                users.remove(user);
+            }
         }
     }
 
@@ -463,6 +603,14 @@ impl ConnRegistry {
         self.len() == 0
     }
 
+    /// Distinct users with an open connection.
+    pub fn users(&self) -> usize {
+        self.users
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
     /// Calls `f` on every connection, one shard at a time (never holding two locks).
     pub fn for_each(&self, mut f: impl FnMut(&Arc<Conn>)) {
         for shard in self.shards.iter() {
@@ -471,14 +619,20 @@ impl ConnRegistry {
         }
     }
 
+    /// Calls `f` on every connection of `user`, under its shard's lock (`f` must not open or
+    /// close connections; queueing on them is fine).
+    pub fn for_user(&self, user: &str, f: impl FnMut(&Arc<Conn>)) {
+        if let Some(conns) = self.user_shard(user).get(user) {
+            conns.iter().for_each(f);
+        }
+    }
+
     /// Closes every connection of `user` with `reason`; returns how many.
     pub fn close_user(&self, user: &str, reason: CloseReason) -> usize {
         let mut closed = 0;
-        self.for_each(|conn| {
-            if conn.user() == user {
-                conn.close(reason);
-                closed += 1;
-            }
+        self.for_user(user, |conn| {
+            conn.close(reason);
+            closed += 1;
         });
         closed
     }
@@ -564,10 +718,95 @@ mod tests {
         assert!(conn.poll_wake(&mut cx).is_pending());
         conn.push_control(Bytes::from_static(b"ping"));
         conn.close(CloseReason::GoingAway);
-        conn.request(ServerCommand::Refresh(0));
+        conn.request(ServerCommand::Refresh(0)).unwrap();
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         assert!(conn.poll_wake(&mut cx).is_ready());
         assert!(conn.poll_wake(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn the_inbox_holds_max_subscriptions_requests_and_refreshes_replace_each_other() {
+        let conn = Conn::new(1, Door::Protocol, "u", 0, 1024, 0).with_max_subscriptions(2);
+        let unsubscribe = |channel: &str| ServerCommand::Unsubscribe(channel.into());
+        assert_eq!(conn.request(unsubscribe("a")), Ok(()));
+        assert_eq!(conn.request(unsubscribe("b")), Ok(()));
+        assert_eq!(
+            conn.request(unsubscribe("c")),
+            Err(ClientError::TooManyRequests)
+        );
+        for expires_at in 0..1000 {
+            assert_eq!(conn.request(ServerCommand::Refresh(expires_at)), Ok(()));
+        }
+        let joined = ServerCommand::Joined {
+            channel: "j".into(),
+            generation: 1,
+            joined: true,
+        };
+        assert_eq!(conn.request(joined.clone()), Ok(()), "never refused");
+        assert_eq!(
+            conn.take_commands(),
+            vec![
+                unsubscribe("a"),
+                unsubscribe("b"),
+                joined,
+                ServerCommand::Refresh(999)
+            ]
+        );
+        assert_eq!(conn.request(unsubscribe("c")), Ok(()), "taken: room again");
+    }
+
+    #[test]
+    fn a_subscribe_counts_the_sessions_channels_and_the_subscribes_waiting() {
+        let conn = Conn::new(1, Door::Protocol, "u", 0, 1024, 0).with_max_subscriptions(2);
+        conn.set_subscription_count(1);
+        let subscribe = |channel: &str| ServerCommand::Subscribe(channel.into());
+        assert_eq!(conn.request(subscribe("a")), Ok(()));
+        assert_eq!(
+            conn.request(subscribe("b")),
+            Err(ClientError::LimitExceeded)
+        );
+        assert_eq!(
+            conn.request(ServerCommand::Unsubscribe("x".into())),
+            Ok(()),
+            "an unsubscribe is not held to the channel limit"
+        );
+        conn.take_commands();
+        conn.set_subscription_count(2);
+        assert_eq!(
+            conn.request(subscribe("b")),
+            Err(ClientError::LimitExceeded)
+        );
+    }
+
+    #[test]
+    fn the_user_index_follows_connects_and_disconnects() {
+        let registry = ConnRegistry::default();
+        let conn = |id: u64, door: Door, user: &str| Arc::new(Conn::new(id, door, user, 0, 64, 0));
+        registry.insert(conn(1, Door::Chat, "a"));
+        registry.insert(conn(2, Door::Notify, "a"));
+        registry.insert(conn(3, Door::Chat, ""));
+        let protocol = conn(4, Door::Protocol, "");
+        registry.insert(Arc::clone(&protocol));
+        let ids = |user: &str| {
+            let mut ids = Vec::new();
+            registry.for_user(user, |c| ids.push(c.id));
+            ids.sort_unstable();
+            ids
+        };
+        assert_eq!((ids("a"), registry.users()), (vec![1, 2], 1));
+        protocol.set_connected("client", "b", 0);
+        registry.connected(&protocol);
+        assert_eq!((ids("b"), registry.users()), (vec![4], 2));
+        registry.remove(1);
+        registry.remove(4);
+        assert_eq!((ids("a"), ids("b"), registry.users()), (vec![2], vec![], 1));
+        assert_eq!(
+            registry.close_user("a", CloseReason::DisconnectedByServer),
+            1
+        );
+        registry.remove(2);
+        registry.remove(3);
+        assert_eq!((registry.len(), registry.users()), (0, 0));
     }
 
     #[test]

@@ -203,6 +203,7 @@ pub(crate) fn upgrade(
                     state2.clock_ms(),
                 )
                 .with_encoding(admitted_encoding)
+                .with_max_subscriptions(state2.config.client.max_subscriptions)
                 // Shared compressed frames are made with the full window; a client that asked
                 // for a smaller one gets publications uncompressed (always allowed).
                 .with_deflate(deflate.is_some_and(|n| n.server_window_bits() == 15)));

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{lock, Node};
 use crate::broker::Broker;
 use crate::conn::ServerCommand;
-use crate::error::CloseReason;
+use crate::error::{ClientError, CloseReason};
 use crate::kind::Door;
 
 /// How long the API's `channels` waits for the other nodes' answers.
@@ -63,24 +63,46 @@ pub(crate) enum UserCommand {
 }
 
 impl UserCommand {
-    /// Carries the command out on this node's connections; returns how many it reached.
-    pub(crate) fn apply(&self, node: &Node) -> usize {
-        let mut reached = 0;
-        let user = match self {
+    /// The user it is for.
+    fn user(&self) -> &str {
+        match self {
             UserCommand::Disconnect { user }
             | UserCommand::Subscribe { user, .. }
             | UserCommand::Unsubscribe { user, .. }
             | UserCommand::Refresh { user, .. } => user,
-        };
-        node.conns.for_each(|conn| {
-            if conn.user() != user {
-                return;
-            }
-            match self {
-                UserCommand::Disconnect { .. } => conn.close(CloseReason::DisconnectedByServer),
-                UserCommand::Refresh { expired: true, .. } => conn.close(CloseReason::TokenExpired),
+        }
+    }
+
+    /// Carries the command out on this node's connections of the user (found through the
+    /// registry's user index: the cost is the user's connections, not the node's); returns
+    /// how many it reached.
+    ///
+    /// # Errors
+    /// The first refusal of a connection's inbox ([`Conn::request`](crate::conn::Conn::request)):
+    /// error 106 for a subscribe past `client.max_subscriptions`, 111 for a full inbox. The
+    /// user's other connections still got the command.
+    pub(crate) fn apply(&self, node: &Node) -> Result<usize, ClientError> {
+        let mut reached = 0;
+        let mut refused = None;
+        node.conns.for_user(self.user(), |conn| {
+            let requested = match self {
+                // Flags, not inbox entries: never refused, never lost.
+                UserCommand::Disconnect { .. } => {
+                    conn.close(CloseReason::DisconnectedByServer);
+                    Ok(())
+                }
+                UserCommand::Refresh { expired: true, .. } => {
+                    conn.close(CloseReason::TokenExpired);
+                    Ok(())
+                }
                 // Plain doors have no subscriptions or session to change.
                 _ if conn.door != Door::Protocol => return,
+                // Already there (the common retry after a 106 or 111): nothing to queue.
+                UserCommand::Subscribe { channel, .. }
+                    if node.hub.is_subscribed(channel, conn.id) =>
+                {
+                    Ok(())
+                }
                 UserCommand::Subscribe { channel, .. } => {
                     conn.request(ServerCommand::Subscribe(channel.as_str().into()))
                 }
@@ -90,10 +112,16 @@ impl UserCommand {
                 UserCommand::Refresh { expire_at, .. } => {
                     conn.request(ServerCommand::Refresh(*expire_at))
                 }
+            };
+            match requested {
+                Ok(()) => reached += 1,
+                Err(error) => {
+                    tracing::warn!(event = "server_command_refused", conn_id = conn.id, user = %conn.user(), code = error.code(), %error, "an API request for a user could not be queued on one of its connections");
+                    refused.get_or_insert(error);
+                }
             }
-            reached += 1;
         });
-        reached
+        refused.map_or(Ok(reached), Err)
     }
 }
 
@@ -164,8 +192,10 @@ pub(super) fn handle(node: &Arc<Node>, message: &[u8]) {
     };
     match control {
         Control::User(command) => {
+            // A refusal was logged by `apply`; the API caller on another node was answered
+            // when the broker took the message.
             let reached = command.apply(node);
-            tracing::debug!(event = "control_user", ?command, reached);
+            tracing::debug!(event = "control_user", ?command, ?reached);
         }
         Control::Node(info) => node.peers.seen(info),
         Control::Hello { from } => {

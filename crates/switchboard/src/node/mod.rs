@@ -945,13 +945,12 @@ impl Node {
     /// node's.
     ///
     /// # Errors
-    /// [`ClientError::Unavailable`] when the broker cannot carry it to the other nodes.
+    /// [`ClientError::Unavailable`] when the broker cannot carry it to the other nodes; on the
+    /// memory broker, a connection's refusal (see [`UserCommand::apply`]). On a remote broker
+    /// each node carries it out later and logs a refusal (`server_command_refused`).
     pub(crate) async fn for_user(&self, control: control::UserCommand) -> Result<(), ClientError> {
         match &self.engine {
-            Engine::Memory(_) => {
-                control.apply(self);
-                Ok(())
-            }
+            Engine::Memory(_) => control.apply(self).map(|_| ()),
             Engine::Remote(broker) => {
                 let message = Control::User(control).encode();
                 self.call(broker.publish_control(message))
@@ -975,18 +974,12 @@ impl Node {
 
     /// This node's own entry in `info`.
     pub(crate) fn info(&self) -> NodeInfo {
-        let mut users = std::collections::HashSet::new();
-        self.conns.for_each(|conn| {
-            if !conn.user().is_empty() {
-                users.insert(conn.user().to_owned());
-            }
-        });
         NodeInfo {
             uid: self.uid.clone(),
             name: self.settings.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             num_clients: self.conns.len(),
-            num_users: users.len(),
+            num_users: self.conns.users(),
             num_channels: self.hub.channel_count(),
             num_subs: self.hub.subscription_count(),
             uptime: self.uptime_secs(),

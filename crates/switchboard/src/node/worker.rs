@@ -332,7 +332,8 @@ impl ChannelWorker {
             self.node.release(&request.channel);
         }
         drop(ticket);
-        request.conn.request(ServerCommand::Joined {
+        // `Joined` is always taken (it is not an API request); a closing connection drops it.
+        let _ = request.conn.request(ServerCommand::Joined {
             channel: request.channel.clone(),
             generation: request.generation,
             joined,

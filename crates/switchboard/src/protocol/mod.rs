@@ -320,9 +320,25 @@ impl ClientSession {
                 }
             }
         };
+        // The token's channels count against `client.max_subscriptions` like any other: a
+        // token naming more is refused whole (error 106, the connection stays unconnected)
+        // rather than subscribed to an arbitrary part of them.
+        let max_subscriptions = self.state.config.client.max_subscriptions;
+        let named: std::collections::HashSet<&str> = claims
+            .channels
+            .iter()
+            .map(String::as_str)
+            .filter(|channel| self.state.channels().rules(channel).is_ok())
+            .collect();
+        if named.len() > max_subscriptions {
+            tracing::warn!(event = "connect_refused", conn_id = self.conn.id, user = %claims.sub, server_subs = named.len(), max_subscriptions, "the token names more channels than client.max_subscriptions");
+            self.reply_error(id, ClientError::LimitExceeded);
+            return Ok(());
+        }
         let expires_at = claims.exp.unwrap_or(0);
         self.conn
             .set_connected(&self.client_id, &claims.sub, expires_at);
+        self.state.node.conns.connected(&self.conn);
         self.connected = true;
         self.conn_info = claims.info.clone();
         tracing::info!(event = "client_connected", conn_id = self.conn.id, client = %self.client_id, user = %claims.sub, server_subs = claims.channels.len());
@@ -547,6 +563,7 @@ impl ClientSession {
                 pending: Some(Arc::clone(&ticket)),
             },
         );
+        self.conn.set_subscription_count(self.subscriptions.len());
         let request = JoinRequest {
             channel: channel.into(),
             rules,
@@ -566,6 +583,7 @@ impl ClientSession {
             }
             Some(false) => {
                 self.subscriptions.remove(channel);
+                self.conn.set_subscription_count(self.subscriptions.len());
             }
             None => {}
         }
@@ -577,6 +595,7 @@ impl ClientSession {
         let Some(subscription) = self.subscriptions.remove(channel) else {
             return;
         };
+        self.conn.set_subscription_count(self.subscriptions.len());
         self.track_subscription_expiry();
         self.leave(channel, &subscription);
         if let Some(code) = push_code {
@@ -775,6 +794,12 @@ impl ClientSession {
                 if self.subscriptions.contains_key(&*channel) {
                     return;
                 }
+                // The API checked the limit when it queued this, but the client may have
+                // subscribed meanwhile.
+                if self.subscriptions.len() >= self.state.config.client.max_subscriptions {
+                    tracing::warn!(event = "server_command_refused", conn_id = self.conn.id, user = %self.conn.user(), channel = %channel, code = ClientError::LimitExceeded.code(), "server-side subscribe past client.max_subscriptions");
+                    return;
+                }
                 let Ok(rules) = self.state.channels().rules(&channel).cloned() else {
                     return;
                 };
@@ -805,6 +830,7 @@ impl ClientSession {
                     }
                 } else {
                     self.subscriptions.remove(&*channel);
+                    self.conn.set_subscription_count(self.subscriptions.len());
                 }
                 self.track_subscription_expiry();
             }
