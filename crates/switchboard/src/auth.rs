@@ -2,10 +2,10 @@
 //!
 //! Tokens are JWTs. The accepted algorithm is pinned by configuration: a token whose header
 //! names any other algorithm (including `none`) is refused, so there is no algorithm switching.
-//! `exp` and `nbf` are honoured when present (no leeway), `aud` and `iss` when configured;
-//! `sub` is the user id (empty = anonymous user with a valid token). A subscription token (one
-//! with a `channel` claim) is not a connection token, and the reverse. The token itself is
-//! never logged.
+//! `exp` and `nbf` are honoured when present (no leeway) and must be whole numbers of seconds;
+//! `aud` and `iss` are checked when configured; `sub` is the user id (empty = anonymous user
+//! with a valid token). A subscription token (one with a `channel` claim) is not a connection
+//! token, and the reverse. The token itself is never logged.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,18 @@ pub struct Claims {
     /// Subscription tokens: the one channel the token grants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+}
+
+/// What [`TokenVerifier::verify`] decodes: the claims, and `nbf` read once more as a whole
+/// number. jsonwebtoken skips an `nbf` it cannot read as one (`1.9e9`, `1e400`, a string)
+/// instead of refusing the token, which would let a token meant for later be used at once;
+/// reading it here too makes such a token malformed, as the same `exp` already is.
+#[derive(Deserialize)]
+struct Decoded {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default, rename = "nbf")]
+    _nbf: Option<u64>,
 }
 
 /// Why a token was refused. The text is safe to show the client and to log.
@@ -170,8 +182,8 @@ impl TokenVerifier {
                 "no token key is configured on this server".to_owned(),
             ));
         };
-        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
-            .map(|data| data.claims)
+        jsonwebtoken::decode::<Decoded>(token, key, &self.validation)
+            .map(|data| data.claims.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => {
@@ -310,6 +322,32 @@ mod tests {
         );
         let now = signed(serde_json::json!({ "sub": "1", "nbf": unix_now() - 1 }));
         assert_eq!(verifier.verify(&now).unwrap().sub, "1");
+    }
+
+    /// Found by the `token` fuzz target (fuzz/corpus/token/nbf-exponent): jsonwebtoken skipped
+    /// an `nbf` that is not a whole number, so the token was accepted at once.
+    #[test]
+    fn a_token_whose_nbf_is_not_a_whole_number_is_refused() {
+        let verifier = TokenVerifier::from_config(&hs_config("s3cret-s3cret-s3cret")).unwrap();
+        let later = (unix_now() + 600) as f64 + 0.5;
+        for nbf in [
+            serde_json::json!(1699e99),
+            serde_json::json!(later),
+            serde_json::json!("0"),
+        ] {
+            let token = signed(serde_json::json!({ "sub": "1", "nbf": nbf }));
+            assert_eq!(
+                verifier.verify(&token),
+                Err(TokenError::Invalid("malformed token".into())),
+                "nbf {nbf}"
+            );
+        }
+        let whole = signed(serde_json::json!({ "sub": "1", "nbf": unix_now() - 1 }));
+        assert_eq!(
+            verifier.verify(&whole).unwrap().sub,
+            "1",
+            "a whole nbf still works"
+        );
     }
 
     #[test]

@@ -1011,3 +1011,25 @@ async fn shutdown_closes_protocol_clients_with_3001() {
         .unwrap()
         .unwrap();
 }
+
+/// Found by the `token` fuzz target (docs/fuzzing.md): an `nbf` written as `1699e99` was
+/// skipped by the JWT library, so a token meant for much later connected at once.
+#[tokio::test]
+async fn a_token_whose_nbf_is_not_a_whole_number_closes_with_3500() {
+    let server = start(protocol_config()).await;
+    let premature = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": "u", "exp": unix_now() + 3600, "nbf": 1699e99 }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut proto = Proto::open(&server).await;
+    proto
+        .send_raw(&format!(
+            r#"{{"id":1,"connect":{{"token":"{premature}"}}}}"#
+        ))
+        .await;
+    assert_eq!(close_code(&mut proto.ws).await, 3500);
+    server.assert_still_serving().await;
+    server.stop().await;
+}
