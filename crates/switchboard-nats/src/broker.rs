@@ -436,12 +436,13 @@ impl Broker for NatsBroker {
             .await
     }
 
-    async fn stream_position(
-        &self,
-        channel: &str,
-        meta_ttl: Duration,
-    ) -> Result<Position, BrokerError> {
-        self.call(|running| async move { running.history.start(channel, meta_ttl).await })
+    async fn stream_position(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
+        self.call(|running| async move { running.history.start(channel, ttl).await })
+            .await
+    }
+
+    async fn keep_stream(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
+        self.call(|running| async move { running.history.keep(channel, ttl).await })
             .await
     }
 

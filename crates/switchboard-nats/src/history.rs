@@ -16,7 +16,11 @@
 //! gone, position kept) and `stream_position` (a stream started by a subscriber, at offset 0
 //! under a new epoch). Both store a marker, a message with the position's headers, an
 //! `Sb-Removed` header and no payload; reads serve nothing at or before the last marker, and
-//! nodes never hand one to the node as a publication.
+//! nodes never hand one to the node as a publication. A started stream's marker counts only
+//! for the short TTL it was started with (`client.history_unused_ttl`, in its keep header);
+//! `keep` stores a later one under the same epoch while a node has subscribers, and the
+//! first publish gives the stream `history_meta_ttl`. JetStream 2.9 has no per-message TTL,
+//! so an abandoned marker's bytes stay until the stream's `max_age`; it is never read again.
 //!
 //! # Size and TTL
 //! Both come with each publish, while JetStream 2.9 only has stream-wide limits, so each
@@ -80,7 +84,8 @@ pub struct History {
 
 /// Whether a conditional store went through.
 enum Stored {
-    Done,
+    /// Stored, at this sequence.
+    Done(u64),
     /// Another message got there first (or the stream was lost): read again.
     Raced,
 }
@@ -90,6 +95,11 @@ enum Stored {
 struct Last {
     sequence: u64,
     meta: Meta,
+}
+
+/// When something kept `ttl` from `now_ms` ends.
+fn keep_until(now_ms: u64, ttl: Duration) -> u64 {
+    now_ms.saturating_add(millis(ttl))
 }
 
 /// The position of a channel with no stream.
@@ -383,35 +393,35 @@ impl History {
     }
 
     /// `channel`'s position, starting a stream when there is none: a marker (no publication)
-    /// at offset 0 under a new epoch, kept for `meta_ttl`, stored under the same optimistic
-    /// check as a publish so that two nodes starting one channel at once agree on one epoch.
+    /// at offset 0 under a new epoch, kept for `ttl`, stored under the same optimistic check
+    /// as a publish so that two nodes starting one channel at once agree on one epoch. A
+    /// started stream found alive is extended as by [`History::keep`].
     ///
     /// # Errors
     /// [`BrokerError`] when the server cannot be reached or answers something else.
-    pub async fn start(&self, channel: &str, meta_ttl: Duration) -> Result<Position, BrokerError> {
+    pub async fn start(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
         let subject = self.names.stored(channel);
         for _ in 0..MAX_ATTEMPTS {
             self.ensure().await?;
             let stream = self.stream().await?;
             let last = self.last(&stream, &subject).await?;
+            let last_sequence = last.as_ref().map(|last| last.sequence);
             let now = now_ms();
-            if let Some(last) = last.as_ref().filter(|last| last.meta.alive(now)) {
-                return Ok(Position {
-                    offset: last.meta.offset,
-                    epoch: last.meta.epoch.clone(),
-                });
+            if let Some(last) = last.filter(|last| last.meta.alive(now)) {
+                return self.extend(&stream, &subject, last, ttl).await;
             }
+            let last = last_sequence;
             let marker = Meta {
                 offset: 0,
                 epoch: new_epoch(),
                 expires_ms: now,
-                keep_ms: now.saturating_add(millis(meta_ttl)),
+                keep_ms: keep_until(now, ttl),
                 size: 0,
                 removed: true,
             };
-            let expected = last.map_or(0, |last| last.sequence);
+            let expected = last.unwrap_or(0);
             match self.store_marker(&subject, &marker, expected).await? {
-                Stored::Done => {
+                Stored::Done(_) => {
                     return Ok(Position {
                         offset: 0,
                         epoch: marker.epoch,
@@ -424,6 +434,62 @@ impl History {
             "start stream",
             format!("{channel:?}: raced {MAX_ATTEMPTS} times"),
         ))
+    }
+
+    /// `channel`'s position, as a read of its top; a stream a subscribe started and nobody
+    /// published to is extended to live at least `ttl` from now (see [`History::extend`]).
+    /// Starts nothing.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the server cannot be reached or answers something else.
+    pub async fn keep(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
+        let subject = self.names.stored(channel);
+        let stream = self.stream().await?;
+        match self.last(&stream, &subject).await? {
+            Some(last) if last.meta.alive(now_ms()) => {
+                self.extend(&stream, &subject, last, ttl).await
+            }
+            _ => Ok(no_stream()),
+        }
+    }
+
+    /// The position `last` gives; when it is the marker of a stream a subscribe started (offset
+    /// 0: no publication to hide behind a new marker) with less than half of `ttl` left, a
+    /// new marker under the same epoch, kept `ttl` from now, replaces it. Half, so that a
+    /// node's checks every few seconds write once per half `ttl`, not once per check. A
+    /// published stream's life comes from its publications and is never touched. A lost
+    /// race (a publish, or another node's extension, got there first) extends nothing: that
+    /// message carries its own life, and the next check looks again.
+    async fn extend(
+        &self,
+        stream: &stream::Stream<()>,
+        subject: &str,
+        last: Last,
+        ttl: Duration,
+    ) -> Result<Position, BrokerError> {
+        let position = Position {
+            offset: last.meta.offset,
+            epoch: last.meta.epoch.clone(),
+        };
+        let ttl_ms = millis(ttl);
+        let now = now_ms();
+        let started = last.meta.offset == 0 && last.meta.removed;
+        if !started || ttl_ms == 0 || last.meta.keep_ms >= now.saturating_add(ttl_ms / 2) {
+            return Ok(position);
+        }
+        let marker = Meta {
+            keep_ms: keep_until(now, ttl).max(last.meta.keep_ms),
+            ..last.meta
+        };
+        if let Stored::Done(sequence) = self.store_marker(subject, &marker, last.sequence).await? {
+            // The old markers say nothing the new one does not; free them now rather than at
+            // the stream's max_age. Up to the new one only, so a racing publish is kept.
+            let purged = stream.purge().filter(subject).sequence(sequence).await;
+            if let Err(error) = purged {
+                tracing::debug!(subject, %error, "purging replaced markers failed; max_age will");
+            }
+        }
+        Ok(position)
     }
 
     /// Stores a marker (a message with no publication) on `subject`, if its last message is
@@ -446,7 +512,7 @@ impl History {
             Err(e) => Err(e),
         };
         match acked {
-            Ok(_) => Ok(Stored::Done),
+            Ok(ack) => Ok(Stored::Done(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Stored::Raced),
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
                 self.set_known(false);
@@ -476,7 +542,7 @@ impl History {
                 removed: true,
                 ..last.meta
             };
-            if let Stored::Done = self.store_marker(&subject, &marker, last.sequence).await? {
+            if let Stored::Done(_) = self.store_marker(&subject, &marker, last.sequence).await? {
                 stream
                     .purge()
                     .filter(subject.as_str())

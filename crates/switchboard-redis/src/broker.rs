@@ -501,11 +501,7 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn stream_position(
-        &self,
-        channel: &str,
-        meta_ttl: Duration,
-    ) -> Result<Position, BrokerError> {
+    async fn stream_position(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
         let names = self.names();
         let epoch = format!("{:016x}", fastrand::u64(..));
         let script = &self.inner.scripts.stream_position;
@@ -516,8 +512,31 @@ impl Broker for RedisBroker {
                     .key(names.meta(channel))
                     .key(names.stream(channel))
                     .arg(epoch)
-                    .arg(millis(meta_ttl))
+                    // 0 would mean "never expires" to the script.
+                    .arg(millis(ttl).max(1))
                     .arg(&*lineage)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        let offset: u64 = offset
+            .parse()
+            .map_err(|_| protocol("stream position offset"))?;
+        Ok(Position {
+            offset,
+            epoch: epoch.into(),
+        })
+    }
+
+    async fn keep_stream(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
+        let names = self.names();
+        let script = &self.inner.scripts.keep_stream;
+        let (offset, epoch): (String, String) = self
+            .shard(channel)
+            .call(|mut connection| async move {
+                script
+                    .key(names.meta(channel))
+                    .arg(millis(ttl))
                     .invoke_async(&mut connection)
                     .await
             })

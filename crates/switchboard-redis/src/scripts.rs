@@ -58,6 +58,9 @@ if size > 0 then
   local meta_ttl = tonumber(ARGV[5])
   if meta_ttl > 0 then
     redis.call('PEXPIRE', KEYS[1], math.max(meta_ttl, ttl))
+  else
+    -- A stream a subscribe started carries its short TTL; published, it never expires.
+    redis.call('PERSIST', KEYS[1])
   end
 end
 redis.call(ARGV[8], ARGV[1], offset .. ' ' .. epoch .. '\n' .. ARGV[2])
@@ -124,10 +127,11 @@ return {meta[1], meta[2], out}
 "#;
 
 /// Start a stream if there is none (what a subscribe needs: an epoch the client can recover
-/// against later). KEYS: meta, stream. ARGV: a fresh epoch, meta ttl ms (0: never expires),
-/// the server's lineage (empty: not checked). Returns `{offset, epoch}` as strings. A stream
-/// that exists in this lineage is only read; one last written under another lineage starts
-/// over under a new epoch, as in `PUBLISH`.
+/// against later). KEYS: meta, stream. ARGV: a fresh epoch, ttl ms (the short TTL of a stream
+/// nobody published to; 0: never expires), the server's lineage (empty: not checked). Returns
+/// `{offset, epoch}` as strings. A stream that exists in this lineage is read, and its TTL
+/// extended to at least `ttl` (never shortened: a published stream keeps its meta TTL); one
+/// last written under another lineage starts over under a new epoch, as in `PUBLISH`.
 pub(crate) const STREAM_POSITION: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local lineage = ARGV[3]
@@ -144,13 +148,38 @@ if not epoch then
   if lineage ~= '' then
     redis.call('HSET', KEYS[1], 'r', lineage)
   end
-  local meta_ttl = tonumber(ARGV[2])
-  if meta_ttl > 0 then
-    redis.call('PEXPIRE', KEYS[1], meta_ttl)
+  local ttl = tonumber(ARGV[2])
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
+else
+  local ttl = tonumber(ARGV[2])
+  local left = redis.call('PTTL', KEYS[1])
+  if ttl > 0 and left >= 0 and left < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
   end
 end
 local offset = redis.call('HGET', KEYS[1], 'o') or '0'
 return {tostring(offset), epoch}
+"#;
+
+/// Read a stream's position and extend its TTL to at least `ttl` (never shorten it; a key
+/// with no TTL is left so), starting nothing: what a node's position check does for each
+/// channel it has subscribers to, so that a stream a subscribe started lives while they do.
+/// KEYS: meta. ARGV: ttl ms (0: extend nothing). Returns `{offset, epoch}` as strings
+/// (`{"0", ""}` when there is no stream). PTTL and a compare rather than `PEXPIRE ... GT`,
+/// which Redis 7 would need.
+pub(crate) const KEEP_STREAM: &str = r#"
+local meta = redis.call('HMGET', KEYS[1], 'o', 'e')
+if not meta[1] then
+  return {'0', ''}
+end
+local ttl = tonumber(ARGV[1])
+local left = redis.call('PTTL', KEYS[1])
+if ttl > 0 and left >= 0 and left < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return {meta[1], meta[2]}
 "#;
 
 /// Add (or refresh) a presence entry. KEYS: presence hash, expiry set. ARGV: client id, codec
@@ -194,6 +223,7 @@ pub(crate) struct Scripts {
     pub(crate) publish: Script,
     pub(crate) history: Script,
     pub(crate) stream_position: Script,
+    pub(crate) keep_stream: Script,
     pub(crate) add_presence: Script,
     pub(crate) presence: Script,
     pub(crate) remove_presence: Script,
@@ -205,6 +235,7 @@ impl Scripts {
             publish: Script::new(PUBLISH),
             history: Script::new(HISTORY),
             stream_position: Script::new(STREAM_POSITION),
+            keep_stream: Script::new(KEEP_STREAM),
             add_presence: Script::new(ADD_PRESENCE),
             presence: Script::new(PRESENCE),
             remove_presence: Script::new(REMOVE_PRESENCE),

@@ -448,8 +448,9 @@ pub struct ClientConfig {
     #[serde(deserialize_with = "duration")]
     pub history_meta_ttl: Duration,
     /// How long a stream that a subscribe started, and that was never published to, outlives
-    /// its channel's last subscriber on the node (memory broker): the window for a dropped
-    /// client to come back and recover under the epoch it was given.
+    /// its channel's last subscriber on the node (every broker; on Redis and NATS at least
+    /// three `position_check_interval`s, see `Node::remote_unused_ttl`): the window for a
+    /// dropped client to come back and recover under the epoch it was given.
     #[serde(deserialize_with = "duration")]
     pub history_unused_ttl: Duration,
 }

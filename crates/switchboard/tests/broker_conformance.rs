@@ -81,3 +81,21 @@ async fn join_leave_and_control_reach_every_node() {
 async fn channels_without_history_get_no_offset() {
     conformance::channels_without_history_get_no_offset(&MemoryEngine::default()).await;
 }
+
+#[tokio::test]
+async fn a_started_stream_nobody_publishes_to_expires_after_its_ttl() {
+    conformance::a_started_stream_nobody_publishes_to_expires_after_its_ttl(
+        &MemoryEngine::default(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn keep_stream_keeps_a_started_stream_alive() {
+    conformance::keep_stream_keeps_a_started_stream_alive(&MemoryEngine::default()).await;
+}
+
+#[tokio::test]
+async fn a_published_stream_keeps_its_meta_ttl() {
+    conformance::a_published_stream_keeps_its_meta_ttl(&MemoryEngine::default()).await;
+}

@@ -443,6 +443,9 @@ pub async fn run_all(engine: &dyn Engine) {
     meta_ttl_expiry_starts_a_new_epoch(engine).await;
     reading_an_unknown_channel_creates_nothing(engine).await;
     a_subscriber_starts_a_stream_that_publishes_continue(engine).await;
+    a_started_stream_nobody_publishes_to_expires_after_its_ttl(engine).await;
+    keep_stream_keeps_a_started_stream_alive(engine).await;
+    a_published_stream_keeps_its_meta_ttl(engine).await;
     history_ranges(engine).await;
     remove_history_keeps_the_position(engine).await;
     idempotent_publish_applies_once(engine).await;
@@ -766,6 +769,119 @@ pub async fn a_subscriber_starts_a_stream_that_publishes_continue(engine: &dyn E
         "the first publish continues the started stream under its epoch"
     );
     stop_both(engine, a, b).await;
+}
+
+/// Waits `SHORT` three times over, running the engine's expiry, then reads `channel`'s
+/// position: what a stream that should have outlived `SHORT` must still say.
+async fn position_after_short_ttl(engine: &dyn Engine, node: &Node, channel: &str) -> Position {
+    tokio::time::sleep(SHORT * 3).await;
+    engine.expire();
+    node.history(channel, HistoryRange::default()).await.1
+}
+
+/// A stream that [`Broker::stream_position`] started with a short TTL and that nobody
+/// publishes to is gone after it (offset 0, empty epoch: a subscribe to a made-up name leaves
+/// nothing lasting), and the next `stream_position` starts another under a new epoch.
+pub async fn a_started_stream_nobody_publishes_to_expires_after_its_ttl(engine: &dyn Engine) {
+    let node = Node::start(engine, &namespace("unused-ttl")).await;
+    let started = node
+        .broker
+        .stream_position("idle", SHORT)
+        .await
+        .unwrap_or_else(|e| panic!("stream_position: {e}"));
+    assert!(!started.epoch.is_empty(), "a started stream has an epoch");
+    eventually(
+        engine,
+        "a started stream nobody published to expires after its ttl",
+        EXPIRY,
+        || async {
+            let (_, position) = node.history("idle", HistoryRange::default()).await;
+            (position.epoch.is_empty()).then(|| {
+                assert_eq!(position.offset, 0, "an expired stream is at offset 0");
+            })
+        },
+    )
+    .await;
+    let again = node
+        .broker
+        .stream_position("idle", SHORT)
+        .await
+        .unwrap_or_else(|e| panic!("stream_position: {e}"));
+    assert_eq!(again.offset, 0);
+    assert_ne!(again.epoch, started.epoch, "a new stream has a new epoch");
+    node.stop().await;
+}
+
+/// [`Broker::keep_stream`] extends a started stream past the TTL it was started with (what a
+/// node with subscribers to a quiet channel does), returns its position, and starts nothing
+/// for a channel with no stream.
+pub async fn keep_stream_keeps_a_started_stream_alive(engine: &dyn Engine) {
+    let node = Node::start(engine, &namespace("keep")).await;
+    let started = node
+        .broker
+        .stream_position("quiet", SHORT)
+        .await
+        .unwrap_or_else(|e| panic!("stream_position: {e}"));
+    let kept = node
+        .broker
+        .keep_stream("quiet", LONG)
+        .await
+        .unwrap_or_else(|e| panic!("keep_stream: {e}"));
+    assert_eq!(kept, started, "keep_stream gives the stream's position");
+    assert_eq!(
+        position_after_short_ttl(engine, &node, "quiet").await,
+        started,
+        "a kept stream outlives the ttl it was started with"
+    );
+    let none = node
+        .broker
+        .keep_stream("never", LONG)
+        .await
+        .unwrap_or_else(|e| panic!("keep_stream: {e}"));
+    assert_eq!(
+        none,
+        Position {
+            offset: 0,
+            epoch: "".into()
+        },
+        "keep_stream starts nothing"
+    );
+    let (_, read) = node.history("never", HistoryRange::default()).await;
+    assert!(read.epoch.is_empty(), "keep_stream starts nothing");
+    node.stop().await;
+}
+
+/// A publish to a stream started with a short TTL gives it the publication's long
+/// `history_meta_ttl`, and neither a later `stream_position` nor `keep_stream` with a short TTL
+/// shortens that.
+pub async fn a_published_stream_keeps_its_meta_ttl(engine: &dyn Engine) {
+    let node = Node::start(engine, &namespace("published-ttl")).await;
+    let started = node
+        .broker
+        .stream_position("busy", SHORT)
+        .await
+        .unwrap_or_else(|e| panic!("stream_position: {e}"));
+    let first = node
+        .publish("busy", "1", &keep(10))
+        .await
+        .unwrap_or_else(|| panic!("a position"));
+    assert_eq!(first.epoch, started.epoch);
+    for call in 0..2 {
+        let found = if call == 0 {
+            node.broker.stream_position("busy", SHORT).await
+        } else {
+            node.broker.keep_stream("busy", SHORT).await
+        };
+        assert_eq!(found.unwrap_or_else(|e| panic!("{e}")), first);
+    }
+    assert_eq!(
+        position_after_short_ttl(engine, &node, "busy").await,
+        first,
+        "a published stream lives its meta ttl, never shortened by a short one"
+    );
+    let (offsets, _) = node.history("busy", HistoryRange::default()).await;
+    assert_eq!(offsets, vec![1], "its publications are kept");
+    node.stop().await;
 }
 
 /// `since`, `limit` and `reverse` pick the documented slice.

@@ -12,8 +12,10 @@
 //!
 //! What it holds is bounded: at most `max_streams` streams (a publish or subscribe that would
 //! start one more gets [`StreamsFull`]), and a stream that was never published to is kept only
-//! while the channel has subscribers here (see [`MemoryBroker::expire_unused`]), so
-//! subscribing to made-up names leaves nothing behind. Reads never start a stream.
+//! the short TTL it was started with, extended while the channel has subscribers here (see
+//! [`MemoryBroker::expire_unused`]): the same contract as the remote engines, where the node's
+//! position check does the extending. So subscribing to made-up names leaves nothing behind.
+//! Reads never start a stream.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::hash_map::Entry;
@@ -38,8 +40,9 @@ const SHARDS: usize = 64;
 struct Stream {
     history: ChannelHistory,
     meta_ttl_ms: u64,
-    /// Never published to, and seen with no subscriber here since then (`expire_unused`).
-    unused_since_ms: Option<u64>,
+    /// Until it is first published to: when it is dropped unless extended (by a subscribe,
+    /// [`Broker::keep_stream`], or `expire_unused` finding subscribers here).
+    unused_until_ms: u64,
 }
 
 /// How long a stream that was never published to outlives its last subscriber here unless
@@ -108,6 +111,15 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Pushes a never-published stream's end to at least `ttl` from now; a published stream
+/// lives by its meta TTL and is left alone.
+fn extend_unused(stream: &mut Stream, now_ms: u64, ttl: Duration) {
+    if stream.history.next_offset() == 1 {
+        let until = now_ms.saturating_add(millis(ttl));
+        stream.unused_until_ms = stream.unused_until_ms.max(until);
+    }
+}
+
 /// The position of a channel with no stream.
 fn no_stream() -> Position {
     Position {
@@ -152,6 +164,7 @@ impl MemoryBroker {
         channel: &str,
         now_ms: u64,
         meta_ttl_ms: u64,
+        unused_ms: u64,
     ) -> Result<&'a mut Stream, StreamsFull> {
         match streams.entry(channel.into()) {
             Entry::Occupied(found) => Ok(found.into_mut()),
@@ -165,7 +178,7 @@ impl MemoryBroker {
                 Ok(free.insert(Stream {
                     history: ChannelHistory::new(now_ms),
                     meta_ttl_ms,
-                    unused_since_ms: None,
+                    unused_until_ms: now_ms.saturating_add(unused_ms),
                 }))
             }
         }
@@ -235,7 +248,7 @@ impl MemoryBroker {
         }
         let now_ms = self.now_ms();
         let mut streams = self.streams(channel);
-        let stream = self.stream_of(&mut streams, channel, now_ms, 0)?;
+        let stream = self.stream_of(&mut streams, channel, now_ms, 0, 0)?;
         stream.meta_ttl_ms = millis(options.history_meta_ttl);
         publication.offset = stream.history.next_offset();
         let publication = Arc::new(publication);
@@ -275,7 +288,10 @@ impl MemoryBroker {
         };
         let now_ms = self.now_ms();
         let mut streams = self.streams(channel);
-        let stream = self.stream_of(&mut streams, channel, now_ms, millis(meta_ttl))?;
+        let meta_ttl_ms = millis(meta_ttl);
+        // Kept `unused_ttl` (at most the meta TTL) until extended or published to.
+        let unused_ms = self.unused_ttl_ms.min(meta_ttl_ms);
+        let stream = self.stream_of(&mut streams, channel, now_ms, meta_ttl_ms, unused_ms)?;
         stream.history.prune(now_ms);
         let state = StreamState {
             position: Some(stream.history.position()),
@@ -292,11 +308,26 @@ impl MemoryBroker {
     pub fn stream_position_now(
         &self,
         channel: &str,
-        meta_ttl: Duration,
+        ttl: Duration,
     ) -> Result<Position, StreamsFull> {
-        self.subscribe_atomically(channel, Some(meta_ttl), None, |state| {
-            state.position.unwrap_or_else(no_stream)
-        })
+        let now_ms = self.now_ms();
+        let mut streams = self.streams(channel);
+        let stream = self.stream_of(&mut streams, channel, now_ms, u64::MAX, millis(ttl))?;
+        stream.history.prune(now_ms);
+        extend_unused(stream, now_ms, ttl);
+        Ok(stream.history.position())
+    }
+
+    /// The stream's position, extending a never-published one (see [`Broker::keep_stream`]).
+    pub fn keep_stream_now(&self, channel: &str, ttl: Duration) -> Position {
+        let now_ms = self.now_ms();
+        let mut streams = self.streams(channel);
+        let Some(stream) = streams.get_mut(channel) else {
+            return no_stream();
+        };
+        stream.history.prune(now_ms);
+        extend_unused(stream, now_ms, ttl);
+        stream.history.position()
     }
 
     /// `channel`'s kept publications in `range`, with its position.
@@ -329,33 +360,34 @@ impl MemoryBroker {
         }
     }
 
-    /// Drops expired publications and presence everywhere, and streams idle past their
-    /// meta TTL.
+    /// Drops expired publications and presence everywhere, streams idle past their meta TTL,
+    /// and never-published streams past their unused TTL (nothing counts as in use).
     pub fn expire(&self) {
-        self.expire_unused(|_| true);
+        self.expire_unused(|_| false);
     }
 
-    /// [`expire`](Self::expire), and also drops every stream that was never published to
-    /// and whose channel has not been `in_use` (had no subscriber here) for the broker's
-    /// `unused_ttl` (at most the meta TTL): a subscribe started it only to give its subscriber
-    /// an epoch, and once nobody can come back with that epoch it serves no one. `in_use` is
-    /// called under the stream's lock (the node's hub lock comes after it, as in a join).
+    /// [`expire`](Self::expire), except that a never-published stream whose channel is
+    /// `in_use` (has a subscriber here) gets its unused TTL extended instead, as the node's
+    /// position check does on a remote broker: a subscribe started it only to give its
+    /// subscriber an epoch, and once nobody can come back with that epoch it serves no one.
+    /// `in_use` is called under the stream's lock (the node's hub lock comes after it, as in
+    /// a join).
     pub fn expire_unused(&self, in_use: impl Fn(&str) -> bool) {
         let now_ms = self.now_ms();
         for shard in self.streams.iter() {
             let mut dropped = 0;
             lock(shard).retain(|channel, stream| {
                 stream.history.prune(now_ms);
-                let mut keep = !stream.history.is_stale(now_ms, stream.meta_ttl_ms);
-                if keep && stream.history.next_offset() == 1 {
-                    if in_use(channel) {
-                        stream.unused_since_ms = None;
-                    } else {
-                        let since = *stream.unused_since_ms.get_or_insert(now_ms);
-                        let grace = self.unused_ttl_ms.min(stream.meta_ttl_ms);
-                        keep = now_ms.saturating_sub(since) < grace;
-                    }
-                }
+                let keep = if stream.history.next_offset() != 1 {
+                    !stream.history.is_stale(now_ms, stream.meta_ttl_ms)
+                } else if in_use(channel) {
+                    let unused_ms = self.unused_ttl_ms.min(stream.meta_ttl_ms);
+                    let until = now_ms.saturating_add(unused_ms);
+                    stream.unused_until_ms = stream.unused_until_ms.max(until);
+                    true
+                } else {
+                    now_ms < stream.unused_until_ms
+                };
                 dropped += usize::from(!keep);
                 keep
             });
@@ -492,13 +524,13 @@ impl Broker for MemoryBroker {
         Ok(self.history_now(channel, range))
     }
 
-    async fn stream_position(
-        &self,
-        channel: &str,
-        meta_ttl: Duration,
-    ) -> Result<Position, BrokerError> {
-        self.stream_position_now(channel, meta_ttl)
+    async fn stream_position(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
+        self.stream_position_now(channel, ttl)
             .map_err(|full| BrokerError::Unavailable(full.to_string()))
+    }
+
+    async fn keep_stream(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
+        Ok(self.keep_stream_now(channel, ttl))
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {

@@ -18,6 +18,9 @@
 //!   `history_meta_ttl`, or lost by a broker restart) is reported as offset 0 and an empty
 //!   epoch; reading never creates a stream. The next publish, or a subscribe
 //!   ([`Broker::stream_position`]), starts one under a new epoch.
+//! - A stream a subscribe started and nobody published to lives only the short TTL it was
+//!   started with, extended by [`Broker::keep_stream`] while a node has subscribers to it;
+//!   a publish gives it the long `history_meta_ttl`. No call ever shortens a stream's life.
 //! - Publications reach [`BrokerEvents::publication`] in offset order per channel, at most
 //!   once; the node detects what was missed by comparing offsets.
 //! - [`BrokerEvents`] methods never block: an engine's read loop calls them directly.
@@ -195,21 +198,38 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<HistoryPage, BrokerError>;
 
     /// The stream's position, starting the stream when there is none (a new epoch at offset
-    /// 0, kept for `meta_ttl` like one that was published to). A subscribe needs this: the
-    /// epoch it hands the client is what later tells this stream from one started after it
-    /// was lost. Reads (`history`) never start a stream.
+    /// 0). A subscribe needs this: the epoch it hands the client is what later tells this
+    /// stream from one started after it was lost. Reads (`history`) never start a stream.
+    ///
+    /// A stream started here and never published to lives `ttl` (the node passes
+    /// `client.history_unused_ttl`, not the meta TTL: a subscribe to a made-up name must not
+    /// leave state for a day); calling this again, or [`Broker::keep_stream`], pushes that to
+    /// at least `ttl` from now, and the first publish gives the stream its publication's
+    /// `history_meta_ttl`. Neither ever shortens what a stream has left. `ttl` zero: the
+    /// started stream lives only as long as something keeps it.
     ///
     /// The default only reads (an engine that can start a stream should): a subscriber to a
     /// never-published channel then gets an empty epoch.
     ///
     /// # Errors
     /// [`BrokerError`] when the broker cannot be reached.
-    async fn stream_position(
-        &self,
-        channel: &str,
-        meta_ttl: Duration,
-    ) -> Result<Position, BrokerError> {
-        let _ = meta_ttl;
+    async fn stream_position(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
+        let _ = ttl;
+        self.keep_stream(channel, Duration::ZERO).await
+    }
+
+    /// The stream's position, as a history read of its top would give it, and, when there is
+    /// a stream, its expiry pushed to at least `ttl` from now (never shortened). An engine
+    /// may write less often than every call (NATS: once less than half of `ttl` is left). Never starts a stream. The node calls this at every position
+    /// check for each channel with subscribers here, so a started stream outlives its last
+    /// subscriber here by about `ttl`, however quiet the channel.
+    ///
+    /// The default only reads.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker cannot be reached.
+    async fn keep_stream(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
+        let _ = ttl;
         let top = HistoryRange {
             since: None,
             limit: Some(0),

@@ -881,16 +881,44 @@ impl Node {
     /// # Errors
     /// [`ClientError::Unavailable`] when the broker cannot answer.
     pub(crate) async fn stream_position(&self, channel: &str) -> Result<Position, ClientError> {
-        let meta_ttl = self.settings.history_meta_ttl;
         match &self.engine {
             Engine::Memory(memory) => memory
-                .stream_position_now(channel, meta_ttl)
+                .stream_position_now(channel, self.settings.history_unused_ttl)
                 .map_err(|full| self.streams_full(full)),
             Engine::Remote(broker) => self
-                .call(broker.stream_position(channel, meta_ttl))
+                .call(broker.stream_position(channel, self.remote_unused_ttl()))
                 .await
                 .map_err(|_| ClientError::Unavailable),
         }
+    }
+
+    /// The stream's top for a position check, extending a never-published stream that this
+    /// node's subscribers hold an epoch of (see [`Broker::keep_stream`]).
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the broker cannot answer.
+    pub(crate) async fn keep_stream(&self, channel: &str) -> Result<Position, ClientError> {
+        match &self.engine {
+            Engine::Memory(memory) => {
+                Ok(memory.keep_stream_now(channel, self.settings.history_unused_ttl))
+            }
+            Engine::Remote(broker) => self
+                .call(broker.keep_stream(channel, self.remote_unused_ttl()))
+                .await
+                .map_err(|_| ClientError::Unavailable),
+        }
+    }
+
+    /// How long a remote broker keeps a started, never-published stream past the last
+    /// extension. The extension rides on the position check (one read of the stream's top
+    /// per subscribed channel, which the check makes anyway, so a quiet channel costs no extra
+    /// round trip), so the TTL must outlast the gap between two checks, with room for a round
+    /// skipped because a worker's queue was full: three intervals at least. Otherwise a
+    /// subscriber of a quiet channel would see its epoch vanish and the next publish start a
+    /// new one, closing it with 3010 for nothing.
+    fn remote_unused_ttl(&self) -> Duration {
+        let floor = self.settings.position_check_interval.saturating_mul(3);
+        self.settings.history_unused_ttl.max(floor)
     }
 
     /// `channel`'s kept publications in `range`.

@@ -151,7 +151,9 @@ impl ChannelWorker {
     }
 
     /// Reads the stream top of every tracked channel on a task of its own, so deliveries go
-    /// on meanwhile, and sends each back to this worker as a `Check`.
+    /// on meanwhile, and sends each back to this worker as a `Check`. The read is
+    /// [`Broker::keep_stream`](crate::broker::Broker::keep_stream): it keeps alive the
+    /// never-published streams whose epoch this node's subscribers hold.
     fn read_tops(&self, strict: bool) {
         let Some(remote) = &self.node.remote else {
             return;
@@ -163,19 +165,16 @@ impl ChannelWorker {
         let node = Arc::clone(&self.node);
         let sender = remote.workers[self.index].clone();
         tokio::spawn(async move {
-            let top_only = HistoryRange {
-                since: None,
-                limit: Some(0),
-                reverse: false,
-            };
             for channel in channels {
-                let Ok(page) = node.history(&channel, &top_only).await else {
+                // Reading the top also extends a stream a subscribe here started and nobody
+                // published to yet: its epoch must outlive this node's subscribers.
+                let Ok(top) = node.keep_stream(&channel).await else {
                     // The broker is away: the check after the link is back is strict.
                     return;
                 };
                 let check = Work::Check {
                     channel,
-                    top: page.position,
+                    top,
                     strict,
                 };
                 if sender.send(check).await.is_err() {
