@@ -35,6 +35,10 @@ pub struct Claims {
     pub channel: Option<String>,
 }
 
+/// What a token whose header or claims do not decode as expected is refused with.
+const NOT_THE_EXPECTED_JSON: &str = "the token's header or claims are not the expected JSON \
+     (a string `sub`; `exp` and `nbf` whole numbers of seconds)";
+
 /// What [`TokenVerifier::verify`] decodes: the claims, and `nbf` read once more as a whole
 /// number. jsonwebtoken skips an `nbf` it cannot read as one (`1.9e9`, `1e400`, a string)
 /// instead of refusing the token, which would let a token meant for later be used at once;
@@ -204,11 +208,9 @@ impl TokenVerifier {
                 jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim) => {
                     TokenError::Invalid(format!("missing claim {claim}"))
                 }
-                jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::Invalid(
-                    "the token's header or claims are not the expected JSON (a string `sub`, \
-                     a numeric `exp`)"
-                        .to_owned(),
-                ),
+                jsonwebtoken::errors::ErrorKind::Json(_) => {
+                    TokenError::Invalid(NOT_THE_EXPECTED_JSON.to_owned())
+                }
                 // Every other kind means the text is not a JWT at all; the kind's own name
                 // (`InvalidToken`, `Base64`, ...) is the library's, not the user's.
                 _ => TokenError::Invalid(
@@ -338,7 +340,7 @@ mod tests {
             let token = signed(serde_json::json!({ "sub": "1", "nbf": nbf }));
             assert_eq!(
                 verifier.verify(&token),
-                Err(TokenError::Invalid("malformed token".into())),
+                Err(TokenError::Invalid(NOT_THE_EXPECTED_JSON.into())),
                 "nbf {nbf}"
             );
         }
