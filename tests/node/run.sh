@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Node and browser tests of the client protocol door with the real `centrifuge` SDK.
+# Node and browser tests of the client protocol door with the real `centrifuge` SDK, and of the
+# Pusher door with the real `pusher-js` client and `pusher` server SDK (test/pusher.test.js).
 # Installs what is missing (Chromium, redis-server and nats-server from Debian's packages, the
 # npm packages from the lock file), then runs `npm test` against the release binary
 # ($SWITCHBOARD_BIN, default target/release/switchboard). Exits non-zero when a test fails.
@@ -26,12 +27,15 @@ fi
 tests=(test/*.test.js)
 if [ ! -x "$CHROMIUM_PATH" ] && ! install "the browser test (headless Chromium)" chromium; then
   if [ "${CI:-}" = "true" ]; then exit 1; fi
-  echo "browser test SKIPPED (outside CI): no Chromium at $CHROMIUM_PATH; every other Node test runs"
+  echo "browser tests SKIPPED (outside CI): no Chromium at $CHROMIUM_PATH; every other Node test runs"
   tests=()
-  for file in test/*.test.js; do [ "$file" = test/browser.test.js ] || tests+=("$file"); done
+  for file in test/*.test.js; do
+    case "$file" in test/browser.test.js | test/admin-browser.test.js) ;; *) tests+=("$file") ;; esac
+  done
 fi
 
-# test/cluster.test.js starts its own redis-server and nats-server (JetStream) on free ports.
+# test/cluster.test.js starts its own redis-server and nats-server (JetStream) on free ports,
+# test/pusher.test.js its own redis-server.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)

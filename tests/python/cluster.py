@@ -12,7 +12,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,44 @@ async def async_wait_until(predicate, timeout, interval=0.02, what="condition"):
 def run(coro, timeout=60):
     """Runs a test scenario with a hard bound on its time."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class HookBackend:
+    """A real HTTP backend on a free loopback port for the connect hook: answers every POST with
+    a user while `healthy`, HTTP 500 while not, and keeps each call's `traceparent` header."""
+
+    def __init__(self, user="hooked"):
+        self.healthy = True
+        self.traceparents = []
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                backend.traceparents.append(self.headers.get("traceparent"))
+                if backend.healthy:
+                    status, body = 200, json.dumps({"result": {"user": user}}).encode()
+                else:
+                    status, body = 500, b'{"error": "down"}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/connect"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
 
 
 # ---- brokers ----

@@ -16,6 +16,8 @@
 //! - `fanout`, `slow`, `echo`, `idle`, `connect`: the scenarios (`slow` is a fanout run with
 //!   stalled subscribers; the stalled members themselves live in `fanout`).
 //! - `api`: `api-publish`, keep-alive `POST /api/publish` requests (the server HTTP API).
+//! - `hookbackend`: `hook-backend`, a minimal backend answering the gateway's connect hook, for
+//!   `connect` runs through the hook against runs with a token (docs/benchmarks.md).
 //! - `floor`: the kernel's floor, no server at all: a thread writing frames to loopback
 //!   sockets and one draining them; the writer's CPU per delivery bounds every server's.
 //! - `stats`: CPU (utime + stime) and RSS from `/proc` (of one pid, or summed over a comma
@@ -43,6 +45,11 @@
 //!     --subscribers 1000 --duration 10s --rate 33 --server-pid "$N1,$N2,$N3,$REDIS"
 //! taskset -c 1 switchboard-bench api-publish --url ws://127.0.0.1:8081 --connections 64 \
 //!     --channel chat:api-bench --duration 10s --server-pid "$PID"
+//! # handshakes through the connect hook (the gateway's [hooks.connect] url points at it,
+//! # doors = ["chat"]), against the same run with --token
+//! switchboard-bench hook-backend --listen 127.0.0.1:9100 --duration 60s &
+//! taskset -c 1 switchboard-bench connect --url ws://127.0.0.1:8081 --connections 2000 \
+//!     --concurrency 64 --server-pid "$PID"
 //! switchboard-bench floor --sockets 1000 --rate 33 --writer-cpu 0 --reader-cpu 1
 //! switchboard-bench floor --sockets 1000 --frames-per-write 4 --writer-cpu 0 --reader-cpu 1
 //! ```
@@ -61,6 +68,7 @@ mod fanout;
 mod floor;
 #[cfg(test)]
 mod gateway;
+mod hookbackend;
 mod idle;
 mod net;
 mod payload;
@@ -260,6 +268,18 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// A backend for the connect hook: answers every POST with a fixed user, for --duration.
+    HookBackend {
+        /// Address to listen on (loopback).
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: std::net::SocketAddr,
+        /// The user every connect-hook call is answered with.
+        #[arg(long, default_value = "bench")]
+        user: String,
+        /// How long to serve.
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        duration: Duration,
+    },
     /// Many idle room members: server RSS per connection.
     Idle {
         #[command(flatten)]
@@ -379,6 +399,11 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             };
             connect::run(&target, &p, server.pids()).await
         }
+        Cmd::HookBackend {
+            listen,
+            user,
+            duration,
+        } => hookbackend::run(listen, &user, duration).await,
         Cmd::Idle {
             common,
             connections,

@@ -102,6 +102,18 @@ pub struct RedisBroker {
     inner: Arc<Inner>,
 }
 
+/// A stream position as the position scripts answer it: the top offset as a decimal string and
+/// the epoch.
+fn position_from_reply((offset, epoch): (String, String)) -> Result<Position, BrokerError> {
+    let offset: u64 = offset
+        .parse()
+        .map_err(|_| protocol("stream position offset"))?;
+    Ok(Position {
+        offset,
+        epoch: epoch.into(),
+    })
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -505,7 +517,7 @@ impl Broker for RedisBroker {
         let names = self.names();
         let epoch = format!("{:016x}", fastrand::u64(..));
         let script = &self.inner.scripts.stream_position;
-        let (offset, epoch): (String, String) = self
+        let reply: (String, String) = self
             .shard(channel)
             .call_in_lineage(|mut connection, lineage| async move {
                 script
@@ -519,19 +531,13 @@ impl Broker for RedisBroker {
                     .await
             })
             .await?;
-        let offset: u64 = offset
-            .parse()
-            .map_err(|_| protocol("stream position offset"))?;
-        Ok(Position {
-            offset,
-            epoch: epoch.into(),
-        })
+        position_from_reply(reply)
     }
 
     async fn keep_stream(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
         let names = self.names();
         let script = &self.inner.scripts.keep_stream;
-        let (offset, epoch): (String, String) = self
+        let reply: (String, String) = self
             .shard(channel)
             .call(|mut connection| async move {
                 script
@@ -541,13 +547,7 @@ impl Broker for RedisBroker {
                     .await
             })
             .await?;
-        let offset: u64 = offset
-            .parse()
-            .map_err(|_| protocol("stream position offset"))?;
-        Ok(Position {
-            offset,
-            epoch: epoch.into(),
-        })
+        position_from_reply(reply)
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {

@@ -25,7 +25,9 @@ const DEV_SECRET: &str = "switchboard-dev-secret-do-not-use-in-production";
     about = "Switchboard: a real-time WebSocket gateway",
     after_help = "Quick start: switchboard serve --dev   (then see README.md for a tour)\n\
                   Configuration precedence: flags > SWITCHBOARD_* environment > --config file > defaults;\n\
-                  `switchboard genconfig` prints every option with its default (docs/configuration.md)."
+                  `switchboard genconfig` prints every option with its default (docs/configuration.md);\n\
+                  backend hooks ([hooks]: connect by session cookie, subscribe, publish, refresh, rpc) are\n\
+                  set in the file only (docs/hooks.md)."
 )]
 struct Cli {
     #[command(subcommand)]

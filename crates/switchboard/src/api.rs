@@ -28,6 +28,7 @@ use crate::protocol::{history_range, history_result, presence_result, presence_s
 use crate::publication::Publication;
 use crate::respond::{json, Response};
 use crate::state::State;
+use crate::trace::{Span, TraceParent};
 
 /// Largest API request body.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -180,8 +181,12 @@ struct Envelope {
     params: Option<Box<RawValue>>,
 }
 
-/// Handles one API request.
-pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response {
+/// Handles one API request under `span` (the request's server span, named here by method).
+pub(crate) async fn handle(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    span: &mut Span,
+) -> Response {
     let path_method = req
         .uri()
         .path()
@@ -189,7 +194,7 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
         .unwrap_or("")
         .trim_start_matches('/')
         .to_owned();
-    let result = call(state, req, &path_method).await;
+    let result = call(state, req, &path_method, span.context()).await;
     let (status, body, method) = match result {
         // Centrifugo answers a batch with its replies at the top level; its SDKs expect that.
         Ok((method, value)) if method == "batch" => (StatusCode::OK, value.to_string(), method),
@@ -227,6 +232,10 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
         .api_requests
         .with_label_values(&[label, status.as_str()])
         .inc();
+    // Named by the metric's label: a made-up method must not make a new span name each time.
+    if span.context().is_some() && !label.is_empty() {
+        span.rename(&format!("api {label}"));
+    }
     json(status, body)
 }
 
@@ -234,6 +243,7 @@ async fn call(
     state: &Arc<State>,
     req: Request<Incoming>,
     path_method: &str,
+    trace: Option<TraceParent>,
 ) -> Result<(String, Value), ApiError> {
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed);
@@ -260,7 +270,7 @@ async fn call(
         };
         (path_method.to_owned(), params)
     };
-    let value = dispatch(state, &method, &params).await?;
+    let value = dispatch(state, &method, &params, trace).await?;
     Ok((method, value))
 }
 
@@ -276,16 +286,37 @@ fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| Box::<RawValue>::default())
 }
 
-/// Calls one method. Boxed because `batch` calls it again for each of its commands.
+/// Calls one API method with `params` as a backend's request would (the same parsing,
+/// checks and node calls), for the admin UI, which has checked its own session instead of a
+/// key. Not counted in `switchboard_api_requests_total`: that counts backends' calls.
+///
+/// # Errors
+/// The [`ApiError`] the API would answer with.
+pub(crate) async fn invoke(
+    state: &State,
+    method: &str,
+    params: &RawValue,
+) -> Result<Value, ApiError> {
+    dispatch(state, method, params, None).await
+}
+
+/// Calls one method under the call's trace context. Boxed because `batch` calls it again for
+/// each of its commands.
 fn dispatch<'a>(
     state: &'a State,
     method: &'a str,
     value: &'a RawValue,
+    trace: Option<TraceParent>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, ApiError>> + Send + 'a>> {
-    Box::pin(dispatch_one(state, method, value))
+    Box::pin(dispatch_one(state, method, value, trace))
 }
 
-async fn dispatch_one(state: &State, method: &str, value: &RawValue) -> Result<Value, ApiError> {
+async fn dispatch_one(
+    state: &State,
+    method: &str,
+    value: &RawValue,
+    trace: Option<TraceParent>,
+) -> Result<Value, ApiError> {
     match method {
         "publish" => {
             let publish: Publish = params(value)?;
@@ -293,7 +324,8 @@ async fn dispatch_one(state: &State, method: &str, value: &RawValue) -> Result<V
                 (Some(channel), None) => channel,
                 _ => return Err(ApiError::BadRequest("publish takes `channel`".to_owned())),
             };
-            let publication = publish.publication()?;
+            let mut publication = publish.publication()?;
+            publication.trace = trace;
             publish_to(state, channel, &publish, publication).await
         }
         "broadcast" => {
@@ -317,7 +349,8 @@ async fn dispatch_one(state: &State, method: &str, value: &RawValue) -> Result<V
             let (kind, bytes) = payload.payload();
             let mut responses: Vec<Value> = Vec::with_capacity(channels.len());
             for channel in channels {
-                let publication = Publication::from_payload(kind, bytes.clone());
+                let mut publication = Publication::from_payload(kind, bytes.clone());
+                publication.trace = trace;
                 let published = publish_to(state, channel, &broadcast, publication).await;
                 responses.push(match published {
                     Ok(result) => json!({ "result": result }),
@@ -430,7 +463,7 @@ async fn dispatch_one(state: &State, method: &str, value: &RawValue) -> Result<V
                 let mut entries = command.into_iter();
                 replies.push(match (entries.next(), entries.next()) {
                     (Some((method, params)), None) if method != "batch" => {
-                        match dispatch(state, &method, &params).await {
+                        match dispatch(state, &method, &params, trace).await {
                             Ok(result) => json!({ method: result }),
                             Err(error) => error_json(&error),
                         }
@@ -560,16 +593,12 @@ fn authorize<B>(state: &State, req: &Request<B>) -> Result<(), ApiError> {
                 .and_then(|v| v.as_bytes().strip_prefix(b"apikey "))
         })
         .ok_or(ApiError::Unauthorized)?;
-    if constant_time_eq(given, expected) {
+    // No early exit: response time does not leak how much of the key matched.
+    if crate::login::constant_time_eq(given, expected) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
     }
-}
-
-/// Compares without an early exit, so response time does not leak how much of the key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -584,12 +613,5 @@ mod tests {
         assert!(glob("*:lobby", "chat:lobby"));
         assert!(!glob("room:*", "chat:1"));
         assert!(!glob("a?c", "ac"));
-    }
-
-    #[test]
-    fn key_comparison_needs_equal_bytes() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

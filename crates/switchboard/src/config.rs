@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod hooks;
+pub use hooks::{BreakerConfig, HookConfig, HooksConfig};
+
 /// A string that is never printed (tokens' secrets, API keys).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -144,6 +147,90 @@ pub struct Config {
     pub nats: NatsConfig,
     /// Publications read from a log a backend writes to.
     pub ingest: IngestConfig,
+    /// The admin web UI at `/admin` (off by default).
+    pub admin: AdminConfig,
+    /// Backend hooks: connect, refresh, subscribe, publish, sub_refresh, rpc (docs/hooks.md).
+    pub hooks: HooksConfig,
+    /// OpenTelemetry traces exported over OTLP/HTTP (off by default).
+    pub traces: TracesConfig,
+    /// The Pusher protocol door `/app/{key}` and its HTTP API `/apps/{id}/…`.
+    pub pusher: PusherConfig,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin UI at `/admin` (off: `/admin` is 404, as if it did not exist).
+    pub enabled: bool,
+    /// What the login form asks for.
+    pub password: Secret,
+    /// Also accepted by the login form, and as `Authorization: Bearer TOKEN` on the admin's
+    /// JSON endpoints (for scripts; no cookie).
+    pub token: Secret,
+    /// How long a login lasts; the session cookie and the server's record both end then.
+    #[serde(deserialize_with = "duration")]
+    pub session_ttl: Duration,
+    /// Login attempts per minute from one client IP (IPv6: per `server.ipv6_prefix`
+    /// network), right or wrong; more are answered 429 until the minute is over.
+    pub login_attempts_per_minute: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: false,
+            password: Secret::default(),
+            token: Secret::default(),
+            session_ttl: Duration::from_secs(8 * 3600),
+            login_attempts_per_minute: 10,
+        }
+    }
+}
+
+/// `[pusher]`: the Pusher protocol door, open when at least one app is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PusherConfig {
+    /// The `activity_timeout` told to clients in `pusher:connection_established` (seconds of
+    /// silence after which a client pings).
+    #[serde(deserialize_with = "duration")]
+    pub activity_timeout: Duration,
+    /// How far an HTTP API request's `auth_timestamp` may be from this server's clock.
+    #[serde(deserialize_with = "duration")]
+    pub timestamp_window: Duration,
+    /// Largest HTTP API request body.
+    pub max_body_bytes: usize,
+    /// The apps, each isolated from the others (`[[pusher.apps]]`).
+    pub apps: Vec<PusherAppConfig>,
+}
+
+impl Default for PusherConfig {
+    fn default() -> Self {
+        PusherConfig {
+            activity_timeout: Duration::from_secs(120),
+            timestamp_window: Duration::from_secs(600),
+            max_body_bytes: 256 * 1024,
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// `[[pusher.apps]]`: one Pusher app.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PusherAppConfig {
+    /// The app id (the HTTP API's `/apps/{id}`, and the hub namespace of its channels).
+    pub id: String,
+    /// The public key clients connect with (`/app/{key}`).
+    pub key: String,
+    /// The secret that signs channel authorizations and API requests.
+    pub secret: String,
+    /// Whether clients may send `client-*` events on private and presence channels.
+    pub client_events: bool,
+    /// Browser origins this app's clients may connect from (exact `scheme://host[:port]`);
+    /// empty: only `origins.allowed` applies. Checked after it, never instead of it.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Where ingested publications come from.
@@ -649,6 +736,60 @@ impl<'de> Deserialize<'de> for ChannelsConfig {
     }
 }
 
+/// How spans are sent to the collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with a Protobuf body (the OTLP default).
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/HTTP with a JSON body.
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl std::str::FromStr for OtlpProtocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            "http/json" => Ok(OtlpProtocol::HttpJson),
+            other => Err(format!("{other:?}: use http/protobuf or http/json")),
+        }
+    }
+}
+
+/// `[traces]`: OpenTelemetry spans for the handshake, each API call, a publication's path
+/// (API → broker → fan-out on each node) and each hook call (docs/operations.md, Traces).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// Export spans (default: false; nothing is made or carried when off).
+    pub enabled: bool,
+    /// The collector's OTLP/HTTP traces URL (`http://` only: no TLS client is built in).
+    pub endpoint: String,
+    /// `http/protobuf` or `http/json`.
+    pub protocol: OtlpProtocol,
+    /// The share of new traces kept, 0.0 to 1.0; a request that carries a `traceparent`
+    /// follows its caller's decision instead.
+    pub sampling_ratio: f64,
+    /// `service.name` of every span.
+    pub service_name: String,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        TracesConfig {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4318/v1/traces".to_owned(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            sampling_ratio: 1.0,
+            service_name: "switchboard".to_owned(),
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -856,6 +997,19 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_INGEST_STREAM", "ingest.stream"),
     ("SWITCHBOARD_INGEST_SUBJECT", "ingest.subject"),
     ("SWITCHBOARD_INGEST_GROUP", "ingest.group"),
+    ("SWITCHBOARD_ADMIN_ENABLED", "admin.enabled"),
+    ("SWITCHBOARD_ADMIN_PASSWORD", "admin.password"),
+    ("SWITCHBOARD_ADMIN_TOKEN", "admin.token"),
+    ("SWITCHBOARD_ADMIN_SESSION_TTL", "admin.session_ttl"),
+    (
+        "SWITCHBOARD_ADMIN_LOGIN_ATTEMPTS_PER_MINUTE",
+        "admin.login_attempts_per_minute",
+    ),
+    ("SWITCHBOARD_TRACES_ENABLED", "traces.enabled"),
+    ("SWITCHBOARD_TRACES_ENDPOINT", "traces.endpoint"),
+    ("SWITCHBOARD_TRACES_PROTOCOL", "traces.protocol"),
+    ("SWITCHBOARD_TRACES_SAMPLING_RATIO", "traces.sampling_ratio"),
+    ("SWITCHBOARD_TRACES_SERVICE_NAME", "traces.service_name"),
 ];
 
 /// The line (from 1) of byte `offset` in `text`, and the dotted key written there: the key
@@ -1124,6 +1278,18 @@ impl Config {
             "ingest.stream" => self.ingest.stream = value.trim().to_owned(),
             "ingest.subject" => self.ingest.subject = value.trim().to_owned(),
             "ingest.group" => self.ingest.group = value.trim().to_owned(),
+            "admin.enabled" => self.admin.enabled = parse_bool(source, value)?,
+            "admin.password" => self.admin.password = Secret(value.to_owned()),
+            "admin.token" => self.admin.token = Secret(value.to_owned()),
+            "admin.session_ttl" => self.admin.session_ttl = parse_duration(source, value)?,
+            "admin.login_attempts_per_minute" => {
+                self.admin.login_attempts_per_minute = parse(source, value)?
+            }
+            "traces.enabled" => self.traces.enabled = parse_bool(source, value)?,
+            "traces.endpoint" => self.traces.endpoint = value.trim().to_owned(),
+            "traces.protocol" => self.traces.protocol = parse(source, value)?,
+            "traces.sampling_ratio" => self.traces.sampling_ratio = parse(source, value)?,
+            "traces.service_name" => self.traces.service_name = value.trim().to_owned(),
             other => return Err(invalid(source, format!("unknown key {other}"))),
         }
         Ok(())
@@ -1154,11 +1320,52 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the Pusher apps: every field set, names the door and the hub can carry, ids
+    /// and keys unique.
+    fn validate_pusher(&self) -> Result<(), ConfigError> {
+        let apps = &self.pusher.apps;
+        let sane = |text: &str| {
+            !text.is_empty()
+                && text.len() <= 64
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        for (i, app) in apps.iter().enumerate() {
+            if !sane(&app.id) {
+                return Err(invalid("pusher.apps.id", "1 to 64 of A-Z a-z 0-9 - _"));
+            }
+            if !sane(&app.key) {
+                return Err(invalid("pusher.apps.key", "1 to 64 of A-Z a-z 0-9 - _"));
+            }
+            if app.secret.len() < 16 {
+                return Err(invalid(
+                    "pusher.apps.secret",
+                    format!("app {:?}: at least 16 bytes", app.id),
+                ));
+            }
+            if apps[..i].iter().any(|other| other.id == app.id) {
+                return Err(invalid("pusher.apps.id", format!("{:?} twice", app.id)));
+            }
+            if apps[..i].iter().any(|other| other.key == app.key) {
+                return Err(invalid("pusher.apps.key", format!("{:?} twice", app.key)));
+            }
+        }
+        if self.pusher.activity_timeout.is_zero() || self.pusher.timestamp_window.is_zero() {
+            return Err(invalid(
+                "pusher.activity_timeout",
+                "activity_timeout and timestamp_window must be above zero",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks ranges and consistency.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first key that is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_pusher()?;
         let server = &self.server;
         let secret = &self.token.hmac_secret.0;
         if !server.dev && !secret.is_empty() && secret.len() < 32 {
@@ -1306,9 +1513,69 @@ impl Config {
         if self.client.connect_timeout < Duration::from_millis(100) {
             return Err(invalid("client.connect_timeout", "must be at least 100ms"));
         }
+        self.validate_admin()?;
+        let traces = &self.traces;
+        if !(0.0..=1.0).contains(&traces.sampling_ratio) {
+            return Err(invalid(
+                "traces.sampling_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        // No TLS client is built in (it would double the build for a link that is usually
+        // to a collector agent on the same host or pod).
+        if traces.enabled && !traces.endpoint.starts_with("http://") {
+            return Err(invalid(
+                "traces.endpoint",
+                format!(
+                    "{:?}: an http:// URL of the collector's OTLP/HTTP traces path, e.g. \
+                     http://127.0.0.1:4318/v1/traces (no TLS: send to a collector agent \
+                     nearby)",
+                    traces.endpoint
+                ),
+            ));
+        }
         for pattern in &self.origins.allowed {
             crate::origin::OriginPattern::parse(pattern)
                 .map_err(|message| invalid("origins.allowed", format!("{pattern:?}: {message}")))?;
+        }
+        self.hooks.validate(self.channels.namespaces.keys())?;
+        Ok(())
+    }
+
+    /// The admin UI's settings: on, it needs a credential long enough not to be guessed
+    /// within the login rate, and a rate above zero.
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let admin = &self.admin;
+        if !admin.enabled {
+            return Ok(());
+        }
+        if admin.password.is_empty() && admin.token.is_empty() {
+            return Err(invalid(
+                "admin.enabled",
+                "the admin UI needs admin.password or admin.token (SWITCHBOARD_ADMIN_PASSWORD, \
+                 SWITCHBOARD_ADMIN_TOKEN)",
+            ));
+        }
+        for (key, secret) in [
+            ("admin.password", &admin.password),
+            ("admin.token", &admin.token),
+        ] {
+            if !self.server.dev && !secret.is_empty() && secret.0.chars().count() < 12 {
+                return Err(invalid(
+                    key,
+                    "must be at least 12 characters (outside --dev): the login is the only \
+                     door to publishing and disconnecting",
+                ));
+            }
+        }
+        if admin.login_attempts_per_minute == 0 {
+            return Err(invalid(
+                "admin.login_attempts_per_minute",
+                "must be at least 1 (0 would refuse every login)",
+            ));
+        }
+        if admin.session_ttl < Duration::from_secs(1) {
+            return Err(invalid("admin.session_ttl", "must be at least 1s"));
         }
         Ok(())
     }
@@ -1399,6 +1666,86 @@ mod tests {
         let parsed = Config::from_toml(GENERATED_CONFIG).unwrap();
         assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
         parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn traces_are_off_by_default_and_their_keys_come_from_file_and_env() {
+        let config = Config::default();
+        assert!(!config.traces.enabled);
+        assert_eq!(config.traces.protocol, OtlpProtocol::HttpProtobuf);
+        let mut config = Config::from_toml(
+            "[traces]\nenabled = true\nprotocol = \"http/json\"\nsampling_ratio = 0.25\n",
+        )
+        .unwrap();
+        assert!(config.traces.enabled && config.traces.protocol == OtlpProtocol::HttpJson);
+        config
+            .apply_env([
+                (
+                    "SWITCHBOARD_TRACES_ENDPOINT".to_owned(),
+                    "http://collector:4318/v1/traces".to_owned(),
+                ),
+                (
+                    "SWITCHBOARD_TRACES_SAMPLING_RATIO".to_owned(),
+                    "0.5".to_owned(),
+                ),
+            ])
+            .unwrap();
+        assert_eq!(config.traces.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(config.traces.sampling_ratio, 0.5);
+        config.validate().unwrap();
+        let error = Config::from_toml("[traces]\nprotocol = \"grpc\"\n").unwrap_err();
+        assert!(error.contains("traces.protocol"), "{error}");
+    }
+
+    #[test]
+    fn a_sampling_ratio_outside_0_1_and_a_non_http_endpoint_are_refused() {
+        for ratio in ["1.5", "-0.1", "NaN"] {
+            let mut config = Config::default();
+            config
+                .set(
+                    "traces.sampling_ratio",
+                    ratio,
+                    "SWITCHBOARD_TRACES_SAMPLING_RATIO",
+                )
+                .unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("traces.sampling_ratio"), "{error}");
+        }
+        let mut config = Config::default();
+        config.traces.endpoint = "https://collector/v1/traces".to_owned();
+        config.validate().unwrap();
+        config.traces.enabled = true;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("traces.endpoint"), "{error}");
+    }
+
+    #[test]
+    fn pusher_apps_are_read_and_checked() {
+        let app = |id: &str, key: &str, secret: &str| {
+            format!("[[pusher.apps]]\nid = \"{id}\"\nkey = \"{key}\"\nsecret = \"{secret}\"\n")
+        };
+        let two = format!(
+            "{}client_events = true\n{}",
+            app("a1", "k1", "secret-0123456789"),
+            app("a2", "k2", "secret-0123456789")
+        );
+        let config = Config::from_toml(&two).unwrap();
+        assert_eq!(config.pusher.apps.len(), 2);
+        assert!(config.pusher.apps[0].client_events && !config.pusher.apps[1].client_events);
+        assert_eq!(config.pusher.activity_timeout, Duration::from_secs(120));
+        assert!(config.validate().is_ok());
+        let twice = format!(
+            "{}{}",
+            app("a1", "k1", "secret-0123456789"),
+            app("a1", "k2", "secret-0123456789")
+        );
+        let error = Config::from_toml(&twice).unwrap().validate().unwrap_err();
+        assert!(error.to_string().contains("pusher.apps.id"), "{error}");
+        let short = app("a1", "k1", "short");
+        let error = Config::from_toml(&short).unwrap().validate().unwrap_err();
+        assert!(error.to_string().contains("pusher.apps.secret"), "{error}");
+        let colon = app("a:1", "k1", "secret-0123456789");
+        assert!(Config::from_toml(&colon).unwrap().validate().is_err());
     }
 
     #[test]
@@ -1651,6 +1998,37 @@ mod tests {
         assert!(error.contains("server.max_header_bytes"), "{error}");
         let error = Config::from_toml("[server]\nclient_ip_header = \"x-real-ip\"").unwrap_err();
         assert!(error.contains("client_ip_header"), "{error}");
+    }
+
+    #[test]
+    fn the_admin_ui_needs_a_long_enough_credential_and_reads_its_variables() {
+        let mut config = Config::default();
+        config
+            .apply_env([
+                ("SWITCHBOARD_ADMIN_ENABLED".into(), "true".into()),
+                ("SWITCHBOARD_ADMIN_SESSION_TTL".into(), "30m".into()),
+                (
+                    "SWITCHBOARD_ADMIN_LOGIN_ATTEMPTS_PER_MINUTE".into(),
+                    "3".into(),
+                ),
+            ])
+            .unwrap();
+        assert_eq!(config.admin.session_ttl, Duration::from_secs(1800));
+        assert_eq!(config.admin.login_attempts_per_minute, 3);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("admin.enabled"), "{error}");
+        config
+            .apply_env([("SWITCHBOARD_ADMIN_PASSWORD".into(), "short".into())])
+            .unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("admin.password"), "{error}");
+        config.admin.password = Secret("a-long-enough-password".into());
+        config.validate().unwrap();
+        config.admin.token = Secret("admin-token-hunter2".into());
+        assert!(!format!("{config:?}").contains("hunter2"));
+        config.admin.login_attempts_per_minute = 0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("admin.login_attempts_per_minute"), "{error}");
     }
 
     #[test]

@@ -46,12 +46,23 @@ pub enum CloseReason {
     /// Client protocol: this node missed publications of a channel the client subscribes to
     /// with recovery (a broker gap, an epoch change); reconnect and recover from history.
     InsufficientState,
+    /// A backend hook answered `disconnect` with this code (3000–4999, docs/hooks.md).
+    BackendDisconnect(u16),
+    /// Pusher door: no app has the key in `/app/{key}` (`pusher:error` 4001).
+    PusherUnknownApp,
+    /// Pusher door: `?protocol=` is missing or not 7 (`pusher:error` 4007).
+    PusherUnsupportedProtocol,
+    /// Pusher door: the `Origin` is not in the app's `allowed_origins` (`pusher:error` 4009).
+    PusherOriginNotAllowed,
 }
 
 impl CloseReason {
     /// The close code and reason text sent to a client of `door`. The client protocol has its
     /// own codes, which its SDKs read as "reconnect" (3000–3499) or "stop" (3500–3999).
     pub fn wire(self, door: Door) -> (u16, &'static str) {
+        if door == Door::Pusher {
+            return self.pusher();
+        }
         if door != Door::Protocol {
             return (self.code(), self.text());
         }
@@ -72,6 +83,42 @@ impl CloseReason {
             CloseReason::Stale => (3502, "stale"),
             CloseReason::DisconnectedByServer => (3503, "force disconnect"),
             CloseReason::InsufficientState => (3010, "insufficient state"),
+            CloseReason::BackendDisconnect(code) => (code, "backend disconnect"),
+            CloseReason::PusherUnknownApp
+            | CloseReason::PusherUnsupportedProtocol
+            | CloseReason::PusherOriginNotAllowed => (self.code(), self.text()),
+        }
+    }
+
+    /// The `pusher:error` code (also the close code) and message for a Pusher client. Pusher
+    /// clients read 4000–4099 as "do not reconnect", 4100–4199 as "reconnect after a
+    /// backoff", 4200–4299 as "reconnect at once".
+    pub fn pusher(self) -> (u16, &'static str) {
+        match self {
+            CloseReason::ClientClosed(code) => (code, ""),
+            CloseReason::PusherUnknownApp => (4001, "App key not in this server's configuration"),
+            CloseReason::PusherUnsupportedProtocol => (
+                4007,
+                "Unsupported protocol version: only protocol 7 is served",
+            ),
+            CloseReason::ProtocolError | CloseReason::InvalidUtf8 | CloseReason::BadRequest => {
+                (4000, "Invalid WebSocket data; not reconnecting")
+            }
+            CloseReason::MessageTooBig => (4000, "Message too big; not reconnecting"),
+            CloseReason::DisconnectedByServer
+            | CloseReason::InvalidToken
+            | CloseReason::TokenExpired => (4009, "Connection is unauthorized"),
+            CloseReason::PusherOriginNotAllowed => (4009, "Origin not allowed for this app"),
+            // Hooks are not asked for Pusher connections; kept total for the match.
+            CloseReason::BackendDisconnect(_) => (4009, "Disconnected by the backend"),
+            CloseReason::SlowConsumer => (4100, "Over capacity: the client reads too slowly"),
+            CloseReason::RateLimited => (4100, "Over capacity: too many messages"),
+            CloseReason::GoingAway => (4200, "Server shutting down; reconnect"),
+            CloseReason::InternalError
+            | CloseReason::Stale
+            | CloseReason::SubscriptionExpired
+            | CloseReason::InsufficientState => (4200, "Generic reconnect immediately"),
+            CloseReason::HeartbeatTimeout => (4201, "Pong reply not received"),
         }
     }
 
@@ -90,6 +137,10 @@ impl CloseReason {
             CloseReason::DisconnectedByServer => 4003,
             CloseReason::RateLimited => 4004,
             CloseReason::InsufficientState => 4005,
+            CloseReason::BackendDisconnect(code) => code,
+            CloseReason::PusherUnknownApp => 4001,
+            CloseReason::PusherUnsupportedProtocol => 4007,
+            CloseReason::PusherOriginNotAllowed => 4009,
             // Only the client protocol ends a connection for these; its codes are in `wire`.
             CloseReason::Stale
             | CloseReason::SubscriptionExpired
@@ -117,6 +168,10 @@ impl CloseReason {
             CloseReason::InvalidToken => "invalid token",
             CloseReason::BadRequest => "bad request",
             CloseReason::InsufficientState => "insufficient state",
+            CloseReason::BackendDisconnect(_) => "backend disconnect",
+            CloseReason::PusherUnknownApp => "unknown app",
+            CloseReason::PusherUnsupportedProtocol => "unsupported protocol",
+            CloseReason::PusherOriginNotAllowed => "origin not allowed",
         }
     }
 
@@ -136,6 +191,13 @@ impl CloseReason {
             CloseReason::RateLimited => true,
             CloseReason::SubscriptionExpired => true,
             CloseReason::InsufficientState => true,
+            // The client protocol's convention: 3000–3499 and 4000–4499 reconnect.
+            CloseReason::BackendDisconnect(code) => {
+                (3000..3500).contains(&code) || (4000..4500).contains(&code)
+            }
+            CloseReason::PusherUnknownApp
+            | CloseReason::PusherUnsupportedProtocol
+            | CloseReason::PusherOriginNotAllowed => false,
             CloseReason::Stale | CloseReason::InvalidToken | CloseReason::BadRequest => false,
         }
     }
@@ -159,6 +221,10 @@ impl CloseReason {
             CloseReason::InvalidToken => "invalid_token",
             CloseReason::BadRequest => "bad_request",
             CloseReason::InsufficientState => "insufficient_state",
+            CloseReason::BackendDisconnect(_) => "backend_disconnect",
+            CloseReason::PusherUnknownApp => "pusher_unknown_app",
+            CloseReason::PusherUnsupportedProtocol => "pusher_unsupported_protocol",
+            CloseReason::PusherOriginNotAllowed => "pusher_origin_not_allowed",
         }
     }
 }
@@ -199,6 +265,13 @@ pub enum Rejection {
     /// The door is switched off in configuration, or the path is unknown.
     #[error("not found")]
     NotFound,
+    /// The connect hook could not be asked (its upstream's breaker is open, it timed out or
+    /// failed): retry after this many seconds (`Retry-After`).
+    #[error("backend unavailable; retry later")]
+    BackendUnavailable(u64),
+    /// The connect hook refused the connection (an `error` or a `disconnect` answer).
+    #[error("refused by the backend")]
+    BackendDenied,
 }
 
 impl Rejection {
@@ -209,10 +282,12 @@ impl Rejection {
             Rejection::MissingToken | Rejection::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Rejection::WrongSubject | Rejection::OriginNotAllowed => StatusCode::FORBIDDEN,
             Rejection::TooManyConnectionsPerIp => StatusCode::TOO_MANY_REQUESTS,
-            Rejection::NodeFull | Rejection::ShuttingDown | Rejection::ChannelLimit => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Rejection::NodeFull
+            | Rejection::ShuttingDown
+            | Rejection::ChannelLimit
+            | Rejection::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::NotFound => StatusCode::NOT_FOUND,
+            Rejection::BackendDenied => StatusCode::FORBIDDEN,
         }
     }
 
@@ -230,6 +305,27 @@ impl Rejection {
             Rejection::ShuttingDown => "shutting_down",
             Rejection::ChannelLimit => "channel_limit",
             Rejection::NotFound => "not_found",
+            Rejection::BackendUnavailable(_) => "backend_unavailable",
+            Rejection::BackendDenied => "backend_denied",
+        }
+    }
+
+    /// The `Retry-After` seconds a refusal carries, if any.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Rejection::BackendUnavailable(secs) => Some(*secs),
+            Rejection::BadUpgrade(_)
+            | Rejection::BadChannel(_)
+            | Rejection::MissingToken
+            | Rejection::InvalidToken(_)
+            | Rejection::WrongSubject
+            | Rejection::OriginNotAllowed
+            | Rejection::TooManyConnectionsPerIp
+            | Rejection::NodeFull
+            | Rejection::ShuttingDown
+            | Rejection::ChannelLimit
+            | Rejection::NotFound
+            | Rejection::BackendDenied => None,
         }
     }
 }
@@ -291,6 +387,88 @@ impl ApiError {
     }
 }
 
+/// Why the admin UI refused a request (`/admin/...`). Its JSON endpoints answer
+/// `{"error":{"code","message"}}` with a text code; an action the server API refused
+/// carries the API's own error ([`AdminError::Api`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No session (no cookie, a forged or ended one) and no admin token.
+    #[error("log in first")]
+    Unauthorized,
+    /// The password (or token) given at login is not the configured one.
+    #[error("wrong password")]
+    WrongPassword,
+    /// More login attempts from this address than `admin.login_attempts_per_minute`.
+    #[error("too many login attempts; retry in {retry_after_secs}s")]
+    TooManyAttempts {
+        /// Seconds until the address's minute is over.
+        retry_after_secs: u64,
+    },
+    /// Every live-update stream of the node is taken.
+    #[error("too many live-update streams open on this node")]
+    TooManyStreams,
+    /// The request is not what the endpoint takes (the message says what).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A POST whose body is not JSON (forms from another site cannot send JSON, so this
+    /// is also the admin UI's cross-site request check).
+    #[error("send application/json")]
+    NotJson,
+    /// The body is larger than the admin UI takes.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// No such page or endpoint, or the wrong method for it.
+    #[error("not found")]
+    NotFound,
+    /// No such connection on this node.
+    #[error("no such connection on this node")]
+    NoSuchConnection,
+    /// A session could not be opened (the operating system's random generator failed).
+    #[error("internal error")]
+    Internal,
+    /// The server API method behind the action refused it.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl AdminError {
+    /// The HTTP status of the error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::Unauthorized | AdminError::WrongPassword => StatusCode::UNAUTHORIZED,
+            AdminError::TooManyAttempts { .. } | AdminError::TooManyStreams => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AdminError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::NotFound | AdminError::NoSuchConnection => StatusCode::NOT_FOUND,
+            AdminError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            // An error of what was asked is a 200 in the API; here the UI shows the message
+            // either way, and a status that is not 2xx keeps a failed action from looking done.
+            AdminError::Api(ApiError::Client(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            AdminError::Api(error) => error.status(),
+        }
+    }
+
+    /// The code in the JSON error body.
+    pub fn code(&self) -> String {
+        match self {
+            AdminError::Unauthorized => "unauthorized".to_owned(),
+            AdminError::WrongPassword => "wrong_password".to_owned(),
+            AdminError::TooManyAttempts { .. } => "too_many_attempts".to_owned(),
+            AdminError::TooManyStreams => "too_many_streams".to_owned(),
+            AdminError::BadRequest(_) => "bad_request".to_owned(),
+            AdminError::NotJson => "not_json".to_owned(),
+            AdminError::BodyTooLarge => "body_too_large".to_owned(),
+            AdminError::NotFound => "not_found".to_owned(),
+            AdminError::NoSuchConnection => "no_such_connection".to_owned(),
+            AdminError::Internal => "internal".to_owned(),
+            AdminError::Api(error) => format!("api_{}", error.code()),
+        }
+    }
+}
+
 /// The JSON body `{"error":{"code":..,"message":..}}` shared by rejections and API errors.
 pub(crate) fn error_body(code: &str, message: &str) -> String {
     serde_json::json!({ "error": { "code": code, "message": message } }).to_string()
@@ -347,6 +525,10 @@ pub enum ClientError {
     /// `limits.max_queued_bytes`); nothing was published.
     #[error("publication too large")]
     TooLarge,
+    /// A backend hook this command needs could not be asked (its breaker is open, it timed
+    /// out or failed); retry later.
+    #[error("backend unavailable")]
+    BackendUnavailable,
 }
 
 impl ClientError {
@@ -365,6 +547,7 @@ impl ClientError {
             ClientError::TokenExpired => 109,
             ClientError::Unrecoverable => 112,
             ClientError::Unavailable => 100,
+            ClientError::BackendUnavailable => 100,
             ClientError::TooManyRequests => 111,
             // 106 is the code the protocol's SDKs know for a limit; the message tells which.
             ClientError::NodeLimit | ClientError::TooLarge => 106,
@@ -377,6 +560,7 @@ impl ClientError {
             self,
             ClientError::Internal
                 | ClientError::Unavailable
+                | ClientError::BackendUnavailable
                 | ClientError::TooManyRequests
                 | ClientError::NodeLimit
         )

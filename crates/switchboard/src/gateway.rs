@@ -28,10 +28,12 @@ use crate::conn::{IpLimits, NodeSlots, PendingConns, PendingPermit, SweepTiming}
 use crate::error::CloseReason;
 use crate::ingest::LogSource;
 use crate::kind::{Door, Encoding};
+use crate::login::Logins;
 use crate::node::{Node, NodeSettings};
 use crate::origin::OriginPolicy;
 use crate::peer::TrustedProxies;
 use crate::state::State;
+use crate::trace::{TraceError, Tracer};
 use crate::ws::frame::{self, Opcode};
 
 /// Why the gateway could not start.
@@ -43,6 +45,9 @@ pub enum StartError {
     /// The token key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// Traces are enabled and their exporter could not start.
+    #[error(transparent)]
+    Traces(#[from] TraceError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -98,12 +103,14 @@ impl Gateway {
             server.max_pending_handshakes_per_ip,
         );
         let channels = Namespaces::from_config(&config, &resolved);
+        let name = config
+            .node
+            .name
+            .clone()
+            .unwrap_or_else(Gateway::default_node_name);
+        let tracer = Tracer::from_config(&config.traces, &name)?;
         let settings = NodeSettings {
-            name: config
-                .node
-                .name
-                .clone()
-                .unwrap_or_else(Gateway::default_node_name),
+            name,
             presence_ttl: config.node.presence_ttl,
             announce_interval: config.node.announce_interval,
             position_check_interval: config.node.position_check_interval,
@@ -114,16 +121,25 @@ impl Gateway {
             history_unused_ttl: config.client.history_unused_ttl,
             max_presence_entries: config.limits.max_presence_entries,
             max_frame_bytes: config.limits.max_queued_bytes,
+            tracer,
         };
+        let node = Node::new(broker, channels, settings);
+        let hooks = crate::hooks::Hooks::from_config(&config.hooks, &node.metrics.hooks)
+            .map(|hooks| Arc::new(hooks.with_tracer(node.tracer().clone())));
         let state = State {
             resolved,
-            node: Node::new(broker, channels, settings),
+            node,
+            hooks,
             ip_limits: Arc::new(IpLimits::default()),
             slots: Arc::new(NodeSlots::default()),
             pending: Arc::new(pending),
             proxies,
             verifier,
             origins,
+            logins: Logins::new(
+                config.admin.session_ttl,
+                config.admin.login_attempts_per_minute,
+            ),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             started: Instant::now(),
@@ -207,6 +223,8 @@ impl Gateway {
         sweep.abort();
         background.cancel();
         state.node.stop().await;
+        // Last: the spans of the drain itself are in the final batch.
+        state.node.tracer().shutdown().await;
     }
 }
 
@@ -297,6 +315,15 @@ fn announce(state: &State) {
     if !state.verifier.has_key() {
         tracing::warn!(event = "no_token_key", "no token key configured (token.hmac_secret or token.public_key_file): every token is refused");
     }
+    if config.admin.enabled {
+        tracing::info!(
+            event = "admin_enabled",
+            session_ttl_secs = config.admin.session_ttl.as_secs(),
+            password = !config.admin.password.is_empty(),
+            token = !config.admin.token.is_empty(),
+            "admin UI at /admin"
+        );
+    }
     if config.api.key.is_empty() && !state.resolved.open_api {
         tracing::warn!(
             event = "no_api_key",
@@ -313,6 +340,10 @@ fn announce(state: &State) {
         broker = state.node.broker_name(),
         "node starting"
     );
+    if state.node.tracer().is_enabled() {
+        let traces = &config.traces;
+        tracing::info!(event = "traces", endpoint = %traces.endpoint, protocol = ?traces.protocol, sampling_ratio = traces.sampling_ratio, "exporting traces over OTLP/HTTP");
+    }
 }
 
 /// Per-connection accept errors are ignored; running out of file descriptors backs off so the

@@ -41,6 +41,16 @@ struct Subscriber {
 /// a user's inbox, a room of a few).
 const INDEX_FROM: usize = 32;
 
+/// Whether `publication` skips `conn`: Pusher leaves out the socket that sent an event (a
+/// client event, or an API event naming its `socket_id`), which published it as its client.
+fn excluded(conn: &Conn, publication: &Publication) -> bool {
+    conn.door == Door::Pusher
+        && publication
+            .info
+            .as_ref()
+            .is_some_and(|info| *info.client == *conn.client_id())
+}
+
 /// Hashes a connection id, which the node hands out in sequence (never chosen by a client),
 /// with one multiplication: the default SipHash would cost more than the rest of a leave.
 #[derive(Default)]
@@ -228,6 +238,7 @@ impl Hub {
             .filter(|subscriber| {
                 let conn = &subscriber.conn;
                 (offset == 0 || offset > subscriber.since)
+                    && !excluded(conn, publication)
                     && conn.push(publication.frame(
                         channel,
                         Format::of(conn.door, conn.encoding),
@@ -241,17 +252,33 @@ impl Hub {
     /// which plain doors have no way to show), in each one's encoding, except the connection
     /// of client `except`.
     pub fn push_to_protocol(&self, channel: &str, json: &Bytes, protobuf: &Bytes, except: &str) {
+        self.each_of_door(channel, Door::Protocol, except, |conn| {
+            conn.push(match conn.encoding {
+                Encoding::Json => json,
+                Encoding::Protobuf => protobuf,
+            });
+        });
+    }
+
+    /// Queues `frame` for the Pusher subscribers of `channel` (member added or removed),
+    /// except the connection of client (socket id) `except`.
+    pub fn push_to_pusher(&self, channel: &str, frame: &Bytes, except: &str) {
+        self.each_of_door(channel, Door::Pusher, except, |conn| {
+            conn.push(frame);
+        });
+    }
+
+    /// Calls `each` for every subscriber of `channel` on `door`, except the connection of
+    /// client `except`: the walk behind the door-specific pushes (joins, leaves, members).
+    fn each_of_door(&self, channel: &str, door: Door, except: &str, mut each: impl FnMut(&Conn)) {
         let shard = self
             .shard(channel)
             .read()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(members) = shard.get(channel) {
             for Subscriber { conn, .. } in &members.list {
-                if conn.door == Door::Protocol && conn.client_id() != except {
-                    conn.push(match conn.encoding {
-                        Encoding::Json => json,
-                        Encoding::Protobuf => protobuf,
-                    });
+                if conn.door == door && conn.client_id() != except {
+                    each(conn);
                 }
             }
         }

@@ -13,11 +13,19 @@ pub enum Door {
     Notify = 2,
     /// `/connection/websocket`: the client protocol (JSON commands, replies, pushes).
     Protocol = 3,
+    /// `/app/{key}`: the Pusher channels protocol (`door/pusher`).
+    Pusher = 4,
 }
 
 impl Door {
     /// Every door, in index order.
-    pub const ALL: [Door; 4] = [Door::Echo, Door::Chat, Door::Notify, Door::Protocol];
+    pub const ALL: [Door; 5] = [
+        Door::Echo,
+        Door::Chat,
+        Door::Notify,
+        Door::Protocol,
+        Door::Pusher,
+    ];
 
     /// The label used in logs and metrics.
     pub fn label(self) -> &'static str {
@@ -26,6 +34,7 @@ impl Door {
             Door::Chat => "chat",
             Door::Notify => "notify",
             Door::Protocol => "protocol",
+            Door::Pusher => "pusher",
         }
     }
 }
@@ -48,6 +57,8 @@ pub enum Format {
     Json = 1,
     /// A Protobuf push (client protocol, Protobuf).
     Protobuf = 2,
+    /// A Pusher event (`{"event":…,"channel":…,"data":…}`, Pusher door).
+    Pusher = 3,
 }
 
 impl Format {
@@ -56,6 +67,7 @@ impl Format {
         match (door, encoding) {
             (Door::Protocol, Encoding::Json) => Format::Json,
             (Door::Protocol, Encoding::Protobuf) => Format::Protobuf,
+            (Door::Pusher, _) => Format::Pusher,
             _ => Format::Plain,
         }
     }

@@ -12,9 +12,13 @@
 //! - `conn`: one connection's shared handle with its bounded queue, the registry, per-IP
 //!   admission.
 //! - [`hub`]: channel → subscribers, sharded; fan-out of encoded frames.
+//! - [`pusher_wire`]: the Pusher protocol's signatures, channel kinds, hub mapping and
+//!   events, no I/O.
 //! - [`publication`]: one publication and its encoding per door format, made once each.
 //! - [`channels`]: channel names, namespaces and their rules.
 //! - [`history`]: one channel's kept publications, offsets, epoch; recovery.
+//! - [`hooks`]: backend hooks (connect, refresh, subscribe, publish, sub_refresh, rpc) over
+//!   HTTP, with timeouts, retries, a circuit breaker per upstream and an answer cache.
 //! - [`kind`]: leaf types (door, encoding, frame format); imports nothing of the crate.
 //! - [`broker`]: the broker contract (streams, presence, delivery between nodes), its codec,
 //!   and the memory broker; Redis and NATS engines live in their own crates.
@@ -27,13 +31,20 @@
 //! - `door`: HTTP routing, the upgrade of every WebSocket door with every pre-upgrade check,
 //!   and the task that owns each socket (single reader, single writer, vectored writes).
 //! - `api`: the server HTTP API.
+//! - `admin`: the admin web UI at `/admin` (pages embedded in the binary, JSON endpoints,
+//!   live updates over server-sent events), acting through the API's methods.
+//! - `door/pusher`: the Pusher protocol door `/app/{key}` and its HTTP API `/apps/{id}/…`.
 //! - [`auth`]: token verification (algorithm pinned by configuration).
+//! - [`login`]: the admin UI's sessions, its login bound, constant-time comparison.
 //! - [`origin`]: the `Origin` allowlist.
 //! - [`peer`]: who a client is for limits and logs (trusted proxies, forwarded headers, the
 //!   IPv6 prefix it is counted under).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`trace`]: OpenTelemetry spans over OTLP/HTTP (the `otel` feature), and the W3C trace
+//!   context a publication carries between nodes.
 //! - `gateway`: accept loop, heartbeat sweep, graceful shutdown.
 
+mod admin;
 mod api;
 pub mod auth;
 pub mod broker;
@@ -44,17 +55,21 @@ pub mod door;
 pub mod error;
 mod gateway;
 pub mod history;
+pub mod hooks;
 pub mod hub;
 pub mod ingest;
 pub mod kind;
+pub mod login;
 pub mod metrics;
 mod node;
 pub mod origin;
 pub mod peer;
 pub mod protocol;
 pub mod publication;
+pub mod pusher_wire;
 mod respond;
 mod state;
+pub mod trace;
 pub mod wire;
 pub mod ws;
 

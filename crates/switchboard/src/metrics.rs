@@ -2,11 +2,13 @@
 //!
 //! Each gateway owns its own registry (tests run several in one process). Hot-path counters are
 //! bumped once per write batch, not once per delivery, and gauges that the hub already knows
-//! (channels, subscriptions) are read at scrape time rather than kept twice.
+//! (channels, subscriptions) are read at scrape time rather than kept twice. The two latency
+//! histograms are observed once per publication on each node, never once per delivery, so the
+//! fan-out's cost does not grow with them.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::kind::Door;
@@ -28,6 +30,20 @@ pub struct DoorMetrics {
     pub bytes_out: IntCounter,
 }
 
+/// The backend hooks' metrics (docs/hooks.md); the hooks keep clones of these handles.
+#[derive(Clone)]
+pub struct HookMetrics {
+    /// `switchboard_hook_duration_seconds{hook}`: one hook call, retries included.
+    pub duration: HistogramVec,
+    /// `switchboard_hook_calls_total{hook,result}`: result is `ok`, `error`, `timeout`,
+    /// `denied` or `breaker_open`.
+    pub calls: IntCounterVec,
+    /// `switchboard_hook_breaker_state{upstream}`: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// `switchboard_hook_breaker_transitions_total{upstream,to}`.
+    pub breaker_transitions: IntCounterVec,
+}
+
 /// Every metric of one gateway.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +62,12 @@ pub struct Metrics {
     pub handshake_seconds: Histogram,
     /// Publications accepted (from clients and the API).
     pub publications: IntCounter,
+    /// A publish call's time on this node: from taking the publication to the broker having
+    /// it (on the memory broker that includes the local fan-out).
+    pub publish_seconds: Histogram,
+    /// From a publication reaching this node (taken by the memory broker, or handed over by a
+    /// remote broker's link) to every local subscriber's queue holding it.
+    pub delivery_seconds: Histogram,
     /// Server API calls by method and HTTP status.
     pub api_requests: IntCounterVec,
     /// Client-protocol subscribes that asked to recover, by outcome (`recovered` or
@@ -65,6 +87,8 @@ pub struct Metrics {
     pub ingested: IntCounter,
     /// Log entries that could never be published, acknowledged and skipped.
     pub ingest_dropped: IntCounter,
+    /// The backend hooks.
+    pub hooks: HookMetrics,
     channels: IntGauge,
     subscriptions: IntGauge,
     history_streams: IntGauge,
@@ -74,6 +98,8 @@ pub struct Metrics {
     broker_round_trip: prometheus::Gauge,
     broker_reconnects: IntGauge,
     cluster_nodes: IntGauge,
+    ready: IntGauge,
+    connections_limit: IntGauge,
 }
 
 /// What `/metrics` reads from the node at scrape time.
@@ -97,6 +123,10 @@ pub struct Snapshot {
     pub broker_reconnects: u64,
     /// Live nodes in the cluster, this one included.
     pub cluster_nodes: usize,
+    /// What `/readyz` answers: 1 ready, 0 draining or broker unreachable.
+    pub ready: bool,
+    /// `server.max_connections` (0: none).
+    pub connections_limit: usize,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -190,8 +220,67 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let hooks = HookMetrics {
+            duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "switchboard_hook_duration_seconds",
+                        "Time of one backend hook call, retries included, by hook",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0,
+                    ]),
+                    &["hook"],
+                )
+                .expect("valid metric"),
+            ),
+            calls: counter_vec(
+                "switchboard_hook_calls_total",
+                "Backend hook calls by hook and result (ok, error, timeout, denied, breaker_open)",
+                &["hook", "result"],
+            ),
+            breaker_state: gauge_vec(
+                "switchboard_hook_breaker_state",
+                "Circuit breaker of a hook upstream: 0 closed, 1 half-open, 2 open",
+                &["upstream"],
+            ),
+            breaker_transitions: counter_vec(
+                "switchboard_hook_breaker_transitions_total",
+                "Circuit breaker transitions by upstream and the state entered",
+                &["upstream", "to"],
+            ),
+        };
+        let latency = |name: &str, help: &str| {
+            register(
+                &r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5,
+                ]))
+                .expect("valid metric"),
+            )
+        };
         Metrics {
+            hooks,
             doors,
+            publish_seconds: latency(
+                "switchboard_publish_seconds",
+                "Publish calls on this node, from taking the publication to the broker having it",
+            ),
+            delivery_seconds: latency(
+                "switchboard_delivery_seconds",
+                "From a publication reaching this node to every local subscriber's queue holding it",
+            ),
+            ready: gauge(
+                "switchboard_ready",
+                "1 when /readyz answers ready, 0 while draining or without the broker",
+            ),
+            connections_limit: gauge(
+                "switchboard_connections_limit",
+                "WebSockets this node accepts (server.max_connections; 0: no limit)",
+            ),
             disconnects: counter_vec(
                 "switchboard_disconnects_total",
                 "Connections ended, by close code and reason",
@@ -334,6 +423,8 @@ impl Metrics {
         self.broker_round_trip.set(now.broker_round_trip_secs);
         self.broker_reconnects.set(now.broker_reconnects as i64);
         self.cluster_nodes.set(now.cluster_nodes as i64);
+        self.ready.set(i64::from(now.ready));
+        self.connections_limit.set(now.connections_limit as i64);
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::kind::Encoding;
 pub use crate::kind::Format;
+use crate::trace::TraceParent;
 use crate::wire::{ClientInfoBody, PublicationBody, Push, Reply};
 use crate::ws::frame::{self, Opcode};
 
@@ -116,9 +117,12 @@ pub struct Publication {
     pub offset: u64,
     /// The publishing client, when a protocol client published it.
     pub info: Option<Arc<ClientInfo>>,
+    /// The trace context it travels under (traces on and the publish sampled; else `None`):
+    /// first its publisher's span, then the broker-publish span the fan-outs hang under.
+    pub trace: Option<TraceParent>,
     data_json: OnceLock<Bytes>,
     /// One frame per (format, compressed): see [`Publication::frame`].
-    frames: [OnceLock<Bytes>; 6],
+    frames: [OnceLock<Bytes>; 8],
 }
 
 /// The opcode and payload of an unmasked server frame built by `frame::encode`.
@@ -138,6 +142,7 @@ impl Publication {
             source,
             offset: 0,
             info: None,
+            trace: None,
             data_json: OnceLock::new(),
             frames: Default::default(),
         }
@@ -202,6 +207,9 @@ impl Publication {
                 Format::Plain => return self.encode_plain(),
                 Format::Json => return self.encode_push(channel, Encoding::Json),
                 Format::Protobuf => return self.encode_push(channel, Encoding::Protobuf),
+                Format::Pusher => {
+                    return crate::pusher_wire::publication_frame(channel, self.data_json())
+                }
             };
             let (opcode, payload) = split_frame(plain);
             let compressed = crate::ws::deflate::deflate_message(payload, 15);

@@ -1,18 +1,41 @@
 //! HTTP responses: the response type every handler returns, and the few shapes they take
-//! (plain text, JSON, a refused upgrade's JSON error). Imports only the error codes.
+//! (plain text, JSON, a refused upgrade's JSON error, a stream). Imports only the error codes.
+
+use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Full, StreamBody};
+use hyper::body::Frame;
 
 use crate::error::{error_body, Rejection};
 
+/// A response body: whole (every response but one), or a stream (the admin UI's live
+/// updates). The whole one is not boxed, so the common response costs no more for the other.
+pub(crate) type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, Infallible>>;
+
 /// A response with a body, for the door and API handlers.
-pub(crate) type Response = http::Response<Full<Bytes>>;
+pub(crate) type Response = http::Response<Body>;
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    Either::Left(Full::default())
+}
+
+/// A body sent as `chunks` come, ending when they end.
+pub(crate) fn streamed<S>(chunks: S) -> Body
+where
+    S: futures_util::Stream<Item = Bytes> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let frames = chunks.map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+    Either::Right(StreamBody::new(frames).boxed_unsync())
+}
 
 /// A plain-text response with `status`.
 pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
-    let mut response = http::Response::new(Full::new(body.into()));
+    let mut response = http::Response::new(Either::Left(Full::new(body.into())));
     *response.status_mut() = status;
     response
 }
@@ -29,8 +52,14 @@ pub(crate) fn json(status: StatusCode, body: String) -> Response {
 
 /// The JSON error response for a refused upgrade.
 pub(crate) fn rejection(rejection: &Rejection) -> Response {
-    json(
+    let mut response = json(
         rejection.status(),
         error_body(rejection.code(), &rejection.to_string()),
-    )
+    );
+    if let Some(secs) = rejection.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }

@@ -1,6 +1,6 @@
 //! What every task of one gateway shares: the configuration as resolved, the node (hub,
 //! connections, broker), and the checks made at the door (tokens, origins, trusted proxies,
-//! node and per-IP limits).
+//! node and per-IP limits), and the admin UI's logins.
 //! The doors and the API read it; it imports nothing above the node.
 
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::TokenVerifier;
 use crate::config::{Config, Resolved};
 use crate::conn::{IpLimits, NodeSlots, PendingConns};
+use crate::hooks::Hooks;
+use crate::login::Logins;
 use crate::node::Node;
 use crate::origin::OriginPolicy;
 use crate::peer::TrustedProxies;
@@ -29,6 +31,10 @@ pub(crate) struct State {
     pub(crate) proxies: TrustedProxies,
     pub(crate) verifier: TokenVerifier,
     pub(crate) origins: OriginPolicy,
+    /// The admin UI's sessions and login bound (unused while `admin.enabled` is off).
+    pub(crate) logins: Logins,
+    /// The backend hooks, when any is configured.
+    pub(crate) hooks: Option<Arc<Hooks>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) started: Instant,

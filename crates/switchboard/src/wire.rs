@@ -88,10 +88,10 @@ pub struct Command {
     #[prost(message, optional, tag = "12")]
     #[serde(default)]
     pub send: Option<Empty>,
-    /// `rpc` (no handlers here).
+    /// `rpc` (answered by the rpc hook, when configured).
     #[prost(message, optional, tag = "13")]
     #[serde(default)]
-    pub rpc: Option<Empty>,
+    pub rpc: Option<RpcRequest>,
     /// `refresh`.
     #[prost(message, optional, tag = "14")]
     #[serde(default)]
@@ -110,12 +110,35 @@ pub struct Empty {}
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(default)]
 pub struct ConnectRequest {
-    /// The connection token (empty: anonymous).
+    /// The connection token (empty: anonymous, or the connect hook when configured).
     #[prost(string, tag = "1")]
     pub token: String,
+    /// Data for the connect hook: any JSON (JSON encoding) or any bytes (Protobuf).
+    #[prost(bytes = "bytes", tag = "2")]
+    #[serde(deserialize_with = "json_bytes")]
+    pub data: Bytes,
     /// Recovery positions of server-side subscriptions, by channel.
     #[prost(map = "string, message", tag = "3")]
     pub subs: HashMap<String, SubscribeRequest>,
+    /// The SDK's name (passed to the connect hook).
+    #[prost(string, tag = "4")]
+    pub name: String,
+    /// The SDK's version (passed to the connect hook).
+    #[prost(string, tag = "5")]
+    pub version: String,
+}
+
+/// `rpc`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
+pub struct RpcRequest {
+    /// The payload: any JSON (JSON encoding) or any bytes (Protobuf).
+    #[prost(bytes = "bytes", tag = "1")]
+    #[serde(deserialize_with = "json_bytes")]
+    pub data: Bytes,
+    /// The method, which picks the rpc hook's URL.
+    #[prost(string, tag = "2")]
+    pub method: String,
 }
 
 /// `subscribe` (also a server-side subscription's recovery position in `connect`).
@@ -290,6 +313,15 @@ impl From<ClientError> for ErrorBody {
     }
 }
 
+/// The result of `rpc`: what the rpc hook answered.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct RpcResult {
+    /// JSON (JSON encoding) or bytes (Protobuf).
+    #[prost(bytes = "bytes", tag = "1")]
+    #[serde(skip_serializing_if = "Bytes::is_empty", serialize_with = "raw_json")]
+    pub data: Bytes,
+}
+
 /// Who a connection is, as others see it.
 #[derive(Clone, PartialEq, Message, Serialize)]
 pub struct ClientInfoBody {
@@ -343,6 +375,10 @@ pub struct ConnectResult {
     #[prost(uint32, tag = "4")]
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub ttl: u32,
+    /// Data from the connect hook's `data`: JSON (JSON encoding) or bytes (Protobuf).
+    #[prost(bytes = "bytes", tag = "5")]
+    #[serde(skip_serializing_if = "Bytes::is_empty", serialize_with = "raw_json")]
+    pub data: Bytes,
     /// Server-side subscriptions (a `map<string, SubscribeResult>` on the wire).
     #[prost(message, repeated, tag = "6")]
     #[serde(
@@ -592,6 +628,10 @@ pub struct Reply {
     #[prost(message, optional, tag = "12")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ping: Option<Empty>,
+    /// `rpc`'s result.
+    #[prost(message, optional, tag = "13")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<RpcResult>,
     /// `refresh`'s result.
     #[prost(message, optional, tag = "14")]
     #[serde(skip_serializing_if = "Option::is_none")]

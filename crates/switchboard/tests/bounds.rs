@@ -36,64 +36,6 @@ fn bounds_config() -> Config {
     config
 }
 
-/// A client-protocol connection spoken by hand.
-struct Proto {
-    ws: Client,
-    next_id: u64,
-}
-
-impl Proto {
-    async fn connected(server: &TestServer, user: &str) -> Proto {
-        let ws = connect(&server.url("/connection/websocket")).await.unwrap();
-        let mut proto = Proto { ws, next_id: 0 };
-        let reply = proto
-            .call("connect", json!({ "token": token(user, 3600) }))
-            .await;
-        assert!(reply["connect"]["client"].is_string(), "{reply}");
-        proto
-    }
-
-    /// Sends one command and returns its reply (pushes before it are skipped).
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut command = json!({ "id": id });
-        command[method] = params;
-        self.ws
-            .send(Message::text(command.to_string()))
-            .await
-            .unwrap();
-        loop {
-            let message = self.next_json().await;
-            if message["id"] == id {
-                return message;
-            }
-        }
-    }
-
-    async fn next_json(&mut self) -> Value {
-        loop {
-            let text = next_text(&mut self.ws).await;
-            for line in text.lines() {
-                let value: Value = serde_json::from_str(line).unwrap();
-                if value != json!({}) {
-                    return value;
-                }
-            }
-        }
-    }
-
-    /// The next publication pushed to this client.
-    async fn next_publication(&mut self) -> Value {
-        loop {
-            let message = self.next_json().await;
-            if message["push"]["pub"].is_object() {
-                return message["push"]["pub"].clone();
-            }
-        }
-    }
-}
-
 async fn api_publish(server: &TestServer, channel: &str, data: Value) -> Value {
     let (status, body) = server
         .api("publish", json!({ "channel": channel, "data": data }))

@@ -320,6 +320,18 @@ async fn tcp_from(from: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpS
     socket.connect(addr).await.unwrap()
 }
 
+/// A plain health check, answered 200 by a serving node.
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// `count` sockets from 127.0.0.1 that connect and then say nothing.
+async fn silent_sockets(count: usize, addr: std::net::SocketAddr) -> Vec<tokio::net::TcpStream> {
+    let mut silent = Vec::new();
+    for _ in 0..count {
+        silent.push(tcp_from([127, 0, 0, 1], addr).await);
+    }
+    silent
+}
+
 /// A WebSocket upgrade from the loopback address `from`, with extra request headers.
 async fn connect_from(
     from: [u8; 4],
@@ -439,19 +451,13 @@ async fn silent_sockets_over_the_per_ip_bound_are_closed_at_once_and_others_are_
     config.server.max_pending_handshakes_per_ip = 3;
     config.server.handshake_timeout = std::time::Duration::from_secs(60);
     let server = start(config).await;
-    let mut silent = Vec::new();
-    for _ in 0..3 {
-        silent.push(tcp_from([127, 0, 0, 1], server.addr).await);
-    }
+    let silent = silent_sockets(3, server.addr).await;
     // The fourth from the same address is closed before anything is read or answered.
     let fourth = tcp_from([127, 0, 0, 1], server.addr).await;
     assert_eq!(raw_status(fourth, b"").await, None);
     // Another address is served meanwhile.
     let other = tcp_from([127, 0, 0, 2], server.addr).await;
-    assert_eq!(
-        raw_status(other, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await,
-        Some(200)
-    );
+    assert_eq!(raw_status(other, HEALTHZ).await, Some(200));
     drop(silent);
     eventually("the silent sockets' places are given back", || async {
         let tcp = tcp_from([127, 0, 0, 1], server.addr).await;
@@ -481,22 +487,14 @@ async fn at_the_node_bound_the_oldest_silent_socket_makes_room_for_a_probe() {
     config.server.max_pending_handshakes = 4;
     config.server.handshake_timeout = std::time::Duration::from_secs(60);
     let server = start(config).await;
-    let mut silent = Vec::new();
-    for _ in 0..4 {
-        silent.push(tcp_from([127, 0, 0, 1], server.addr).await);
-    }
+    let mut silent = silent_sockets(4, server.addr).await;
     let probe = tcp_from([127, 0, 0, 1], server.addr).await;
-    assert_eq!(
-        raw_status(probe, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await,
-        Some(200)
-    );
+    assert_eq!(raw_status(probe, HEALTHZ).await, Some(200));
     // The oldest silent socket was closed for it, unanswered.
     let oldest = silent.remove(0);
     assert_eq!(raw_status(oldest, b"").await, None);
     // The API is reachable the same way, however many silent sockets came before.
-    for _ in 0..8 {
-        silent.push(tcp_from([127, 0, 0, 1], server.addr).await);
-    }
+    silent.extend(silent_sockets(8, server.addr).await);
     let (status, _) = server.api("info", serde_json::json!({})).await;
     assert_eq!(status, 200);
     drop(silent);

@@ -16,12 +16,17 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 1),
     ("metrics", 1),
     ("auth", 2),
+    ("login", 2),
     ("channels", 2),
+    ("trace", 2),
     ("error", 3),
     // codecs
     ("ws", 4),
     ("wire", 4),
+    ("pusher_wire", 4),
     ("publication", 5),
+    // backend hooks: HTTP client, breakers, cache
+    ("hooks", 5),
     ("history", 6),
     // local fan-out and connections
     ("conn", 6),
@@ -37,6 +42,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("protocol", 11),
     ("api", 12),
     ("door", 13),
+    ("admin", 13),
     // the gateway and the crate root
     ("gateway", 14),
     ("lib", 15),

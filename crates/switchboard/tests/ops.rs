@@ -55,6 +55,41 @@ async fn metrics_count_connections_messages_and_rejections() {
 }
 
 #[tokio::test]
+async fn publications_are_timed_once_each_and_the_limit_and_readiness_are_exported() {
+    let mut cfg = config();
+    cfg.server.max_connections = 50;
+    let server = start(cfg).await;
+    // Two members, so one publication reaches two queues: still one observation of each.
+    let mut a = server.connect_as("/ws/chat/timed", "a").await;
+    let mut b = server.connect_as("/ws/chat/timed", "b").await;
+    for n in 0..3 {
+        let (status, _) = server
+            .api(
+                "publish",
+                serde_json::json!({"channel": "chat:timed", "data": n}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(next_text(&mut a).await, n.to_string());
+        assert_eq!(next_text(&mut b).await, n.to_string());
+    }
+    assert_eq!(
+        metric(server.addr, "switchboard_publish_seconds_count").await,
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(server.addr, "switchboard_delivery_seconds_count").await,
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(server.addr, "switchboard_connections_limit ").await,
+        Some(50.0)
+    );
+    assert_eq!(metric(server.addr, "switchboard_ready ").await, Some(1.0));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_trace_id_is_returned_or_generated() {
     let server = start(config()).await;
     let (_, headers, _) = http_full(

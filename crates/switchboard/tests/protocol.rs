@@ -50,72 +50,6 @@ fn protocol_config() -> Config {
     config
 }
 
-struct Proto {
-    ws: Client,
-    next_id: u64,
-}
-
-impl Proto {
-    async fn open(server: &TestServer) -> Proto {
-        let ws = connect(&server.url("/connection/websocket")).await.unwrap();
-        Proto { ws, next_id: 0 }
-    }
-
-    /// Opens and connects with a token for `user`; returns the connect result too.
-    async fn connected(server: &TestServer, user: &str) -> (Proto, Value) {
-        let mut proto = Proto::open(server).await;
-        let reply = proto
-            .call("connect", json!({ "token": token(user, 3600) }))
-            .await;
-        let result = reply["connect"].clone();
-        assert!(result["client"].is_string(), "{reply}");
-        (proto, result)
-    }
-
-    async fn send_raw(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.unwrap();
-    }
-
-    /// Sends one command and returns its reply (pushes before it are skipped).
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut command = json!({ "id": id });
-        command[method] = params;
-        self.send_raw(&command.to_string()).await;
-        loop {
-            let message = self.next_json().await;
-            if message["id"] == id {
-                return message;
-            }
-        }
-    }
-
-    /// The next JSON object from the server (a frame may hold several, one per line),
-    /// skipping the server's `{}` pings.
-    async fn next_json(&mut self) -> Value {
-        loop {
-            let text = next_text(&mut self.ws).await;
-            for line in text.lines() {
-                let value: Value = serde_json::from_str(line).unwrap();
-                if value != json!({}) {
-                    return value;
-                }
-            }
-        }
-    }
-
-    /// The next push (a message with no id).
-    async fn next_push(&mut self) -> Value {
-        loop {
-            let message = self.next_json().await;
-            if message.get("push").is_some() {
-                return message["push"].clone();
-            }
-        }
-    }
-}
-
 fn sub_token(user: &str, channel: &str, ttl: u64) -> String {
     let claims = Claims {
         sub: user.into(),
@@ -137,7 +71,7 @@ async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
 #[tokio::test]
 async fn connect_with_a_token_returns_a_client_id_and_the_ping_settings() {
     let server = start(protocol_config()).await;
-    let (_proto, result) = Proto::connected(&server, "alice").await;
+    let (_proto, result) = Proto::connected_with_result(&server, "alice").await;
     assert_eq!(result["pong"], true);
     assert_eq!(result["ping"], 25);
     assert_eq!(result["expires"], true, "the token has an exp");
@@ -202,10 +136,10 @@ async fn a_command_before_connect_is_unauthorized() {
 #[tokio::test]
 async fn a_frame_that_is_not_protocol_json_closes_with_3501_and_others_carry_on() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     proto.send_raw("this is not json").await;
     assert_eq!(close_code(&mut proto.ws).await, 3501);
-    let (mut other, _) = Proto::connected(&server, "v").await;
+    let mut other = Proto::connected(&server, "v").await;
     let reply = other
         .call("subscribe", json!({ "channel": "feed:ok" }))
         .await;
@@ -228,11 +162,11 @@ async fn more_commands_in_one_message_than_the_cap_close_with_3501_and_others_ca
     config.client.max_subscriptions = 4;
     config.client.max_commands_per_message = 10;
     let server = start(config).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     let pings = (1..=11).map(|id| json!({ "id": id, "ping": {} }));
     proto.send_raw(&frame_of(pings)).await;
     assert_eq!(close_code(&mut proto.ws).await, 3501);
-    let (mut other, _) = Proto::connected(&server, "v").await;
+    let mut other = Proto::connected(&server, "v").await;
     assert!(other.call("ping", json!({})).await.get("ping").is_some());
     server.stop().await;
 }
@@ -244,14 +178,14 @@ async fn each_command_counts_against_the_message_rate() {
     config.client.max_subscriptions = 4;
     config.client.max_commands_per_message = 10;
     let server = start(config).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     // The burst is the cap (10 tokens, 5 a second): two full messages at once exceed it.
     for round in 0..2 {
         let pings = (1..=10).map(|id| json!({ "id": round * 10 + id, "ping": {} }));
         proto.send_raw(&frame_of(pings)).await;
     }
     assert_eq!(close_code(&mut proto.ws).await, 3013);
-    let (mut other, _) = Proto::connected(&server, "v").await;
+    let mut other = Proto::connected(&server, "v").await;
     assert!(other.call("ping", json!({})).await.get("ping").is_some());
     server.stop().await;
 }
@@ -262,7 +196,7 @@ async fn subscribe_churn_past_the_subscribe_rate_gets_error_111() {
     config.client.max_subscriptions = 4;
     config.client.subscribe_rate = 1;
     let server = start(config).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     let mut refused = 0;
     for _ in 0..6 {
         let reply = proto
@@ -290,7 +224,7 @@ async fn subscribe_churn_past_the_subscribe_rate_gets_error_111() {
 #[tokio::test]
 async fn several_commands_in_one_frame_each_get_their_reply_in_order() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     proto
         .send_raw(
             "{\"id\":10,\"subscribe\":{\"channel\":\"feed:a\"}}\n{\"id\":11,\"subscribe\":{\"channel\":\"feed:b\"}}",
@@ -304,7 +238,7 @@ async fn several_commands_in_one_frame_each_get_their_reply_in_order() {
 #[tokio::test]
 async fn subscribers_receive_api_publications_with_offsets_and_publish_returns_the_position() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     let reply = proto
         .call("subscribe", json!({ "channel": "feed:news" }))
         .await;
@@ -328,7 +262,7 @@ async fn subscribers_receive_api_publications_with_offsets_and_publish_returns_t
 #[tokio::test]
 async fn recovery_returns_exactly_the_missed_publications_then_live_ones() {
     let server = start(protocol_config()).await;
-    let (mut first, _) = Proto::connected(&server, "u").await;
+    let mut first = Proto::connected(&server, "u").await;
     let reply = first
         .call("subscribe", json!({ "channel": "feed:r" }))
         .await;
@@ -339,7 +273,7 @@ async fn recovery_returns_exactly_the_missed_publications_then_live_ones() {
     for n in 2..=4 {
         publish(&server, "feed:r", json!(n)).await;
     }
-    let (mut again, _) = Proto::connected(&server, "u").await;
+    let mut again = Proto::connected(&server, "u").await;
     let reply = again
         .call(
             "subscribe",
@@ -367,7 +301,7 @@ async fn a_gap_history_cannot_fill_is_reported_as_not_recovered() {
     for n in 1..=8 {
         publish(&server, "feed:gap", json!(n)).await;
     }
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     let epoch = proto
         .call("history", json!({ "channel": "feed:gap" }))
         .await["history"]["epoch"]
@@ -398,7 +332,7 @@ async fn a_gap_history_cannot_fill_is_reported_as_not_recovered() {
 #[tokio::test]
 async fn reject_unrecovered_answers_error_112_instead() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     let reply = proto
         .call(
             "subscribe",
@@ -419,7 +353,7 @@ async fn reject_unrecovered_answers_error_112_instead() {
 #[tokio::test]
 async fn channel_rules_are_enforced_with_clear_error_codes() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     let code = |reply: Value| reply["error"]["code"].clone();
     assert_eq!(
         code(
@@ -504,8 +438,8 @@ async fn channel_rules_are_enforced_with_clear_error_codes() {
 #[tokio::test]
 async fn user_limited_channels_admit_only_their_users() {
     let server = start(protocol_config()).await;
-    let (mut alice, _) = Proto::connected(&server, "alice").await;
-    let (mut bob, _) = Proto::connected(&server, "bob").await;
+    let mut alice = Proto::connected(&server, "alice").await;
+    let mut bob = Proto::connected(&server, "bob").await;
     let ok = alice
         .call("subscribe", json!({ "channel": "#alice,carol" }))
         .await;
@@ -524,8 +458,8 @@ async fn clients_cannot_publish_into_a_user_limited_channel_even_its_own_user() 
     config.channels.default.publish = Some(PublishRule::Anonymous);
     config.channels.default.subscribe = Some(SubscribeRule::Authenticated);
     let server = start(config).await;
-    let (mut alice, _) = Proto::connected(&server, "alice").await;
-    let (mut mallory, _) = Proto::connected(&server, "mallory").await;
+    let mut alice = Proto::connected(&server, "alice").await;
+    let mut mallory = Proto::connected(&server, "mallory").await;
     alice
         .call("subscribe", json!({ "channel": "#alice" }))
         .await;
@@ -562,7 +496,7 @@ async fn a_subscription_token_is_not_a_connection_token() {
         .send_raw(&json!({ "id": 1, "connect": { "token": token } }).to_string())
         .await;
     assert_eq!(close_code(&mut proto.ws).await, 3500);
-    let (mut other, _) = Proto::connected(&server, "v").await;
+    let mut other = Proto::connected(&server, "v").await;
     assert!(other.call("ping", json!({})).await.get("ping").is_some());
     server.stop().await;
 }
@@ -570,7 +504,7 @@ async fn a_subscription_token_is_not_a_connection_token() {
 #[tokio::test]
 async fn a_refresh_with_a_token_without_exp_is_refused() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     let endless = mint_claims_hs256(
         SECRET,
         &Claims {
@@ -589,7 +523,7 @@ async fn a_refresh_with_a_token_without_exp_is_refused() {
 #[tokio::test]
 async fn a_subscription_token_past_its_exp_is_error_109() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     let claims = Claims {
         sub: "u".into(),
         exp: Some(unix_now() - 1),
@@ -610,8 +544,8 @@ async fn a_subscription_token_past_its_exp_is_error_109() {
 #[tokio::test]
 async fn clients_publish_to_rooms_they_subscribe_and_others_see_who_sent_it() {
     let server = start(protocol_config()).await;
-    let (mut alice, _) = Proto::connected(&server, "alice").await;
-    let (mut bob, _) = Proto::connected(&server, "bob").await;
+    let mut alice = Proto::connected(&server, "alice").await;
+    let mut bob = Proto::connected(&server, "bob").await;
     alice
         .call("subscribe", json!({ "channel": "room:1" }))
         .await;
@@ -641,8 +575,8 @@ async fn clients_publish_to_rooms_they_subscribe_and_others_see_who_sent_it() {
 #[tokio::test]
 async fn presence_join_and_leave() {
     let server = start(protocol_config()).await;
-    let (mut alice, _) = Proto::connected(&server, "alice").await;
-    let (mut bob, bob_connect) = Proto::connected(&server, "bob").await;
+    let mut alice = Proto::connected(&server, "alice").await;
+    let (mut bob, bob_connect) = Proto::connected_with_result(&server, "bob").await;
     alice
         .call("subscribe", json!({ "channel": "room:p" }))
         .await;
@@ -680,7 +614,7 @@ async fn presence_join_and_leave() {
 async fn a_plain_chat_member_and_a_protocol_subscriber_share_the_channel_both_ways() {
     let server = start(protocol_config()).await;
     let mut member = server.connect_as("/ws/chat/lobby", "m").await;
-    let (mut proto, _) = Proto::connected(&server, "p").await;
+    let mut proto = Proto::connected(&server, "p").await;
     let reply = proto
         .call("subscribe", json!({ "channel": "chat:lobby" }))
         .await;
@@ -738,7 +672,7 @@ async fn the_tokens_channels_are_subscribed_at_connect() {
 #[tokio::test]
 async fn the_api_subscribes_and_unsubscribes_a_users_connections() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "target").await;
+    let mut proto = Proto::connected(&server, "target").await;
     let (status, body) = server
         .api(
             "subscribe",
@@ -765,7 +699,7 @@ async fn the_api_subscribes_and_unsubscribes_a_users_connections() {
 #[tokio::test]
 async fn the_api_disconnect_closes_protocol_clients_with_3503() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "gone").await;
+    let mut proto = Proto::connected(&server, "gone").await;
     server.api("disconnect", json!({ "user": "gone" })).await;
     assert_eq!(close_code(&mut proto.ws).await, 3503);
     server.stop().await;
@@ -777,7 +711,7 @@ async fn history_answers_with_limit_reverse_and_can_be_removed() {
     for n in 1..=4 {
         publish(&server, "feed:h", json!(n)).await;
     }
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     let reply = proto
         .call(
             "history",
@@ -878,7 +812,7 @@ async fn an_expired_session_closes_with_3005_unless_refreshed() {
 #[tokio::test]
 async fn an_expired_subscription_token_closes_with_3006_unless_refreshed() {
     let server = start(protocol_config()).await;
-    let (mut lapsing, _) = Proto::connected(&server, "u").await;
+    let mut lapsing = Proto::connected(&server, "u").await;
     let reply = lapsing
         .call(
             "subscribe",
@@ -886,7 +820,7 @@ async fn an_expired_subscription_token_closes_with_3006_unless_refreshed() {
         )
         .await;
     assert_eq!(reply["subscribe"]["expires"], true, "{reply}");
-    let (mut refreshed, _) = Proto::connected(&server, "v").await;
+    let mut refreshed = Proto::connected(&server, "v").await;
     refreshed
         .call(
             "subscribe",
@@ -975,7 +909,7 @@ async fn the_protobuf_flavour_speaks_the_same_protocol_in_binary_frames() {
     assert_eq!(&publication.data[..], br#"{"n":1}"#);
     assert_eq!(publication.offset, 1);
     // A JSON subscriber of the same channel gets the same publication in JSON.
-    let (mut json_client, _) = Proto::connected(&server, "j").await;
+    let mut json_client = Proto::connected(&server, "j").await;
     json_client
         .call("subscribe", json!({ "channel": "feed:pb" }))
         .await;
@@ -1003,7 +937,7 @@ async fn the_protobuf_flavour_speaks_the_same_protocol_in_binary_frames() {
 #[tokio::test]
 async fn shutdown_closes_protocol_clients_with_3001() {
     let server = start(protocol_config()).await;
-    let (mut proto, _) = Proto::connected(&server, "u").await;
+    let mut proto = Proto::connected(&server, "u").await;
     server.shutdown.cancel();
     assert_eq!(close_code(&mut proto.ws).await, 3001);
     tokio::time::timeout(WAIT, server.handle)

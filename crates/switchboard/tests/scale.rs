@@ -8,12 +8,10 @@
 mod common;
 
 use common::*;
-use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard::auth::{mint_claims_hs256, Claims};
 use switchboard::config::{NamespaceConfig, SubscribeRule};
 use switchboard::Config;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Production-like defaults plus `room`, which any signed-in user may subscribe to.
 fn room_config() -> Config {
@@ -24,70 +22,6 @@ fn room_config() -> Config {
     };
     config.channels.namespaces.insert("room".into(), room);
     config
-}
-
-/// A client-protocol connection spoken by hand.
-struct Proto {
-    ws: Client,
-    next_id: u64,
-}
-
-impl Proto {
-    async fn open(server: &TestServer) -> Proto {
-        let ws = connect(&server.url("/connection/websocket")).await.unwrap();
-        Proto { ws, next_id: 0 }
-    }
-
-    async fn connected(server: &TestServer, user: &str) -> Proto {
-        let mut proto = Proto::open(server).await;
-        let reply = proto
-            .call("connect", json!({ "token": token(user, 3600) }))
-            .await;
-        assert!(reply["connect"]["client"].is_string(), "{reply}");
-        proto
-    }
-
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut command = json!({ "id": id });
-        command[method] = params;
-        self.ws
-            .send(Message::text(command.to_string()))
-            .await
-            .unwrap();
-        loop {
-            let message = self.next_json().await;
-            if message["id"] == id {
-                return message;
-            }
-        }
-    }
-
-    async fn next_json(&mut self) -> Value {
-        loop {
-            let text = next_text(&mut self.ws).await;
-            for line in text.lines() {
-                let value: Value = serde_json::from_str(line).unwrap();
-                if value != json!({}) {
-                    return value;
-                }
-            }
-        }
-    }
-
-    async fn next_push(&mut self) -> Value {
-        loop {
-            let message = self.next_json().await;
-            if message.get("push").is_some() {
-                return message["push"].clone();
-            }
-        }
-    }
-
-    async fn served(&mut self) {
-        assert!(self.call("ping", json!({})).await.get("ping").is_some());
-    }
 }
 
 async fn info(server: &TestServer) -> Value {

@@ -56,6 +56,10 @@ function tomlValue(v) {
   if (typeof v === 'string') return JSON.stringify(v);
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
   if (Array.isArray(v)) return `[${v.map(tomlValue).join(', ')}]`;
+  // An object inside an array: an inline table (`[[pusher.apps]]` written as `apps = [{…}]`).
+  if (v !== null && typeof v === 'object') {
+    return `{ ${Object.entries(v).map(([k, x]) => `${k} = ${tomlValue(x)}`).join(', ')} }`;
+  }
   throw new Error(`no TOML form for ${JSON.stringify(v)}`);
 }
 

@@ -4,7 +4,8 @@
 // for the load balancer (new connections go to the first node that accepts, node 1 first), a
 // recoverable subscription through it, and a publisher on node 3's API. Node 1, the client's
 // node, is killed with SIGKILL while publications flow: the SDK reconnects through the forwarder
-// to node 2 and recovers from the shared stream every publication, once, in order.
+// to node 2 and recovers from the shared stream every publication, once, in order. On Redis,
+// one node's admin UI also lists the other node with the counters it announces.
 //
 // The broker servers are started here on free loopback ports (never the default 6379 / 4222)
 // and, like the nodes, stopped by their pid in the test's `after` hook (and killed on exit as a
@@ -12,162 +13,13 @@
 // they are missing.
 
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const fs = require('node:fs');
 const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
 const { test } = require('node:test');
 
-const { HOST, Server, connectionToken, freePort, nextEvent, sleep, until } = require('../lib/harness');
+const { HOST, Server, connectionToken, nextEvent, sleep, until } = require('../lib/harness');
+const { BROKERS, startBroker } = require('../lib/brokers');
 const { config } = require('../lib/config');
 const { Clients, subscribed } = require('../lib/sdk');
-
-// Broker servers still running, killed on exit if a test left one behind.
-const brokerPids = new Set();
-process.on('exit', () => {
-  for (const pid of brokerPids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-});
-
-/** `name` on PATH or in the usual system directories (Debian puts nats-server in /usr/sbin). */
-function findBinary(name) {
-  const dirs = [...(process.env.PATH || '').split(path.delimiter), '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
-  for (const dir of dirs) {
-    if (!dir) continue;
-    const candidate = path.join(dir, name);
-    try {
-      fs.accessSync(candidate, fs.constants.X_OK);
-      return candidate;
-    } catch {
-      // not here
-    }
-  }
-  return null;
-}
-
-/** A free loopback port that is none of the brokers' default ports (those are never touched). */
-async function privatePort() {
-  for (;;) {
-    const port = await freePort();
-    if (port !== 6379 && port !== 4222 && port !== 8222) return port;
-  }
-}
-
-/** Does a TCP exchange on `port` answer with something matching `expected`? */
-function probe(port, send, expected) {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, HOST);
-    let got = '';
-    const done = (ok) => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), 500);
-    socket.on('error', () => done(false));
-    socket.on('connect', () => send && socket.write(send));
-    socket.on('data', (chunk) => {
-      got += chunk;
-      if (expected.test(got)) done(true);
-    });
-  });
-}
-
-const BROKERS = {
-  redis: {
-    binary: 'redis-server',
-    async args(port) {
-      return { args: ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no'] };
-    },
-    ready: (port) => probe(port, 'PING\r\n', /\+PONG/),
-    env: (port) => ({ SWITCHBOARD_BROKER: 'redis', SWITCHBOARD_REDIS_URL: `redis://${HOST}:${port}` }),
-  },
-  nats: {
-    binary: 'nats-server',
-    async args(port, dir) {
-      const monitor = await privatePort();
-      return { args: ['-js', '-a', HOST, '-p', String(port), '-m', String(monitor), '-sd', path.join(dir, 'jetstream')], monitor };
-    },
-    // /healthz answers 200 once JetStream is up.
-    async ready(port, { monitor }) {
-      if (!(await probe(port, null, /^INFO /))) return false;
-      try {
-        const res = await fetch(`http://${HOST}:${monitor}/healthz`, { signal: AbortSignal.timeout(500) });
-        return res.status === 200;
-      } catch {
-        return false;
-      }
-    },
-    env: (port) => ({ SWITCHBOARD_BROKER: 'nats', SWITCHBOARD_NATS_URL: `nats://${HOST}:${port}` }),
-  },
-};
-
-/** Starts a private broker server of `kind` and waits until it serves. */
-async function startBroker(kind) {
-  const spec = BROKERS[kind];
-  const binary = findBinary(spec.binary);
-  if (!binary) throw new Error(`${spec.binary} not found (tests/node/run.sh and scripts/test install it)`);
-  const port = await privatePort();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `switchboard-${kind}-`));
-  const logPath = path.join(dir, `${kind}.log`);
-  const extra = await spec.args(port, dir);
-  const log = fs.openSync(logPath, 'a');
-  const proc = spawn(binary, extra.args, { cwd: dir, stdio: ['ignore', log, log] });
-  fs.closeSync(log);
-  brokerPids.add(proc.pid);
-  const exited = new Promise((resolve) => {
-    proc.on('exit', (code, signal) => {
-      brokerPids.delete(proc.pid);
-      proc.exitStatus = { code, signal };
-      resolve(proc.exitStatus);
-    });
-  });
-  const broker = {
-    kind,
-    port,
-    env: spec.env(port),
-    readLog: () => {
-      try {
-        return fs.readFileSync(logPath, 'utf8');
-      } catch {
-        return '';
-      }
-    },
-    async stop() {
-      if (!proc.exitStatus) {
-        try {
-          process.kill(proc.pid, 'SIGTERM');
-        } catch {
-          // exited meanwhile
-        }
-        let timer;
-        const status = await Promise.race([exited, new Promise((resolve) => (timer = setTimeout(resolve, 5000, null)))]);
-        clearTimeout(timer);
-        if (!status) {
-          process.kill(proc.pid, 'SIGKILL');
-          await exited;
-        }
-      }
-      if (!process.env.SWITCHBOARD_TEST_KEEP) fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
-  const deadline = Date.now() + 10000;
-  for (;;) {
-    if (proc.exitStatus) throw new Error(`${spec.binary} exited early (${JSON.stringify(proc.exitStatus)}):\n${broker.readLog()}`);
-    if (await spec.ready(port, extra)) return broker;
-    if (Date.now() > deadline) {
-      await broker.stop();
-      throw new Error(`${spec.binary} did not serve on ${port} within 10 s:\n${broker.readLog()}`);
-    }
-    await sleep(50);
-  }
-}
 
 /**
  * The load balancer: listens on a free loopback port and forwards each new connection to the
@@ -366,3 +218,57 @@ for (const kind of Object.keys(BROKERS)) {
     }
   });
 }
+
+test('redis: the admin UI of one node lists every node of the cluster with the counters each announces', { timeout: 28000 }, async (t) => {
+  const cleanups = [];
+  t.after(async () => {
+    for (const cleanup of cleanups.reverse()) {
+      try {
+        await cleanup();
+      } catch {
+        // keep stopping the rest
+      }
+    }
+  });
+  const broker = await startBroker('redis');
+  cleanups.push(() => broker.stop());
+  const password = 'cluster-admin-password';
+  const adminConfig = config({ feed }, { server: { shutdown_drain: '1s' }, admin: { enabled: true }, node: { announce_interval: '300ms' } });
+  const nodes = [1, 2].map(
+    (i) => new Server({ config: adminConfig, env: { ...broker.env, SWITCHBOARD_NODE_NAME: `admin-node-${i}`, SWITCHBOARD_ADMIN_PASSWORD: password } }),
+  );
+  cleanups.push(() => Promise.all(nodes.map((node) => node.stop())));
+  const [node1, node2] = nodes;
+  await Promise.all(nodes.map((node) => node.start()));
+
+  // A client on node 2 is sent publications: node 2's totals move.
+  const clients = new Clients();
+  cleanups.push(() => clients.closeAll());
+  const client = await clients.connected(node2.wsUrl, connectionToken('watched'));
+  const sub = await subscribed(client, 'feed:admin-cluster');
+  for (let n = 1; n <= 5; n++) await node1.publish('feed:admin-cluster', { n });
+  await until(() => sub.pubs.length === 5, 'five publications on node 2');
+
+  const login = await fetch(`http://${node1.base}/admin/login`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ password }),
+  });
+  assert.equal(login.status, 200);
+  const cookie = login.headers.get('set-cookie').split(';')[0];
+  const nodesSeen = async () => {
+    const res = await fetch(`http://${node1.base}/admin/api/nodes`, { headers: { Cookie: cookie } });
+    assert.equal(res.status, 200);
+    return res.json();
+  };
+  // Node 1's page shows node 2 as node 2 last announced itself: its client and what it sent.
+  const seen = await until(async () => {
+    const body = await nodesSeen();
+    const other = body.nodes.find((n) => n.name === 'admin-node-2');
+    return other && other.num_clients === 1 && other.messages_out >= 5 && other.bytes_out > 0 ? body : null;
+  }, "node 2's announced counters on node 1's admin page");
+  assert.equal(seen.nodes.length, 2, JSON.stringify(seen));
+  assert.equal(seen.nodes[0].name, 'admin-node-1', 'this node first');
+  assert.equal(seen.nodes[0].uid, seen.this);
+  assert.equal(seen.broker, 'redis');
+});

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::publication::{ClientInfo, PayloadKind, Publication};
+use crate::trace::TraceParent;
 
 /// Bytes that are not one of ours (a foreign writer, or a newer, incompatible node).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,6 +37,10 @@ struct PublicationWire {
     data: Bytes,
     #[prost(message, optional, tag = "3")]
     info: Option<InfoWire>,
+    /// The W3C `traceparent` of the broker-publish span, only when traces are on and the
+    /// publish is sampled: absent, it costs no byte, and nodes that predate it skip it.
+    #[prost(string, optional, tag = "4")]
+    traceparent: Option<String>,
 }
 
 fn info_wire(info: &ClientInfo) -> InfoWire {
@@ -62,6 +67,7 @@ pub fn encode_publication(publication: &Publication) -> Bytes {
         },
         data: data.clone(),
         info: publication.info.as_deref().map(info_wire),
+        traceparent: publication.trace.map(|trace| trace.header()),
     };
     Bytes::from(wire.encode_to_vec())
 }
@@ -80,6 +86,8 @@ pub fn decode_publication(bytes: &[u8]) -> Result<Publication, CodecError> {
     };
     let mut publication = Publication::from_payload(kind, wire.data);
     publication.info = wire.info.map(|info| Arc::new(info_from(info)));
+    // A malformed context is dropped, not an error: the publication itself is sound.
+    publication.trace = wire.traceparent.as_deref().and_then(TraceParent::parse);
     Ok(publication)
 }
 
@@ -119,6 +127,23 @@ mod tests {
         );
         assert_eq!(back.info, publication.info);
         assert_eq!(back.offset, 0);
+        assert_eq!(back.trace, None);
+    }
+
+    #[test]
+    fn the_trace_context_crosses_the_broker_and_costs_nothing_when_absent() {
+        let plain = Publication::from_payload(PayloadKind::Json, Bytes::from_static(b"1"));
+        let plain_bytes = encode_publication(&plain);
+        let mut traced = Publication::from_payload(PayloadKind::Json, Bytes::from_static(b"1"));
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        traced.trace = TraceParent::parse(header);
+        let traced_bytes = encode_publication(&traced);
+        assert!(traced_bytes.len() > plain_bytes.len() + header.len());
+        let back = decode_publication(&traced_bytes).unwrap();
+        assert_eq!(back.trace.map(|t| t.header()).as_deref(), Some(header));
+        assert!(back.trace.is_some_and(|t| t.remote));
+        // Without a context the bytes are what they were before traces existed.
+        assert_eq!(&plain_bytes[..], &[18, 1, b'1'][..]);
     }
 
     #[test]

@@ -18,23 +18,25 @@
 
 mod admission;
 mod rate;
+mod wake;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use std::task::{Context, Poll};
 
-use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 
 use crate::error::{ClientError, CloseReason};
 use crate::kind::Door;
 use crate::kind::Encoding;
+use crate::trace::TraceParent;
 
 pub use admission::{BusyFlag, NodeSlot, NodeSlots, PendingConns, PendingOutcome, PendingPermit};
 pub use rate::MessageRate;
+use wake::TaskWake;
 
 /// What one queued frame costs beyond its bytes: the `Bytes` handle in the queue's slot.
 /// Charged against `max_queued_bytes` with every frame, and given back when it is written.
@@ -61,7 +63,31 @@ pub enum ServerCommand {
         /// Whether the connection joined the channel.
         joined: bool,
     },
+    /// A backend hook the session called has answered (or failed); `seq` says which call.
+    Hooked {
+        /// The session's number for the call.
+        seq: u64,
+        /// What came back.
+        answer: Result<crate::hooks::Answer, crate::hooks::HookError>,
+    },
+    /// The session's `expire_at` (from the connect hook) has come: call the refresh hook.
+    RefreshDue,
+    /// A subscription's `expire_at` (from the subscribe hook) has come: call sub_refresh.
+    SubRefreshDue,
 }
+
+/// The least time past `expire_at` a hook-renewed session or subscription is given for its
+/// refresh hook to answer, whatever `client.expiry_grace` says.
+pub(crate) const HOOK_GRACE_SECS: u64 = 10;
+
+/// [`Conn::hook_flags`]: the session is refreshed by the refresh hook.
+pub(crate) const REFRESH_BY_HOOK: u8 = 1;
+/// [`Conn::hook_flags`]: a refresh hook call is under way (or asked for).
+pub(crate) const REFRESH_IN_FLIGHT: u8 = 2;
+/// [`Conn::hook_flags`]: the earliest subscription expiry is one sub_refresh renews.
+pub(crate) const SUB_REFRESH_BY_HOOK: u8 = 4;
+/// [`Conn::hook_flags`]: sub_refresh calls are under way (or asked for).
+pub(crate) const SUB_REFRESH_IN_FLIGHT: u8 = 8;
 
 /// The outbound side of a connection, shared between the hub and the connection's task.
 #[derive(Default)]
@@ -118,6 +144,10 @@ pub struct Conn {
     /// subscribes and unsubscribes from the API its inbox holds. A `u32` sits in the padding
     /// after the one-byte fields: the handle does not grow for it.
     max_subscriptions: u32,
+    /// The handshake span's context, when traces are on and it was sampled: what the
+    /// connection publishes, and the hooks called for it, hang under it. Boxed: a pointer's
+    /// worth per connection when traces are off.
+    trace: Option<Box<TraceParent>>,
 
     /// Milliseconds since gateway start when the connection opened.
     opened_ms: u64,
@@ -128,6 +158,11 @@ pub struct Conn {
     last_inbound_ms: AtomicU64,
     /// Milliseconds since gateway start of the last ping sent.
     last_ping_ms: AtomicU64,
+    /// What the sweep asks of the hooks (`REFRESH_BY_HOOK`...).
+    hook_flags: AtomicU8,
+    /// Unix seconds before which the sweep does not ask for a hook refresh again (after a
+    /// failed one).
+    hook_retry_at: AtomicU64,
 }
 
 impl Conn {
@@ -141,7 +176,8 @@ impl Conn {
         now_ms: u64,
     ) -> Self {
         let user_cell = OnceLock::new();
-        if door != Door::Protocol {
+        // The client protocol learns its user at `connect`, the Pusher door at `pusher:signin`.
+        if door != Door::Protocol && door != Door::Pusher {
             let _ = user_cell.set(user.into());
         }
         Conn {
@@ -157,6 +193,7 @@ impl Conn {
             max_subscriptions: saturating_u32(
                 crate::config::ClientConfig::default().max_subscriptions,
             ),
+            trace: None,
 
             opened_ms: now_ms,
             max_queued,
@@ -164,7 +201,36 @@ impl Conn {
             wake: TaskWake::default(),
             last_inbound_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
+            hook_flags: AtomicU8::new(0),
+            hook_retry_at: AtomicU64::new(0),
         }
+    }
+
+    /// Sets the hook `flags` bits.
+    pub(crate) fn set_hook_flags(&self, flags: u8) {
+        self.hook_flags.fetch_or(flags, Ordering::AcqRel);
+    }
+
+    /// Clears the hook `flags` bits.
+    pub(crate) fn clear_hook_flags(&self, flags: u8) {
+        self.hook_flags.fetch_and(!flags, Ordering::AcqRel);
+    }
+
+    /// After a failed hook refresh: the sweep asks again no sooner than `at` (Unix seconds).
+    pub(crate) fn retry_hooks_at(&self, at: u64) {
+        self.hook_retry_at.store(at, Ordering::Relaxed);
+    }
+
+    /// The same handle under the trace context of its handshake span.
+    pub fn with_trace(mut self, trace: Option<TraceParent>) -> Self {
+        self.trace = trace.map(Box::new);
+        self
+    }
+
+    /// The trace context of the connection's handshake (traces on and sampled only): the
+    /// parent of the spans of what it publishes and of the hooks called for it.
+    pub fn trace(&self) -> Option<TraceParent> {
+        self.trace.as_deref().copied()
     }
 
     /// The same handle speaking the client protocol in `encoding`.
@@ -211,6 +277,17 @@ impl Conn {
         self.connected.store(true, Ordering::Release);
     }
 
+    /// The Pusher door's socket id, set once when its session opens (its client id: what
+    /// the hub compares to leave a sender out of its own events).
+    pub(crate) fn set_client_id(&self, id: &str) {
+        let _ = self.client_id.set(id.into());
+    }
+
+    /// The Pusher door's user after `pusher:signin`; set once, returns whether it was.
+    pub(crate) fn set_user(&self, user: &str) -> bool {
+        self.user.set(user.into()).is_ok()
+    }
+
     /// Whether the connection is past its `connect` (always, on plain doors).
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
@@ -248,7 +325,10 @@ impl Conn {
         let inbox = outbox.inbox.get_or_insert_with(Box::default);
         match command {
             ServerCommand::Refresh(expires_at) => inbox.refresh = Some(expires_at),
-            ServerCommand::Joined { .. } => inbox.commands.push(command),
+            ServerCommand::Joined { .. }
+            | ServerCommand::Hooked { .. }
+            | ServerCommand::RefreshDue
+            | ServerCommand::SubRefreshDue => inbox.commands.push(command),
             ServerCommand::Subscribe(_) | ServerCommand::Unsubscribe(_) => {
                 let subscribe = matches!(command, ServerCommand::Subscribe(_));
                 if subscribe && inbox.subscriptions + inbox.subscribes >= max {
@@ -404,6 +484,20 @@ impl Conn {
         self.outbox().queued
     }
 
+    /// Milliseconds since gateway start when the connection opened.
+    pub fn opened_ms(&self) -> u64 {
+        self.opened_ms
+    }
+
+    /// Channels a client-protocol session holds, joins in flight included (0 on plain
+    /// doors, whose one room the hub knows).
+    pub fn subscription_count(&self) -> usize {
+        self.outbox()
+            .inbox
+            .as_ref()
+            .map_or(0, |inbox| inbox.subscriptions)
+    }
+
     /// Notes an inbound frame (for the heartbeat deadline).
     pub(crate) fn touch(&self, now_ms: u64) {
         self.last_inbound_ms.store(now_ms, Ordering::Relaxed);
@@ -422,10 +516,45 @@ impl Conn {
         };
         let expires_at = self.expires_at.load(Ordering::Relaxed);
         let subscription_expires_at = self.subscription_expires_at.load(Ordering::Relaxed);
-        let expired = |at: u64| at != 0 && now_unix >= at.saturating_add(grace);
-        if expired(expires_at) {
+        let flags = self.hook_flags.load(Ordering::Acquire);
+        // A session or subscription the backend renews gets at least HOOK_GRACE_SECS for its
+        // refresh hook to answer (and be retried) before it is closed.
+        let grace_for = |by_hook: u8| {
+            if flags & by_hook != 0 {
+                grace.max(HOOK_GRACE_SECS)
+            } else {
+                grace
+            }
+        };
+        let expired = |at: u64, grace: u64| at != 0 && now_unix >= at.saturating_add(grace);
+        if flags != 0 {
+            // Hook-made sessions and subscriptions are renewed by the backend when they reach
+            // `expire_at`; the grace below still closes them if it never answers.
+            let due =
+                |at: u64| at != 0 && now_unix >= at.max(self.hook_retry_at.load(Ordering::Relaxed));
+            for (by_hook, in_flight, at, command) in [
+                (
+                    REFRESH_BY_HOOK,
+                    REFRESH_IN_FLIGHT,
+                    expires_at,
+                    ServerCommand::RefreshDue,
+                ),
+                (
+                    SUB_REFRESH_BY_HOOK,
+                    SUB_REFRESH_IN_FLIGHT,
+                    subscription_expires_at,
+                    ServerCommand::SubRefreshDue,
+                ),
+            ] {
+                if flags & by_hook != 0 && flags & in_flight == 0 && due(at) {
+                    self.set_hook_flags(in_flight);
+                    let _ = self.request(command);
+                }
+            }
+        }
+        if expired(expires_at, grace_for(REFRESH_BY_HOOK)) {
             self.close(CloseReason::TokenExpired);
-        } else if expired(subscription_expires_at) {
+        } else if expired(subscription_expires_at, grace_for(SUB_REFRESH_BY_HOOK)) {
             self.close(CloseReason::SubscriptionExpired);
         } else if !self.is_connected()
             && now_ms.saturating_sub(self.opened_ms) >= timing.connect_timeout_ms
@@ -446,40 +575,6 @@ impl Conn {
 
 fn saturating_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// Wakes a connection's task when there is something for it: a flag and the task's waker.
-///
-/// Every publication wakes each subscriber's task, so this is on the hot path. Unlike
-/// `tokio::sync::Notify`, waiting here joins no waiter list that must be left again (under a
-/// lock) each time the task's loop turns for another reason; a wake finds the flag already set
-/// and costs one atomic swap when the task has not run since the last one.
-#[derive(Default)]
-struct TaskWake {
-    woken: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl TaskWake {
-    fn wake(&self) {
-        if !self.woken.swap(true, Ordering::AcqRel) {
-            self.waker.wake();
-        }
-    }
-
-    /// Ready (and consumed) once a wake has happened since the last time it was ready.
-    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        // A wake between the swap and the registration found no waker; see its flag now.
-        if self.woken.swap(false, Ordering::AcqRel) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
 }
 
 /// The sweep's deadlines, in milliseconds.
@@ -609,6 +704,62 @@ impl ConnRegistry {
             .iter()
             .map(|shard| shard.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
+    }
+
+    /// The connection with this id, if it is open here.
+    pub fn get(&self, id: u64) -> Option<Arc<Conn>> {
+        self.shard(id).get(&id).cloned()
+    }
+
+    /// A page of the listing: the (at most) `limit` connections with an id above `after`
+    /// that `keep` accepts, lowest id first (the next page starts after the last one), and how
+    /// many connections `keep` accepts in all. One pass over the registry, one shard lock at a
+    /// time; it holds `limit` handles, never a copy of the registry, so a node of a million
+    /// connections answers a page of fifty with fifty.
+    pub fn page(
+        &self,
+        after: u64,
+        limit: usize,
+        mut keep: impl FnMut(&Conn) -> bool,
+    ) -> (Vec<Arc<Conn>>, usize) {
+        use std::collections::BinaryHeap;
+        // The heap's top is the highest id kept so far: the one a lower id pushes out.
+        struct ById(Arc<Conn>);
+        impl PartialEq for ById {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.id == other.0.id
+            }
+        }
+        impl Eq for ById {}
+        impl PartialOrd for ById {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for ById {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.0.id.cmp(&other.0.id)
+            }
+        }
+        let mut kept: BinaryHeap<ById> = BinaryHeap::with_capacity(limit.min(1024) + 1);
+        let mut matching = 0;
+        self.for_each(|conn| {
+            if !keep(conn.as_ref()) {
+                return;
+            }
+            matching += 1;
+            if conn.id <= after || limit == 0 {
+                return;
+            }
+            if kept.len() < limit {
+                kept.push(ById(Arc::clone(conn)));
+            } else if kept.peek().is_some_and(|top| conn.id < top.0.id) {
+                kept.pop();
+                kept.push(ById(Arc::clone(conn)));
+            }
+        });
+        let page = kept.into_sorted_vec().into_iter().map(|c| c.0).collect();
+        (page, matching)
     }
 
     /// Calls `f` on every connection, one shard at a time (never holding two locks).
@@ -807,6 +958,25 @@ mod tests {
         registry.remove(2);
         registry.remove(3);
         assert_eq!((registry.len(), registry.users()), (0, 0));
+    }
+
+    #[test]
+    fn the_listing_pages_by_id_and_counts_every_match() {
+        let registry = ConnRegistry::default();
+        for id in 1..=50u64 {
+            let user = if id % 2 == 0 { "even" } else { "odd" };
+            registry.insert(Arc::new(Conn::new(id, Door::Chat, user, 0, 64, 0)));
+        }
+        let ids = |page: &[Arc<Conn>]| page.iter().map(|c| c.id).collect::<Vec<_>>();
+        let (page, total) = registry.page(0, 5, |_| true);
+        assert_eq!((ids(&page), total), (vec![1, 2, 3, 4, 5], 50));
+        let (page, total) = registry.page(45, 10, |_| true);
+        assert_eq!((ids(&page), total), (vec![46, 47, 48, 49, 50], 50));
+        let (page, total) = registry.page(10, 3, |c| c.user() == "even");
+        assert_eq!((ids(&page), total), (vec![12, 14, 16], 25));
+        assert_eq!(registry.page(50, 10, |_| true).0.len(), 0);
+        assert_eq!(registry.get(7).map(|c| c.id), Some(7));
+        assert!(registry.get(99).is_none());
     }
 
     #[test]

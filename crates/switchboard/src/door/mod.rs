@@ -1,8 +1,12 @@
-//! HTTP routing: the WebSocket doors, the server API and the operations endpoints.
+//! HTTP routing: the WebSocket doors (the Pusher door's `/app/{key}` among them), the server
+//! API, the Pusher HTTP API (`/apps/{id}/…`), the admin UI and the operations endpoints.
 //!
 //! Every response carries `X-Trace-ID` (taken from the request's `X-Trace-ID` or
-//! `traceparent`, or generated) so a client's report can be matched to the log lines.
+//! `traceparent`, or generated) so a client's report can be matched to the log lines. With
+//! traces on, an API call and a WebSocket handshake each get a server span whose trace id is
+//! that same id whenever it can be one (see `server_span`).
 
+pub(crate) mod pusher;
 pub(crate) mod task;
 pub(crate) mod upgrade;
 
@@ -16,6 +20,7 @@ use crate::error::Rejection;
 pub use crate::kind::Door;
 use crate::respond::{rejection, text, Response};
 use crate::state::State;
+use crate::trace::Span;
 
 /// With the `test-hooks` feature, a client message of exactly these bytes makes its
 /// connection's handler panic, so tests can show that a panic ends that connection only.
@@ -40,7 +45,10 @@ pub(crate) async fn handle(
         }
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready"),
         (&Method::GET, "/metrics") => {
-            let body = state.node.metrics.render(&state.node.snapshot());
+            let mut now = state.node.snapshot();
+            now.ready = state.ready();
+            now.connections_limit = state.config.server.max_connections;
+            let body = state.node.metrics.render(&now);
             let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -49,10 +57,27 @@ pub(crate) async fn handle(
             response
         }
         (_, api) if api == "/api" || api.starts_with("/api/") => {
-            crate::api::handle(&state, req).await
+            let mut span = server_span(&state, &req, "api", &trace_id);
+            let response = crate::api::handle(&state, req, &mut span).await;
+            finish(span, &response);
+            response
         }
-        (_, ws) if ws == "/ws" || ws.starts_with("/ws/") || ws == "/connection/websocket" => {
-            upgrade::upgrade(&state, peer, req, &trace_id)
+        (_, admin) if admin == "/admin" || admin.starts_with("/admin/") => {
+            crate::admin::handle(&state, peer, req).await
+        }
+        (_, apps) if apps.starts_with("/apps/") && !state.config.pusher.apps.is_empty() => {
+            pusher::api::handle(&state, req).await
+        }
+        (_, ws)
+            if ws == "/ws"
+                || ws.starts_with("/ws/")
+                || ws == "/connection/websocket"
+                || (ws.starts_with("/app/") && !state.config.pusher.apps.is_empty()) =>
+        {
+            let span = server_span(&state, &req, "handshake", &trace_id);
+            let response = upgrade::upgrade(&state, peer, req, &trace_id, span.context()).await;
+            finish(span, &response);
+            response
         }
         _ => rejection(&Rejection::NotFound),
     };
@@ -60,6 +85,41 @@ pub(crate) async fn handle(
         response.headers_mut().insert("x-trace-id", value);
     }
     response
+}
+
+/// The server span of a request (none when traces are off). It continues the request's
+/// `traceparent`, or starts a trace whose id is the request's log trace id when that is 32
+/// hex digits (always so when the node generated it). When the two still differ (a free-form
+/// `X-Trace-ID`, or one that disagrees with `traceparent`), the log's id is kept on the span
+/// as `switchboard.trace_id`, so either finds the other.
+fn server_span<B>(state: &State, req: &Request<B>, name: &str, trace_id: &str) -> Span {
+    let tracer = state.node.tracer();
+    if !tracer.is_enabled() {
+        return Span::none();
+    }
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let mut span = tracer.server_span(name, traceparent, trace_id);
+    if span
+        .context()
+        .is_some_and(|context| context.trace_id_hex() != trace_id)
+    {
+        span.set_str("switchboard.trace_id", trace_id);
+    }
+    span.set_str("http.request.method", req.method().as_str());
+    span.set_str("url.path", req.uri().path());
+    span
+}
+
+/// Records the response's status on its span and ends it.
+fn finish(mut span: Span, response: &Response) {
+    let status = response.status();
+    span.set_int("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_client_error() || status.is_server_error() {
+        span.fail(status.canonical_reason().unwrap_or("error"));
+    }
 }
 
 /// The request's trace id: `X-Trace-ID` if sane, else the trace-id field of a W3C

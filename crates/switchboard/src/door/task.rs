@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
+use super::pusher::PusherSession;
 use crate::conn::{Conn, IpPermit, MessageRate, NodeSlot};
 use crate::error::CloseReason;
 use crate::kind::Door;
@@ -49,6 +50,8 @@ pub(crate) struct Session {
     pub(crate) trace_id: Box<str>,
     /// The per-IP place and the node slot, given back when the session drops.
     pub(crate) _places: (Option<IpPermit>, NodeSlot),
+    /// What of the upgrade request goes along with the client protocol's hook calls.
+    pub(crate) forwarded: Option<Arc<crate::hooks::Forwarded>>,
 }
 
 impl Session {
@@ -62,6 +65,12 @@ impl Session {
         places: (Option<IpPermit>, NodeSlot),
     ) -> Self {
         state.node.conns.insert(Arc::clone(&conn));
+        // Shutdown closes every registered connection with 1001 once, right after it begins.
+        // One upgraded before that but registered after (its 101 was already sent) was not
+        // among them: it closes itself the same way, rather than waiting out the drain.
+        if state.draining() {
+            conn.close(CloseReason::GoingAway);
+        }
         if let Some(channel) = &channel {
             state.node.attach(channel, &conn);
         }
@@ -75,6 +84,7 @@ impl Session {
             ip,
             trace_id,
             _places: places,
+            forwarded: None,
         }
     }
 }
@@ -185,6 +195,8 @@ struct Socket {
     /// Boxed: plain-door connections (most of them, idle) then carry one pointer, not the
     /// session's fields, in every connection task.
     protocol: Option<Box<ClientSession>>,
+    /// The Pusher session (Pusher door only), boxed for the same reason.
+    pusher: Option<Box<PusherSession>>,
     /// The echo door compresses its replies with this window when deflate was negotiated.
     echo_window: Option<u8>,
     /// A plain room member's publications, in order on their way to a remote broker.
@@ -289,6 +301,7 @@ impl Socket {
             stats,
             client_closed,
             protocol,
+            pusher,
             order,
             echo_window,
             ..
@@ -299,6 +312,7 @@ impl Socket {
             rate,
             stats,
             protocol,
+            pusher,
             order,
             echo_window: *echo_window,
         };
@@ -337,6 +351,11 @@ impl Socket {
                     if let Some(protocol) = self.protocol.as_mut() {
                         for command in conn.take_commands() {
                             protocol.handle_server_command(command);
+                        }
+                    }
+                    if let Some(pusher) = self.pusher.as_mut() {
+                        for command in conn.take_commands() {
+                            pusher.handle_server_command(command);
                         }
                     }
                 }
@@ -412,6 +431,13 @@ impl Socket {
         ) {
             self.writer.drop_unstarted();
         }
+        // A Pusher client learns why from `pusher:error` before the close frame.
+        if session.conn.door == Door::Pusher && !matches!(reason, CloseReason::ClientClosed(_)) {
+            let (code, message) = reason.pusher();
+            self.writer
+                .frames
+                .push_back(crate::pusher_wire::error_frame(code, message));
+        }
         self.writer.frames.push_back(close_frame);
         let conn = Arc::clone(&session.conn);
         let handshake = async {
@@ -457,6 +483,7 @@ struct Inbound<'a> {
     rate: &'a mut Option<MessageRate>,
     stats: &'a mut Stats,
     protocol: &'a mut Option<Box<ClientSession>>,
+    pusher: &'a mut Option<Box<PusherSession>>,
     order: &'a mut PublishOrder,
     echo_window: Option<u8>,
 }
@@ -487,6 +514,7 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
         rate,
         stats,
         protocol,
+        pusher,
         order,
         echo_window,
     } = inbound;
@@ -510,7 +538,8 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
         }
         Door::Chat => {
             if let Some(channel) = &session.channel {
-                let publication = Publication::plain(opcode, Bytes::copy_from_slice(data));
+                let mut publication = Publication::plain(opcode, Bytes::copy_from_slice(data));
+                publication.trace = session.conn.trace();
                 // The room's name was checked at the upgrade, and `chat` always has rules.
                 match state.node.channels.rules(channel) {
                     Ok(rules) => {
@@ -536,6 +565,11 @@ fn on_message(inbound: &mut Inbound<'_>, opcode: Opcode, data: &[u8]) -> Result<
                 protocol.handle_frame(opcode, data, rate)?;
             }
         }
+        Door::Pusher => {
+            if let Some(pusher) = pusher.as_mut() {
+                pusher.handle_frame(opcode, data)?;
+            }
+        }
     }
     Ok(())
 }
@@ -546,6 +580,7 @@ pub(crate) async fn run(
     tcp: TcpStream,
     leftover: Bytes,
     deflate: Option<Negotiated>,
+    pusher: Option<Result<crate::config::PusherAppConfig, CloseReason>>,
 ) {
     let state = Arc::clone(&session.state);
     let limits = &state.config.limits;
@@ -576,10 +611,23 @@ pub(crate) async fn run(
         stats: Stats::default(),
         client_closed: None,
         order: PublishOrder::default(),
+        pusher: match pusher {
+            Some(Ok(app)) => Some(Box::new(PusherSession::open(
+                Arc::clone(&state),
+                Arc::clone(&session.conn),
+                app,
+            ))),
+            Some(Err(refused)) => {
+                session.conn.close(refused);
+                None
+            }
+            None => None,
+        },
         protocol: (session.conn.door == Door::Protocol).then(|| {
             Box::new(ClientSession::new(
                 Arc::clone(&state),
                 Arc::clone(&session.conn),
+                session.forwarded.clone(),
             ))
         }),
     };

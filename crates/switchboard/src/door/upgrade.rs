@@ -1,5 +1,6 @@
 //! The upgrade of every WebSocket door: the plain doors `/ws` (echo), `/ws/chat/{room}` and
-//! `/ws/notify/user/{id}`, and the client-protocol door `/connection/websocket`.
+//! `/ws/notify/user/{id}`, the client-protocol door `/connection/websocket`, and the Pusher
+//! door `/app/{key}`.
 //!
 //! Every check happens before the upgrade, in this order: draining (503), a valid upgrade
 //! request (400), the channel name (400), the origin (403), the token (401, or 403 for the
@@ -9,13 +10,18 @@
 //! what a trusted proxy forwarded (`peer`). Only then is `101` sent and the connection task
 //! spawned on the gateway's tracker. The client-protocol door takes its token in the `connect`
 //! command instead (see `protocol`), so it skips the token check here.
+//!
+//! When the connect hook is configured for a plain door (`hooks.connect.doors`), a handshake
+//! without a token asks it who the client is, with the allowlisted headers and cookies, after
+//! the limits are taken (so the hook is never asked for a connection that would be refused
+//! anyway) and before the `101`: a refusal is `403 backend_denied`, a hook that cannot be
+//! asked is `503 backend_unavailable` with `Retry-After`, within the hook's timeout.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{header, HeaderValue, Request, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -24,10 +30,12 @@ use super::task::{self, Session};
 use crate::auth::Claims;
 use crate::conn::Conn;
 use crate::error::Rejection;
+use crate::hooks::{Answer, Endpoint, Forwarded};
 use crate::kind::Door;
 use crate::kind::Encoding;
 use crate::respond::{rejection, Response};
 use crate::state::State;
+use crate::trace::TraceParent;
 use crate::ws::deflate::{self, Negotiated};
 use crate::ws::handshake;
 
@@ -67,6 +75,11 @@ fn route(state: &State, path: &str) -> Result<(Door, Option<String>), Rejection>
         } else {
             Err(Rejection::NotFound)
         };
+    }
+    if path.starts_with("/app/") && !state.config.pusher.apps.is_empty() {
+        // The key and the protocol version are checked after the upgrade: Pusher clients
+        // read a refusal as `pusher:error` on the socket (see `door/pusher`).
+        return Ok((Door::Pusher, None));
     }
     if path == "/ws" {
         return if state.resolved.echo {
@@ -133,15 +146,56 @@ fn find_token<B>(req: &Request<B>) -> TokenSource<'_> {
 }
 
 /// Runs every check and either refuses the request or answers 101 and spawns the connection.
-pub(crate) fn upgrade(
+pub(crate) async fn upgrade(
     state: &Arc<State>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
     trace_id: &str,
+    span: Option<TraceParent>,
 ) -> Response {
     let started = Instant::now();
     let client = state.proxies.client_ip(peer.ip(), req.headers());
-    match check(state, client, &req) {
+    let mut checked = check(state, client, &req);
+    if let Ok(admitted) = &mut checked {
+        if let Some(hooks) = &state.hooks {
+            if admitted.door == Door::Protocol {
+                admitted.forwarded = Some(Arc::new(hooks.forwarded(req.headers(), trace_id, span)));
+            }
+        }
+    }
+    let asking = match &checked {
+        Ok(admitted) => admitted.hook.as_ref().map(|endpoint| {
+            (
+                Arc::clone(endpoint),
+                admitted.door,
+                admitted.channel.clone(),
+            )
+        }),
+        Err(_) => None,
+    };
+    if let Some((endpoint, door, channel)) = asking {
+        let forwarded = state
+            .hooks
+            .as_ref()
+            .map(|hooks| hooks.forwarded(req.headers(), trace_id, span));
+        let asked = ask_connect_hook(
+            state,
+            &endpoint,
+            forwarded.as_ref(),
+            door,
+            channel.as_deref(),
+        )
+        .await;
+        checked = match (checked, asked) {
+            (Ok(mut admitted), Ok(claims)) => {
+                admitted.hook = None;
+                admitted.claims = claims;
+                Ok(admitted)
+            }
+            (_, Err(refused)) | (Err(refused), _) => Err(refused),
+        };
+    }
+    match checked {
         Err(refused) => {
             state
                 .node
@@ -160,7 +214,7 @@ pub(crate) fn upgrade(
         }
         Ok(admitted) => {
             let on_upgrade = hyper::upgrade::on(&mut req);
-            let mut response = http::Response::new(Full::default());
+            let mut response = http::Response::new(crate::respond::empty());
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let headers = response.headers_mut();
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -193,7 +247,7 @@ pub(crate) fn upgrade(
                     tracing::error!(event = "upgrade_failed", "upgraded connection is not a TCP stream");
                     return;
                 };
-                let Admitted { door, channel, claims, permit, slot, encoding: admitted_encoding, deflate, .. } = admitted;
+                let Admitted { door, channel, claims, permit, slot, encoding: admitted_encoding, deflate, forwarded, pusher, .. } = admitted;
                 let conn = Arc::new(Conn::new(
                     state2.node.conns.next_id(),
                     door,
@@ -206,10 +260,12 @@ pub(crate) fn upgrade(
                 .with_max_subscriptions(state2.config.client.max_subscriptions)
                 // Shared compressed frames are made with the full window; a client that asked
                 // for a smaller one gets publications uncompressed (always allowed).
-                .with_deflate(deflate.is_some_and(|n| n.server_window_bits() == 15)));
+                .with_deflate(deflate.is_some_and(|n| n.server_window_bits() == 15))
+                .with_trace(span));
                 tracing::info!(event = "connected", conn_id = conn.id, user = %conn.user(), ip = %client, trace_id = %trace, door = door.label(), channel = channel.as_deref().unwrap_or(""));
-                let session = Session::open(Arc::clone(&state2), conn, channel.map(Into::into), client, trace, (permit, slot));
-                task::run(session, parts.io.into_inner(), parts.read_buf, deflate).await;
+                let mut session = Session::open(Arc::clone(&state2), conn, channel.map(Into::into), client, trace, (permit, slot));
+                session.forwarded = forwarded;
+                task::run(session, parts.io.into_inner(), parts.read_buf, deflate, pusher).await;
             });
             state
                 .node
@@ -234,10 +290,71 @@ struct Admitted {
     /// The client protocol's encoding: Protobuf when asked with `?cf_protocol=protobuf`, as
     /// the SDKs' protobuf builds do.
     encoding: Encoding,
+    /// The Pusher door's app, or the refusal its client reads once the socket is open.
+    pusher: Option<Result<crate::config::PusherAppConfig, crate::error::CloseReason>>,
     /// permessage-deflate as agreed, when enabled and offered. The server always asks for no
     /// context takeover both ways: one compressed frame then serves every subscriber, and an
     /// idle connection keeps no compression state.
     deflate: Option<Negotiated>,
+    /// A plain door whose connect hook must say who the client is (no token was given).
+    hook: Option<Arc<Endpoint>>,
+    /// Client protocol with hooks: what of this request goes along with its hook calls.
+    forwarded: Option<Arc<Forwarded>>,
+}
+
+/// The connect hook's `result` at a plain door.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct DoorConnectResult {
+    user: String,
+    expire_at: u64,
+}
+
+/// Asks the connect hook who the client of a plain door is: the claims it grants, or the
+/// refusal to answer with.
+async fn ask_connect_hook(
+    state: &State,
+    endpoint: &Endpoint,
+    forwarded: Option<&Forwarded>,
+    door: Door,
+    channel: Option<&str>,
+) -> Result<Claims, Rejection> {
+    let Some(hooks) = &state.hooks else {
+        return Err(Rejection::NotFound);
+    };
+    let body = serde_json::json!({
+        "client": &*crate::protocol::new_client_id(),
+        "transport": "websocket",
+        "protocol": "plain",
+        "encoding": "json",
+        "door": door.label(),
+        "channel": channel.unwrap_or(""),
+    });
+    let result = match hooks.call(endpoint, &body, forwarded).await {
+        Ok(Answer::Result(result)) => result,
+        Ok(Answer::Error {
+            temporary: true, ..
+        }) => return Err(Rejection::BackendUnavailable(1)),
+        Ok(Answer::Error { .. } | Answer::Disconnect { .. }) => {
+            return Err(Rejection::BackendDenied)
+        }
+        Err(error) => return Err(Rejection::BackendUnavailable(error.retry_after_secs())),
+    };
+    let result: DoorConnectResult = serde_json::from_value(result).map_err(|error| {
+        tracing::warn!(event = "hook_bad_result", hook = "connect", %error, "the connect hook's result is not the expected JSON");
+        Rejection::BackendUnavailable(1)
+    })?;
+    if door == Door::Notify {
+        let wanted = channel.and_then(|c| c.strip_prefix('#'));
+        if result.user.is_empty() || wanted != Some(result.user.as_str()) {
+            return Err(Rejection::WrongSubject);
+        }
+    }
+    Ok(Claims {
+        sub: result.user,
+        exp: (result.expire_at != 0).then_some(result.expire_at),
+        ..Claims::default()
+    })
 }
 
 fn check<B>(state: &Arc<State>, client: IpAddr, req: &Request<B>) -> Result<Admitted, Rejection> {
@@ -257,9 +374,17 @@ fn check<B>(state: &Arc<State>, client: IpAddr, req: &Request<B>) -> Result<Admi
         return Err(Rejection::OriginNotAllowed);
     }
     let source = find_token(req);
+    let hook = match (&state.hooks, source.token) {
+        (Some(hooks), None) => hooks.connect_at_door(door).cloned(),
+        _ => None,
+    };
     let claims = match source.token {
         // The client protocol authenticates with its `connect` command.
-        _ if door == Door::Protocol => Claims::default(),
+        // The client protocol authenticates with its `connect` command; Pusher clients sign
+        // their private channels and sign in instead.
+        _ if door == Door::Protocol || door == Door::Pusher => Claims::default(),
+        // The connect hook says who it is, once the limits below have admitted it.
+        None if hook.is_some() => Claims::default(),
         Some(token) => state
             .verifier
             .verify_connection(token)
@@ -269,7 +394,7 @@ fn check<B>(state: &Arc<State>, client: IpAddr, req: &Request<B>) -> Result<Admi
         }
         None => Claims::default(),
     };
-    if door == Door::Notify {
+    if door == Door::Notify && hook.is_none() {
         let wanted = channel.as_deref().and_then(|c| c.strip_prefix('#'));
         if claims.sub.is_empty() || wanted != Some(claims.sub.as_str()) {
             return Err(Rejection::WrongSubject);
@@ -294,14 +419,19 @@ fn check<B>(state: &Arc<State>, client: IpAddr, req: &Request<B>) -> Result<Admi
             state.config.server.max_connections_per_ip,
         )
         .ok_or(Rejection::TooManyConnectionsPerIp)?;
+    let pusher = (door == Door::Pusher)
+        .then(|| super::pusher::start(state, req.uri().path(), req.uri().query(), origin));
     Ok(Admitted {
         door,
         channel,
+        pusher,
         claims,
         accept,
         protocol: source.protocol.map(str::to_owned),
         permit: Some(permit),
         slot,
+        hook,
+        forwarded: None,
         deflate: state
             .config
             .server
@@ -333,6 +463,9 @@ fn refused_log(refused: &Rejection, client: IpAddr, trace_id: &str, path: &str) 
         }
         Rejection::TooManyConnectionsPerIp | Rejection::NodeFull | Rejection::ChannelLimit => {
             tracing::warn!(event = "limit_exceeded", ip = %client, trace_id, path, code, reason = %refused, "upgrade refused: connection limit");
+        }
+        Rejection::BackendUnavailable(_) | Rejection::BackendDenied => {
+            tracing::warn!(event = "hook_refused", ip = %client, trace_id, path, code, reason = %refused, "upgrade refused by the connect hook");
         }
         Rejection::BadUpgrade(_)
         | Rejection::BadChannel(_)

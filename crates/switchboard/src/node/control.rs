@@ -42,6 +42,19 @@ pub struct NodeInfo {
     pub num_subs: usize,
     /// Seconds since start.
     pub uptime: u64,
+    /// Messages received from clients since start, every door (absent from a node of an
+    /// older version: 0). The admin UI's rates are differences of these over `uptime`.
+    #[serde(default)]
+    pub messages_in: u64,
+    /// Bytes of those messages.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Frames written to clients since start, every door.
+    #[serde(default)]
+    pub messages_out: u64,
+    /// Bytes written to clients since start.
+    #[serde(default)]
+    pub bytes_out: u64,
 }
 
 /// What the API asks of every connection of one user.

@@ -40,6 +40,8 @@ use crate::hub::Hub;
 use crate::kind::Encoding;
 use crate::metrics::{Metrics, Snapshot};
 use crate::publication::{ClientInfo, Publication};
+use crate::pusher_wire;
+use crate::trace::{Kind, Span, Tracer};
 use crate::wire::{self, Push, Reply};
 use crate::ws::frame::{self, Opcode};
 
@@ -81,6 +83,8 @@ pub(crate) struct NodeSettings {
     /// The largest frame a connection may be sent (its queue bound): a publication that
     /// would make a larger one is refused.
     pub(crate) max_frame_bytes: usize,
+    /// Traces (`[traces]`): disabled unless configured.
+    pub(crate) tracer: Tracer,
 }
 
 /// The engine behind the node.
@@ -338,6 +342,46 @@ impl Node {
         }
     }
 
+    /// The node's tracer.
+    pub(crate) fn tracer(&self) -> &Tracer {
+        &self.settings.tracer
+    }
+
+    /// The span of a publication's way to the broker, under the publisher's span (the API
+    /// call, or the connection's handshake); the publication then carries this span's
+    /// context to every node. No span, and nothing carried, when the publisher has none.
+    fn publish_span(&self, channel: &str, publication: &mut Publication) -> Span {
+        let Some(parent) = publication.trace else {
+            return Span::none();
+        };
+        let mut span = self
+            .settings
+            .tracer
+            .child("broker publish", Kind::Producer, Some(parent));
+        span.set_str("messaging.system", self.broker_name());
+        span.set_str("messaging.destination.name", channel);
+        publication.trace = span.context();
+        span
+    }
+
+    /// Hands a publication to the local hub: the fan-out. One span per publication on this
+    /// node when it carries a trace context, never one per delivery.
+    pub(crate) fn fan_out(&self, channel: &str, publication: &Publication) -> usize {
+        let Some(parent) = publication.trace else {
+            return self.hub.publish(channel, publication);
+        };
+        let mut span = self
+            .settings
+            .tracer
+            .child("fan-out", Kind::Consumer, Some(parent));
+        let delivered = self.hub.publish(channel, publication);
+        span.set_str("messaging.destination.name", channel);
+        span.set_str("switchboard.node", &self.settings.name);
+        span.set_int("switchboard.offset", publication.offset as i64);
+        span.set_int("switchboard.subscribers", delivered as i64);
+        delivered
+    }
+
     /// This node's unique id (random per start).
     pub(crate) fn uid(&self) -> &str {
         &self.uid
@@ -390,6 +434,9 @@ impl Node {
             broker_round_trip_secs: health.round_trip.map_or(0.0, |rtt| rtt.as_secs_f64()),
             broker_reconnects: health.reconnects,
             cluster_nodes: self.peers.live(self.peer_ttl()).len().max(1),
+            // Known to the gateway's state, not to the node: the caller fills them in.
+            ready: false,
+            connections_limit: 0,
         }
     }
 
@@ -528,24 +575,50 @@ impl Node {
         &self,
         channel: &str,
         rules: &ChannelRules,
-        publication: Publication,
+        mut publication: Publication,
         idempotency_key: Option<Box<str>>,
     ) -> Result<Option<Position>, ClientError> {
+        let started = Instant::now();
         self.refuse_oversized(channel, &publication)?;
         self.metrics.publications.inc();
         let options = self.options(rules, idempotency_key);
-        match &self.engine {
-            Engine::Memory(memory) => memory
-                .publish_now(channel, publication, &options)
-                .map_err(|full| self.streams_full(full)),
-            Engine::Remote(broker) => self
-                .call(broker.publish(channel, &publication, &options))
-                .await
-                .map_err(|error| {
-                    tracing::warn!(event = "publish_failed", channel, %error, "broker refused a publication; the publisher is told");
-                    ClientError::Unavailable
-                }),
+        let mut span = self.publish_span(channel, &mut publication);
+        let published = match &self.engine {
+            Engine::Memory(memory) => {
+                let published = memory
+                    .publish_now(channel, publication, &options)
+                    .map_err(|full| self.streams_full(full));
+                self.published_here(started);
+                published
+            }
+            Engine::Remote(broker) => {
+                let published = self
+                    .call(broker.publish(channel, &publication, &options))
+                    .await
+                    .map_err(|error| {
+                        tracing::warn!(event = "publish_failed", channel, %error, "broker refused a publication; the publisher is told");
+                        span.fail(&error.to_string());
+                        ClientError::Unavailable
+                    });
+                // Deliveries are timed where the broker hands them back (the channel worker).
+                self.metrics
+                    .publish_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                published
+            }
+        };
+        if let Ok(Some(position)) = &published {
+            span.set_int("switchboard.offset", position.offset as i64);
         }
+        published
+    }
+
+    /// Times a publish on the memory broker, which fanned it out before returning: the
+    /// publish call and the delivery are the same span here, so one clock read serves both.
+    fn published_here(&self, started: Instant) {
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics.publish_seconds.observe(elapsed);
+        self.metrics.delivery_seconds.observe(elapsed);
     }
 
     /// Publishes, then hands the result to `done`: at once on the memory broker (the hot path
@@ -563,11 +636,16 @@ impl Node {
             return done(Err(error));
         }
         if let Engine::Memory(memory) = &self.engine {
+            let started = Instant::now();
             self.metrics.publications.inc();
             let options = self.options(rules, None);
+            let mut publication = publication;
+            let span = self.publish_span(channel, &mut publication);
             let published = memory
                 .publish_now(channel, publication, &options)
                 .map_err(|full| self.streams_full(full));
+            self.published_here(started);
+            drop(span);
             return done(published);
         }
         let (node, channel, rules) = (Arc::clone(self), Box::<str>::from(channel), rules.clone());
@@ -775,6 +853,14 @@ impl Node {
             &encode_frame(&reply, Encoding::Protobuf),
             &info.client,
         );
+        // Pusher subscribers of a `presence-` channel see the member, by user id.
+        let name = pusher_wire::pusher_name(channel);
+        if name != channel
+            && pusher_wire::ChannelKind::of(name) == pusher_wire::ChannelKind::Presence
+        {
+            let frame = pusher_wire::member_frame(channel, &info.user, info.chan_info(), joined);
+            self.hub.push_to_pusher(channel, &frame, &info.client);
+        }
     }
 
     // ---- presence ----
@@ -1002,6 +1088,14 @@ impl Node {
 
     /// This node's own entry in `info`.
     pub(crate) fn info(&self) -> NodeInfo {
+        let (mut messages_in, mut bytes_in, mut messages_out, mut bytes_out) = (0, 0, 0, 0);
+        for door in crate::kind::Door::ALL {
+            let counters = self.metrics.door(door);
+            messages_in += counters.messages_in.get();
+            bytes_in += counters.bytes_in.get();
+            messages_out += counters.messages_out.get();
+            bytes_out += counters.bytes_out.get();
+        }
         NodeInfo {
             uid: self.uid.clone(),
             name: self.settings.name.clone(),
@@ -1011,6 +1105,10 @@ impl Node {
             num_channels: self.hub.channel_count(),
             num_subs: self.hub.subscription_count(),
             uptime: self.uptime_secs(),
+            messages_in,
+            bytes_in,
+            messages_out,
+            bytes_out,
         }
     }
 
@@ -1129,13 +1227,14 @@ impl BrokerEvents for NodeEvents {
             return;
         };
         if node.remote.is_none() {
-            node.hub.publish(channel, &publication);
+            node.fan_out(channel, &publication);
             return;
         }
         let work = Work::Deliver {
             channel: channel.into(),
             publication,
             epoch: epoch.into(),
+            received: Instant::now(),
         };
         if node.to_worker(work).is_err() {
             // The gap shows in the next offset (or the next position check), and the

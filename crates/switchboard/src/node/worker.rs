@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,8 @@ pub(super) enum Work {
         channel: Box<str>,
         publication: Arc<Publication>,
         epoch: Box<str>,
+        /// When the broker's link handed it to the node (`switchboard_delivery_seconds`).
+        received: Instant,
     },
     /// A connection joins.
     Join {
@@ -132,7 +135,8 @@ impl ChannelWorker {
                     channel,
                     publication,
                     epoch,
-                } => self.deliver(&channel, &publication, &epoch),
+                    received,
+                } => self.deliver(&channel, &publication, &epoch, received),
                 Work::Join { request, reply } => self.join(*request, reply).await,
                 Work::Listen { channel } => {
                     if self.ensure_listening(&channel).await.is_err() {
@@ -213,7 +217,13 @@ impl ChannelWorker {
         }
     }
 
-    fn deliver(&mut self, channel: &str, publication: &Arc<Publication>, epoch: &str) {
+    fn deliver(
+        &mut self,
+        channel: &str,
+        publication: &Arc<Publication>,
+        epoch: &str,
+        received: Instant,
+    ) {
         let offset = publication.offset;
         if offset != 0 {
             match self.tracked.get_mut(channel) {
@@ -247,7 +257,11 @@ impl ChannelWorker {
                 }
             }
         }
-        self.node.hub.publish(channel, publication);
+        self.node.fan_out(channel, publication);
+        self.node
+            .metrics
+            .delivery_seconds
+            .observe(received.elapsed().as_secs_f64());
     }
 
     /// Closes the channel's recovering subscribers here with 3010: they reconnect and

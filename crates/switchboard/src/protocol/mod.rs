@@ -12,13 +12,17 @@
 //! client always reads its subscribe reply, with any recovered publications, before the first
 //! live publication. Dropping the session leaves every channel and presence it joined.
 
+mod commands;
+mod hooked;
 mod results;
 pub use crate::wire;
 
 pub(crate) use results::{history_range, history_result, presence_result, presence_stats_result};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use serde_json::Value;
 
@@ -27,8 +31,9 @@ use crate::broker::memory::StreamState;
 use crate::broker::HistoryPage;
 use crate::channels::{user_limited, ChannelRules};
 use crate::config::{PublishRule, SubscribeRule};
-use crate::conn::{Conn, MessageRate, ServerCommand};
+use crate::conn::{Conn, MessageRate};
 use crate::error::{ClientError, CloseReason};
+use crate::hooks::Forwarded;
 use crate::node::{encode_frame, JoinRequest, JoinTicket, PublishOrder, TicketState};
 use crate::publication::{ClientInfo, Publication};
 use crate::state::State;
@@ -61,6 +66,8 @@ struct Subscription {
     generation: u64,
     /// A join still waiting for the broker (remote broker), or `None` once joined.
     pending: Option<Arc<JoinTicket>>,
+    /// Granted by the subscribe hook with an `expire_at` that the sub_refresh hook renews.
+    by_hook: bool,
 }
 
 /// What a subscribe permission check granted.
@@ -70,6 +77,8 @@ struct Granted {
     chan_info: Option<Value>,
     /// The subscription token's expiry, Unix seconds (0 = never).
     expires_at: u64,
+    /// The sub_refresh hook renews it at `expires_at`: the client is not told it expires.
+    renewed_by_hook: bool,
 }
 
 /// The protocol state of one client-protocol connection.
@@ -88,13 +97,25 @@ pub(crate) struct ClientSession {
     subscribe_rate: Option<MessageRate>,
     /// Counts subscribes, to tell a subscription from an earlier one to the same channel.
     generations: u64,
+    /// What of the upgrade request goes along with hook calls (when hooks are configured).
+    forwarded: Option<Arc<Forwarded>>,
+    /// Hook calls under way, by number (`hooked`).
+    hook_calls: HashMap<u64, hooked::Pending>,
+    /// The number of the next hook call.
+    hook_seq: u64,
+    /// The connect hook was asked and has not answered yet.
+    connecting: bool,
+    /// Channels whose subscribe hook has not answered yet.
+    hook_subscribing: HashSet<Box<str>>,
+    /// sub_refresh calls under way.
+    sub_refreshing: usize,
 }
 
 /// What handling a command needs done to the connection.
 type Outcome = Result<(), CloseReason>;
 
 /// A client id in the usual 8-4-4-4-12 hex form.
-fn new_client_id() -> Box<str> {
+pub(crate) fn new_client_id() -> Box<str> {
     let (a, b) = (fastrand::u64(..), fastrand::u64(..));
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
@@ -127,7 +148,11 @@ fn expiry(expires_at: u64) -> ExpiryResult {
 
 impl ClientSession {
     /// The protocol state of a new connection (not connected yet).
-    pub(crate) fn new(state: Arc<State>, conn: Arc<Conn>) -> Self {
+    pub(crate) fn new(
+        state: Arc<State>,
+        conn: Arc<Conn>,
+        forwarded: Option<Arc<Forwarded>>,
+    ) -> Self {
         let client = &state.config.client;
         let subscribe_rate = MessageRate::new(
             client.subscribe_rate,
@@ -143,6 +168,12 @@ impl ClientSession {
             order: PublishOrder::default(),
             subscribe_rate,
             generations: 0,
+            forwarded,
+            hook_calls: HashMap::new(),
+            hook_seq: 0,
+            connecting: false,
+            hook_subscribing: HashSet::new(),
+            sub_refreshing: 0,
         }
     }
 
@@ -281,6 +312,9 @@ impl ClientSession {
         } else if command.ping.is_some() {
             reply.ping = Some(Empty {});
             Ok(())
+        } else if let Some(request) = command.rpc {
+            self.rpc(id, request);
+            return Ok(());
         } else if command.send.is_some() {
             // Asynchronous messages have no handler on this server; nothing to answer.
             return Ok(());
@@ -297,8 +331,15 @@ impl ClientSession {
     }
 
     fn connect(&mut self, id: u32, request: wire::ConnectRequest) -> Outcome {
-        if self.connected {
+        if self.connected || self.connecting {
             return Err(CloseReason::BadRequest);
+        }
+        if request.token.is_empty() {
+            if let Some(endpoint) = self.state.hooks.as_ref().and_then(|h| h.connect()) {
+                let endpoint = Arc::clone(endpoint);
+                self.connect_hook(id, request, endpoint);
+                return Ok(());
+            }
         }
         let claims = if request.token.is_empty() {
             if !self.state.resolved.allow_anonymous {
@@ -320,6 +361,19 @@ impl ClientSession {
                 }
             }
         };
+        self.finish_connect(id, claims, &request, Bytes::new(), false)
+    }
+
+    /// Connects with `claims` (from a token, or the connect hook when `by_hook`), subscribes
+    /// the server-side channels, and queues the connect reply carrying `data`.
+    fn finish_connect(
+        &mut self,
+        id: u32,
+        claims: Claims,
+        request: &wire::ConnectRequest,
+        data: Bytes,
+        by_hook: bool,
+    ) -> Outcome {
         // The token's channels count against `client.max_subscriptions` like any other: a
         // token naming more is refused whole (error 106, the connection stays unconnected)
         // rather than subscribed to an arbitrary part of them.
@@ -336,6 +390,18 @@ impl ClientSession {
             return Ok(());
         }
         let expires_at = claims.exp.unwrap_or(0);
+        // A session the connect hook made is extended by the refresh hook, server-side: the
+        // client is not told it expires (it has no token to refresh with).
+        let refreshed_by_hook = by_hook
+            && expires_at != 0
+            && self
+                .state
+                .hooks
+                .as_ref()
+                .is_some_and(|h| h.refresh().is_some());
+        if refreshed_by_hook {
+            self.conn.set_hook_flags(crate::conn::REFRESH_BY_HOOK);
+        }
         self.conn
             .set_connected(&self.client_id, &claims.sub, expires_at);
         self.state.node.conns.connected(&self.conn);
@@ -383,7 +449,7 @@ impl ClientSession {
             }
         }
         let heartbeat = self.state.config.server.heartbeat_interval.as_secs().max(1);
-        let expires = expiry(expires_at);
+        let expires = expiry(if refreshed_by_hook { 0 } else { expires_at });
         let reply = Reply {
             id,
             connect: Some(ConnectResult {
@@ -391,6 +457,7 @@ impl ClientSession {
                 version: VERSION.to_owned(),
                 expires: expires.expires,
                 ttl: expires.ttl,
+                data,
                 subs,
                 ping: u32::try_from(heartbeat).unwrap_or(u32::MAX),
                 pong: true,
@@ -423,6 +490,7 @@ impl ClientSession {
             return Ok(Granted {
                 chan_info: claims.info,
                 expires_at: claims.exp.unwrap_or(0),
+                renewed_by_hook: false,
             });
         }
         if let Some(allowed) = user_limited(channel, user) {
@@ -449,19 +517,55 @@ impl ClientSession {
             .rules(channel)
             .map_err(ClientError::from)
             .and_then(|rules| {
-                if self.subscriptions.contains_key(channel) {
+                if self.subscriptions.contains_key(channel)
+                    || self.hook_subscribing.contains(channel)
+                {
                     return Err(ClientError::AlreadySubscribed);
                 }
-                if self.subscriptions.len() >= self.state.config.client.max_subscriptions {
+                if self.subscriptions.len() + self.hook_subscribing.len()
+                    >= self.state.config.client.max_subscriptions
+                {
                     return Err(ClientError::LimitExceeded);
                 }
-                let granted = self.may_subscribe(channel, rules, &request.token)?;
-                Ok((rules.clone(), granted))
+                Ok(rules.clone())
             });
-        let (rules, granted) = match checked {
-            Ok(checked) => checked,
+        let rules = match checked {
+            Ok(rules) => rules,
             Err(error) => return self.reply_error(id, error),
         };
+        // Without a subscription token, the namespace's subscribe hook decides (a user's
+        // own channel `name#user` is decided here, as always).
+        if request.token.is_empty() && user_limited(channel, "").is_none() {
+            let hook = self.state.hooks.as_ref().and_then(|h| h.subscribe(channel));
+            if let Some(endpoint) = hook.map(Arc::clone) {
+                return self.subscribe_hook(id, request, endpoint);
+            }
+        }
+        match self.may_subscribe(channel, &rules, &request.token) {
+            Ok(granted) => self.subscribe_granted(id, request, rules, granted, false),
+            Err(error) => self.reply_error(id, error),
+        }
+    }
+
+    /// Joins a subscribe that was granted (by a token, the rules, or the subscribe hook when
+    /// `by_hook`).
+    fn subscribe_granted(
+        &mut self,
+        id: u32,
+        request: SubscribeRequest,
+        rules: ChannelRules,
+        granted: Granted,
+        by_hook: bool,
+    ) {
+        let channel = request.channel.as_str();
+        let mut granted = granted;
+        granted.renewed_by_hook = by_hook
+            && granted.expires_at != 0
+            && self
+                .state
+                .hooks
+                .as_ref()
+                .is_some_and(|h| h.sub_refresh(channel).is_some());
         let reject_unrecovered = request.flag & wire::FLAG_REJECT_UNRECOVERED != 0;
         let conn = Arc::clone(&self.conn);
         let encoding = self.encoding();
@@ -512,6 +616,11 @@ impl ClientSession {
         let recoverable = rules.recover && rules.keeps_history();
         let encoding = self.encoding();
         let expires_at = granted.expires_at;
+        let told_expires_at = if granted.renewed_by_hook {
+            0
+        } else {
+            expires_at
+        };
         let info = Arc::new(ClientInfo::new(
             &self.client_id,
             self.conn.user(),
@@ -534,9 +643,9 @@ impl ClientSession {
             };
             let budget = reply_conn.reply_budget();
             let mut result = subscribe_result(found, recoverable, encoding, budget);
-            if expires_at != 0 {
+            if told_expires_at != 0 {
                 result.expires = true;
-                result.ttl = ttl_of(expires_at);
+                result.ttl = ttl_of(told_expires_at);
             }
             if result.was_recovering {
                 let outcome = if result.recovered {
@@ -561,6 +670,7 @@ impl ClientSession {
                 expires_at,
                 generation,
                 pending: Some(Arc::clone(&ticket)),
+                by_hook: granted.renewed_by_hook,
             },
         );
         self.conn.set_subscription_count(self.subscriptions.len());
@@ -639,9 +749,23 @@ impl ClientSession {
         let channel = request.channel.as_str();
         let rules = self.state.channels().rules(channel)?;
         // A user-limited channel (`name#42`) is a user's inbox: only the backend writes there.
-        if user_limited(channel, "").is_some() || !self.may_publish(channel, rules) {
+        if user_limited(channel, "").is_some() {
             return Err(ClientError::PermissionDenied);
         }
+        // The namespace's publish hook decides instead of its `publish` rule.
+        let hook = self.state.hooks.as_ref().and_then(|h| h.publish(channel));
+        if let Some(endpoint) = hook.map(Arc::clone) {
+            return self.publish_hook(id, request, endpoint);
+        }
+        if !self.may_publish(channel, rules) {
+            return Err(ClientError::PermissionDenied);
+        }
+        self.publish_data(id, channel, request.data)
+    }
+
+    /// Publishes `data` (as the client sent it, or as the publish hook rewrote it).
+    fn publish_data(&mut self, id: u32, channel: &str, data: Bytes) -> Result<(), ClientError> {
+        let rules = self.state.channels().rules(channel)?;
         let info = match self.subscriptions.get(channel) {
             Some(subscription) => Arc::clone(&subscription.info),
             None => Arc::new(ClientInfo::new(
@@ -652,10 +776,11 @@ impl ClientSession {
             )),
         };
         let mut publication = match self.encoding() {
-            Encoding::Json => Publication::json(request.data),
-            Encoding::Protobuf => Publication::bytes(request.data),
+            Encoding::Json => Publication::json(data),
+            Encoding::Protobuf => Publication::bytes(data),
         };
         publication.info = Some(info);
+        publication.trace = self.conn.trace();
         let done = self.reply_later(id, |reply, _| reply.publish = Some(Empty {}));
         self.state
             .node
@@ -754,15 +879,21 @@ impl ClientSession {
     }
 
     /// Tells the sweep the earliest subscription-token expiry (it closes with 3006 then).
+    /// When the earliest one is renewed by the sub_refresh hook, the sweep asks for that at
+    /// its expiry instead.
     fn track_subscription_expiry(&self) {
         let earliest = self
             .subscriptions
             .values()
-            .map(|s| s.expires_at)
-            .filter(|exp| *exp != 0)
-            .min()
-            .unwrap_or(0);
-        self.conn.set_subscription_expires_at(earliest);
+            .filter(|s| s.expires_at != 0)
+            .min_by_key(|s| s.expires_at);
+        self.conn
+            .set_subscription_expires_at(earliest.map_or(0, |s| s.expires_at));
+        if earliest.is_some_and(|s| s.by_hook) {
+            self.conn.set_hook_flags(crate::conn::SUB_REFRESH_BY_HOOK);
+        } else {
+            self.conn.clear_hook_flags(crate::conn::SUB_REFRESH_BY_HOOK);
+        }
     }
 
     fn sub_refresh(&mut self, channel: &str, token: &str) -> Result<ExpiryResult, ClientError> {
@@ -782,69 +913,6 @@ impl ClientSession {
         }
         self.track_subscription_expiry();
         Ok(expiry(claims.exp.unwrap_or(0)))
-    }
-
-    /// Carries out what the server API asked of this connection.
-    pub(crate) fn handle_server_command(&mut self, command: ServerCommand) {
-        if !self.connected {
-            return;
-        }
-        match command {
-            ServerCommand::Subscribe(channel) => {
-                if self.subscriptions.contains_key(&*channel) {
-                    return;
-                }
-                // The API checked the limit when it queued this, but the client may have
-                // subscribed meanwhile.
-                if self.subscriptions.len() >= self.state.config.client.max_subscriptions {
-                    tracing::warn!(event = "server_command_refused", conn_id = self.conn.id, user = %self.conn.user(), channel = %channel, code = ClientError::LimitExceeded.code(), "server-side subscribe past client.max_subscriptions");
-                    return;
-                }
-                let Ok(rules) = self.state.channels().rules(&channel).cloned() else {
-                    return;
-                };
-                let conn = Arc::clone(&self.conn);
-                let encoding = self.encoding();
-                let target = channel.to_string();
-                self.join(&channel, rules, Granted::default(), None, move |result| {
-                    push_subscribed(&conn, encoding, target, result);
-                    true
-                });
-            }
-            ServerCommand::Joined {
-                channel,
-                generation,
-                joined,
-            } => {
-                let current = self
-                    .subscriptions
-                    .get(&*channel)
-                    .is_some_and(|s| s.generation == generation);
-                if !current {
-                    // Unsubscribed meanwhile: its ticket told the worker, nothing to do.
-                    return;
-                }
-                if joined {
-                    if let Some(subscription) = self.subscriptions.get_mut(&*channel) {
-                        subscription.pending = None;
-                    }
-                } else {
-                    self.subscriptions.remove(&*channel);
-                    self.conn.set_subscription_count(self.subscriptions.len());
-                }
-                self.track_subscription_expiry();
-            }
-            ServerCommand::Unsubscribe(channel) => {
-                self.unsubscribe(&channel, Some(UNSUBSCRIBE_BY_SERVER));
-            }
-            ServerCommand::Refresh(expires_at) => {
-                self.conn.set_expires_at(expires_at);
-                self.send(&Reply::push(Push {
-                    refresh: Some(expiry(expires_at)),
-                    ..Push::default()
-                }));
-            }
-        }
     }
 }
 

@@ -17,6 +17,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod proto;
+#[allow(unused_imports)]
+pub use proto::Proto;
+
 pub const SECRET: &str = "test-secret-0123456789-abcdefghij";
 pub const API_KEY: &str = "test-api-key";
 /// How long any single wait in a test may take before the test fails.
