@@ -329,6 +329,11 @@ pub struct NodeConfig {
     /// The longest a broker call may take before it fails with a temporary error.
     #[serde(deserialize_with = "duration")]
     pub broker_timeout: Duration,
+    /// How long a node may hold a publication from the broker to fan it out together with
+    /// the ones that follow (0: each as it comes). Trades latency for CPU: subscribers then
+    /// get several publications per write.
+    #[serde(deserialize_with = "duration")]
+    pub delivery_batch_delay: Duration,
 }
 
 impl Default for NodeConfig {
@@ -339,6 +344,7 @@ impl Default for NodeConfig {
             announce_interval: Duration::from_secs(5),
             position_check_interval: Duration::from_secs(5),
             broker_timeout: Duration::from_secs(3),
+            delivery_batch_delay: Duration::ZERO,
         }
     }
 }
@@ -989,6 +995,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "node.position_check_interval",
     ),
     ("SWITCHBOARD_BROKER_TIMEOUT", "node.broker_timeout"),
+    (
+        "SWITCHBOARD_DELIVERY_BATCH_DELAY",
+        "node.delivery_batch_delay",
+    ),
     ("SWITCHBOARD_REDIS_URL", "redis.url"),
     ("SWITCHBOARD_REDIS_PREFIX", "redis.prefix"),
     ("SWITCHBOARD_NATS_URL", "nats.url"),
@@ -1270,6 +1280,9 @@ impl Config {
                 self.node.position_check_interval = parse_duration(source, value)?
             }
             "node.broker_timeout" => self.node.broker_timeout = parse_duration(source, value)?,
+            "node.delivery_batch_delay" => {
+                self.node.delivery_batch_delay = parse_duration(source, value)?
+            }
             "redis.url" => self.redis.url = Secret(value.trim().to_owned()),
             "redis.prefix" => self.redis.prefix = value.trim().to_owned(),
             "nats.url" => self.nats.url = Secret(value.trim().to_owned()),
@@ -1503,6 +1516,14 @@ impl Config {
                 return Err(invalid(key, "must be at least 100ms"));
             }
         }
+        // Held longer, a publication would be late past what any real-time client tolerates,
+        // and the position check could take the hold for a loss.
+        if self.node.delivery_batch_delay > Duration::from_millis(100) {
+            return Err(invalid(
+                "node.delivery_batch_delay",
+                "must be at most 100ms (0, the default, delivers each publication as it comes)",
+            ));
+        }
         if self.client.max_commands_per_message <= self.client.max_subscriptions {
             return Err(invalid(
                 "client.max_commands_per_message",
@@ -1717,6 +1738,24 @@ mod tests {
         config.traces.enabled = true;
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("traces.endpoint"), "{error}");
+    }
+
+    #[test]
+    fn a_delivery_batch_delay_is_off_by_default_and_held_to_100ms() {
+        let mut config = Config::default();
+        assert_eq!(config.node.delivery_batch_delay, Duration::ZERO);
+        config
+            .set(
+                "node.delivery_batch_delay",
+                "5ms",
+                "SWITCHBOARD_DELIVERY_BATCH_DELAY",
+            )
+            .unwrap();
+        assert_eq!(config.node.delivery_batch_delay, Duration::from_millis(5));
+        config.validate().unwrap();
+        config.node.delivery_batch_delay = Duration::from_millis(101);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("node.delivery_batch_delay"), "{error}");
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl Gateway {
             announce_interval: config.node.announce_interval,
             position_check_interval: config.node.position_check_interval,
             broker_timeout: config.node.broker_timeout,
+            delivery_batch_delay: config.node.delivery_batch_delay,
             history_meta_ttl: config.client.history_meta_ttl,
             max_channels: config.limits.max_channels,
             max_history_streams: config.limits.max_history_streams,

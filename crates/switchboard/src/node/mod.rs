@@ -70,6 +70,8 @@ pub(crate) struct NodeSettings {
     pub(crate) position_check_interval: Duration,
     /// The longest one broker call may take.
     pub(crate) broker_timeout: Duration,
+    /// How long a channel worker may hold a delivery to fan it out with the next ones.
+    pub(crate) delivery_batch_delay: Duration,
     /// How long a stream position outlives its last publication.
     pub(crate) history_meta_ttl: Duration,
     /// Most channels with subscribers here (0: no limit).

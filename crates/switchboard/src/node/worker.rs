@@ -77,6 +77,14 @@ impl Work {
     }
 }
 
+/// A delivery held for `node.delivery_batch_delay`.
+struct Held {
+    channel: Box<str>,
+    publication: Arc<Publication>,
+    epoch: Box<str>,
+    received: Instant,
+}
+
 /// What was delivered of one channel.
 struct Tracked {
     epoch: Box<str>,
@@ -123,10 +131,24 @@ impl ChannelWorker {
     }
 
     /// Takes work until shutdown.
+    ///
+    /// With `node.delivery_batch_delay` set, a delivery is held until that long after the
+    /// first one held, and the held ones are fanned out together: each subscriber's writer
+    /// then finds several publications to send in one write. Any other work releases what is
+    /// held first, so the order above (a join after the deliveries before it) stays.
     pub(super) async fn run(mut self, mut work: mpsc::Receiver<Work>, shutdown: CancellationToken) {
+        let delay = self.node.settings.delivery_batch_delay;
+        let mut held: Vec<Held> = Vec::new();
+        let hold_until = tokio::time::sleep(delay);
+        tokio::pin!(hold_until);
         loop {
             let next = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
+                () = &mut hold_until, if !held.is_empty() => {
+                    self.release(&mut held);
+                    continue;
+                }
                 next = work.recv() => next,
             };
             let Some(next) = next else { return };
@@ -136,21 +158,60 @@ impl ChannelWorker {
                     publication,
                     epoch,
                     received,
-                } => self.deliver(&channel, &publication, &epoch, received),
-                Work::Join { request, reply } => self.join(*request, reply).await,
-                Work::Listen { channel } => {
-                    if self.ensure_listening(&channel).await.is_err() {
-                        tracing::warn!(event = "listen_failed", channel = %channel, "could not listen to a channel in the broker; its members get nothing until the link is back");
+                } if !delay.is_zero() => {
+                    if held.is_empty() {
+                        hold_until
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + delay);
                     }
+                    held.push(Held {
+                        channel,
+                        publication,
+                        epoch,
+                        received,
+                    });
                 }
-                Work::Unlisten { channel } => self.unlisten(&channel).await,
-                Work::Check {
-                    channel,
-                    top,
-                    strict,
-                } => self.check(&channel, &top, strict),
-                Work::CheckAll { strict } => self.read_tops(strict),
+                next => {
+                    self.release(&mut held);
+                    self.handle(next).await;
+                }
             }
+        }
+    }
+
+    /// Fans out the held deliveries, in the order they came.
+    fn release(&mut self, held: &mut Vec<Held>) {
+        for delivery in held.drain(..) {
+            self.deliver(
+                &delivery.channel,
+                &delivery.publication,
+                &delivery.epoch,
+                delivery.received,
+            );
+        }
+    }
+
+    async fn handle(&mut self, work: Work) {
+        match work {
+            Work::Deliver {
+                channel,
+                publication,
+                epoch,
+                received,
+            } => self.deliver(&channel, &publication, &epoch, received),
+            Work::Join { request, reply } => self.join(*request, reply).await,
+            Work::Listen { channel } => {
+                if self.ensure_listening(&channel).await.is_err() {
+                    tracing::warn!(event = "listen_failed", channel = %channel, "could not listen to a channel in the broker; its members get nothing until the link is back");
+                }
+            }
+            Work::Unlisten { channel } => self.unlisten(&channel).await,
+            Work::Check {
+                channel,
+                top,
+                strict,
+            } => self.check(&channel, &top, strict),
+            Work::CheckAll { strict } => self.read_tops(strict),
         }
     }
 
