@@ -1855,6 +1855,44 @@ mod tests {
     }
 
     #[test]
+    fn pusher_limits_and_webhooks_are_read_and_checked() {
+        let app = "[[pusher.apps]]\nid = \"a1\"\nkey = \"k1\"\nsecret = \"secret-0123456789\"\n";
+        let config = Config::from_toml(app).unwrap();
+        let first = &config.pusher.apps[0];
+        assert_eq!(
+            (first.max_connections, first.max_client_events_per_second),
+            (0, 10)
+        );
+        assert_eq!(
+            (first.max_event_bytes, first.max_channels_per_event),
+            (10240, 100)
+        );
+        let hooked = format!(
+            "{app}max_connections = 5\n[[pusher.apps.webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nevents = [\"member_added\"]\n"
+        );
+        let config = Config::from_toml(&hooked).unwrap();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.pusher.apps[0].max_connections, 5);
+        assert_eq!(config.pusher.apps[0].webhooks[0].events, ["member_added"]);
+        let unknown = hooked.replace("member_added", "member_joined");
+        let error = Config::from_toml(&unknown).unwrap().validate().unwrap_err();
+        assert!(
+            error.to_string().contains("pusher.apps.webhooks.events"),
+            "{error}"
+        );
+        let https = hooked.replace("http://", "ftp://");
+        let error = Config::from_toml(&https).unwrap().validate().unwrap_err();
+        assert!(
+            error.to_string().contains("pusher.apps.webhooks.url"),
+            "{error}"
+        );
+        let zero = format!("{app}max_event_bytes = 0\n");
+        assert!(Config::from_toml(&zero).unwrap().validate().is_err());
+        let queue = format!("[pusher]\nwebhook_queue = 0\n{app}");
+        assert!(Config::from_toml(&queue).unwrap().validate().is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
         let error = Config::from_toml("[server]\nlisten_on = \"x\"").unwrap_err();
         assert!(error.contains("listen_on"), "{error}");
