@@ -11,6 +11,7 @@
 //! queue drops the new event and counts it; the connection that caused it never notices.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,6 +99,9 @@ pub(crate) struct Webhooks {
     settings: Settings,
     /// The delivery tasks' halves, until [`Webhooks::start`] takes them.
     waiting: Mutex<Vec<Delivery>>,
+    /// Events dropped since start: the warning is logged at the 1st, 2nd, 4th, 8th… drop, so a
+    /// receiver that is down does not flood the log.
+    dropped: AtomicU64,
 }
 
 #[derive(Clone, Copy)]
@@ -158,6 +162,7 @@ impl Webhooks {
                 attempts: config.webhook_attempts,
             },
             waiting: Mutex::new(waiting),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -213,12 +218,16 @@ impl Webhooks {
         for target in hooks.targets.iter().filter(|t| t.wants & kind.bit() != 0) {
             if target.queue.try_send(event.clone()).is_err() {
                 self.metrics.events.with_label_values(&["dropped"]).inc();
-                tracing::warn!(
-                    event = "webhook_dropped",
-                    app,
-                    kind = kind.name(),
-                    "a webhook queue is full (pusher.webhook_queue); the event was dropped"
-                );
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        event = "webhook_dropped",
+                        app,
+                        kind = kind.name(),
+                        dropped,
+                        "a webhook queue is full (pusher.webhook_queue); events are dropped"
+                    );
+                }
             }
         }
     }
