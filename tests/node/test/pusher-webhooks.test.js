@@ -1,7 +1,8 @@
 'use strict';
 // Pusher webhooks, per-user presence and per-app limits, driven by the real `pusher-js` client
 // and the real `pusher` server SDK (which also checks each webhook's signature) against the
-// release binary, with a small HTTP receiver in the test standing in for the app's backend.
+// release binary, with a small HTTP receiver in the test standing in for the app's backend; the
+// last test runs two nodes on a private redis-server, then on a private nats-server.
 
 const assert = require('node:assert/strict');
 const http = require('node:http');
@@ -280,51 +281,53 @@ test('per-app limits: connections (4004), client event rate (4301), payload size
   }
 });
 
-test('across two nodes on Redis: a user on both nodes is one member, announced and hooked once', async () => {
-  const hooks = await receiver();
-  const appConfig = app({ webhooks: [{ url: hooks.url, events: ['member_added', 'member_removed'] }] });
-  const broker = await startBroker('redis');
-  const nodes = [1, 2].map((i) => new Server({ config: pusherConfig(appConfig), env: { ...broker.env, SWITCHBOARD_NODE_NAME: `hooked-${i}` } }));
-  const clients = [];
-  try {
-    await Promise.all(nodes.map((node) => node.start()));
-    const [one, two] = nodes;
-    const watcher = opener(one, appConfig, clients)({ user: 'watcher' });
-    const dana1 = opener(one, appConfig, clients)({ user: 'dana' });
-    const dana2 = opener(two, appConfig, clients)({ user: 'dana' });
-    const eve = opener(two, appConfig, clients)({ user: 'eve' });
-    await Promise.all([watcher, dana1, dana2, eve].map(connected));
-    const room = await subscribed(watcher, 'presence-hall');
-    const added = [];
-    const removed = [];
-    room.bind('pusher:member_added', (m) => added.push(m.id));
-    room.bind('pusher:member_removed', (m) => removed.push(m.id));
-    await subscribed(dana1, 'presence-hall');
-    await until(() => added.length === 1, 'dana added');
-    // Presence entries reach the broker after the join: wait until node 2 reads dana's.
-    const ids = async () => (await (await sdk(two, appConfig).get({ path: '/channels/presence-hall/users' })).json()).users.map((u) => u.id).sort();
-    await until(async () => (await ids()).join() === 'dana,watcher', 'dana listed by node 2');
-    await subscribed(dana2, 'presence-hall');
-    await subscribed(eve, 'presence-hall');
-    await until(() => added.length === 2, 'eve added');
-    assert.deepEqual(added, ['dana', 'eve']);
+for (const kind of ['redis', 'nats']) {
+  test(`across two nodes on ${kind}: a user on both nodes is one member, announced and hooked once`, async () => {
+    const hooks = await receiver();
+    const appConfig = app({ webhooks: [{ url: hooks.url, events: ['member_added', 'member_removed'] }] });
+    const broker = await startBroker(kind);
+    const nodes = [1, 2].map((i) => new Server({ config: pusherConfig(appConfig), env: { ...broker.env, SWITCHBOARD_NODE_NAME: `hooked-${i}` } }));
+    const clients = [];
+    try {
+      await Promise.all(nodes.map((node) => node.start()));
+      const [one, two] = nodes;
+      const watcher = opener(one, appConfig, clients)({ user: 'watcher' });
+      const dana1 = opener(one, appConfig, clients)({ user: 'dana' });
+      const dana2 = opener(two, appConfig, clients)({ user: 'dana' });
+      const eve = opener(two, appConfig, clients)({ user: 'eve' });
+      await Promise.all([watcher, dana1, dana2, eve].map(connected));
+      const room = await subscribed(watcher, 'presence-hall');
+      const added = [];
+      const removed = [];
+      room.bind('pusher:member_added', (m) => added.push(m.id));
+      room.bind('pusher:member_removed', (m) => removed.push(m.id));
+      await subscribed(dana1, 'presence-hall');
+      await until(() => added.length === 1, 'dana added');
+      // Presence entries reach the broker after the join: wait until node 2 reads dana's.
+      const ids = async () => (await (await sdk(two, appConfig).get({ path: '/channels/presence-hall/users' })).json()).users.map((u) => u.id).sort();
+      await until(async () => (await ids()).join() === 'dana,watcher', 'dana listed by node 2');
+      await subscribed(dana2, 'presence-hall');
+      await subscribed(eve, 'presence-hall');
+      await until(() => added.length === 2, 'eve added');
+      assert.deepEqual(added, ['dana', 'eve']);
 
-    dana1.disconnect();
-    const count = async () => (await (await sdk(one, appConfig).get({ path: '/channels/presence-hall', params: { info: 'subscription_count' } })).json()).subscription_count;
-    await until(async () => (await count()) === 3, 'dana1 gone');
-    eve.disconnect();
-    await until(() => removed.length === 1, 'eve removed');
-    dana2.disconnect();
-    await until(() => removed.length === 2, 'dana removed');
-    assert.deepEqual(removed, ['eve', 'dana']);
-    await until(() => named(hooks.events(), 'member_removed').length === 2, 'member_removed webhooks');
-    const events = hooks.events();
-    assert.equal(named(events, 'member_added', { user_id: 'dana' }).length, 1);
-    assert.equal(named(events, 'member_removed', { user_id: 'dana' }).length, 1);
-  } finally {
-    for (const client of clients) client.disconnect();
-    await Promise.all(nodes.map((node) => node.stop()));
-    await broker.stop();
-    await hooks.close();
-  }
-});
+      dana1.disconnect();
+      const count = async () => (await (await sdk(one, appConfig).get({ path: '/channels/presence-hall', params: { info: 'subscription_count' } })).json()).subscription_count;
+      await until(async () => (await count()) === 3, 'dana1 gone');
+      eve.disconnect();
+      await until(() => removed.length === 1, 'eve removed');
+      dana2.disconnect();
+      await until(() => removed.length === 2, 'dana removed');
+      assert.deepEqual(removed, ['eve', 'dana']);
+      await until(() => named(hooks.events(), 'member_removed').length === 2, 'member_removed webhooks');
+      const events = hooks.events();
+      assert.equal(named(events, 'member_added', { user_id: 'dana' }).length, 1);
+      assert.equal(named(events, 'member_removed', { user_id: 'dana' }).length, 1);
+    } finally {
+      for (const client of clients) client.disconnect();
+      await Promise.all(nodes.map((node) => node.stop()));
+      await broker.stop();
+      await hooks.close();
+    }
+  });
+}
