@@ -36,7 +36,8 @@ if [ ! -x "$CHROMIUM_PATH" ] && ! install "the browser test (headless Chromium)"
 fi
 
 # test/cluster.test.js starts its own redis-server and nats-server (JetStream) on free ports,
-# test/pusher.test.js and test/pusher-webhooks.test.js their own redis-server.
+# test/pusher.test.js its own redis-server, test/pusher-webhooks.test.js a redis-server and a
+# nats-server.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
