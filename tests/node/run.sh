@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Node and browser tests of the client protocol door with the real `centrifuge` SDK, and of the
-# Pusher door with the real `pusher-js` client and `pusher` server SDK (test/pusher.test.js).
+# Pusher door with the real `pusher-js` client and `pusher` server SDK (test/pusher.test.js,
+# test/pusher-webhooks.test.js).
 # Installs what is missing (Chromium, redis-server and nats-server from Debian's packages, the
 # npm packages from the lock file), then runs `npm test` against the release binary
 # ($SWITCHBOARD_BIN, default target/release/switchboard). Exits non-zero when a test fails.
@@ -35,7 +36,8 @@ if [ ! -x "$CHROMIUM_PATH" ] && ! install "the browser test (headless Chromium)"
 fi
 
 # test/cluster.test.js starts its own redis-server and nats-server (JetStream) on free ports,
-# test/pusher.test.js its own redis-server.
+# test/pusher.test.js its own redis-server, test/pusher-webhooks.test.js a redis-server and a
+# nats-server.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)

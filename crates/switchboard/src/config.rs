@@ -201,6 +201,18 @@ pub struct PusherConfig {
     pub timestamp_window: Duration,
     /// Largest HTTP API request body.
     pub max_body_bytes: usize,
+    /// How long webhook events are collected before one request carries them all.
+    #[serde(deserialize_with = "duration")]
+    pub webhook_batch_window: Duration,
+    /// Most events in one webhook request.
+    pub webhook_max_batch: usize,
+    /// Events waiting for one webhook URL; past it new events are dropped and counted.
+    pub webhook_queue: usize,
+    /// How long one webhook request may take.
+    #[serde(deserialize_with = "duration")]
+    pub webhook_timeout: Duration,
+    /// Tries of one webhook request (the first included) before its events count as failed.
+    pub webhook_attempts: u32,
     /// The apps, each isolated from the others (`[[pusher.apps]]`).
     pub apps: Vec<PusherAppConfig>,
 }
@@ -211,13 +223,18 @@ impl Default for PusherConfig {
             activity_timeout: Duration::from_secs(120),
             timestamp_window: Duration::from_secs(600),
             max_body_bytes: 256 * 1024,
+            webhook_batch_window: Duration::from_millis(250),
+            webhook_max_batch: 100,
+            webhook_queue: 10_000,
+            webhook_timeout: Duration::from_secs(5),
+            webhook_attempts: 5,
             apps: Vec::new(),
         }
     }
 }
 
 /// `[[pusher.apps]]`: one Pusher app.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PusherAppConfig {
     /// The app id (the HTTP API's `/apps/{id}`, and the hub namespace of its channels).
@@ -231,7 +248,56 @@ pub struct PusherAppConfig {
     /// Browser origins this app's clients may connect from (exact `scheme://host[:port]`);
     /// empty: only `origins.allowed` applies. Checked after it, never instead of it.
     pub allowed_origins: Vec<String>,
+    /// This app's connections on this node; past it a connection gets `pusher:error` 4004.
+    /// 0: only the node's limits.
+    pub max_connections: usize,
+    /// Client events one connection may send per second (`pusher:error` 4301 past it); 0: no
+    /// bound beyond `limits.client_message_rate`.
+    pub max_client_events_per_second: u32,
+    /// Largest event `data` (API events and client events), in bytes.
+    pub max_event_bytes: usize,
+    /// Most channels one API event may name.
+    pub max_channels_per_event: usize,
+    /// Where this app's webhooks go (`[[pusher.apps.webhooks]]`).
+    pub webhooks: Vec<PusherWebhookConfig>,
 }
+
+impl Default for PusherAppConfig {
+    fn default() -> Self {
+        PusherAppConfig {
+            id: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            client_events: false,
+            allowed_origins: Vec::new(),
+            max_connections: 0,
+            max_client_events_per_second: 10,
+            max_event_bytes: 10 * 1024,
+            max_channels_per_event: 100,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// `[[pusher.apps.webhooks]]`: one URL that receives some of an app's webhook events.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PusherWebhookConfig {
+    /// An `http://` URL (POSTed to).
+    pub url: String,
+    /// The events it receives (`channel_occupied`, `channel_vacated`, `member_added`,
+    /// `member_removed`, `client_event`); empty: all of them.
+    pub events: Vec<String>,
+}
+
+/// The webhook events Pusher defines.
+pub const PUSHER_WEBHOOK_EVENTS: [&str; 5] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+];
 
 /// Where ingested publications come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -1363,6 +1429,46 @@ impl Config {
             if apps[..i].iter().any(|other| other.key == app.key) {
                 return Err(invalid("pusher.apps.key", format!("{:?} twice", app.key)));
             }
+            if app.max_event_bytes == 0 || app.max_channels_per_event == 0 {
+                return Err(invalid(
+                    "pusher.apps.max_event_bytes",
+                    format!(
+                        "app {:?}: max_event_bytes and max_channels_per_event above zero",
+                        app.id
+                    ),
+                ));
+            }
+            for hook in &app.webhooks {
+                if !hook.url.starts_with("http://") || hook.url.parse::<http::Uri>().is_err() {
+                    return Err(invalid(
+                        "pusher.apps.webhooks.url",
+                        format!("app {:?}: {:?} is not an http:// URL", app.id, hook.url),
+                    ));
+                }
+                if let Some(unknown) = hook
+                    .events
+                    .iter()
+                    .find(|e| !PUSHER_WEBHOOK_EVENTS.contains(&e.as_str()))
+                {
+                    return Err(invalid(
+                        "pusher.apps.webhooks.events",
+                        format!(
+                            "app {:?}: {unknown:?} is not one of {PUSHER_WEBHOOK_EVENTS:?}",
+                            app.id
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.pusher.webhook_queue == 0
+            || self.pusher.webhook_max_batch == 0
+            || self.pusher.webhook_attempts == 0
+            || self.pusher.webhook_timeout.is_zero()
+        {
+            return Err(invalid(
+                "pusher.webhook_queue",
+                "webhook_queue, webhook_max_batch, webhook_attempts and webhook_timeout above zero",
+            ));
         }
         if self.pusher.activity_timeout.is_zero() || self.pusher.timestamp_window.is_zero() {
             return Err(invalid(
@@ -1785,6 +1891,44 @@ mod tests {
         assert!(error.to_string().contains("pusher.apps.secret"), "{error}");
         let colon = app("a:1", "k1", "secret-0123456789");
         assert!(Config::from_toml(&colon).unwrap().validate().is_err());
+    }
+
+    #[test]
+    fn pusher_limits_and_webhooks_are_read_and_checked() {
+        let app = "[[pusher.apps]]\nid = \"a1\"\nkey = \"k1\"\nsecret = \"secret-0123456789\"\n";
+        let config = Config::from_toml(app).unwrap();
+        let first = &config.pusher.apps[0];
+        assert_eq!(
+            (first.max_connections, first.max_client_events_per_second),
+            (0, 10)
+        );
+        assert_eq!(
+            (first.max_event_bytes, first.max_channels_per_event),
+            (10240, 100)
+        );
+        let hooked = format!(
+            "{app}max_connections = 5\n[[pusher.apps.webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nevents = [\"member_added\"]\n"
+        );
+        let config = Config::from_toml(&hooked).unwrap();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.pusher.apps[0].max_connections, 5);
+        assert_eq!(config.pusher.apps[0].webhooks[0].events, ["member_added"]);
+        let unknown = hooked.replace("member_added", "member_joined");
+        let error = Config::from_toml(&unknown).unwrap().validate().unwrap_err();
+        assert!(
+            error.to_string().contains("pusher.apps.webhooks.events"),
+            "{error}"
+        );
+        let https = hooked.replace("http://", "ftp://");
+        let error = Config::from_toml(&https).unwrap().validate().unwrap_err();
+        assert!(
+            error.to_string().contains("pusher.apps.webhooks.url"),
+            "{error}"
+        );
+        let zero = format!("{app}max_event_bytes = 0\n");
+        assert!(Config::from_toml(&zero).unwrap().validate().is_err());
+        let queue = format!("[pusher]\nwebhook_queue = 0\n{app}");
+        assert!(Config::from_toml(&queue).unwrap().validate().is_err());
     }
 
     #[test]

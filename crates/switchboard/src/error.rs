@@ -54,6 +54,9 @@ pub enum CloseReason {
     PusherUnsupportedProtocol,
     /// Pusher door: the `Origin` is not in the app's `allowed_origins` (`pusher:error` 4009).
     PusherOriginNotAllowed,
+    /// Pusher door: the app has `max_connections` connections on this node (`pusher:error`
+    /// 4004).
+    PusherOverQuota,
 }
 
 impl CloseReason {
@@ -86,7 +89,8 @@ impl CloseReason {
             CloseReason::BackendDisconnect(code) => (code, "backend disconnect"),
             CloseReason::PusherUnknownApp
             | CloseReason::PusherUnsupportedProtocol
-            | CloseReason::PusherOriginNotAllowed => (self.code(), self.text()),
+            | CloseReason::PusherOriginNotAllowed
+            | CloseReason::PusherOverQuota => (self.code(), self.text()),
         }
     }
 
@@ -109,6 +113,7 @@ impl CloseReason {
             | CloseReason::InvalidToken
             | CloseReason::TokenExpired => (4009, "Connection is unauthorized"),
             CloseReason::PusherOriginNotAllowed => (4009, "Origin not allowed for this app"),
+            CloseReason::PusherOverQuota => (4004, "Over connection quota"),
             // Hooks are not asked for Pusher connections; kept total for the match.
             CloseReason::BackendDisconnect(_) => (4009, "Disconnected by the backend"),
             CloseReason::SlowConsumer => (4100, "Over capacity: the client reads too slowly"),
@@ -141,6 +146,7 @@ impl CloseReason {
             CloseReason::PusherUnknownApp => 4001,
             CloseReason::PusherUnsupportedProtocol => 4007,
             CloseReason::PusherOriginNotAllowed => 4009,
+            CloseReason::PusherOverQuota => 4004,
             // Only the client protocol ends a connection for these; its codes are in `wire`.
             CloseReason::Stale
             | CloseReason::SubscriptionExpired
@@ -172,6 +178,7 @@ impl CloseReason {
             CloseReason::PusherUnknownApp => "unknown app",
             CloseReason::PusherUnsupportedProtocol => "unsupported protocol",
             CloseReason::PusherOriginNotAllowed => "origin not allowed",
+            CloseReason::PusherOverQuota => "over connection quota",
         }
     }
 
@@ -197,7 +204,8 @@ impl CloseReason {
             }
             CloseReason::PusherUnknownApp
             | CloseReason::PusherUnsupportedProtocol
-            | CloseReason::PusherOriginNotAllowed => false,
+            | CloseReason::PusherOriginNotAllowed
+            | CloseReason::PusherOverQuota => false,
             CloseReason::Stale | CloseReason::InvalidToken | CloseReason::BadRequest => false,
         }
     }
@@ -225,6 +233,7 @@ impl CloseReason {
             CloseReason::PusherUnknownApp => "pusher_unknown_app",
             CloseReason::PusherUnsupportedProtocol => "pusher_unsupported_protocol",
             CloseReason::PusherOriginNotAllowed => "pusher_origin_not_allowed",
+            CloseReason::PusherOverQuota => "pusher_over_quota",
         }
     }
 }

@@ -123,6 +123,7 @@ impl Gateway {
             max_presence_entries: config.limits.max_presence_entries,
             max_frame_bytes: config.limits.max_queued_bytes,
             tracer,
+            pusher: config.pusher.clone(),
         };
         let node = Node::new(broker, channels, settings);
         let hooks = crate::hooks::Hooks::from_config(&config.hooks, &node.metrics.hooks)

@@ -19,6 +19,7 @@
 //! - [`history`]: one channel's kept publications, offsets, epoch; recovery.
 //! - [`hooks`]: backend hooks (connect, refresh, subscribe, publish, sub_refresh, rpc) over
 //!   HTTP, with timeouts, retries, a circuit breaker per upstream and an answer cache.
+//! - `webhooks`: the Pusher apps' webhooks (batched, signed, retried, never awaited).
 //! - [`kind`]: leaf types (door, encoding, frame format); imports nothing of the crate.
 //! - [`broker`]: the broker contract (streams, presence, delivery between nodes), its codec,
 //!   and the memory broker; Redis and NATS engines live in their own crates.
@@ -70,6 +71,7 @@ pub mod pusher_wire;
 mod respond;
 mod state;
 pub mod trace;
+pub(crate) mod webhooks;
 pub mod wire;
 pub mod ws;
 

@@ -44,6 +44,16 @@ pub struct HookMetrics {
     pub breaker_transitions: IntCounterVec,
 }
 
+/// The Pusher webhooks' metrics (docs/pusher.md); the delivery tasks keep clones.
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    /// `switchboard_pusher_webhook_events_total{outcome}`: events `sent` (a 2xx answered),
+    /// `failed` (every try failed) or `dropped` (the queue was full).
+    pub events: IntCounterVec,
+    /// `switchboard_pusher_webhook_requests_total{result}`: tries, `ok` or `error`.
+    pub requests: IntCounterVec,
+}
+
 /// Every metric of one gateway.
 pub struct Metrics {
     registry: Registry,
@@ -89,6 +99,8 @@ pub struct Metrics {
     pub ingest_dropped: IntCounter,
     /// The backend hooks.
     pub hooks: HookMetrics,
+    /// The Pusher webhooks.
+    pub webhooks: WebhookMetrics,
     channels: IntGauge,
     subscriptions: IntGauge,
     history_streams: IntGauge,
@@ -220,6 +232,18 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let webhooks = WebhookMetrics {
+            events: counter_vec(
+                "switchboard_pusher_webhook_events_total",
+                "Pusher webhook events by outcome: sent, failed (every try failed), dropped (queue full)",
+                &["outcome"],
+            ),
+            requests: counter_vec(
+                "switchboard_pusher_webhook_requests_total",
+                "Pusher webhook requests tried, by result (ok, error)",
+                &["result"],
+            ),
+        };
         let hooks = HookMetrics {
             duration: register(
                 &r,
@@ -264,6 +288,7 @@ impl Metrics {
         };
         Metrics {
             hooks,
+            webhooks,
             doors,
             publish_seconds: latency(
                 "switchboard_publish_seconds",

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("publication", 5),
     // backend hooks: HTTP client, breakers, cache
     ("hooks", 5),
+    ("webhooks", 5),
     ("history", 6),
     // local fan-out and connections
     ("conn", 6),

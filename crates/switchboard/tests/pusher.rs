@@ -23,6 +23,7 @@ async fn server() -> TestServer {
         secret: SECRET.into(),
         client_events: true,
         allowed_origins: vec!["https://good.example".into()],
+        ..PusherAppConfig::default()
     }];
     config.origins.allowed = vec![
         "https://good.example".into(),

@@ -612,11 +612,15 @@ pub(crate) async fn run(
         client_closed: None,
         order: PublishOrder::default(),
         pusher: match pusher {
-            Some(Ok(app)) => Some(Box::new(PusherSession::open(
-                Arc::clone(&state),
-                Arc::clone(&session.conn),
-                app,
-            ))),
+            Some(Ok(app)) => {
+                match PusherSession::open(Arc::clone(&state), Arc::clone(&session.conn), app) {
+                    Ok(pusher) => Some(Box::new(pusher)),
+                    Err(refused) => {
+                        session.conn.close(refused);
+                        None
+                    }
+                }
+            }
             Some(Err(refused)) => {
                 session.conn.close(refused);
                 None

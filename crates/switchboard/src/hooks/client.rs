@@ -1,6 +1,7 @@
 //! The hooks' HTTP client: one pooled HTTP/1.1 client with keep-alive for every upstream
 //! (hyper-util's), which POSTs a JSON body and reads a bounded JSON reply. It knows nothing of
-//! hooks, breakers or retries: one attempt, with its timeout, and a typed failure.
+//! hooks, breakers or retries: one attempt, with its timeout, and a typed failure. The Pusher
+//! webhooks (`webhooks`) send through it too.
 
 use std::time::Duration;
 
@@ -59,6 +60,36 @@ impl HttpClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, AttemptError> {
+        let (status, body) = self.exchange(uri, headers, body, timeout).await?;
+        if status != StatusCode::OK {
+            return Err(AttemptError::Status(status.as_u16()));
+        }
+        Ok(body)
+    }
+
+    /// POSTs `body` like [`HttpClient::post`], where any 2xx status is success and the reply's
+    /// body is read (bounded) and dropped: what a webhook receiver answers.
+    pub(crate) async fn deliver(
+        &self,
+        uri: &Uri,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(), AttemptError> {
+        let (status, _) = self.exchange(uri, headers, body, timeout).await?;
+        if !status.is_success() {
+            return Err(AttemptError::Status(status.as_u16()));
+        }
+        Ok(())
+    }
+
+    async fn exchange(
+        &self,
+        uri: &Uri,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), AttemptError> {
         let mut request = Request::post(uri.clone())
             .body(Full::new(body))
             .map_err(|e| AttemptError::Transport(e.to_string()))?;
@@ -85,10 +116,7 @@ impl HttpClient {
                     AttemptError::Transport(e.to_string())
                 }
             })?;
-            if status != StatusCode::OK {
-                return Err(AttemptError::Status(status.as_u16()));
-            }
-            Ok(body.to_bytes())
+            Ok((status, body.to_bytes()))
         };
         tokio::time::timeout(timeout, exchange)
             .await

@@ -12,7 +12,7 @@
 
 pub mod breaker;
 mod cache;
-mod client;
+pub(crate) mod client;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

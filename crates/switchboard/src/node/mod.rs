@@ -16,6 +16,7 @@
 //! awaited by the API.
 
 mod control;
+mod pusher;
 mod worker;
 
 use std::collections::HashMap;
@@ -42,12 +43,15 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::publication::{ClientInfo, Publication};
 use crate::pusher_wire;
 use crate::trace::{Kind, Span, Tracer};
+use crate::webhooks::Webhooks;
 use crate::wire::{self, Push, Reply};
 use crate::ws::frame::{self, Opcode};
 
 pub use control::NodeInfo;
 pub(crate) use control::UserCommand;
 use control::{Control, Peers, Surveys};
+pub(crate) use pusher::AppSlot;
+use pusher::{PusherBook, PusherChange};
 use worker::Work;
 
 /// Channel workers of a node on a remote broker.
@@ -87,6 +91,8 @@ pub(crate) struct NodeSettings {
     pub(crate) max_frame_bytes: usize,
     /// Traces (`[traces]`): disabled unless configured.
     pub(crate) tracer: Tracer,
+    /// The Pusher apps' webhooks and their delivery settings (`[pusher]`).
+    pub(crate) pusher: crate::config::PusherConfig,
 }
 
 /// The engine behind the node.
@@ -132,6 +138,8 @@ enum Chore {
         channel: Box<str>,
         info: Arc<ClientInfo>,
     },
+    /// A Pusher member or occupancy change to settle against the cluster's presence.
+    Pusher(PusherChange),
 }
 
 /// Chores waiting before new ones are dropped (with a warning; presence then heals at the
@@ -209,6 +217,9 @@ pub(crate) struct Node {
     pub(crate) channels: Namespaces,
     /// Metrics.
     pub(crate) metrics: Metrics,
+    /// The Pusher apps' webhooks.
+    pub(crate) webhooks: Webhooks,
+    pusher: PusherBook,
     engine: Engine,
     remote: Option<Remote>,
     settings: NodeSettings,
@@ -270,11 +281,15 @@ impl Node {
                 (Engine::Remote(broker), Some(remote))
             }
         };
+        let metrics = Metrics::new();
+        let webhooks = Webhooks::from_config(&settings.pusher, &metrics.webhooks);
         Arc::new(Node {
             hub: Hub::new(),
             conns: ConnRegistry::default(),
             channels,
-            metrics: Metrics::new(),
+            metrics,
+            webhooks,
+            pusher: PusherBook::default(),
             engine,
             remote,
             settings,
@@ -289,6 +304,7 @@ impl Node {
     /// presence refresh, position checks, expiry); all of it stops with `shutdown`.
     pub(crate) async fn start(self: &Arc<Self>, shutdown: CancellationToken) {
         let events: Arc<dyn BrokerEvents> = Arc::new(NodeEvents(Arc::downgrade(self)));
+        self.webhooks.start(&shutdown);
         match &self.engine {
             Engine::Memory(memory) => {
                 memory.attach(events);
@@ -1158,6 +1174,13 @@ async fn do_chores(
             chore = chores.recv() => chore,
         };
         let Some(chore) = chore else { return };
+        let chore = match chore {
+            Chore::Pusher(change) => {
+                node.settle_pusher(broker, change).await;
+                continue;
+            }
+            chore => chore,
+        };
         let (what, channel, done) = match &chore {
             Chore::AddPresence { channel, info } => {
                 let ttl = node.settings.presence_ttl;
@@ -1182,6 +1205,7 @@ async fn do_chores(
                 channel,
                 node.call(broker.publish_leave(channel, info)).await,
             ),
+            Chore::Pusher(_) => continue,
         };
         if let Err(error) = done {
             if what == "presence" {

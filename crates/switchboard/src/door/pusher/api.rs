@@ -27,8 +27,6 @@ use crate::pusher_wire::{self, ChannelKind};
 use crate::respond::{json, Response};
 use crate::state::State;
 
-/// Most channels one event may go to (Pusher's own limit).
-const MAX_EVENT_CHANNELS: usize = 100;
 /// Most events in one batch (Pusher's own limit).
 const MAX_BATCH: usize = 10;
 
@@ -43,6 +41,8 @@ enum PusherApiError {
     NotFound,
     #[error("request body larger than pusher.max_body_bytes")]
     TooLarge,
+    #[error("event data larger than the app's max_event_bytes ({0})")]
+    EventTooLarge(usize),
     #[error("{0}")]
     Node(ClientError),
 }
@@ -53,7 +53,9 @@ impl PusherApiError {
             PusherApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             PusherApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             PusherApiError::NotFound => StatusCode::NOT_FOUND,
-            PusherApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            PusherApiError::TooLarge | PusherApiError::EventTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             PusherApiError::Node(ClientError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             PusherApiError::Node(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -202,7 +204,7 @@ async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Result<Value, Push
                 return Err(bad(format!("at most {MAX_BATCH} events per batch")));
             }
             for event in &batch.batch {
-                check_event(event)?;
+                check_event(&app, event)?;
             }
             for event in batch.batch {
                 trigger(state, &app, event).await?;
@@ -253,15 +255,23 @@ struct Batch {
     batch: Vec<Event>,
 }
 
-fn check_event(event: &Event) -> Result<(), PusherApiError> {
+fn check_event(app: &PusherAppConfig, event: &Event) -> Result<(), PusherApiError> {
     if event.name.is_empty() || event.name.len() > pusher_wire::MAX_EVENT_NAME {
         return Err(bad("event names are 1 to 200 characters long"));
     }
     let count = event.channels.len() + usize::from(event.channel.is_some());
-    if count == 0 || count > MAX_EVENT_CHANNELS {
+    if count == 0 || count > app.max_channels_per_event {
         return Err(bad(format!(
-            "an event goes to 1 to {MAX_EVENT_CHANNELS} channels"
+            "an event goes to 1 to {} channels (max_channels_per_event)",
+            app.max_channels_per_event
         )));
+    }
+    if event
+        .data
+        .as_ref()
+        .is_some_and(|data| data.get().len() > app.max_event_bytes)
+    {
+        return Err(PusherApiError::EventTooLarge(app.max_event_bytes));
     }
     for name in event.channels.iter().chain(event.channel.iter()) {
         pusher_wire::check_channel(name).map_err(|why| bad(format!("channel {name:?}: {why}")))?;
@@ -282,7 +292,7 @@ fn check_event(event: &Event) -> Result<(), PusherApiError> {
 
 /// Publishes `event` to each of its channels through the node (every node's subscribers).
 async fn trigger(state: &State, app: &PusherAppConfig, event: Event) -> Result<(), PusherApiError> {
-    check_event(&event)?;
+    check_event(app, &event)?;
     let null = RawValue::from_string("null".to_owned()).map_err(|e| bad(e.to_string()))?;
     let data = event.data.as_deref().unwrap_or(&null);
     let payload = pusher_wire::envelope(&event.name, data, None);

@@ -8,7 +8,10 @@
 //! (`pusher_wire`), joined and published through the node, so a publication from any door,
 //! the API or another node reaches Pusher subscribers in the Pusher format, encoded once per
 //! publication. Presence goes through the node's presence (kept by the broker, so members on
-//! every node are listed); member_added/member_removed come from the node's join and leave.
+//! every node are listed); member_added/member_removed go out once per user, and the
+//! occupancy and member webhooks are decided, by the node (`node/pusher.rs`); client events
+//! are handed to the webhooks here. The app's limits (connections, client event rate, payload
+//! size) are checked here too.
 
 pub(crate) mod api;
 
@@ -20,12 +23,13 @@ use serde_json::{json, Value};
 
 use crate::channels::ChannelRules;
 use crate::config::{PublishRule, PusherAppConfig, SubscribeRule};
-use crate::conn::{Conn, ServerCommand};
+use crate::conn::{Conn, MessageRate, ServerCommand};
 use crate::error::CloseReason;
-use crate::node::{JoinRequest, JoinTicket, PublishOrder, TicketState};
+use crate::node::{AppSlot, JoinRequest, JoinTicket, PublishOrder, TicketState};
 use crate::publication::{ClientInfo, Publication};
 use crate::pusher_wire::{self, ChannelData, ChannelKind, ClientMessage, Subscribe, Unsubscribe};
 use crate::state::State;
+use crate::webhooks::WebhookKind;
 use crate::ws::frame::Opcode;
 
 /// The only protocol version served.
@@ -67,14 +71,15 @@ pub(crate) fn start(
 }
 
 /// The rules a Pusher channel joins the node with: no history (Pusher keeps none); presence
-/// and join/leave for `presence-` channels.
+/// for `presence-` channels, whose members the node announces once per user
+/// (`Node::pusher_subscribed`), not once per connection as `join_leave` would.
 fn rules(kind: ChannelKind) -> ChannelRules {
     let presence = kind == ChannelKind::Presence;
     ChannelRules {
         subscribe: SubscribeRule::Anonymous,
         publish: PublishRule::Subscribers,
         presence,
-        join_leave: presence,
+        join_leave: false,
         history_size: 0,
         history_ttl: std::time::Duration::ZERO,
         recover: false,
@@ -95,6 +100,8 @@ struct Member {
     generation: u64,
     /// Still waiting for the broker's answer.
     pending: bool,
+    /// Counted by the node as a member (joined, `subscription_succeeded` sent).
+    counted: bool,
 }
 
 /// The Pusher state of one connection; dropping it leaves every channel.
@@ -108,12 +115,27 @@ pub(crate) struct PusherSession {
     subscriptions: HashMap<Box<str>, Subscription>,
     order: PublishOrder,
     generation: u64,
+    /// The app's `max_client_events_per_second`.
+    client_event_rate: Option<MessageRate>,
+    /// This connection's place in the app's `max_connections`.
+    _slot: AppSlot,
 }
 
 impl PusherSession {
     /// Opens the session: gives the connection its socket id and sends
     /// `pusher:connection_established`.
-    pub(crate) fn open(state: Arc<State>, conn: Arc<Conn>, app: PusherAppConfig) -> Self {
+    ///
+    /// # Errors
+    /// [`CloseReason::PusherOverQuota`] when the app has `max_connections` here already.
+    pub(crate) fn open(
+        state: Arc<State>,
+        conn: Arc<Conn>,
+        app: PusherAppConfig,
+    ) -> Result<Self, CloseReason> {
+        let slot = state
+            .node
+            .pusher_app_slot(&app.id, app.max_connections)
+            .ok_or(CloseReason::PusherOverQuota)?;
         // Pusher's socket ids are two numbers joined by a dot; the connection id makes it
         // unique on this node, the random part across nodes.
         let socket_id: Box<str> = format!("{}.{}", fastrand::u32(1..1_000_000_000), conn.id).into();
@@ -127,7 +149,8 @@ impl PusherSession {
         );
         conn.set_client_id(&socket_id);
         conn.push(&established);
-        PusherSession {
+        let client_event_rate = MessageRate::new(app.max_client_events_per_second, 0);
+        Ok(PusherSession {
             state,
             conn,
             app,
@@ -136,7 +159,9 @@ impl PusherSession {
             subscriptions: HashMap::new(),
             order: PublishOrder::default(),
             generation: 0,
-        }
+            client_event_rate,
+            _slot: slot,
+        })
     }
 
     fn send_error(&self, message: &str) {
@@ -271,6 +296,7 @@ impl PusherSession {
                 "\"{}\"",
             ));
             self.state.node.attach(&hub, &self.conn);
+            self.state.node.pusher_subscribed(&hub, None);
             self.subscriptions.insert(
                 name.into(),
                 Subscription {
@@ -330,6 +356,7 @@ impl PusherSession {
                     ticket,
                     generation: self.generation,
                     pending: true,
+                    counted: false,
                 }),
             },
         );
@@ -350,8 +377,15 @@ impl PusherSession {
         let Some(member) = subscription.member.as_mut() else {
             return;
         };
+        if member.counted {
+            return;
+        }
         member.pending = false;
+        member.counted = true;
         let own = Arc::clone(&member.info);
+        self.state
+            .node
+            .pusher_subscribed(&subscription.hub, Some(&own));
         let (conn, channel) = (Arc::clone(&self.conn), Box::<str>::from(name));
         self.state
             .node
@@ -393,7 +427,10 @@ impl PusherSession {
     fn leave(&self, subscription: Subscription) {
         let node = &self.state.node;
         match subscription.member {
-            None => node.detach(&subscription.hub, self.conn.id),
+            None => {
+                node.detach(&subscription.hub, self.conn.id);
+                node.pusher_unsubscribed(&subscription.hub, None);
+            }
             Some(member) => {
                 // A join still waiting for the broker is called off; one that got through
                 // meanwhile is left like any other.
@@ -406,6 +443,9 @@ impl PusherSession {
                     &rules(subscription.kind),
                     &member.info,
                 );
+                if member.counted {
+                    node.pusher_unsubscribed(&subscription.hub, Some(&member.info));
+                }
             }
         }
     }
@@ -497,7 +537,39 @@ impl PusherSession {
         let Some(data) = data.or(null.as_deref()) else {
             return;
         };
+        if data.get().len() > self.app.max_event_bytes {
+            return self.send_error(&format!(
+                "Client event rejected: data larger than {} bytes",
+                self.app.max_event_bytes
+            ));
+        }
+        if let Some(rate) = self.client_event_rate.as_mut() {
+            if !rate.allow(std::time::Instant::now()) {
+                let error = pusher_wire::error_frame(
+                    4301,
+                    "Client event rejected due to rate limit (max_client_events_per_second)",
+                );
+                self.conn.push(&error);
+                return;
+            }
+        }
         let user_id = subscription.member.as_ref().map(|m| &*m.info.user);
+        let webhooks = &self.state.node.webhooks;
+        if webhooks.wants(&self.app.id, WebhookKind::ClientEvent) {
+            // Pusher's webhook carries the data as a string: a client's string as it is,
+            // anything else as its JSON text.
+            let text = serde_json::from_str::<String>(data.get())
+                .unwrap_or_else(|_| data.get().to_owned());
+            let mut fields = vec![
+                ("event", Value::from(event)),
+                ("data", Value::from(text)),
+                ("socket_id", Value::from(&*self.socket_id)),
+            ];
+            if let Some(user) = user_id {
+                fields.push(("user_id", Value::from(user)));
+            }
+            webhooks.emit(&subscription.hub, WebhookKind::ClientEvent, &fields);
+        }
         let payload = pusher_wire::envelope(event, data, user_id);
         let sender = Arc::new(ClientInfo::new(
             &self.socket_id,
