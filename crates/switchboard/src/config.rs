@@ -514,6 +514,10 @@ pub struct DoorsConfig {
 pub struct ClientConfig {
     /// Whether `/connection/websocket` is open.
     pub enabled: bool,
+    /// Whether the client protocol is also served over HTTP streaming
+    /// (`/connection/http_stream`) and SSE (`/connection/sse`), with their commands posted to
+    /// `/emulation`: the SDK's fallback where WebSocket is blocked.
+    pub stream_transports: bool,
     /// Time a new connection has to send its `connect` command (then: close 3502, stale).
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
@@ -546,6 +550,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             enabled: true,
+            stream_transports: true,
             connect_timeout: Duration::from_secs(10),
             max_subscriptions: 128,
             max_commands_per_message: 256,
