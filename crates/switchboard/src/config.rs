@@ -970,6 +970,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_ECHO", "doors.echo"),
     ("SWITCHBOARD_CLIENT_ENABLED", "client.enabled"),
     (
+        "SWITCHBOARD_CLIENT_STREAM_TRANSPORTS",
+        "client.stream_transports",
+    ),
+    (
         "SWITCHBOARD_CLIENT_CONNECT_TIMEOUT",
         "client.connect_timeout",
     ),
@@ -1248,6 +1252,9 @@ impl Config {
             }
             "doors.echo" => self.doors.echo = Some(parse_bool(source, value)?),
             "client.enabled" => self.client.enabled = parse_bool(source, value)?,
+            "client.stream_transports" => {
+                self.client.stream_transports = parse_bool(source, value)?
+            }
             "client.connect_timeout" => {
                 self.client.connect_timeout = parse_duration(source, value)?
             }
