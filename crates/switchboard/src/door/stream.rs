@@ -129,7 +129,7 @@ pub(crate) async fn open(
     let client = state.proxies.client_ip(peer.ip(), req.headers());
     let path = req.uri().path().to_owned();
     let admitted = match Transport::of_path(&path) {
-        Some(transport) => admit(state, client, req, transport)
+        Some(transport) => admit(state, client, req, transport, trace_id)
             .await
             .map(|admitted| (admitted, transport)),
         None => Err(Rejection::NotFound),
@@ -156,6 +156,7 @@ struct Admitted {
     encoding: Encoding,
     connect: Bytes,
     origin: Option<HeaderValue>,
+    forwarded: Option<Arc<crate::hooks::Forwarded>>,
     places: (Option<crate::conn::IpPermit>, crate::conn::NodeSlot),
 }
 
@@ -164,6 +165,7 @@ async fn admit(
     client: std::net::IpAddr,
     req: Request<Incoming>,
     transport: Transport,
+    trace_id: &str,
 ) -> Result<Admitted, Rejection> {
     if state.draining() {
         return Err(Rejection::ShuttingDown);
@@ -195,6 +197,12 @@ async fn admit(
             }
         }
     };
+    // With hooks, what of this request goes along with the session's hook calls, as for a
+    // WebSocket's upgrade request.
+    let forwarded = state
+        .hooks
+        .as_ref()
+        .map(|hooks| Arc::new(hooks.forwarded(req.headers(), trace_id, None)));
     let max = state.config.limits.max_message_bytes;
     let connect = match (transport, req.method()) {
         (Transport::Sse, &Method::GET) => req
@@ -235,6 +243,7 @@ async fn admit(
         encoding,
         connect,
         origin,
+        forwarded,
         places: (Some(permit), slot),
     })
 }
@@ -251,6 +260,7 @@ fn start(
         encoding,
         connect,
         origin,
+        forwarded,
         places,
     } = admitted;
     let conn = Arc::new(
@@ -282,8 +292,8 @@ fn start(
         .stream_connections
         .with_label_values(&[transport.label()])
         .inc();
-    let protocol = ClientSession::new(Arc::clone(state), Arc::clone(&conn), None)
-        .with_emulation_session(&session_id);
+    let protocol = ClientSession::new(Arc::clone(state), Arc::clone(&conn), forwarded)
+        .with_emulation_session(&session_id, transport.label());
     let limits = &state.config.limits;
     let rate = MessageRate::new(
         limits.client_message_rate,

@@ -112,6 +112,8 @@ pub(crate) struct ClientSession {
     /// The session an HTTP-streaming or SSE client names in its emulation requests (empty on
     /// a WebSocket): sent in the connect reply.
     emulation_session: Box<str>,
+    /// The transport, as hook requests name it (`websocket`, `http_stream`, `sse`).
+    transport: &'static str,
 }
 
 /// What handling a command needs done to the connection.
@@ -178,12 +180,15 @@ impl ClientSession {
             hook_subscribing: HashSet::new(),
             sub_refreshing: 0,
             emulation_session: Box::default(),
+            transport: "websocket",
         }
     }
 
-    /// A session of an HTTP-streaming or SSE connection, whose connect reply names `session`.
-    pub(crate) fn with_emulation_session(mut self, session: &str) -> Self {
+    /// A session of an HTTP-streaming or SSE connection (`transport`), whose connect reply
+    /// names `session`.
+    pub(crate) fn with_emulation_session(mut self, session: &str, transport: &'static str) -> Self {
         self.emulation_session = session.into();
+        self.transport = transport;
         self
     }
 
