@@ -586,6 +586,10 @@ pub struct DoorsConfig {
 pub struct ClientConfig {
     /// Whether `/connection/websocket` is open.
     pub enabled: bool,
+    /// Whether the client protocol is also served over HTTP streaming
+    /// (`/connection/http_stream`) and SSE (`/connection/sse`), with their commands posted to
+    /// `/emulation`: the SDK's fallback where WebSocket is blocked.
+    pub stream_transports: bool,
     /// Time a new connection has to send its `connect` command (then: close 3502, stale).
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
@@ -618,6 +622,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             enabled: true,
+            stream_transports: true,
             connect_timeout: Duration::from_secs(10),
             max_subscriptions: 128,
             max_commands_per_message: 256,
@@ -1037,6 +1042,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_ECHO", "doors.echo"),
     ("SWITCHBOARD_CLIENT_ENABLED", "client.enabled"),
     (
+        "SWITCHBOARD_CLIENT_STREAM_TRANSPORTS",
+        "client.stream_transports",
+    ),
+    (
         "SWITCHBOARD_CLIENT_CONNECT_TIMEOUT",
         "client.connect_timeout",
     ),
@@ -1319,6 +1328,9 @@ impl Config {
             }
             "doors.echo" => self.doors.echo = Some(parse_bool(source, value)?),
             "client.enabled" => self.client.enabled = parse_bool(source, value)?,
+            "client.stream_transports" => {
+                self.client.stream_transports = parse_bool(source, value)?
+            }
             "client.connect_timeout" => {
                 self.client.connect_timeout = parse_duration(source, value)?
             }

@@ -281,6 +281,13 @@ pub enum Rejection {
     /// The connect hook refused the connection (an `error` or a `disconnect` answer).
     #[error("refused by the backend")]
     BackendDenied,
+    /// An HTTP-streaming or SSE connect request the stream cannot start from (a wrong method,
+    /// no connect command).
+    #[error("bad stream request: {0}")]
+    BadStreamRequest(&'static str),
+    /// An HTTP-streaming connect request whose body is over `limits.max_message_bytes`.
+    #[error("request body too large")]
+    BodyTooLarge,
 }
 
 impl Rejection {
@@ -297,6 +304,8 @@ impl Rejection {
             | Rejection::BackendUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::BackendDenied => StatusCode::FORBIDDEN,
+            Rejection::BadStreamRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -316,6 +325,8 @@ impl Rejection {
             Rejection::NotFound => "not_found",
             Rejection::BackendUnavailable(_) => "backend_unavailable",
             Rejection::BackendDenied => "backend_denied",
+            Rejection::BadStreamRequest(_) => "bad_stream_request",
+            Rejection::BodyTooLarge => "body_too_large",
         }
     }
 
@@ -334,7 +345,65 @@ impl Rejection {
             | Rejection::ShuttingDown
             | Rejection::ChannelLimit
             | Rejection::NotFound
-            | Rejection::BackendDenied => None,
+            | Rejection::BackendDenied
+            | Rejection::BadStreamRequest(_)
+            | Rejection::BodyTooLarge => None,
+        }
+    }
+}
+
+/// Why the emulation endpoint refused a request (the commands of an HTTP-streaming or SSE
+/// session). Answered as `{"error":{"code","message"}}` with the status below; the SDK closes
+/// its stream and reconnects on a 404 or a 5xx, and fails only the commands on the others.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmulationError {
+    /// The body is not an emulation request (not JSON or Protobuf of the right shape, no
+    /// session, no commands).
+    #[error("bad emulation request: {0}")]
+    BadRequest(&'static str),
+    /// The body is over `limits.max_message_bytes` (plus room for the envelope).
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The `Origin` header is not in the allowlist.
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    /// No session of that id is open on the node named (it ended, or never was).
+    #[error("unknown session")]
+    UnknownSession,
+    /// The node named is not this one and not a live node of the cluster.
+    #[error("unknown node")]
+    UnknownNode,
+    /// The session has too many requests waiting for its task.
+    #[error("too many requests")]
+    Busy,
+    /// The broker could not carry the request to the session's node.
+    #[error("broker unavailable")]
+    Unavailable,
+}
+
+impl EmulationError {
+    /// The HTTP status of the refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EmulationError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EmulationError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            EmulationError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            EmulationError::UnknownSession | EmulationError::UnknownNode => StatusCode::NOT_FOUND,
+            EmulationError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            EmulationError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The stable machine-readable code in the JSON error body (also a metric label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            EmulationError::BadRequest(_) => "bad_emulation_request",
+            EmulationError::BodyTooLarge => "body_too_large",
+            EmulationError::OriginNotAllowed => "origin_not_allowed",
+            EmulationError::UnknownSession => "unknown_session",
+            EmulationError::UnknownNode => "unknown_node",
+            EmulationError::Busy => "too_many_requests",
+            EmulationError::Unavailable => "broker_unavailable",
         }
     }
 }

@@ -376,8 +376,15 @@ async fn serve_http(state: Arc<State>, tcp: TcpStream, peer: SocketAddr, permit:
         busy.set(true);
         async move {
             let response = crate::door::handle(state, peer, req).await;
-            // A 101 stays busy: the socket is leaving for its WebSocket task.
-            if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            // A 101 stays busy: the socket is leaving for its WebSocket task. A stream (HTTP
+            // streaming, SSE) is a client connection from now on, counted as one.
+            if response
+                .extensions()
+                .get::<crate::respond::ClientStream>()
+                .is_some()
+            {
+                busy.leave();
+            } else if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 busy.set(false);
             }
             Ok::<_, Infallible>(response)

@@ -101,6 +101,12 @@ pub struct Metrics {
     pub hooks: HookMetrics,
     /// The Pusher webhooks.
     pub webhooks: WebhookMetrics,
+    /// Open client-protocol connections over HTTP streaming or SSE, by transport (they are
+    /// also counted under `door="protocol"` with WebSocket's).
+    pub stream_connections: IntGaugeVec,
+    /// Emulation requests (an HTTP-streaming or SSE client's commands), by result (`local`,
+    /// `forwarded`, or the error code).
+    pub emulation_requests: IntCounterVec,
     channels: IntGauge,
     subscriptions: IntGauge,
     history_streams: IntGauge,
@@ -353,6 +359,16 @@ impl Metrics {
                 "switchboard_broker_gaps_total",
                 "Channels whose subscribers were made to recover (close 3010), by cause",
                 &["cause"],
+            ),
+            stream_connections: gauge_vec(
+                "switchboard_stream_connections",
+                "Open client-protocol connections over HTTP streaming or SSE, by transport",
+                &["transport"],
+            ),
+            emulation_requests: counter_vec(
+                "switchboard_emulation_requests_total",
+                "Commands of HTTP-streaming and SSE clients posted to the emulation endpoint, by result",
+                &["result"],
             ),
             node_limits: counter_vec(
                 "switchboard_node_limit_refusals_total",

@@ -18,6 +18,11 @@ pub(crate) type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, Infallible>>;
 /// A response with a body, for the door and API handlers.
 pub(crate) type Response = http::Response<Body>;
 
+/// Marks a response whose body is a client connection's stream (HTTP streaming, SSE): its
+/// HTTP connection is no longer a pending one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientStream;
+
 /// An empty body.
 pub(crate) fn empty() -> Body {
     Either::Left(Full::default())

@@ -392,6 +392,11 @@ pub struct ConnectResult {
     /// The client answers pings.
     #[prost(bool, tag = "8")]
     pub pong: bool,
+    /// The session an HTTP-streaming or SSE client names in its emulation requests (empty,
+    /// and left out, on a WebSocket).
+    #[prost(string, tag = "9")]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
     /// Node id.
     #[prost(string, tag = "10")]
     pub node: String,
@@ -579,6 +584,50 @@ pub struct Push {
     #[prost(message, optional, tag = "12")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh: Option<ExpiryResult>,
+    /// The server ends the connection: what an HTTP-streaming or SSE client reads in place
+    /// of a WebSocket close code.
+    #[prost(message, optional, tag = "11")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<Disconnected>,
+}
+
+/// The body of a `disconnect` push.
+#[derive(Clone, PartialEq, Message, Serialize)]
+pub struct Disconnected {
+    /// The close code the WebSocket door would have sent.
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    /// Its text.
+    #[prost(string, tag = "2")]
+    pub reason: String,
+    /// Whether the client should reconnect.
+    #[prost(bool, tag = "3")]
+    pub reconnect: bool,
+}
+
+/// What an HTTP-streaming or SSE client posts to the emulation endpoint: commands for its
+/// session, which lives on the node named. In JSON, `data` is the commands as a string (the
+/// SDK's form); in Protobuf, their bytes.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+pub struct EmulationRequest {
+    /// The uid of the node holding the session (the connect reply's `node`).
+    #[prost(string, tag = "1")]
+    #[serde(default)]
+    pub node: String,
+    /// The session (the connect reply's `session`).
+    #[prost(string, tag = "2")]
+    #[serde(default)]
+    pub session: String,
+    /// The commands, encoded as on a WebSocket.
+    #[prost(bytes = "bytes", tag = "3")]
+    #[serde(default, deserialize_with = "string_as_bytes")]
+    pub data: Bytes,
+}
+
+/// Reads a JSON string into its UTF-8 bytes.
+fn string_as_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Ok(Bytes::from(text))
 }
 
 /// Everything the server sends: a reply to a command (with its id) or a push.

@@ -111,12 +111,21 @@ pub struct PendingPermit {
 
 /// Marks one pending connection busy or idle, from inside its HTTP service.
 #[derive(Clone)]
-pub struct BusyFlag(Arc<Shared>);
+pub struct BusyFlag(Arc<Shared>, Arc<PendingConns>, u64);
 
 impl BusyFlag {
     /// Inside a request (or upgrading): never closed to make room; or between requests again.
     pub fn set(&self, busy: bool) {
         self.0.busy.store(busy, Ordering::Release);
+    }
+
+    /// The connection became a client connection without leaving HTTP (an HTTP-streaming or
+    /// SSE response): it gives its pending place back, as an upgraded one does, and is never
+    /// chosen to make room (the node's connection limits count it from now on).
+    pub fn leave(&self) {
+        self.set(true);
+        let mut inner = self.1.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.remove(self.2);
     }
 }
 
@@ -219,7 +228,7 @@ impl PendingInner {
 impl PendingPermit {
     /// The flag its HTTP service sets while a request is answered.
     pub fn busy_flag(&self) -> BusyFlag {
-        BusyFlag(Arc::clone(&self.shared))
+        BusyFlag(Arc::clone(&self.shared), Arc::clone(&self.conns), self.id)
     }
 
     /// Completes when this connection was chosen to close to make room for a newer one.

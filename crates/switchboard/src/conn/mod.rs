@@ -74,7 +74,14 @@ pub enum ServerCommand {
     RefreshDue,
     /// A subscription's `expire_at` (from the subscribe hook) has come: call sub_refresh.
     SubRefreshDue,
+    /// Commands an HTTP-streaming or SSE client posted to the emulation endpoint, encoded as
+    /// on a WebSocket; the stream's task handles them as a WebSocket's task handles a frame.
+    Emulated(Bytes),
 }
+
+/// Emulation requests that may wait in one connection's inbox: each is one HTTP request the
+/// client made, so only a client posting faster than its task runs fills it.
+pub const MAX_EMULATED_WAITING: usize = 64;
 
 /// The least time past `expire_at` a hook-renewed session or subscription is given for its
 /// refresh hook to answer, whatever `client.expiry_grace` says.
@@ -329,6 +336,17 @@ impl Conn {
             | ServerCommand::Hooked { .. }
             | ServerCommand::RefreshDue
             | ServerCommand::SubRefreshDue => inbox.commands.push(command),
+            ServerCommand::Emulated(_) => {
+                let waiting = inbox
+                    .commands
+                    .iter()
+                    .filter(|c| matches!(c, ServerCommand::Emulated(_)))
+                    .count();
+                if waiting >= MAX_EMULATED_WAITING {
+                    return Err(ClientError::TooManyRequests);
+                }
+                inbox.commands.push(command);
+            }
             ServerCommand::Subscribe(_) | ServerCommand::Unsubscribe(_) => {
                 let subscribe = matches!(command, ServerCommand::Subscribe(_));
                 if subscribe && inbox.subscriptions + inbox.subscribes >= max {
@@ -601,6 +619,8 @@ pub struct ConnRegistry {
     users: Box<[UserShard]>,
     count: AtomicUsize,
     next_id: AtomicU64,
+    /// HTTP-streaming and SSE connections by the session their emulation requests name.
+    sessions: Mutex<HashMap<Box<str>, Arc<Conn>>>,
 }
 
 impl Default for ConnRegistry {
@@ -614,6 +634,7 @@ impl Default for ConnRegistry {
                 .collect(),
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -686,6 +707,31 @@ impl ConnRegistry {
                 users.remove(user);
             }
         }
+    }
+
+    /// Makes `conn` reachable by emulation requests naming `session` (an unguessable id).
+    pub(crate) fn insert_session(&self, session: &str, conn: &Arc<Conn>) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session.into(), Arc::clone(conn));
+    }
+
+    /// Forgets a session (its stream ended).
+    pub(crate) fn remove_session(&self, session: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session);
+    }
+
+    /// The connection of an HTTP-streaming or SSE session open on this node.
+    pub fn session(&self, session: &str) -> Option<Arc<Conn>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session)
+            .cloned()
     }
 
     /// Open connections.

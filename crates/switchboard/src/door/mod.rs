@@ -6,7 +6,9 @@
 //! traces on, an API call and a WebSocket handshake each get a server span whose trace id is
 //! that same id whenever it can be one (see `server_span`).
 
+pub(crate) mod emulation;
 pub(crate) mod pusher;
+pub(crate) mod stream;
 pub(crate) mod task;
 pub(crate) mod upgrade;
 
@@ -67,6 +69,21 @@ pub(crate) async fn handle(
         }
         (_, apps) if apps.starts_with("/apps/") && !state.config.pusher.apps.is_empty() => {
             pusher::api::handle(&state, req).await
+        }
+        (_, "/emulation") if state.config.client.stream_transports => {
+            emulation::handle(&state, req).await
+        }
+        (&Method::OPTIONS, path)
+            if stream::Transport::of_path(path).is_some()
+                && state.config.client.stream_transports =>
+        {
+            emulation::preflight(&state, req.headers().get(header::ORIGIN))
+        }
+        (_, path) if stream::Transport::of_path(path).is_some() => {
+            let span = server_span(&state, &req, "stream", &trace_id);
+            let response = stream::open(&state, peer, req, &trace_id).await;
+            finish(span, &response);
+            response
         }
         (_, ws)
             if ws == "/ws"

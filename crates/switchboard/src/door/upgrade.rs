@@ -452,7 +452,7 @@ fn check<B>(state: &Arc<State>, client: IpAddr, req: &Request<B>) -> Result<Admi
     })
 }
 
-fn refused_log(refused: &Rejection, client: IpAddr, trace_id: &str, path: &str) {
+pub(crate) fn refused_log(refused: &Rejection, client: IpAddr, trace_id: &str, path: &str) {
     let code = refused.code();
     match refused {
         Rejection::MissingToken | Rejection::InvalidToken(_) | Rejection::WrongSubject => {
@@ -470,7 +470,9 @@ fn refused_log(refused: &Rejection, client: IpAddr, trace_id: &str, path: &str) 
         Rejection::BadUpgrade(_)
         | Rejection::BadChannel(_)
         | Rejection::ShuttingDown
-        | Rejection::NotFound => {
+        | Rejection::NotFound
+        | Rejection::BadStreamRequest(_)
+        | Rejection::BodyTooLarge => {
             tracing::info!(event = "upgrade_refused", ip = %client, trace_id, path, code, reason = %refused);
         }
     }

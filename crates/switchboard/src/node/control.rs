@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -158,6 +159,13 @@ pub(crate) enum Control {
         from: String,
         channels: Vec<(String, usize)>,
     },
+    /// Commands an HTTP-streaming or SSE client posted to another node's emulation endpoint,
+    /// for its session on node `to` (`data`: the commands, base64).
+    Emulation {
+        to: String,
+        session: String,
+        data: String,
+    },
 }
 
 impl Control {
@@ -228,6 +236,22 @@ pub(super) fn handle(node: &Arc<Node>, message: &[u8]) {
                 channels: node.hub.channels(),
             };
             send(node, answer);
+        }
+        Control::Emulation { to, session, data } => {
+            if to != node.uid {
+                return;
+            }
+            let Ok(data) = base64::engine::general_purpose::STANDARD.decode(data) else {
+                tracing::warn!(
+                    event = "control_ignored",
+                    "an emulation request whose data is not base64"
+                );
+                return;
+            };
+            if let Err(error) = node.emulate_here(&session, Bytes::from(data)) {
+                // The client's stream has ended (or ends on a full inbox); its SDK reconnects.
+                tracing::info!(event = "emulation_refused", code = error.code(), %error, "an emulation request forwarded by another node was not delivered");
+            }
         }
         Control::ChannelsAnswered {
             survey,

@@ -35,8 +35,8 @@ use crate::broker::{
     PublishOptions,
 };
 use crate::channels::{ChannelRules, Namespaces};
-use crate::conn::{Conn, ConnRegistry};
-use crate::error::ClientError;
+use crate::conn::{Conn, ConnRegistry, ServerCommand};
+use crate::error::{ClientError, EmulationError};
 use crate::hub::Hub;
 use crate::kind::Encoding;
 use crate::metrics::{Metrics, Snapshot};
@@ -1090,6 +1090,59 @@ impl Node {
                     .map_err(|_| ClientError::Unavailable)
             }
         }
+    }
+
+    // ---- what HTTP-streaming and SSE clients post to the emulation endpoint ----
+
+    /// Hands the commands `data` to the session `session` open on the node `node`: here, or
+    /// (remote broker) through the control channel to the node that holds it, so no sticky
+    /// sessions are needed. An empty `node` means this one.
+    ///
+    /// # Errors
+    /// [`EmulationError::UnknownSession`] when the session is not open here;
+    /// [`EmulationError::UnknownNode`] when `node` is neither this node nor a live peer;
+    /// [`EmulationError::Busy`] when the session's inbox is full;
+    /// [`EmulationError::Unavailable`] when the broker cannot carry it. A session that ended
+    /// on another node is found out there, and logged (`emulation_unknown_session`).
+    pub(crate) async fn emulate(
+        &self,
+        node: &str,
+        session: &str,
+        data: Bytes,
+    ) -> Result<(), EmulationError> {
+        if node.is_empty() || node == self.uid {
+            return self.emulate_here(session, data);
+        }
+        let Engine::Remote(broker) = &self.engine else {
+            return Err(EmulationError::UnknownNode);
+        };
+        if !self
+            .peers
+            .live(self.peer_ttl())
+            .iter()
+            .any(|peer| peer.uid == node)
+        {
+            return Err(EmulationError::UnknownNode);
+        }
+        let message = Control::Emulation {
+            to: node.to_owned(),
+            session: session.to_owned(),
+            data: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &data),
+        }
+        .encode();
+        self.call(broker.publish_control(message))
+            .await
+            .map_err(|_| EmulationError::Unavailable)
+    }
+
+    /// Hands the commands to a session open on this node.
+    pub(crate) fn emulate_here(&self, session: &str, data: Bytes) -> Result<(), EmulationError> {
+        let conn = self
+            .conns
+            .session(session)
+            .ok_or(EmulationError::UnknownSession)?;
+        conn.request(ServerCommand::Emulated(data))
+            .map_err(|_| EmulationError::Busy)
     }
 
     /// Every live node of the cluster (this one first).

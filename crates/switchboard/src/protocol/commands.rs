@@ -22,7 +22,8 @@ impl ClientSession {
             return;
         }
         match command {
-            ServerCommand::Hooked { .. } => {}
+            // The stream's task hands these to `handle_frame` itself (it holds the rate).
+            ServerCommand::Hooked { .. } | ServerCommand::Emulated(_) => {}
             ServerCommand::RefreshDue => self.refresh_due(),
             ServerCommand::SubRefreshDue => self.sub_refresh_due(),
             ServerCommand::Subscribe(channel) => {

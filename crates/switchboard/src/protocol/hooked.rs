@@ -126,7 +126,7 @@ impl ClientSession {
     fn hook_body(&self) -> Map<String, Value> {
         let mut body = Map::new();
         body.insert("client".into(), Value::from(&*self.client_id));
-        body.insert("transport".into(), Value::from("websocket"));
+        body.insert("transport".into(), Value::from(self.transport));
         let (protocol, encoding) = match self.encoding() {
             Encoding::Json => ("json", "json"),
             Encoding::Protobuf => ("protobuf", "binary"),

@@ -109,6 +109,11 @@ pub(crate) struct ClientSession {
     hook_subscribing: HashSet<Box<str>>,
     /// sub_refresh calls under way.
     sub_refreshing: usize,
+    /// The session an HTTP-streaming or SSE client names in its emulation requests (empty on
+    /// a WebSocket): sent in the connect reply.
+    emulation_session: Box<str>,
+    /// The transport, as hook requests name it (`websocket`, `http_stream`, `sse`).
+    transport: &'static str,
 }
 
 /// What handling a command needs done to the connection.
@@ -174,7 +179,17 @@ impl ClientSession {
             connecting: false,
             hook_subscribing: HashSet::new(),
             sub_refreshing: 0,
+            emulation_session: Box::default(),
+            transport: "websocket",
         }
+    }
+
+    /// A session of an HTTP-streaming or SSE connection (`transport`), whose connect reply
+    /// names `session`.
+    pub(crate) fn with_emulation_session(mut self, session: &str, transport: &'static str) -> Self {
+        self.emulation_session = session.into();
+        self.transport = transport;
+        self
     }
 
     /// What to do with a result that may come later: queue the reply with id `id` that
@@ -461,6 +476,7 @@ impl ClientSession {
                 subs,
                 ping: u32::try_from(heartbeat).unwrap_or(u32::MAX),
                 pong: true,
+                session: self.emulation_session.to_string(),
                 node: self.state.node.uid().to_owned(),
             }),
             ..Reply::default()

@@ -82,6 +82,29 @@ pub enum FrameError {
     TooBig,
 }
 
+/// The opcode and payload of one whole, unmasked frame this server encoded (what a
+/// connection's queue holds), for the transports that carry the payload without WebSocket
+/// framing. `None` for bytes that are not one such frame.
+pub fn server_frame_payload(frame: &[u8]) -> Option<(Opcode, &[u8])> {
+    let (&b0, &b1) = (frame.first()?, frame.get(1)?);
+    let opcode = Opcode::from_bits(b0 & 0x0F)?;
+    if b1 & 0x80 != 0 {
+        return None;
+    }
+    let (len, start): (usize, usize) = match b1 & 0x7F {
+        126 => (
+            usize::from(u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?])),
+            4,
+        ),
+        127 => {
+            let bytes: [u8; 8] = frame.get(2..10)?.try_into().ok()?;
+            (usize::try_from(u64::from_be_bytes(bytes)).ok()?, 10)
+        }
+        n => (usize::from(n), 2),
+    };
+    Some((opcode, frame.get(start..start.checked_add(len)?)?))
+}
+
 /// Parses a client frame header from the start of `buf`.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold the whole header.
