@@ -490,7 +490,8 @@ pub enum ClientError {
     /// The channel's rules refuse this connection.
     #[error("permission denied")]
     PermissionDenied,
-    /// `rpc`, or a method the server does not know.
+    /// An `rpc` method with no hook URL (while others have one), or a command the server
+    /// does not know.
     #[error("method not found")]
     MethodNotFound,
     /// The connection is already subscribed to the channel.
@@ -502,7 +503,8 @@ pub enum ClientError {
     /// Missing or wrong fields.
     #[error("bad request")]
     BadRequest,
-    /// Presence or history asked of a namespace without it.
+    /// Presence or history asked of a namespace without it; `rpc` with no rpc hook; a
+    /// subscription type or publish type this server does not have.
     #[error("not available")]
     NotAvailable,
     /// The token has expired.

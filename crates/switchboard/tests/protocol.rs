@@ -425,7 +425,11 @@ async fn channel_rules_are_enforced_with_clear_error_codes() {
         103,
         "feed takes publications from the API only"
     );
-    assert_eq!(code(proto.call("rpc", json!({ "method": "x" })).await), 104);
+    assert_eq!(
+        code(proto.call("rpc", json!({ "method": "x" })).await),
+        108,
+        "no rpc hook: rpc is not available"
+    );
     // The connection is still good after every refusal.
     assert!(proto
         .call("subscribe", json!({ "channel": "feed:fine" }))
