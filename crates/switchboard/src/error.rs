@@ -531,6 +531,11 @@ pub enum ClientError {
     /// out or failed); retry later.
     #[error("backend unavailable")]
     BackendUnavailable,
+    /// A subscribe or publish that names a kind this server does not have (a map or shared
+    /// poll subscription, a map publish or removal, a tags filter): refused rather than
+    /// carried out as a plain stream, which the client would misread.
+    #[error("not available: {0} not supported")]
+    NotSupported(&'static str),
 }
 
 impl ClientError {
@@ -545,7 +550,7 @@ impl ClientError {
             ClientError::AlreadySubscribed => 105,
             ClientError::LimitExceeded => 106,
             ClientError::BadRequest => 107,
-            ClientError::NotAvailable => 108,
+            ClientError::NotAvailable | ClientError::NotSupported(_) => 108,
             ClientError::TokenExpired => 109,
             ClientError::Unrecoverable => 112,
             ClientError::Unavailable => 100,

@@ -510,6 +510,10 @@ impl ClientSession {
     }
 
     fn subscribe(&mut self, id: u32, request: SubscribeRequest) {
+        if let Some(what) = request.unsupported() {
+            tracing::info!(event = "subscribe_refused", conn_id = self.conn.id, channel = %request.channel, unsupported = what, "subscribe names something this server does not have");
+            return self.reply_error(id, ClientError::NotSupported(what));
+        }
         let channel = request.channel.as_str();
         let checked = self
             .state
@@ -746,6 +750,15 @@ impl ClientSession {
     }
 
     fn publish(&mut self, id: u32, request: wire::PublishRequest) -> Result<(), ClientError> {
+        // A map's keyed publish or removal: no map channels here, and publishing it as a
+        // stream publication would tell subscribers something else.
+        if request.kind != 0 || !request.key.is_empty() || request.removed {
+            return Err(ClientError::NotSupported("map publication"));
+        }
+        // JSON `data` is a JSON value; absent, there is nothing to publish.
+        if self.encoding() == Encoding::Json && request.data.is_empty() {
+            return Err(ClientError::BadRequest);
+        }
         let channel = request.channel.as_str();
         let rules = self.state.channels().rules(channel)?;
         // A user-limited channel (`name#42`) is a user's inbox: only the backend writes there.
