@@ -21,6 +21,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use crate::conn::Conn;
+use crate::filter::Filter;
 use crate::kind::Door;
 use crate::kind::Encoding;
 use crate::kind::Format;
@@ -34,6 +35,9 @@ struct Subscriber {
     /// Publications at or below this offset are not for it: it got them in its subscribe
     /// reply (a node joined to a broker may receive them late, after the subscriber joined).
     since: u64,
+    /// Its tag filter: only publications whose tags pass it (one of its channel's
+    /// [`Members::filters`], shared by every subscriber with an equal filter).
+    filter: Option<Arc<Filter>>,
 }
 
 /// A channel passing this many subscribers gets an index of their slots; below it, scanning
@@ -78,6 +82,9 @@ impl Hasher for IdHasher {
 struct Members {
     list: Vec<Subscriber>,
     slots: Option<HashMap<u64, usize, BuildHasherDefault<IdHasher>>>,
+    /// The distinct tag filters of the subscribers, each held once here and once by each
+    /// subscriber that uses it: a publication evaluates each once, however many share it.
+    filters: Vec<Arc<Filter>>,
 }
 
 impl Members {
@@ -90,10 +97,20 @@ impl Members {
     }
 
     /// Adds a subscriber unless its connection is already one; returns whether it was added.
-    fn add(&mut self, subscriber: Subscriber) -> bool {
+    fn add(&mut self, mut subscriber: Subscriber) -> bool {
         let id = subscriber.conn.id;
         if self.slot_of(id).is_some() {
             return false;
+        }
+        if let Some(filter) = subscriber.filter.take() {
+            let shared = match self.filters.iter().find(|known| ***known == *filter) {
+                Some(known) => Arc::clone(known),
+                None => {
+                    self.filters.push(Arc::clone(&filter));
+                    filter
+                }
+            };
+            subscriber.filter = Some(shared);
         }
         let slot = self.list.len();
         self.list.push(subscriber);
@@ -117,7 +134,13 @@ impl Members {
         let Some(slot) = self.slot_of(conn_id) else {
             return false;
         };
-        self.list.swap_remove(slot);
+        let removed = self.list.swap_remove(slot);
+        if let Some(filter) = removed.filter {
+            // Held by this list and the leaving subscriber only: nobody else uses it.
+            if Arc::strong_count(&filter) == 2 {
+                self.filters.retain(|known| !Arc::ptr_eq(known, &filter));
+            }
+        }
         if let Some(slots) = &mut self.slots {
             slots.remove(&conn_id);
             if let Some(moved) = self.list.get(slot) {
@@ -185,6 +208,18 @@ impl Hub {
     /// publication without an offset). A connection already subscribed stays as it was (a
     /// connection is a channel's subscriber at most once).
     pub fn subscribe_since(&self, channel: &str, conn: &Arc<Conn>, since: u64) {
+        self.subscribe_filtered(channel, conn, since, None);
+    }
+
+    /// Adds `conn` to `channel`'s subscribers for publications after offset `since` whose
+    /// tags pass `filter` (every one without a filter).
+    pub fn subscribe_filtered(
+        &self,
+        channel: &str,
+        conn: &Arc<Conn>,
+        since: u64,
+        filter: Option<Arc<Filter>>,
+    ) {
         let mut shard = self
             .shard(channel)
             .write()
@@ -196,6 +231,7 @@ impl Hub {
         let added = members.add(Subscriber {
             conn: Arc::clone(conn),
             since,
+            filter,
         });
         if added {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -232,12 +268,22 @@ impl Hub {
             return 0;
         };
         let offset = publication.offset;
+        // Each distinct filter's verdict, made when a subscriber first needs it.
+        let mut verdicts: Vec<Option<bool>> = vec![None; members.filters.len()];
+        let tags = publication.tags.as_deref();
+        let mut passes = |filter: &Arc<Filter>| {
+            let Some(index) = members.filters.iter().position(|f| Arc::ptr_eq(f, filter)) else {
+                return filter.matches(tags);
+            };
+            *verdicts[index].get_or_insert_with(|| filter.matches(tags))
+        };
         members
             .list
             .iter()
             .filter(|subscriber| {
                 let conn = &subscriber.conn;
                 (offset == 0 || offset > subscriber.since)
+                    && subscriber.filter.as_ref().is_none_or(&mut passes)
                     && !excluded(conn, publication)
                     && conn.push(publication.frame(
                         channel,
@@ -455,6 +501,48 @@ mod tests {
             }
             check(&hub, &model, &conns);
         }
+    }
+
+    #[test]
+    fn equal_filters_are_shared_and_each_subscriber_gets_what_its_filter_passes() {
+        use crate::filter::Filter;
+        use crate::wire::FilterNode;
+        let btc = || {
+            Some(Arc::new(
+                Filter::from_node(&FilterNode {
+                    key: "t".into(),
+                    cmp: "eq".into(),
+                    val: "BTC".into(),
+                    ..FilterNode::default()
+                })
+                .unwrap(),
+            ))
+        };
+        let hub = Hub::new();
+        let conns: Vec<Arc<Conn>> = (0..4).map(conn).collect();
+        hub.subscribe_filtered("m", &conns[0], 0, btc());
+        hub.subscribe_filtered("m", &conns[1], 0, btc());
+        hub.subscribe_filtered("m", &conns[2], 0, None);
+        let distinct = |hub: &Hub| {
+            let shard = hub.shard("m").read().unwrap();
+            shard.get("m").map_or(0, |m| m.filters.len())
+        };
+        assert_eq!(distinct(&hub), 1, "two equal filters are held once");
+        let mut tagged = Publication::plain(Opcode::Text, Bytes::from_static(b"x"));
+        tagged.tags = Some(Arc::new(
+            [("t".to_owned(), "BTC".to_owned())].into_iter().collect(),
+        ));
+        assert_eq!(hub.publish("m", &tagged), 3);
+        let untagged = Publication::plain(Opcode::Text, Bytes::from_static(b"y"));
+        assert_eq!(
+            hub.publish("m", &untagged),
+            1,
+            "only the unfiltered subscriber"
+        );
+        hub.unsubscribe("m", conns[0].id);
+        assert_eq!(distinct(&hub), 1, "still used by the other");
+        hub.unsubscribe("m", conns[1].id);
+        assert_eq!(distinct(&hub), 0, "dropped with its last user");
     }
 
     #[test]

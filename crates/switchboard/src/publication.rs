@@ -18,6 +18,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::filter::Tags;
 use crate::kind::Encoding;
 pub use crate::kind::Format;
 use crate::trace::TraceParent;
@@ -117,6 +118,8 @@ pub struct Publication {
     pub offset: u64,
     /// The publishing client, when a protocol client published it.
     pub info: Option<Arc<ClientInfo>>,
+    /// Its tags (server API `publish`), which subscribers' tag filters select on.
+    pub tags: Option<Arc<Tags>>,
     /// The trace context it travels under (traces on and the publish sampled; else `None`):
     /// first its publisher's span, then the broker-publish span the fan-outs hang under.
     pub trace: Option<TraceParent>,
@@ -142,6 +145,7 @@ impl Publication {
             source,
             offset: 0,
             info: None,
+            tags: None,
             trace: None,
             data_json: OnceLock::new(),
             frames: Default::default(),
@@ -268,9 +272,15 @@ impl Publication {
         let info = self.info.as_ref().map_or(0, |info| {
             6 * (info.client.len() + info.user.len() + info.conn_info.len() + info.chan_info.len())
         });
+        let tags = self.tags.as_ref().map_or(0, |tags| {
+            tags.iter()
+                .map(|(k, v)| 6 * (k.len() + v.len()) + 6)
+                .sum::<usize>()
+        });
         let fixed = OVERHEAD
             .saturating_add(6 * channel.len())
-            .saturating_add(info);
+            .saturating_add(info)
+            .saturating_add(tags);
         // Plain and Protobuf frames carry the payload's bytes (a JSON string's text is shorter).
         let payload = self.data_bytes().len();
         let json_at_most = match &self.source {
@@ -313,6 +323,7 @@ impl Publication {
             },
             info: self.info.as_ref().map(|info| info.body()),
             offset: self.offset,
+            tags: self.tags.as_deref().cloned().unwrap_or_default(),
         }
     }
 

@@ -167,8 +167,7 @@ pub struct SubscribeRequest {
     /// `delta` out and publications come whole, which the SDKs handle.
     #[prost(string, tag = "12")]
     pub delta: String,
-    /// A tags filter (the SDK's `tagsFilter`); refused, error 108 (see
-    /// [`SubscribeRequest::unsupported`]).
+    /// A tags filter (the SDK's `tagsFilter`): only publications whose tags pass it.
     #[prost(message, optional, tag = "13")]
     pub tf: Option<FilterNode>,
     /// The subscription type: 0 a stream (the only one here); others (map, shared poll)
@@ -192,17 +191,14 @@ pub struct SubscribeRequest {
 
 impl SubscribeRequest {
     /// What of this request names something this server does not have, if anything: a
-    /// subscription type other than a stream (map, shared poll), the map state-sync fields
-    /// that only mean something for those, or a tags filter. Such a subscribe is refused
-    /// (error 108) rather than answered as a plain stream, which the SDK would take for an
-    /// empty map or an unfiltered subscription.
+    /// subscription type other than a stream (map, shared poll), or the map state-sync
+    /// fields that only mean something for those. Such a subscribe is refused (error 108)
+    /// rather than answered as a plain stream, which the SDK would take for an empty map.
     pub fn unsupported(&self) -> Option<&'static str> {
         if self.kind != 0 {
             Some("subscription type")
         } else if self.phase != 0 || !self.cursor.is_empty() || self.limit != 0 || self.asc {
             Some("map state sync")
-        } else if self.tf.is_some() {
-            Some("tags filter")
         } else {
             None
         }
@@ -441,6 +437,10 @@ pub struct PublicationBody {
     #[prost(uint64, tag = "6")]
     #[serde(skip_serializing_if = "is_zero_u64")]
     pub offset: u64,
+    /// Its tags (what tag filters select on).
+    #[prost(btree_map = "string, string", tag = "7")]
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// The result of `connect`.
@@ -828,7 +828,7 @@ mod tests {
                 publications: vec![PublicationBody {
                     data: Bytes::from_static(br#"{"a":1}"#),
                     offset: 2,
-                    info: None,
+                    ..PublicationBody::default()
                 }],
                 recovered: true,
                 ..SubscribeResult::default()

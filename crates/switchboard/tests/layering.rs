@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("wire", 4),
     ("pusher_wire", 4),
     ("publication", 5),
+    ("filter", 5),
     // backend hooks: HTTP client, breakers, cache
     ("hooks", 5),
     ("history", 6),

@@ -1,7 +1,7 @@
 'use strict';
 // What Switchboard does not have is refused with a clear error, never degraded: a map or shared
-// poll subscription, a map publish or removal, a tags filter (error 108, "not supported"), and
-// rpc with no rpc hook (108). Driven by the real `centrifuge` SDK, JSON and Protobuf builds; after
+// poll subscription, a map publish or removal (error 108, "not supported"), and rpc with no rpc
+// hook (108). Driven by the real `centrifuge` SDK, JSON and Protobuf builds; after
 // each refusal the connection keeps serving a plain stream subscription.
 
 const assert = require('node:assert/strict');
@@ -47,21 +47,6 @@ for (const protobuf of [false, true]) {
       await until(() => sub.pubs.length >= 1, 'a publication after the refusals');
       assert.equal(alice.state, 'connected');
       assert.equal(alice.events.filter((e) => e.name === 'disconnected').length, 0, 'never disconnected');
-    });
-  });
-
-  test(`${label}: a tags filter is refused with 108 rather than delivering everything unfiltered`, async () => {
-    const cfg = config({ news: { subscribe: 'authenticated' } });
-    await withClients({ config: cfg }, async (server, clients) => {
-      const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
-      const sub = alice.newSubscription('news:filtered', { tagsFilter: { key: 'ticker', cmp: 'eq', val: 'BTC' } });
-      const outcome = firstOf(sub, SUB_EVENTS);
-      sub.subscribe();
-      const { name, ctx } = await outcome;
-      assert.equal(name, 'unsubscribed', `${name} ${JSON.stringify(ctx)}`);
-      assert.equal(ctx.code, 108, JSON.stringify(ctx));
-      const plain = await subscribed(alice, 'news:plain');
-      assert.equal(plain.state, 'subscribed');
     });
   });
 

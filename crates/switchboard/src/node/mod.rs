@@ -160,6 +160,8 @@ pub(crate) struct JoinRequest {
     pub(crate) generation: u64,
     /// Where the join stands, shared with the session (remote broker).
     pub(crate) ticket: Arc<JoinTicket>,
+    /// The subscription's tag filter, if any.
+    pub(crate) filter: Option<Arc<crate::filter::Filter>>,
 }
 
 /// Where a join that waits for the broker stands. The session and the channel worker both
@@ -690,7 +692,12 @@ impl Node {
                     memory.subscribe_atomically(&request.channel, history, recover_from, |found| {
                         let go = reply.take().is_some_and(|reply| reply(Ok(found)));
                         if go {
-                            self.hub.subscribe(&request.channel, &request.conn);
+                            self.hub.subscribe_filtered(
+                                &request.channel,
+                                &request.conn,
+                                0,
+                                request.filter.clone(),
+                            );
                         }
                         go
                     });

@@ -33,6 +33,7 @@ use crate::channels::{user_limited, ChannelRules};
 use crate::config::{PublishRule, SubscribeRule};
 use crate::conn::{Conn, MessageRate};
 use crate::error::{ClientError, CloseReason};
+use crate::filter::Filter;
 use crate::hooks::Forwarded;
 use crate::node::{encode_frame, JoinRequest, JoinTicket, PublishOrder, TicketState};
 use crate::publication::{ClientInfo, Publication};
@@ -514,6 +515,10 @@ impl ClientSession {
             tracing::info!(event = "subscribe_refused", conn_id = self.conn.id, channel = %request.channel, unsupported = what, "subscribe names something this server does not have");
             return self.reply_error(id, ClientError::NotSupported(what));
         }
+        if let Some(Err(error)) = request.tf.as_ref().map(Filter::from_node) {
+            tracing::info!(event = "subscribe_refused", conn_id = self.conn.id, channel = %request.channel, %error, "bad tags filter");
+            return self.reply_error(id, ClientError::BadRequest);
+        }
         let channel = request.channel.as_str();
         let checked = self
             .state
@@ -618,6 +623,12 @@ impl ClientSession {
             .filter(|r| r.recover && rules.recover)
             .map(|r| (r.offset, Box::<str>::from(r.epoch.as_str())));
         let recoverable = rules.recover && rules.keeps_history();
+        // Checked in `subscribe` (a bad one is error 107 there).
+        let filter = recover
+            .and_then(|r| r.tf.as_ref())
+            .and_then(|tf| Filter::from_node(tf).ok())
+            .map(Arc::new);
+        let replay_filter = filter.clone();
         let encoding = self.encoding();
         let expires_at = granted.expires_at;
         let told_expires_at = if granted.renewed_by_hook {
@@ -638,13 +649,18 @@ impl ClientSession {
         let reply_conn = Arc::clone(&self.conn);
         let (conn_id, error_channel) = (self.conn.id, channel.to_owned());
         let reply = Box::new(move |found: Result<StreamState, ClientError>| {
-            let found = match found {
+            let mut found = match found {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(event = "subscribe_failed", conn_id, channel = %error_channel, %error, "subscribe refused or the broker could not be reached");
                     return queue(Err(error));
                 }
             };
+            // A filtered subscription recovers only what its filter passes, as it would
+            // have received live.
+            if let (Some(filter), Some(Ok(missed))) = (&replay_filter, &mut found.recovery) {
+                missed.retain(|p| filter.matches(p.tags.as_deref()));
+            }
             let budget = reply_conn.reply_budget();
             let mut result = subscribe_result(found, recoverable, encoding, budget);
             if told_expires_at != 0 {
@@ -686,6 +702,7 @@ impl ClientSession {
             recover_from,
             generation,
             ticket,
+            filter,
         };
         let joined = self.state.node.join(request, reply);
         match joined {

@@ -305,6 +305,7 @@ impl PusherSession {
             recover_from: None,
             generation: self.generation,
             ticket: Arc::clone(&ticket),
+            filter: None,
         };
         let (conn, channel) = (Arc::clone(&self.conn), Box::<str>::from(name));
         let reply = Box::new(move |result: Result<_, _>| match result {
