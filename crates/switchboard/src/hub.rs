@@ -15,8 +15,8 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
@@ -38,6 +38,41 @@ struct Subscriber {
     /// Its tag filter: only publications whose tags pass it (one of its channel's
     /// [`Members::filters`], shared by every subscriber with an equal filter).
     filter: Option<Arc<Filter>>,
+    /// A delta subscriber (it asked for fossil deltas): whether it holds the channel's
+    /// previous publication, so the next one may reach it as a delta. It does not after it
+    /// joins, or after a publication skipped it (its position, its filter); then it gets the
+    /// next one whole.
+    delta: Option<AtomicBool>,
+}
+
+/// The publication a channel's next delta is made against: the last one fanned out to it
+/// while it had delta subscribers.
+struct Base {
+    offset: u64,
+    /// Its [`Publication::delta_payload`] per encoding (JSON, Protobuf).
+    payloads: [Bytes; 2],
+}
+
+impl Base {
+    fn of(publication: &Publication) -> Base {
+        Base {
+            offset: publication.offset,
+            payloads: [
+                publication.delta_payload(Encoding::Json).clone(),
+                publication.delta_payload(Encoding::Protobuf).clone(),
+            ],
+        }
+    }
+
+    /// Whether `next` comes right after this one: the next offset of the same stream, or
+    /// (no history) simply the next fanned out. A gap or a new epoch (offsets start over)
+    /// is not, and everyone gets that publication whole.
+    fn precedes(&self, next: &Publication) -> bool {
+        match (self.offset, next.offset) {
+            (0, 0) => true,
+            (before, after) => before != 0 && after == before + 1,
+        }
+    }
 }
 
 /// A channel passing this many subscribers gets an index of their slots; below it, scanning
@@ -85,6 +120,11 @@ struct Members {
     /// The distinct tag filters of the subscribers, each held once here and once by each
     /// subscriber that uses it: a publication evaluates each once, however many share it.
     filters: Vec<Arc<Filter>>,
+    /// How many subscribers are delta subscribers; with none, no base is kept.
+    deltas: usize,
+    /// The base of the channel's next delta; its lock also keeps the fan-outs of a channel
+    /// with delta subscribers in one order, so every subscriber's chain is the channel's.
+    base: Mutex<Option<Base>>,
 }
 
 impl Members {
@@ -112,6 +152,9 @@ impl Members {
             };
             subscriber.filter = Some(shared);
         }
+        if subscriber.delta.is_some() {
+            self.deltas += 1;
+        }
         let slot = self.list.len();
         self.list.push(subscriber);
         if let Some(slots) = &mut self.slots {
@@ -135,6 +178,12 @@ impl Members {
             return false;
         };
         let removed = self.list.swap_remove(slot);
+        if removed.delta.is_some() {
+            self.deltas -= 1;
+            if self.deltas == 0 {
+                *self.base.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
         if let Some(filter) = removed.filter {
             // Held by this list and the leaving subscriber only: nobody else uses it.
             if Arc::strong_count(&filter) == 2 {
@@ -208,17 +257,19 @@ impl Hub {
     /// publication without an offset). A connection already subscribed stays as it was (a
     /// connection is a channel's subscriber at most once).
     pub fn subscribe_since(&self, channel: &str, conn: &Arc<Conn>, since: u64) {
-        self.subscribe_filtered(channel, conn, since, None);
+        self.subscribe_filtered(channel, conn, since, None, false);
     }
 
     /// Adds `conn` to `channel`'s subscribers for publications after offset `since` whose
-    /// tags pass `filter` (every one without a filter).
+    /// tags pass `filter` (every one without a filter); with `delta`, as a delta subscriber
+    /// (fossil deltas against the previous publication when it holds it).
     pub fn subscribe_filtered(
         &self,
         channel: &str,
         conn: &Arc<Conn>,
         since: u64,
         filter: Option<Arc<Filter>>,
+        delta: bool,
     ) {
         let mut shard = self
             .shard(channel)
@@ -232,6 +283,7 @@ impl Hub {
             conn: Arc::clone(conn),
             since,
             filter,
+            delta: delta.then(|| AtomicBool::new(false)),
         });
         if added {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -277,21 +329,52 @@ impl Hub {
             };
             *verdicts[index].get_or_insert_with(|| filter.matches(tags))
         };
-        members
+        // With delta subscribers: this publication becomes the base, and the previous one is
+        // what its delta is made against when it directly precedes it. The lock is held for
+        // the walk (see `Members::base`).
+        let mut base_lock =
+            (members.deltas > 0).then(|| members.base.lock().unwrap_or_else(|e| e.into_inner()));
+        let previous = base_lock
+            .as_mut()
+            .and_then(|base| base.replace(Base::of(publication)))
+            .filter(|base| base.precedes(publication));
+        let delivered = members
             .list
             .iter()
             .filter(|subscriber| {
                 let conn = &subscriber.conn;
-                (offset == 0 || offset > subscriber.since)
+                let wanted = (offset == 0 || offset > subscriber.since)
                     && subscriber.filter.as_ref().is_none_or(&mut passes)
-                    && !excluded(conn, publication)
+                    && !excluded(conn, publication);
+                if let Some(holds_previous) = &subscriber.delta {
+                    let chained = holds_previous.swap(wanted, Ordering::Relaxed);
+                    if !wanted {
+                        return false;
+                    }
+                    let encoding = conn.encoding;
+                    let delta = match &previous {
+                        Some(base) if chained => publication.delta_frame(
+                            channel,
+                            encoding,
+                            &base.payloads[encoding as usize],
+                        ),
+                        _ => None,
+                    };
+                    return conn
+                        .push(delta.unwrap_or_else(|| {
+                            publication.full_frame_for_delta(channel, encoding)
+                        }));
+                }
+                wanted
                     && conn.push(publication.frame(
                         channel,
                         Format::of(conn.door, conn.encoding),
                         conn.deflate,
                     ))
             })
-            .count()
+            .count();
+        drop(base_lock);
+        delivered
     }
 
     /// Queues a push for the client-protocol subscribers of `channel` only (join and leave,
@@ -520,9 +603,9 @@ mod tests {
         };
         let hub = Hub::new();
         let conns: Vec<Arc<Conn>> = (0..4).map(conn).collect();
-        hub.subscribe_filtered("m", &conns[0], 0, btc());
-        hub.subscribe_filtered("m", &conns[1], 0, btc());
-        hub.subscribe_filtered("m", &conns[2], 0, None);
+        hub.subscribe_filtered("m", &conns[0], 0, btc(), false);
+        hub.subscribe_filtered("m", &conns[1], 0, btc(), false);
+        hub.subscribe_filtered("m", &conns[2], 0, None, false);
         let distinct = |hub: &Hub| {
             let shard = hub.shard("m").read().unwrap();
             shard.get("m").map_or(0, |m| m.filters.len())

@@ -163,8 +163,7 @@ pub struct SubscribeRequest {
     /// Bit 2 (`rejectUnrecovered`): answer error 112 instead of `recovered: false`.
     #[prost(int64, tag = "14")]
     pub flag: i64,
-    /// Delta compression asked for (`"fossil"`); not negotiated here: the reply leaves
-    /// `delta` out and publications come whole, which the SDKs handle.
+    /// Delta compression asked for: `"fossil"` (the only kind; anything else is error 107).
     #[prost(string, tag = "12")]
     pub delta: String,
     /// A tags filter (the SDK's `tagsFilter`): only publications whose tags pass it.
@@ -441,6 +440,11 @@ pub struct PublicationBody {
     #[prost(btree_map = "string, string", tag = "7")]
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// `data` is a fossil delta against the previous publication's data (delta
+    /// subscriptions only).
+    #[prost(bool, tag = "8")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 /// The result of `connect`.
@@ -547,6 +551,10 @@ pub struct SubscribeResult {
     #[prost(bool, tag = "12")]
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// Fossil delta compression is on for this subscription (it asked for it).
+    #[prost(bool, tag = "13")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 /// The result of `presence`.

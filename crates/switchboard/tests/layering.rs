@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     // codecs
     ("ws", 4),
     ("wire", 4),
+    ("delta", 4),
     ("pusher_wire", 4),
     ("publication", 5),
     ("filter", 5),

@@ -162,6 +162,8 @@ pub(crate) struct JoinRequest {
     pub(crate) ticket: Arc<JoinTicket>,
     /// The subscription's tag filter, if any.
     pub(crate) filter: Option<Arc<crate::filter::Filter>>,
+    /// It asked for fossil deltas (and the reply said `delta: true`).
+    pub(crate) delta: bool,
 }
 
 /// Where a join that waits for the broker stands. The session and the channel worker both
@@ -697,6 +699,7 @@ impl Node {
                                 &request.conn,
                                 0,
                                 request.filter.clone(),
+                                request.delta,
                             );
                         }
                         go

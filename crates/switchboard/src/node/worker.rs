@@ -340,6 +340,7 @@ impl ChannelWorker {
                 &request.conn,
                 since,
                 request.filter.clone(),
+                request.delta,
             );
             self.node.joined(&request);
             *ticket = TicketState::Joined;

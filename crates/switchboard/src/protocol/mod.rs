@@ -53,6 +53,9 @@ const UNSUBSCRIBE_BY_SERVER: u32 = 2000;
 /// was unreachable); 2500 and above: the SDK may subscribe again.
 const UNSUBSCRIBE_TEMPORARY: u32 = 2500;
 
+/// The one delta kind a subscribe may ask for.
+const DELTA_FOSSIL: &str = "fossil";
+
 /// The server's version string, as the SDKs show it.
 const VERSION: &str = concat!("switchboard ", env!("CARGO_PKG_VERSION"));
 
@@ -515,6 +518,9 @@ impl ClientSession {
             tracing::info!(event = "subscribe_refused", conn_id = self.conn.id, channel = %request.channel, unsupported = what, "subscribe names something this server does not have");
             return self.reply_error(id, ClientError::NotSupported(what));
         }
+        if !request.delta.is_empty() && request.delta != DELTA_FOSSIL {
+            return self.reply_error(id, ClientError::BadRequest);
+        }
         if let Some(Err(error)) = request.tf.as_ref().map(Filter::from_node) {
             tracing::info!(event = "subscribe_refused", conn_id = self.conn.id, channel = %request.channel, %error, "bad tags filter");
             return self.reply_error(id, ClientError::BadRequest);
@@ -629,6 +635,7 @@ impl ClientSession {
             .and_then(|tf| Filter::from_node(tf).ok())
             .map(Arc::new);
         let replay_filter = filter.clone();
+        let delta = recover.is_some_and(|r| r.delta == DELTA_FOSSIL);
         let encoding = self.encoding();
         let expires_at = granted.expires_at;
         let told_expires_at = if granted.renewed_by_hook {
@@ -662,7 +669,7 @@ impl ClientSession {
                 missed.retain(|p| filter.matches(p.tags.as_deref()));
             }
             let budget = reply_conn.reply_budget();
-            let mut result = subscribe_result(found, recoverable, encoding, budget);
+            let mut result = subscribe_result(found, recoverable, encoding, budget, delta);
             if told_expires_at != 0 {
                 result.expires = true;
                 result.ttl = ttl_of(told_expires_at);
@@ -703,6 +710,7 @@ impl ClientSession {
             generation,
             ticket,
             filter,
+            delta,
         };
         let joined = self.state.node.join(request, reply);
         match joined {
