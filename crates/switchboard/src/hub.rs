@@ -629,6 +629,68 @@ mod tests {
     }
 
     #[test]
+    fn delta_subscribers_share_one_delta_frame_and_get_whole_ones_after_a_join_or_a_gap() {
+        let taken = |conn: &Conn| {
+            let mut frames = VecDeque::new();
+            let _ = conn.take_queued(&mut frames);
+            conn.written(frames.iter().map(|f| f.len()).sum(), frames.len());
+            frames.into_iter().collect::<Vec<Bytes>>()
+        };
+        let is_delta = |frame: &Bytes| String::from_utf8_lossy(frame).contains(r#""delta":true"#);
+        let publication = |offset: u64| {
+            let doc = format!(r#"{{"v":{offset},"list":"{}"}}"#, "abcdefghij".repeat(30));
+            let mut p = Publication::json(Bytes::from(doc));
+            p.offset = offset;
+            p
+        };
+        let hub = Hub::new();
+        let conns: Vec<Arc<Conn>> = (0..3)
+            .map(|id| Arc::new(Conn::new(id, Door::Protocol, "", 0, usize::MAX, 0)))
+            .collect();
+        hub.subscribe_filtered("d", &conns[0], 0, None, true);
+        hub.subscribe_filtered("d", &conns[1], 0, None, true);
+        hub.subscribe_filtered("d", &conns[2], 0, None, false);
+        hub.publish("d", &publication(1));
+        let first: Vec<Vec<Bytes>> = conns.iter().map(|c| taken(c)).collect();
+        assert!(
+            !is_delta(&first[0][0]) && !is_delta(&first[1][0]),
+            "first: whole"
+        );
+        let second = publication(2);
+        hub.publish("d", &second);
+        let (a, b, plain) = (taken(&conns[0]), taken(&conns[1]), taken(&conns[2]));
+        assert!(
+            is_delta(&a[0]) && a[0].as_ptr() == b[0].as_ptr(),
+            "one shared delta"
+        );
+        assert!(!is_delta(&plain[0]), "a plain subscriber never gets one");
+        assert!(
+            a[0].len() * 3 < plain[0].len(),
+            "{} vs {}",
+            a[0].len(),
+            plain[0].len()
+        );
+        // A late joiner gets its first whole; the others keep the chain.
+        let late = Arc::new(Conn::new(9, Door::Protocol, "", 0, usize::MAX, 0));
+        hub.subscribe_filtered("d", &late, 0, None, true);
+        hub.publish("d", &publication(3));
+        assert!(is_delta(&taken(&conns[0])[0]));
+        assert!(
+            !is_delta(&taken(&late)[0]),
+            "the late joiner's first: whole"
+        );
+        // A gap (offset 5 after 3): whole for everyone.
+        hub.publish("d", &publication(5));
+        assert!(!is_delta(&taken(&conns[0])[0]) && !is_delta(&taken(&late)[0]));
+        assert!(
+            !is_delta(&taken(&conns[1])[1]),
+            "its frames of 3 and 5: 5 whole"
+        );
+        hub.publish("d", &publication(6));
+        assert!(is_delta(&taken(&conns[1])[0]));
+    }
+
+    #[test]
     fn a_second_subscribe_of_one_connection_is_not_a_second_delivery() {
         let hub = Hub::new();
         let conns: Vec<Arc<Conn>> = (0..40).map(conn).collect();
