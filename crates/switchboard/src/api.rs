@@ -60,8 +60,9 @@ struct Publish {
     /// Publish without keeping it in history (no offset).
     #[serde(default)]
     skip_history: bool,
+    /// Tags the publication carries: subscribers' tag filters select on them.
     #[serde(default)]
-    tags: Ignored,
+    tags: Option<crate::filter::Tags>,
     /// A publish repeating a key seen in the last 5 minutes is applied once: the retry gets
     /// the first one's result.
     #[serde(default)]
@@ -553,8 +554,11 @@ async fn publish_to(
     state: &State,
     channel: &str,
     payload: &Publish,
-    publication: Publication,
+    mut publication: Publication,
 ) -> Result<Value, ApiError> {
+    if let Some(tags) = payload.tags.as_ref().filter(|tags| !tags.is_empty()) {
+        publication.tags = Some(Arc::new(tags.clone()));
+    }
     let mut rules = state
         .channels()
         .rules(channel)

@@ -568,7 +568,8 @@ pub enum ClientError {
     /// The channel's rules refuse this connection.
     #[error("permission denied")]
     PermissionDenied,
-    /// `rpc`, or a method the server does not know.
+    /// An `rpc` method with no hook URL (while others have one), or a command the server
+    /// does not know.
     #[error("method not found")]
     MethodNotFound,
     /// The connection is already subscribed to the channel.
@@ -580,7 +581,8 @@ pub enum ClientError {
     /// Missing or wrong fields.
     #[error("bad request")]
     BadRequest,
-    /// Presence or history asked of a namespace without it.
+    /// Presence or history asked of a namespace without it; `rpc` with no rpc hook; a
+    /// subscription type or publish type this server does not have.
     #[error("not available")]
     NotAvailable,
     /// The token has expired.
@@ -607,6 +609,11 @@ pub enum ClientError {
     /// out or failed); retry later.
     #[error("backend unavailable")]
     BackendUnavailable,
+    /// A subscribe or publish that names a kind this server does not have (a map or shared
+    /// poll subscription, a map publish or removal, a tags filter): refused rather than
+    /// carried out as a plain stream, which the client would misread.
+    #[error("not available: {0} not supported")]
+    NotSupported(&'static str),
 }
 
 impl ClientError {
@@ -621,7 +628,7 @@ impl ClientError {
             ClientError::AlreadySubscribed => 105,
             ClientError::LimitExceeded => 106,
             ClientError::BadRequest => 107,
-            ClientError::NotAvailable => 108,
+            ClientError::NotAvailable | ClientError::NotSupported(_) => 108,
             ClientError::TokenExpired => 109,
             ClientError::Unrecoverable => 112,
             ClientError::Unavailable => 100,

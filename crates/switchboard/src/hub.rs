@@ -15,12 +15,13 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
 use crate::conn::Conn;
+use crate::filter::Filter;
 use crate::kind::Door;
 use crate::kind::Encoding;
 use crate::kind::Format;
@@ -34,6 +35,44 @@ struct Subscriber {
     /// Publications at or below this offset are not for it: it got them in its subscribe
     /// reply (a node joined to a broker may receive them late, after the subscriber joined).
     since: u64,
+    /// Its tag filter: only publications whose tags pass it (one of its channel's
+    /// [`Members::filters`], shared by every subscriber with an equal filter).
+    filter: Option<Arc<Filter>>,
+    /// A delta subscriber (it asked for fossil deltas): whether it holds the channel's
+    /// previous publication, so the next one may reach it as a delta. It does not after it
+    /// joins, or after a publication skipped it (its position, its filter); then it gets the
+    /// next one whole.
+    delta: Option<AtomicBool>,
+}
+
+/// The publication a channel's next delta is made against: the last one fanned out to it
+/// while it had delta subscribers.
+struct Base {
+    offset: u64,
+    /// Its [`Publication::delta_payload`] per encoding (JSON, Protobuf).
+    payloads: [Bytes; 2],
+}
+
+impl Base {
+    fn of(publication: &Publication) -> Base {
+        Base {
+            offset: publication.offset,
+            payloads: [
+                publication.delta_payload(Encoding::Json).clone(),
+                publication.delta_payload(Encoding::Protobuf).clone(),
+            ],
+        }
+    }
+
+    /// Whether `next` comes right after this one: the next offset of the same stream, or
+    /// (no history) simply the next fanned out. A gap or a new epoch (offsets start over)
+    /// is not, and everyone gets that publication whole.
+    fn precedes(&self, next: &Publication) -> bool {
+        match (self.offset, next.offset) {
+            (0, 0) => true,
+            (before, after) => before != 0 && after == before + 1,
+        }
+    }
 }
 
 /// A channel passing this many subscribers gets an index of their slots; below it, scanning
@@ -78,6 +117,14 @@ impl Hasher for IdHasher {
 struct Members {
     list: Vec<Subscriber>,
     slots: Option<HashMap<u64, usize, BuildHasherDefault<IdHasher>>>,
+    /// The distinct tag filters of the subscribers, each held once here and once by each
+    /// subscriber that uses it: a publication evaluates each once, however many share it.
+    filters: Vec<Arc<Filter>>,
+    /// How many subscribers are delta subscribers; with none, no base is kept.
+    deltas: usize,
+    /// The base of the channel's next delta; its lock also keeps the fan-outs of a channel
+    /// with delta subscribers in one order, so every subscriber's chain is the channel's.
+    base: Mutex<Option<Base>>,
 }
 
 impl Members {
@@ -90,10 +137,23 @@ impl Members {
     }
 
     /// Adds a subscriber unless its connection is already one; returns whether it was added.
-    fn add(&mut self, subscriber: Subscriber) -> bool {
+    fn add(&mut self, mut subscriber: Subscriber) -> bool {
         let id = subscriber.conn.id;
         if self.slot_of(id).is_some() {
             return false;
+        }
+        if let Some(filter) = subscriber.filter.take() {
+            let shared = match self.filters.iter().find(|known| ***known == *filter) {
+                Some(known) => Arc::clone(known),
+                None => {
+                    self.filters.push(Arc::clone(&filter));
+                    filter
+                }
+            };
+            subscriber.filter = Some(shared);
+        }
+        if subscriber.delta.is_some() {
+            self.deltas += 1;
         }
         let slot = self.list.len();
         self.list.push(subscriber);
@@ -117,7 +177,19 @@ impl Members {
         let Some(slot) = self.slot_of(conn_id) else {
             return false;
         };
-        self.list.swap_remove(slot);
+        let removed = self.list.swap_remove(slot);
+        if removed.delta.is_some() {
+            self.deltas -= 1;
+            if self.deltas == 0 {
+                *self.base.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
+        if let Some(filter) = removed.filter {
+            // Held by this list and the leaving subscriber only: nobody else uses it.
+            if Arc::strong_count(&filter) == 2 {
+                self.filters.retain(|known| !Arc::ptr_eq(known, &filter));
+            }
+        }
         if let Some(slots) = &mut self.slots {
             slots.remove(&conn_id);
             if let Some(moved) = self.list.get(slot) {
@@ -185,6 +257,20 @@ impl Hub {
     /// publication without an offset). A connection already subscribed stays as it was (a
     /// connection is a channel's subscriber at most once).
     pub fn subscribe_since(&self, channel: &str, conn: &Arc<Conn>, since: u64) {
+        self.subscribe_filtered(channel, conn, since, None, false);
+    }
+
+    /// Adds `conn` to `channel`'s subscribers for publications after offset `since` whose
+    /// tags pass `filter` (every one without a filter); with `delta`, as a delta subscriber
+    /// (fossil deltas against the previous publication when it holds it).
+    pub fn subscribe_filtered(
+        &self,
+        channel: &str,
+        conn: &Arc<Conn>,
+        since: u64,
+        filter: Option<Arc<Filter>>,
+        delta: bool,
+    ) {
         let mut shard = self
             .shard(channel)
             .write()
@@ -196,6 +282,8 @@ impl Hub {
         let added = members.add(Subscriber {
             conn: Arc::clone(conn),
             since,
+            filter,
+            delta: delta.then(|| AtomicBool::new(false)),
         });
         if added {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -232,20 +320,61 @@ impl Hub {
             return 0;
         };
         let offset = publication.offset;
-        members
+        // Each distinct filter's verdict, made when a subscriber first needs it.
+        let mut verdicts: Vec<Option<bool>> = vec![None; members.filters.len()];
+        let tags = publication.tags.as_deref();
+        let mut passes = |filter: &Arc<Filter>| {
+            let Some(index) = members.filters.iter().position(|f| Arc::ptr_eq(f, filter)) else {
+                return filter.matches(tags);
+            };
+            *verdicts[index].get_or_insert_with(|| filter.matches(tags))
+        };
+        // With delta subscribers: this publication becomes the base, and the previous one is
+        // what its delta is made against when it directly precedes it. The lock is held for
+        // the walk (see `Members::base`).
+        let mut base_lock =
+            (members.deltas > 0).then(|| members.base.lock().unwrap_or_else(|e| e.into_inner()));
+        let previous = base_lock
+            .as_mut()
+            .and_then(|base| base.replace(Base::of(publication)))
+            .filter(|base| base.precedes(publication));
+        let delivered = members
             .list
             .iter()
             .filter(|subscriber| {
                 let conn = &subscriber.conn;
-                (offset == 0 || offset > subscriber.since)
-                    && !excluded(conn, publication)
+                let wanted = (offset == 0 || offset > subscriber.since)
+                    && subscriber.filter.as_ref().is_none_or(&mut passes)
+                    && !excluded(conn, publication);
+                if let Some(holds_previous) = &subscriber.delta {
+                    let chained = holds_previous.swap(wanted, Ordering::Relaxed);
+                    if !wanted {
+                        return false;
+                    }
+                    let encoding = conn.encoding;
+                    let delta = match &previous {
+                        Some(base) if chained => publication.delta_frame(
+                            channel,
+                            encoding,
+                            &base.payloads[encoding as usize],
+                        ),
+                        _ => None,
+                    };
+                    return conn
+                        .push(delta.unwrap_or_else(|| {
+                            publication.full_frame_for_delta(channel, encoding)
+                        }));
+                }
+                wanted
                     && conn.push(publication.frame(
                         channel,
                         Format::of(conn.door, conn.encoding),
                         conn.deflate,
                     ))
             })
-            .count()
+            .count();
+        drop(base_lock);
+        delivered
     }
 
     /// Queues a push for the client-protocol subscribers of `channel` only (join and leave,
@@ -455,6 +584,110 @@ mod tests {
             }
             check(&hub, &model, &conns);
         }
+    }
+
+    #[test]
+    fn equal_filters_are_shared_and_each_subscriber_gets_what_its_filter_passes() {
+        use crate::filter::Filter;
+        use crate::wire::FilterNode;
+        let btc = || {
+            Some(Arc::new(
+                Filter::from_node(&FilterNode {
+                    key: "t".into(),
+                    cmp: "eq".into(),
+                    val: "BTC".into(),
+                    ..FilterNode::default()
+                })
+                .unwrap(),
+            ))
+        };
+        let hub = Hub::new();
+        let conns: Vec<Arc<Conn>> = (0..4).map(conn).collect();
+        hub.subscribe_filtered("m", &conns[0], 0, btc(), false);
+        hub.subscribe_filtered("m", &conns[1], 0, btc(), false);
+        hub.subscribe_filtered("m", &conns[2], 0, None, false);
+        let distinct = |hub: &Hub| {
+            let shard = hub.shard("m").read().unwrap();
+            shard.get("m").map_or(0, |m| m.filters.len())
+        };
+        assert_eq!(distinct(&hub), 1, "two equal filters are held once");
+        let mut tagged = Publication::plain(Opcode::Text, Bytes::from_static(b"x"));
+        tagged.tags = Some(Arc::new(
+            [("t".to_owned(), "BTC".to_owned())].into_iter().collect(),
+        ));
+        assert_eq!(hub.publish("m", &tagged), 3);
+        let untagged = Publication::plain(Opcode::Text, Bytes::from_static(b"y"));
+        assert_eq!(
+            hub.publish("m", &untagged),
+            1,
+            "only the unfiltered subscriber"
+        );
+        hub.unsubscribe("m", conns[0].id);
+        assert_eq!(distinct(&hub), 1, "still used by the other");
+        hub.unsubscribe("m", conns[1].id);
+        assert_eq!(distinct(&hub), 0, "dropped with its last user");
+    }
+
+    #[test]
+    fn delta_subscribers_share_one_delta_frame_and_get_whole_ones_after_a_join_or_a_gap() {
+        let taken = |conn: &Conn| {
+            let mut frames = VecDeque::new();
+            let _ = conn.take_queued(&mut frames);
+            conn.written(frames.iter().map(|f| f.len()).sum(), frames.len());
+            frames.into_iter().collect::<Vec<Bytes>>()
+        };
+        let is_delta = |frame: &Bytes| String::from_utf8_lossy(frame).contains(r#""delta":true"#);
+        let publication = |offset: u64| {
+            let doc = format!(r#"{{"v":{offset},"list":"{}"}}"#, "abcdefghij".repeat(30));
+            let mut p = Publication::json(Bytes::from(doc));
+            p.offset = offset;
+            p
+        };
+        let hub = Hub::new();
+        let conns: Vec<Arc<Conn>> = (0..3)
+            .map(|id| Arc::new(Conn::new(id, Door::Protocol, "", 0, usize::MAX, 0)))
+            .collect();
+        hub.subscribe_filtered("d", &conns[0], 0, None, true);
+        hub.subscribe_filtered("d", &conns[1], 0, None, true);
+        hub.subscribe_filtered("d", &conns[2], 0, None, false);
+        hub.publish("d", &publication(1));
+        let first: Vec<Vec<Bytes>> = conns.iter().map(|c| taken(c)).collect();
+        assert!(
+            !is_delta(&first[0][0]) && !is_delta(&first[1][0]),
+            "first: whole"
+        );
+        let second = publication(2);
+        hub.publish("d", &second);
+        let (a, b, plain) = (taken(&conns[0]), taken(&conns[1]), taken(&conns[2]));
+        assert!(
+            is_delta(&a[0]) && a[0].as_ptr() == b[0].as_ptr(),
+            "one shared delta"
+        );
+        assert!(!is_delta(&plain[0]), "a plain subscriber never gets one");
+        assert!(
+            a[0].len() * 3 < plain[0].len(),
+            "{} vs {}",
+            a[0].len(),
+            plain[0].len()
+        );
+        // A late joiner gets its first whole; the others keep the chain.
+        let late = Arc::new(Conn::new(9, Door::Protocol, "", 0, usize::MAX, 0));
+        hub.subscribe_filtered("d", &late, 0, None, true);
+        hub.publish("d", &publication(3));
+        assert!(is_delta(&taken(&conns[0])[0]));
+        assert!(
+            !is_delta(&taken(&late)[0]),
+            "the late joiner's first: whole"
+        );
+        // A gap (offset 5 after 3): whole for everyone.
+        hub.publish("d", &publication(5));
+        assert!(!is_delta(&taken(&conns[0])[0]) && !is_delta(&taken(&late)[0]));
+        assert!(
+            !is_delta(&taken(&conns[1])[1]),
+            "its frames of 3 and 5: 5 whole"
+        );
+        hub.publish("d", &publication(6));
+        assert!(is_delta(&taken(&conns[1])[0]));
     }
 
     #[test]

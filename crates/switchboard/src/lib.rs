@@ -15,6 +15,8 @@
 //! - [`pusher_wire`]: the Pusher protocol's signatures, channel kinds, hub mapping and
 //!   events, no I/O.
 //! - [`publication`]: one publication and its encoding per door format, made once each.
+//! - [`filter`]: tag filters, which publications of a channel a subscriber wants.
+//! - [`delta`]: fossil deltas of publications for subscribers that ask for them.
 //! - [`channels`]: channel names, namespaces and their rules.
 //! - [`history`]: one channel's kept publications, offsets, epoch; recovery.
 //! - [`hooks`]: backend hooks (connect, refresh, subscribe, publish, sub_refresh, rpc) over
@@ -52,8 +54,10 @@ pub mod broker;
 pub mod channels;
 pub mod config;
 pub mod conn;
+pub mod delta;
 pub mod door;
 pub mod error;
+pub mod filter;
 mod gateway;
 pub mod history;
 pub mod hooks;

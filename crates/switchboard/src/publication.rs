@@ -18,6 +18,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::filter::Tags;
 use crate::kind::Encoding;
 pub use crate::kind::Format;
 use crate::trace::TraceParent;
@@ -117,12 +118,24 @@ pub struct Publication {
     pub offset: u64,
     /// The publishing client, when a protocol client published it.
     pub info: Option<Arc<ClientInfo>>,
+    /// Its tags (server API `publish`), which subscribers' tag filters select on.
+    pub tags: Option<Arc<Tags>>,
     /// The trace context it travels under (traces on and the publish sampled; else `None`):
     /// first its publisher's span, then the broker-publish span the fan-outs hang under.
     pub trace: Option<TraceParent>,
     data_json: OnceLock<Bytes>,
     /// One frame per (format, compressed): see [`Publication::frame`].
     frames: [OnceLock<Bytes>; 8],
+    /// For delta subscribers: the JSON push whose `data` is a JSON string, and the delta
+    /// push per encoding (`None`: no delta worth sending). See [`Publication::delta_frame`].
+    json_string_frame: OnceLock<Bytes>,
+    delta_frames: [OnceLock<Option<Bytes>>; 2],
+}
+
+/// `text` (UTF-8: JSON text or a checked delta) as a JSON string literal.
+fn json_string(text: &[u8]) -> Bytes {
+    let text = String::from_utf8_lossy(text);
+    Bytes::from(Value::from(text.as_ref()).to_string())
 }
 
 /// The opcode and payload of an unmasked server frame built by `frame::encode`.
@@ -142,9 +155,12 @@ impl Publication {
             source,
             offset: 0,
             info: None,
+            tags: None,
             trace: None,
             data_json: OnceLock::new(),
             frames: Default::default(),
+            json_string_frame: OnceLock::new(),
+            delta_frames: Default::default(),
         }
     }
 
@@ -268,9 +284,15 @@ impl Publication {
         let info = self.info.as_ref().map_or(0, |info| {
             6 * (info.client.len() + info.user.len() + info.conn_info.len() + info.chan_info.len())
         });
+        let tags = self.tags.as_ref().map_or(0, |tags| {
+            tags.iter()
+                .map(|(k, v)| 6 * (k.len() + v.len()) + 6)
+                .sum::<usize>()
+        });
         let fixed = OVERHEAD
             .saturating_add(6 * channel.len())
-            .saturating_add(info);
+            .saturating_add(info)
+            .saturating_add(tags);
         // Plain and Protobuf frames carry the payload's bytes (a JSON string's text is shorter).
         let payload = self.data_bytes().len();
         let json_at_most = match &self.source {
@@ -313,6 +335,8 @@ impl Publication {
             },
             info: self.info.as_ref().map(|info| info.body()),
             offset: self.offset,
+            tags: self.tags.as_deref().cloned().unwrap_or_default(),
+            delta: false,
         }
     }
 
@@ -326,6 +350,73 @@ impl Publication {
             Encoding::Protobuf => Format::Protobuf,
         };
         self.frame(channel, format, false)
+    }
+
+    /// The bytes a fossil delta is made over in `encoding`: what the SDK holds as the
+    /// previous value (the JSON text of `data`, or the Protobuf `data` bytes).
+    pub fn delta_payload(&self, encoding: Encoding) -> &Bytes {
+        match encoding {
+            Encoding::Json => self.data_json(),
+            Encoding::Protobuf => self.data_bytes(),
+        }
+    }
+
+    /// The body a delta subscriber receives in a reply (recovery): the delta against `base`
+    /// (the previous publication's [`Publication::delta_payload`]) when there is one worth
+    /// sending, otherwise the whole `data`; in JSON, either travels as a JSON string.
+    pub(crate) fn delta_body(&self, encoding: Encoding, base: Option<&[u8]>) -> PublicationBody {
+        let target = self.delta_payload(encoding);
+        let delta =
+            base.and_then(|base| crate::delta::fossil(base, target, encoding == Encoding::Json));
+        let mut body = self.body(encoding);
+        body.delta = delta.is_some();
+        let data = delta.unwrap_or_else(|| target.clone());
+        body.data = match encoding {
+            Encoding::Json => json_string(&data),
+            Encoding::Protobuf => data,
+        };
+        body
+    }
+
+    /// The push a delta subscriber of `channel` receives when it gets this publication whole
+    /// (its first one, or after a gap): in JSON, `data` is a JSON string holding the JSON
+    /// text (what the SDK decodes when delta is on); in Protobuf, the usual push.
+    pub fn full_frame_for_delta(&self, channel: &str, encoding: Encoding) -> &Bytes {
+        match encoding {
+            Encoding::Protobuf => self.push_frame(channel, encoding),
+            Encoding::Json => self.json_string_frame.get_or_init(|| {
+                self.encode_body_push(channel, encoding, self.delta_body(encoding, None))
+            }),
+        }
+    }
+
+    /// The push a delta subscriber of `channel` that holds the previous publication receives:
+    /// `data` is the fossil delta from `base` (that publication's
+    /// [`Publication::delta_payload`]), `delta: true`. Made once per encoding, the first time
+    /// a subscriber needs it, and shared by all; `None` when the delta would not be smaller
+    /// (send [`Publication::full_frame_for_delta`]). The hub calls it with one base per
+    /// publication: the one the channel held when it was fanned out.
+    pub fn delta_frame(&self, channel: &str, encoding: Encoding, base: &[u8]) -> Option<&Bytes> {
+        self.delta_frames[encoding as usize]
+            .get_or_init(|| {
+                let body = self.delta_body(encoding, Some(base));
+                body.delta
+                    .then(|| self.encode_body_push(channel, encoding, body))
+            })
+            .as_ref()
+    }
+
+    fn encode_body_push(&self, channel: &str, encoding: Encoding, body: PublicationBody) -> Bytes {
+        let opcode = match encoding {
+            Encoding::Json => Opcode::Text,
+            Encoding::Protobuf => Opcode::Binary,
+        };
+        let push = Reply::push(Push {
+            channel: channel.to_owned(),
+            publication: Some(body),
+            ..Push::default()
+        });
+        frame::encode(opcode, &push.encode_as(encoding))
     }
 
     fn encode_push(&self, channel: &str, encoding: Encoding) -> Bytes {

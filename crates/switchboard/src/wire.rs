@@ -163,6 +163,71 @@ pub struct SubscribeRequest {
     /// Bit 2 (`rejectUnrecovered`): answer error 112 instead of `recovered: false`.
     #[prost(int64, tag = "14")]
     pub flag: i64,
+    /// Delta compression asked for: `"fossil"` (the only kind; anything else is error 107).
+    #[prost(string, tag = "12")]
+    pub delta: String,
+    /// A tags filter (the SDK's `tagsFilter`): only publications whose tags pass it.
+    #[prost(message, optional, tag = "13")]
+    pub tf: Option<FilterNode>,
+    /// The subscription type: 0 a stream (the only one here); others (map, shared poll)
+    /// are refused with error 108.
+    #[prost(int32, tag = "15")]
+    #[serde(rename = "type")]
+    pub kind: i32,
+    /// Map subscriptions' state-sync phase.
+    #[prost(int32, tag = "16")]
+    pub phase: i32,
+    /// Map subscriptions' paging cursor.
+    #[prost(string, tag = "17")]
+    pub cursor: String,
+    /// Map subscriptions' page size.
+    #[prost(int32, tag = "18")]
+    pub limit: i32,
+    /// Map subscriptions' order.
+    #[prost(bool, tag = "19")]
+    pub asc: bool,
+}
+
+impl SubscribeRequest {
+    /// What of this request names something this server does not have, if anything: a
+    /// subscription type other than a stream (map, shared poll), or the map state-sync
+    /// fields that only mean something for those. Such a subscribe is refused (error 108)
+    /// rather than answered as a plain stream, which the SDK would take for an empty map.
+    pub fn unsupported(&self) -> Option<&'static str> {
+        if self.kind != 0 {
+            Some("subscription type")
+        } else if self.phase != 0 || !self.cursor.is_empty() || self.limit != 0 || self.asc {
+            Some("map state sync")
+        } else {
+            None
+        }
+    }
+}
+
+/// A node of a tags filter: a comparison of one tag (`op` empty) or `and`/`or`/`not` of
+/// `nodes`.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
+pub struct FilterNode {
+    /// `""` (a comparison), `and`, `or` or `not`.
+    #[prost(string, tag = "1")]
+    pub op: String,
+    /// The tag compared.
+    #[prost(string, tag = "2")]
+    pub key: String,
+    /// The comparison: `eq`, `neq`, `in`, `nin`, `ex`, `nex`, `sw`, `ew`, `ct`, `lt`, `lte`,
+    /// `gt`, `gte`.
+    #[prost(string, tag = "3")]
+    pub cmp: String,
+    /// The value compared with.
+    #[prost(string, tag = "4")]
+    pub val: String,
+    /// The values of `in` and `nin`.
+    #[prost(string, repeated, tag = "5")]
+    pub vals: Vec<String>,
+    /// The operands of `and`, `or`, `not`.
+    #[prost(message, repeated, tag = "6")]
+    pub nodes: Vec<FilterNode>,
 }
 
 /// The `rejectUnrecovered` bit of `SubscribeRequest::flag`.
@@ -182,11 +247,26 @@ pub struct ChannelRequest {
 pub struct PublishRequest {
     /// The channel.
     #[prost(string, tag = "1")]
+    #[serde(default)]
     pub channel: String,
-    /// The payload: any JSON (JSON encoding) or any bytes (Protobuf).
+    /// The payload: any JSON (JSON encoding) or any bytes (Protobuf). Absent in JSON: empty,
+    /// which a stream publish refuses (107) and a map removal does not carry.
     #[prost(bytes = "bytes", tag = "2")]
-    #[serde(deserialize_with = "json_bytes")]
+    #[serde(default, deserialize_with = "json_bytes")]
     pub data: Bytes,
+    /// The publication type: 0 a stream publication; 1 a map's keyed publish or removal
+    /// (refused with error 108: no map channels here).
+    #[prost(int32, tag = "3")]
+    #[serde(default, rename = "type")]
+    pub kind: i32,
+    /// A map publication's key.
+    #[prost(string, tag = "4")]
+    #[serde(default)]
+    pub key: String,
+    /// A map key's removal.
+    #[prost(bool, tag = "5")]
+    #[serde(default)]
+    pub removed: bool,
 }
 
 /// A stream position.
@@ -356,6 +436,15 @@ pub struct PublicationBody {
     #[prost(uint64, tag = "6")]
     #[serde(skip_serializing_if = "is_zero_u64")]
     pub offset: u64,
+    /// Its tags (what tag filters select on).
+    #[prost(btree_map = "string, string", tag = "7")]
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// `data` is a fossil delta against the previous publication's data (delta
+    /// subscriptions only).
+    #[prost(bool, tag = "8")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 /// The result of `connect`.
@@ -467,6 +556,10 @@ pub struct SubscribeResult {
     #[prost(bool, tag = "12")]
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// Fossil delta compression is on for this subscription (it asked for it).
+    #[prost(bool, tag = "13")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 /// The result of `presence`.
@@ -792,7 +885,7 @@ mod tests {
                 publications: vec![PublicationBody {
                     data: Bytes::from_static(br#"{"a":1}"#),
                     offset: 2,
-                    info: None,
+                    ..PublicationBody::default()
                 }],
                 recovered: true,
                 ..SubscribeResult::default()

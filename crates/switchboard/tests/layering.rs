@@ -23,8 +23,10 @@ const LAYERS: &[(&str, u8)] = &[
     // codecs
     ("ws", 4),
     ("wire", 4),
+    ("delta", 4),
     ("pusher_wire", 4),
     ("publication", 5),
+    ("filter", 5),
     // backend hooks: HTTP client, breakers, cache
     ("hooks", 5),
     ("webhooks", 5),

@@ -351,6 +351,58 @@ async fn reject_unrecovered_answers_error_112_instead() {
 }
 
 #[tokio::test]
+async fn map_and_shared_poll_subscribes_and_map_publishes_are_refused_with_108_not_degraded() {
+    let server = start(protocol_config()).await;
+    let mut proto = Proto::connected(&server, "u").await;
+    let refusals = [
+        ("subscribe", json!({ "channel": "room:m", "type": 1 })),
+        ("subscribe", json!({ "channel": "room:p", "type": 2 })),
+        (
+            "subscribe",
+            json!({ "channel": "room:m", "phase": 2, "limit": 10 }),
+        ),
+        // The SDK's mapRemove: a publish with a type, a key, no data.
+        (
+            "publish",
+            json!({ "channel": "room:m", "type": 1, "key": "k", "removed": true }),
+        ),
+        (
+            "publish",
+            json!({ "channel": "room:m", "type": 1, "key": "k", "data": {} }),
+        ),
+    ];
+    for (method, params) in refusals {
+        let reply = proto.call(method, params.clone()).await;
+        assert_eq!(reply["error"]["code"], 108, "{method} {params}: {reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not supported")),
+            "{reply}"
+        );
+    }
+    // A stream publish with no data is a bad request, not a closed connection.
+    let reply = proto.call("publish", json!({ "channel": "room:m" })).await;
+    assert_eq!(reply["error"]["code"], 107, "{reply}");
+    // An unknown method with an id is 104, answered.
+    let reply = proto.call("frobnicate", json!({})).await;
+    assert_eq!(reply["error"]["code"], 104, "{reply}");
+    // Nothing was subscribed by a refused subscribe, and the connection still serves.
+    let reply = proto
+        .call("subscribe", json!({ "channel": "room:m" }))
+        .await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    let reply = proto
+        .call(
+            "publish",
+            json!({ "channel": "room:m", "data": { "n": 1 } }),
+        )
+        .await;
+    assert!(reply.get("publish").is_some(), "{reply}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn channel_rules_are_enforced_with_clear_error_codes() {
     let server = start(protocol_config()).await;
     let mut proto = Proto::connected(&server, "u").await;
@@ -425,7 +477,11 @@ async fn channel_rules_are_enforced_with_clear_error_codes() {
         103,
         "feed takes publications from the API only"
     );
-    assert_eq!(code(proto.call("rpc", json!({ "method": "x" })).await), 104);
+    assert_eq!(
+        code(proto.call("rpc", json!({ "method": "x" })).await),
+        108,
+        "no rpc hook: rpc is not available"
+    );
     // The connection is still good after every refusal.
     assert!(proto
         .call("subscribe", json!({ "channel": "feed:fine" }))
@@ -918,6 +974,7 @@ async fn the_protobuf_flavour_speaks_the_same_protocol_in_binary_frames() {
         publish: Some(PublishRequest {
             channel: "feed:pb".into(),
             data: bytes::Bytes::from_static(&[0xff, 0x00]),
+            ..PublishRequest::default()
         }),
         ..Command::default()
     };

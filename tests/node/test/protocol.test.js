@@ -134,12 +134,13 @@ test('server-side subscriptions from the token\'s channels claim deliver publica
   });
 });
 
-test('rpc is error 104 (no handlers) and the connection keeps working', async () => {
+test('rpc with no rpc hook is error 108 (not available) and the connection keeps working', async () => {
   const cfg = config({ news: { subscribe: 'authenticated' } });
   await withClients({ config: cfg }, async (server, clients) => {
     const alice = await clients.connected(server.wsUrl, connectionToken('alice'));
     const err = await rejectionOf(alice.rpc('anything', { x: 1 }));
-    assert.equal(err.code, 104, JSON.stringify(err));
+    assert.equal(err.code, 108, JSON.stringify(err));
+    assert.equal(err.message, 'not available');
     alice.send({ ignored: true }); // asynchronous message: no reply, no harm
     const sub = await subscribed(alice, 'news:x');
     await server.publish('news:x', 'ok');

@@ -41,6 +41,9 @@ struct PublicationWire {
     /// publish is sampled: absent, it costs no byte, and nodes that predate it skip it.
     #[prost(string, optional, tag = "4")]
     traceparent: Option<String>,
+    /// The publication's tags (none: empty, which costs nothing on the wire).
+    #[prost(btree_map = "string, string", tag = "5")]
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 fn info_wire(info: &ClientInfo) -> InfoWire {
@@ -68,6 +71,7 @@ pub fn encode_publication(publication: &Publication) -> Bytes {
         data: data.clone(),
         info: publication.info.as_deref().map(info_wire),
         traceparent: publication.trace.map(|trace| trace.header()),
+        tags: publication.tags.as_deref().cloned().unwrap_or_default(),
     };
     Bytes::from(wire.encode_to_vec())
 }
@@ -88,6 +92,7 @@ pub fn decode_publication(bytes: &[u8]) -> Result<Publication, CodecError> {
     publication.info = wire.info.map(|info| Arc::new(info_from(info)));
     // A malformed context is dropped, not an error: the publication itself is sound.
     publication.trace = wire.traceparent.as_deref().and_then(TraceParent::parse);
+    publication.tags = (!wire.tags.is_empty()).then(|| Arc::new(wire.tags));
     Ok(publication)
 }
 

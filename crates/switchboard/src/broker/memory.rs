@@ -491,6 +491,7 @@ impl Broker for MemoryBroker {
         let (kind, payload) = publication.payload();
         let mut copy = Publication::from_payload(kind, payload.clone());
         copy.info = publication.info.clone();
+        copy.tags = publication.tags.clone();
         copy.trace = publication.trace;
         self.publish_now(channel, copy, options)
             .map_err(|full| BrokerError::Unavailable(full.to_string()))

@@ -361,6 +361,12 @@ impl Hooks {
         self.rpc_methods.get(method).or(self.rpc_default.as_ref())
     }
 
+    /// Whether any rpc hook is configured: with none, `rpc` is not available at all (108);
+    /// with some, a method that has no URL is not found (104).
+    pub fn has_rpc(&self) -> bool {
+        self.rpc_default.is_some() || !self.rpc_methods.is_empty()
+    }
+
     /// Whether any upstream's breaker is not closed (for `/readyz`-style reporting).
     pub fn breaker_states(&self) -> Vec<BreakerState> {
         self.breakers.iter().map(|b| b.state()).collect()

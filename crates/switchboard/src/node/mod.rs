@@ -170,6 +170,10 @@ pub(crate) struct JoinRequest {
     pub(crate) generation: u64,
     /// Where the join stands, shared with the session (remote broker).
     pub(crate) ticket: Arc<JoinTicket>,
+    /// The subscription's tag filter, if any.
+    pub(crate) filter: Option<Arc<crate::filter::Filter>>,
+    /// It asked for fossil deltas (and the reply said `delta: true`).
+    pub(crate) delta: bool,
 }
 
 /// Where a join that waits for the broker stands. The session and the channel worker both
@@ -708,7 +712,13 @@ impl Node {
                     memory.subscribe_atomically(&request.channel, history, recover_from, |found| {
                         let go = reply.take().is_some_and(|reply| reply(Ok(found)));
                         if go {
-                            self.hub.subscribe(&request.channel, &request.conn);
+                            self.hub.subscribe_filtered(
+                                &request.channel,
+                                &request.conn,
+                                0,
+                                request.filter.clone(),
+                                request.delta,
+                            );
                         }
                         go
                     });

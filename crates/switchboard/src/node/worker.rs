@@ -396,9 +396,13 @@ impl ChannelWorker {
         let failed = found.is_err();
         let joined = reply(found) && !failed;
         if joined {
-            self.node
-                .hub
-                .subscribe_since(&request.channel, &request.conn, since);
+            self.node.hub.subscribe_filtered(
+                &request.channel,
+                &request.conn,
+                since,
+                request.filter.clone(),
+                request.delta,
+            );
             self.node.joined(&request);
             *ticket = TicketState::Joined;
         } else {

@@ -245,12 +245,13 @@ impl ClientSession {
 
     /// `rpc`: the hook of its method answers, or error 104 when there is none.
     pub(super) fn rpc(&mut self, id: u32, request: wire::RpcRequest) {
-        let hook = self
-            .state
-            .hooks
-            .as_ref()
-            .and_then(|h| h.rpc(&request.method));
-        let Some(endpoint) = hook.map(Arc::clone) else {
+        let hooks = self.state.hooks.as_ref().filter(|h| h.has_rpc());
+        // No rpc hook at all: the server has no rpc (108, as the SDKs expect of a server
+        // without an rpc handler); rpc hooks but none for this method: 104.
+        let Some(hooks) = hooks else {
+            return self.reply_error(id, ClientError::NotAvailable);
+        };
+        let Some(endpoint) = hooks.rpc(&request.method).map(Arc::clone) else {
             return self.reply_error(id, ClientError::MethodNotFound);
         };
         let mut body = self.hook_body();

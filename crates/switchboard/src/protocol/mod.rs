@@ -33,6 +33,7 @@ use crate::channels::{user_limited, ChannelRules};
 use crate::config::{PublishRule, SubscribeRule};
 use crate::conn::{Conn, MessageRate};
 use crate::error::{ClientError, CloseReason};
+use crate::filter::Filter;
 use crate::hooks::Forwarded;
 use crate::node::{encode_frame, JoinRequest, JoinTicket, PublishOrder, TicketState};
 use crate::publication::{ClientInfo, Publication};
@@ -51,6 +52,9 @@ const UNSUBSCRIBE_BY_SERVER: u32 = 2000;
 /// Unsubscribe push code for a server-side subscription that could not be made (the broker
 /// was unreachable); 2500 and above: the SDK may subscribe again.
 const UNSUBSCRIBE_TEMPORARY: u32 = 2500;
+
+/// The one delta kind a subscribe may ask for.
+const DELTA_FOSSIL: &str = "fossil";
 
 /// The server's version string, as the SDKs show it.
 const VERSION: &str = concat!("switchboard ", env!("CARGO_PKG_VERSION"));
@@ -526,6 +530,17 @@ impl ClientSession {
     }
 
     fn subscribe(&mut self, id: u32, request: SubscribeRequest) {
+        if let Some(what) = request.unsupported() {
+            tracing::info!(event = "subscribe_refused", conn_id = self.conn.id, channel = %request.channel, unsupported = what, "subscribe names something this server does not have");
+            return self.reply_error(id, ClientError::NotSupported(what));
+        }
+        if !request.delta.is_empty() && request.delta != DELTA_FOSSIL {
+            return self.reply_error(id, ClientError::BadRequest);
+        }
+        if let Some(Err(error)) = request.tf.as_ref().map(Filter::from_node) {
+            tracing::info!(event = "subscribe_refused", conn_id = self.conn.id, channel = %request.channel, %error, "bad tags filter");
+            return self.reply_error(id, ClientError::BadRequest);
+        }
         let channel = request.channel.as_str();
         let checked = self
             .state
@@ -630,6 +645,13 @@ impl ClientSession {
             .filter(|r| r.recover && rules.recover)
             .map(|r| (r.offset, Box::<str>::from(r.epoch.as_str())));
         let recoverable = rules.recover && rules.keeps_history();
+        // Checked in `subscribe` (a bad one is error 107 there).
+        let filter = recover
+            .and_then(|r| r.tf.as_ref())
+            .and_then(|tf| Filter::from_node(tf).ok())
+            .map(Arc::new);
+        let replay_filter = filter.clone();
+        let delta = recover.is_some_and(|r| r.delta == DELTA_FOSSIL);
         let encoding = self.encoding();
         let expires_at = granted.expires_at;
         let told_expires_at = if granted.renewed_by_hook {
@@ -650,15 +672,20 @@ impl ClientSession {
         let reply_conn = Arc::clone(&self.conn);
         let (conn_id, error_channel) = (self.conn.id, channel.to_owned());
         let reply = Box::new(move |found: Result<StreamState, ClientError>| {
-            let found = match found {
+            let mut found = match found {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(event = "subscribe_failed", conn_id, channel = %error_channel, %error, "subscribe refused or the broker could not be reached");
                     return queue(Err(error));
                 }
             };
+            // A filtered subscription recovers only what its filter passes, as it would
+            // have received live.
+            if let (Some(filter), Some(Ok(missed))) = (&replay_filter, &mut found.recovery) {
+                missed.retain(|p| filter.matches(p.tags.as_deref()));
+            }
             let budget = reply_conn.reply_budget();
-            let mut result = subscribe_result(found, recoverable, encoding, budget);
+            let mut result = subscribe_result(found, recoverable, encoding, budget, delta);
             if told_expires_at != 0 {
                 result.expires = true;
                 result.ttl = ttl_of(told_expires_at);
@@ -698,6 +725,8 @@ impl ClientSession {
             recover_from,
             generation,
             ticket,
+            filter,
+            delta,
         };
         let joined = self.state.node.join(request, reply);
         match joined {
@@ -762,6 +791,15 @@ impl ClientSession {
     }
 
     fn publish(&mut self, id: u32, request: wire::PublishRequest) -> Result<(), ClientError> {
+        // A map's keyed publish or removal: no map channels here, and publishing it as a
+        // stream publication would tell subscribers something else.
+        if request.kind != 0 || !request.key.is_empty() || request.removed {
+            return Err(ClientError::NotSupported("map publication"));
+        }
+        // JSON `data` is a JSON value; absent, there is nothing to publish.
+        if self.encoding() == Encoding::Json && request.data.is_empty() {
+            return Err(ClientError::BadRequest);
+        }
         let channel = request.channel.as_str();
         let rules = self.state.channels().rules(channel)?;
         // A user-limited channel (`name#42`) is a user's inbox: only the backend writes there.

@@ -24,6 +24,26 @@ fn publication_bodies(
     publications.iter().map(|p| p.body(encoding)).collect()
 }
 
+/// The bodies a delta subscription recovers: the first whole, each next one as a fossil
+/// delta against the one before it when it directly follows it and the delta is smaller (in
+/// JSON, every `data` is a JSON string, as the SDK expects once delta is on).
+fn delta_bodies(
+    publications: &[Arc<Publication>],
+    encoding: Encoding,
+) -> Vec<wire::PublicationBody> {
+    let mut previous: Option<&Arc<Publication>> = None;
+    publications
+        .iter()
+        .map(|publication| {
+            let base = previous
+                .filter(|p| p.offset != 0 && publication.offset == p.offset + 1)
+                .map(|p| &p.delta_payload(encoding)[..]);
+            previous = Some(publication);
+            publication.delta_body(encoding, base)
+        })
+        .collect()
+}
+
 /// Room for a reply's own fields (id, epoch, offset, keys) around its publications.
 const REPLY_OVERHEAD: usize = 256;
 
@@ -47,14 +67,18 @@ fn fitting<'a>(
 }
 
 /// The subscribe result for what the stream held (and, when asked, what recovery found),
-/// its publications cut to `budget` bytes.
+/// its publications cut to `budget` bytes; with `delta`, for a delta subscription.
 pub(crate) fn subscribe_result(
     found: StreamState,
     recoverable: bool,
     encoding: Encoding,
     budget: usize,
+    delta: bool,
 ) -> SubscribeResult {
-    let mut result = SubscribeResult::default();
+    let mut result = SubscribeResult {
+        delta,
+        ..SubscribeResult::default()
+    };
     let Some(position) = found.position else {
         // No history: nothing to position or recover.
         return result;
@@ -70,8 +94,12 @@ pub(crate) fn subscribe_result(
             // All of them, or (a gap the client must be told of) the newest that fit: they
             // end at the stream's top, so the live publications continue them with no gap.
             result.recovered = fit == publications.len();
-            result.publications =
-                publication_bodies(&publications[publications.len() - fit..], encoding);
+            let kept = &publications[publications.len() - fit..];
+            result.publications = if delta {
+                delta_bodies(kept, encoding)
+            } else {
+                publication_bodies(kept, encoding)
+            };
         }
     }
     result
@@ -164,7 +192,13 @@ mod tests {
 
     #[test]
     fn a_recovery_within_the_budget_is_recovered_whole() {
-        let result = subscribe_result(recovering(kept(1..=10)), true, Encoding::Json, 1 << 20);
+        let result = subscribe_result(
+            recovering(kept(1..=10)),
+            true,
+            Encoding::Json,
+            1 << 20,
+            false,
+        );
         assert!(result.recovered);
         assert_eq!(
             offsets_of(&result.publications),
@@ -174,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_recovery_over_the_budget_is_not_recovered_and_keeps_the_newest_that_fit() {
-        let result = subscribe_result(recovering(kept(1..=10)), true, Encoding::Json, 4096);
+        let result = subscribe_result(recovering(kept(1..=10)), true, Encoding::Json, 4096, false);
         assert!(result.was_recovering && !result.recovered);
         let got = offsets_of(&result.publications);
         assert!(!got.is_empty() && got.len() < 10, "{got:?}");

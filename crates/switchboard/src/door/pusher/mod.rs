@@ -331,6 +331,8 @@ impl PusherSession {
             recover_from: None,
             generation: self.generation,
             ticket: Arc::clone(&ticket),
+            filter: None,
+            delta: false,
         };
         let (conn, channel) = (Arc::clone(&self.conn), Box::<str>::from(name));
         let reply = Box::new(move |result: Result<_, _>| match result {
