@@ -2,7 +2,7 @@
 //! measured phase with its publisher tasks (closed-loop window or paced rate), and the drain.
 
 use super::members::{Shared, Slot, Writer};
-use super::{Mode, Params};
+use super::{Door, Mode, Params};
 use crate::payload::{self, now_ns, PayloadKind, KIND_WARMUP};
 use crate::report;
 use crate::stats::CpuMeter;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 async fn publish_max(
     sh: Rc<Shared>,
+    params: Rc<Params>,
     idx: usize,
     wr: Rc<Writer>,
     (kind, size): (PayloadKind, usize),
@@ -54,8 +55,7 @@ async fn publish_max(
         }
         let ts = now_ns();
         kind.write(&mut body, size, ts, idx as u32, seq);
-        frame.clear();
-        ws::encode_frame(&mut frame, OP_TEXT, &body);
+        params.encode_publication(p.room, &body, &mut frame);
         p.slots.borrow_mut()[i] = Slot {
             seq,
             remaining: room_subs,
@@ -70,6 +70,7 @@ async fn publish_max(
 
 async fn publish_rate(
     sh: Rc<Shared>,
+    params: Rc<Params>,
     idx: usize,
     wr: Rc<Writer>,
     (kind, size): (PayloadKind, usize),
@@ -86,8 +87,7 @@ async fn publish_rate(
         }
         tokio::time::sleep_until(next.into()).await;
         kind.write(&mut body, size, now_ns(), idx as u32, seq);
-        frame.clear();
-        ws::encode_frame(&mut frame, OP_TEXT, &body);
+        params.encode_publication(p.room, &body, &mut frame);
         p.sent.set(p.sent.get() + 1);
         wr.send(&frame).await?;
         next += every;
@@ -132,6 +132,13 @@ pub(super) async fn measure(
     let join_deadline = Instant::now() + p.join_timeout;
     let pb = report::bar(members as u64, "join");
     while sh.unjoined.get() > 0 {
+        if p.door == Door::Pusher {
+            // A refused warm-up (a wrong secret, an unknown app) ends the run with the reason.
+            if let Some(e) = sh.first_error.borrow().as_ref() {
+                pb.finish_and_clear();
+                bail!("a connection failed before every member joined: {e}");
+            }
+        }
         if Instant::now() >= join_deadline {
             pb.finish_and_clear();
             bail!(
@@ -145,7 +152,11 @@ pub(super) async fn measure(
             (0..p.rooms).filter(|&r| ru[r] > 0).collect()
         };
         for r in pending {
-            if let Some(w) = sender[r] {
+            if p.door == Door::Pusher {
+                // Every warm-up through the first publisher's HTTP API connection.
+                p.encode_publication(r, &[KIND_WARMUP], &mut warm);
+                writers[p.subscribers].send(&warm).await?;
+            } else if let Some(w) = sender[r] {
                 writers[w].send(&warm).await?;
             }
         }
@@ -168,11 +179,13 @@ pub(super) async fn measure(
     sh.measuring.set(true);
     sh.counting.set(true);
     let mut tasks = Vec::with_capacity(p.publishers);
+    let params = Rc::new(p.clone());
     for j in 0..p.publishers {
         let wr = writers[p.subscribers + j].clone();
         let task = match p.mode {
             Mode::Max { .. } => tokio::task::spawn_local(publish_max(
                 sh.clone(),
+                params.clone(),
                 j,
                 wr,
                 (p.payload, p.size),
@@ -185,6 +198,7 @@ pub(super) async fn measure(
                 let first = t0 + every.mul_f64(j as f64 / p.publishers as f64);
                 tokio::task::spawn_local(publish_rate(
                     sh.clone(),
+                    params.clone(),
                     j,
                     wr,
                     (p.payload, p.size),
