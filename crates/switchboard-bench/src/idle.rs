@@ -48,10 +48,8 @@ async fn hold_loop(mut stream: TcpStream, mut fr: FrameReader) -> Result<()> {
                 OP_PING => ws::encode_frame(&mut ctrl, OP_PONG, f.payload),
                 OP_CLOSE => bail!("server sent {}", ws::describe_close(f.payload)),
                 // A Pusher server's own heartbeat (the plain door sends no text to idle members).
-                ws::OP_TEXT => {
-                    if crate::pusher::classify(f.payload) == crate::protocol::Msg::Ping {
-                        ws::encode_frame(&mut ctrl, ws::OP_TEXT, crate::pusher::PONG);
-                    }
+                ws::OP_TEXT if crate::pusher::classify(f.payload) == crate::protocol::Msg::Ping => {
+                    ws::encode_frame(&mut ctrl, ws::OP_TEXT, crate::pusher::PONG)
                 }
                 _ => {}
             }

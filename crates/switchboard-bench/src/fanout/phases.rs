@@ -3,7 +3,7 @@
 
 use super::members::{Shared, Slot, Writer};
 use super::{Door, Mode, Params};
-use crate::payload::{self, now_ns, PayloadKind, KIND_WARMUP};
+use crate::payload::{self, now_ns, KIND_WARMUP};
 use crate::report;
 use crate::stats::CpuMeter;
 use crate::ws::{self, OP_TEXT};
@@ -16,10 +16,10 @@ async fn publish_max(
     params: Rc<Params>,
     idx: usize,
     wr: Rc<Writer>,
-    (kind, size): (PayloadKind, usize),
     end: Instant,
     stall: Duration,
 ) -> Result<()> {
+    let (kind, size) = (params.payload, params.size);
     let p = &sh.pubs[idx];
     let k = p.slots.borrow().len() as u64;
     let room_subs = u32::try_from(sh.subs_in_room[p.room])?;
@@ -73,11 +73,11 @@ async fn publish_rate(
     params: Rc<Params>,
     idx: usize,
     wr: Rc<Writer>,
-    (kind, size): (PayloadKind, usize),
     first: Instant,
     end: Instant,
     every: Duration,
 ) -> Result<()> {
+    let (kind, size) = (params.payload, params.size);
     let p = &sh.pubs[idx];
     let (mut body, mut frame) = (Vec::with_capacity(size), Vec::with_capacity(size + 14));
     let mut next = first;
@@ -188,7 +188,6 @@ pub(super) async fn measure(
                 params.clone(),
                 j,
                 wr,
-                (p.payload, p.size),
                 end,
                 p.stall_timeout,
             )),
@@ -201,7 +200,6 @@ pub(super) async fn measure(
                     params.clone(),
                     j,
                     wr,
-                    (p.payload, p.size),
                     first,
                     end,
                     every,
