@@ -125,7 +125,7 @@ struct Server {
     #[arg(long, default_value = "key")]
     app_key: String,
     /// With --door pusher: the Pusher app's secret, which signs the HTTP API requests.
-    #[arg(long, env = "SWITCHBOARD_BENCH_APP_SECRET", hide_env_values = true)]
+    #[arg(long, env = "BENCH_PUSHER_APP_SECRET", hide_env_values = true)]
     app_secret: Option<String>,
 }
 
