@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Node and browser tests of the client protocol door with the real `centrifuge` SDK, and of the
 # Pusher door with the real `pusher-js` client and `pusher` server SDK (test/pusher.test.js,
-# test/pusher-webhooks.test.js).
+# test/pusher-webhooks.test.js; in Chromium with Laravel Echo over pusher-js,
+# test/pusher-browser.test.js).
 # Installs what is missing (Chromium, redis-server and nats-server from Debian's packages, the
 # npm packages from the lock file), then runs `npm test` against the release binary
 # ($SWITCHBOARD_BIN, default target/release/switchboard). Exits non-zero when a test fails.
@@ -31,7 +32,7 @@ if [ ! -x "$CHROMIUM_PATH" ] && ! install "the browser test (headless Chromium)"
   echo "browser tests SKIPPED (outside CI): no Chromium at $CHROMIUM_PATH; every other Node test runs"
   tests=()
   for file in test/*.test.js; do
-    case "$file" in test/browser.test.js | test/admin-browser.test.js) ;; *) tests+=("$file") ;; esac
+    case "$file" in test/browser.test.js | test/admin-browser.test.js | test/pusher-browser.test.js) ;; *) tests+=("$file") ;; esac
   done
 fi
 

@@ -83,14 +83,14 @@ fn request(target: &Target, p: &Params, path: &str, seq: u64, out: &mut Vec<u8>)
 
 /// One parsed HTTP response: its status and body.
 #[derive(Debug, PartialEq, Eq)]
-struct Response {
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
 }
 
 /// Parses one complete response at the start of `buf`: `Some((response, bytes used))`, or
 /// `None` when more bytes are needed.
-fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>> {
+pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>> {
     let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         if buf.len() > 64 * 1024 {
             bail!("no end of the response head within 64 KiB");

@@ -7,7 +7,9 @@
 //! at any time (the server's reply then meets a closed socket). Reports handshakes/s,
 //! connect latency percentiles, failures, and the CPU of the whole phase per handshake, for
 //! the server (its upgrade, room join and leave, close and logging) and for the generator.
-//! Any failed handshake makes the run incomplete.
+//! Any failed handshake makes the run incomplete. With `--door pusher` each connection goes to
+//! the Pusher door `/app/{key}?protocol=7` instead and its handshake is complete when
+//! `pusher:connection_established` has arrived (timed to then).
 
 use crate::net::{self, Nodes, SocketOpts};
 use crate::report::{self, Report};
@@ -30,16 +32,27 @@ pub struct Params {
     pub concurrency: usize,
     /// Whether a token goes with every request (for the report only).
     pub with_token: bool,
+    /// With an app: each handshake is the Pusher door's, complete once
+    /// `pusher:connection_established` has arrived.
+    pub pusher: Option<crate::pusher::App>,
 }
 
 /// What one connection gave: its handshake time, and whether the close frame went out.
 type Attempt = Result<(Duration, bool)>;
 
-async fn attempt(nodes: Rc<Nodes>, i: usize) -> Attempt {
+async fn attempt(nodes: Rc<Nodes>, app: Option<crate::pusher::App>, i: usize) -> Attempt {
     let path = format!("/ws/chat/connect-{}", i % ROOMS);
     let opts = SocketOpts::new(512, 1 << 16);
     let target = nodes.node_for(i);
-    let mut conn = net::open(target, &path, target.source_for(i), &opts).await?;
+    let mut conn = match &app {
+        None => net::open(target, &path, target.source_for(i), &opts).await?,
+        Some(app) => {
+            let started = std::time::Instant::now();
+            let mut c = crate::pusher::open(target, app, None, target.source_for(i), &opts).await?;
+            c.handshake = started.elapsed();
+            c
+        }
+    };
     let mut close = Vec::with_capacity(8);
     ws::encode_frame(&mut close, OP_CLOSE, &1000u16.to_be_bytes());
     let sent = conn.stream.write_all(&close).await.is_ok();
@@ -69,7 +82,7 @@ pub async fn run(nodes: &Nodes, p: &Params, server_pids: &[u32]) -> Result<Repor
     let cpu = CpuMeter::start(server_pids)?;
     while next < p.connections || !set.is_empty() {
         while next < p.connections && set.len() < p.concurrency {
-            set.spawn_local(attempt(shared.clone(), next));
+            set.spawn_local(attempt(shared.clone(), p.pusher.clone(), next));
             next += 1;
         }
         let Some(res) = set.join_next().await else {
@@ -101,6 +114,14 @@ pub async fn run(nodes: &Nodes, p: &Params, server_pids: &[u32]) -> Result<Repor
     r.param("concurrency", p.concurrency);
     r.param("rooms", ROOMS);
     r.param("token", p.with_token);
+    r.param(
+        "door",
+        if p.pusher.is_some() {
+            "pusher"
+        } else {
+            "plain"
+        },
+    );
     r.param("server_pid", crate::stats::Pids::param(server_pids));
     r.num(
         "handshakes_per_s",

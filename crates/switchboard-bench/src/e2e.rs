@@ -166,6 +166,7 @@ fn other_scenarios_spread_over_a_cluster() {
             connections: 6,
             concurrency: 2,
             with_token: false,
+            pusher: None,
         };
         let r = connect::run(&t, &p, &[]).await.expect("connect");
         assert!(r.complete);
@@ -175,6 +176,7 @@ fn other_scenarios_spread_over_a_cluster() {
             room_prefix: "idle".into(),
             rooms: 1,
             hold: Duration::from_millis(100),
+            pusher: None,
         };
         let me = std::process::id();
         let r = idle::run(&t, &p, &[me, std::os::unix::process::parent_id()], 8)
@@ -217,6 +219,7 @@ fn connect_end_to_end() {
             connections: 40,
             concurrency: 8,
             with_token: true,
+            pusher: None,
         };
         let r = connect::run(&t, &p, &[std::process::id()])
             .await
@@ -242,6 +245,7 @@ fn connect_failures_make_the_run_incomplete() {
             connections: 5,
             concurrency: 2,
             with_token: false,
+            pusher: None,
         };
         let r = connect::run(&t, &p, &[]).await.expect("run");
         assert!(!r.complete);
@@ -337,6 +341,7 @@ fn idle_answers_pings() {
             room_prefix: "idle".into(),
             rooms: 2,
             hold: Duration::from_millis(300),
+            pusher: None,
         };
         let r = idle::run(&t, &p, &[std::process::id()], 8)
             .await
@@ -369,6 +374,7 @@ fn small_params(room_prefix: &str, door: fanout::Door, mode: fanout::Mode) -> fa
         deflate: false,
         phase_file: None,
         phase_hold: Duration::ZERO,
+        pusher: None,
     }
 }
 
@@ -570,5 +576,128 @@ fn api_publish_end_to_end() {
         let r = api::run(&t, &p, &[], 8).await.expect("run");
         assert!(!r.complete);
         assert!(r.get("statuses").and_then(|v| v.get("200")).is_none());
+    });
+}
+
+/// The app of the Pusher-door tests, configured on the gateway and given to the bench.
+fn pusher_app(gw: &gateway::Gateway, secret: &str) -> crate::pusher::App {
+    crate::pusher::App {
+        id: "bench-app".into(),
+        key: "bench-key".into(),
+        secret: secret.into(),
+        host: gw.addr.to_string(),
+    }
+}
+
+/// A gateway with the Pusher app `bench-app` (key `bench-key`).
+fn pusher_gateway() -> gateway::Gateway {
+    let mut config = gateway::config(true);
+    config
+        .pusher
+        .apps
+        .push(switchboard::config::PusherAppConfig {
+            id: "bench-app".into(),
+            key: "bench-key".into(),
+            secret: gateway::SECRET.into(),
+            client_events: false,
+            allowed_origins: Vec::new(),
+        });
+    gateway::start(config)
+}
+
+#[test]
+fn fanout_pusher_door_against_the_gateway() {
+    // Subscribers on /app/bench-key, publications through the signed HTTP API, pipelined.
+    let gw = pusher_gateway();
+    local(async {
+        let t = net::Nodes::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let mut p = small_params(
+            "pusher",
+            fanout::Door::Pusher,
+            fanout::Mode::Max { window: 3 },
+        );
+        p.pusher = Some(pusher_app(&gw, gateway::SECRET));
+        let r = fanout::run(&t, &p, &[], 8).await.expect("run");
+        assert!(r.complete, "incomplete run");
+        assert_eq!(r.get("door").and_then(|v| v.as_str()), Some("pusher"));
+        assert_eq!(num(&r, "loss"), 0.0);
+        assert_eq!(num(&r, "closed_early"), 0.0);
+        assert_eq!(num(&r, "unknown_messages"), 0.0);
+        assert!(num(&r, "publications") > 10.0);
+        assert_eq!(
+            num(&r, "expected_deliveries"),
+            3.0 * num(&r, "publications")
+        );
+        assert_eq!(num(&r, "deliveries"), num(&r, "expected_deliveries"));
+        // The rate mode too.
+        let mut p = small_params(
+            "pusher-rate",
+            fanout::Door::Pusher,
+            fanout::Mode::Rate(40.0),
+        );
+        p.pusher = Some(pusher_app(&gw, gateway::SECRET));
+        let r = fanout::run(&t, &p, &[], 8).await.expect("run");
+        assert!(r.complete, "incomplete rate run");
+        assert_eq!(num(&r, "loss"), 0.0);
+    });
+}
+
+#[test]
+fn fanout_pusher_door_with_a_wrong_secret_fails_the_run() {
+    // The API refuses the badly signed publications: the run says so instead of hanging.
+    let gw = pusher_gateway();
+    local(async {
+        let t = net::Nodes::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let mut p = small_params(
+            "pusher-bad",
+            fanout::Door::Pusher,
+            fanout::Mode::Max { window: 1 },
+        );
+        p.pusher = Some(pusher_app(&gw, "not-the-secret-0123456789"));
+        let e = match fanout::run(&t, &p, &[], 8).await {
+            Ok(_) => panic!("a run with a wrong secret must fail"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("HTTP API answered 401"), "{e}");
+    });
+}
+
+#[test]
+fn idle_and_connect_on_the_pusher_door() {
+    let gw = pusher_gateway();
+    local(async {
+        let t = net::Nodes::parse(&format!("ws://{}", gw.addr), None).expect("target");
+        let p = idle::Params {
+            connections: 5,
+            room_prefix: "idle".into(),
+            rooms: 2,
+            hold: Duration::from_millis(300),
+            pusher: Some(pusher_app(&gw, gateway::SECRET)),
+        };
+        let r = idle::run(&t, &p, &[], 4).await.expect("idle");
+        assert!(r.complete, "incomplete idle run");
+        assert_eq!(num(&r, "established"), 5.0);
+        assert_eq!(num(&r, "alive_after_hold"), 5.0);
+        let p = connect::Params {
+            connections: 20,
+            concurrency: 4,
+            with_token: false,
+            pusher: Some(pusher_app(&gw, gateway::SECRET)),
+        };
+        let r = connect::run(&t, &p, &[]).await.expect("connect");
+        assert!(r.complete, "incomplete connect run");
+        assert_eq!(num(&r, "handshakes"), 20.0);
+        // An unknown key is refused (pusher:error 4001): every handshake fails.
+        let mut app = pusher_app(&gw, gateway::SECRET);
+        app.key = "no-such-key".into();
+        let p = connect::Params {
+            connections: 3,
+            concurrency: 1,
+            with_token: false,
+            pusher: Some(app),
+        };
+        let r = connect::run(&t, &p, &[]).await.expect("connect");
+        assert!(!r.complete);
+        assert_eq!(num(&r, "failed"), 3.0);
     });
 }

@@ -2,6 +2,8 @@
 //! connections to `/ws/chat/{prefix}-{i % rooms}` from source addresses spread over
 //! 127.0.0.2..=127.0.0.255, holds them (answering pings) for `--hold`, reads VmRSS again and
 //! reports (after − before) / N in KiB, plus the connect rate and the server CPU per connection.
+//! With `--door pusher` the connections go to the Pusher door `/app/{key}?protocol=7`, each
+//! subscribed to the public channel `{prefix}-{i % rooms}`, answering `pusher:ping` too.
 
 use crate::net::{self, Nodes};
 use crate::report::{self, Report};
@@ -25,6 +27,9 @@ pub struct Params {
     pub rooms: usize,
     /// How long all connections are held before the second RSS reading.
     pub hold: Duration,
+    /// With an app: the Pusher door, each connection subscribed to the public channel
+    /// `{room_prefix}-{i % rooms}` (see `crate::pusher`); without: the plain door.
+    pub pusher: Option<crate::pusher::App>,
 }
 
 #[derive(Default)]
@@ -42,6 +47,10 @@ async fn hold_loop(mut stream: TcpStream, mut fr: FrameReader) -> Result<()> {
             match f.opcode {
                 OP_PING => ws::encode_frame(&mut ctrl, OP_PONG, f.payload),
                 OP_CLOSE => bail!("server sent {}", ws::describe_close(f.payload)),
+                // A Pusher server's own heartbeat (the plain door sends no text to idle members).
+                ws::OP_TEXT if crate::pusher::classify(f.payload) == crate::protocol::Msg::Ping => {
+                    ws::encode_frame(&mut ctrl, ws::OP_TEXT, crate::pusher::PONG)
+                }
                 _ => {}
             }
         }
@@ -92,14 +101,21 @@ pub async fn run(
 
     let connect_cpu = CpuMeter::start(server_pids)?;
     let pb = report::bar(p.connections as u64, "connect");
-    let opened = net::open_many(
-        nodes,
-        &paths,
-        concurrency,
-        &net::SocketOpts::new(512, 1 << 24),
-        &pb,
-    )
-    .await;
+    let opts = net::SocketOpts::new(512, 1 << 24);
+    let opened = match &p.pusher {
+        None => net::open_many(nodes, &paths, concurrency, &opts, &pb).await,
+        Some(app) => {
+            let shared = Rc::new((nodes.clone(), app.clone()));
+            net::open_many_with(p.connections, concurrency, &pb, |i| {
+                let (s, channel) = (shared.clone(), format!("{}-{}", p.room_prefix, i % p.rooms));
+                async move {
+                    let t = s.0.node_for(i);
+                    crate::pusher::open(t, &s.1, Some(&channel), t.source_for(i), &opts).await
+                }
+            })
+            .await
+        }
+    };
     pb.finish_and_clear();
     let connect_use = connect_cpu.stop()?;
     let established = p.connections - opened.failed;
@@ -138,6 +154,14 @@ pub async fn run(
     r.param("connections", p.connections);
     r.param("room_prefix", p.room_prefix.clone());
     r.param("rooms", p.rooms);
+    r.param(
+        "door",
+        if p.pusher.is_some() {
+            "pusher"
+        } else {
+            "plain"
+        },
+    );
     r.param("hold_s", p.hold.as_secs_f64());
     r.param("server_pid", crate::stats::Pids::param(server_pids));
     r.int("established", "connections established", established as u64);

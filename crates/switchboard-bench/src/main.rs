@@ -13,6 +13,9 @@
 //! - `payload`: the process clock and the timestamped payload layouts (`--payload-kind`).
 //! - `protocol`: the client protocol's side of a subscriber (`fanout --door protocol`):
 //!   connect and subscribe, pings, the `data` of a push found in place.
+//! - `pusher`: the Pusher protocol's side (`--door pusher` of `fanout`, `idle`, `connect`):
+//!   connect and subscribe on `/app/{key}`, `pusher:ping`, the `data` of an event found in
+//!   place, and the signed `POST /apps/{id}/events` the publishers send instead of frames.
 //! - `fanout`, `slow`, `echo`, `idle`, `connect`: the scenarios (`slow` is a fanout run with
 //!   stalled subscribers; the stalled members themselves live in `fanout`).
 //! - `api`: `api-publish`, keep-alive `POST /api/publish` requests (the server HTTP API).
@@ -33,6 +36,11 @@
 //!     --subscribers 1000 --duration 10s --max --server-pid "$PID"
 //! taskset -c 1 switchboard-bench fanout --deflate --payload-kind json --size 1000 \
 //!     --url ws://127.0.0.1:8081 --subscribers 1000 --duration 10s --max --server-pid "$PID"
+//! # the Pusher door (Switchboard's or another server's): subscribers on /app/KEY, publications
+//! # through the signed HTTP API
+//! taskset -c 1 switchboard-bench fanout --door pusher --app-id app --app-key key \
+//!     --app-secret "$SECRET" --url ws://127.0.0.1:8081 --subscribers 1000 --duration 10s --max \
+//!     --server-pid "$PID"
 //! taskset -c 1 switchboard-bench echo --url ws://127.0.0.1:8081 --connections 100 --in-flight 8
 //! taskset -c 1 switchboard-bench idle --url ws://127.0.0.1:8081 --connections 19000 --server-pid "$PID"
 //! taskset -c 1 switchboard-bench connect --url ws://127.0.0.1:8081 --connections 2000 \
@@ -73,6 +81,7 @@ mod idle;
 mod net;
 mod payload;
 mod protocol;
+mod pusher;
 mod report;
 mod slow;
 mod stats;
@@ -109,9 +118,34 @@ struct Server {
     /// the CPU is reported too.
     #[arg(long, value_parser = stats::Pids::parse)]
     server_pid: Option<stats::Pids>,
+    /// With --door pusher: the Pusher app's id (`POST /apps/{id}/events`).
+    #[arg(long, default_value = "app")]
+    app_id: String,
+    /// With --door pusher: the Pusher app's key (`/app/{key}`, `auth_key`).
+    #[arg(long, default_value = "key")]
+    app_key: String,
+    /// With --door pusher: the Pusher app's secret, which signs the HTTP API requests.
+    #[arg(long, env = "BENCH_PUSHER_APP_SECRET", hide_env_values = true)]
+    app_secret: Option<String>,
 }
 
 impl Server {
+    /// The Pusher app when `door` is the Pusher door (its secret is then required).
+    fn pusher(&self, door: fanout::Door) -> Result<Option<pusher::App>> {
+        if door != fanout::Door::Pusher {
+            return Ok(None);
+        }
+        let Some(secret) = self.app_secret.clone() else {
+            anyhow::bail!("--door pusher needs --app-secret (the app's secret signs API requests)");
+        };
+        Ok(Some(pusher::App {
+            id: self.app_id.clone(),
+            key: self.app_key.clone(),
+            secret,
+            host: self.nodes()?.node_for(0).host().to_string(),
+        }))
+    }
+
     fn nodes(&self) -> Result<net::Nodes> {
         net::Nodes::parse(&self.url, self.token.as_deref())
     }
@@ -139,8 +173,10 @@ struct FanoutArgs {
     #[arg(long, default_value_t = 1)]
     rooms: usize,
     /// The subscribers' door: plain (/ws/chat/room-N) or protocol (/connection/websocket, the
-    /// JSON client protocol, subscribed to chat:room-N; --token goes in its connect command).
-    /// Publishers always use the plain door.
+    /// JSON client protocol, subscribed to chat:room-N; --token goes in its connect command)
+    /// or pusher (/app/KEY?protocol=7, subscribed to the public channel room-N). Publishers use
+    /// the plain door, but with pusher the signed HTTP API (POST /apps/ID/events, pipelined
+    /// up to --window per connection; --app-id, --app-key, --app-secret).
     #[arg(long, value_enum, default_value_t = fanout::Door::Plain)]
     door: fanout::Door,
     /// Subscriber connections (room i % rooms).
@@ -194,7 +230,7 @@ struct FanoutArgs {
 
 impl FanoutArgs {
     /// The run's parameters, rooms named `{room_prefix}-N`, no stalled subscribers.
-    fn params(&self, room_prefix: &str) -> fanout::Params {
+    fn params(&self, room_prefix: &str, pusher: Option<pusher::App>) -> fanout::Params {
         let mode = match self.rate {
             Some(r) => fanout::Mode::Rate(r),
             None => fanout::Mode::Max {
@@ -218,6 +254,7 @@ impl FanoutArgs {
             deflate: self.deflate,
             phase_file: self.phase_file.clone(),
             phase_hold: self.phase_hold,
+            pusher,
         }
     }
 }
@@ -264,6 +301,9 @@ enum Cmd {
         /// Handshakes to make (/ws/chat/connect-{i % 100}).
         #[arg(long, default_value_t = 2000)]
         connections: usize,
+        /// plain, or pusher: /app/KEY?protocol=7, each complete at connection_established.
+        #[arg(long, value_enum, default_value_t = fanout::Door::Plain)]
+        door: fanout::Door,
         /// Handshakes in flight at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
@@ -296,6 +336,10 @@ enum Cmd {
         /// How long all connections are held before the second RSS reading.
         #[arg(long, default_value = "5s", value_parser = duration)]
         hold: Duration,
+        /// plain, or pusher: /app/KEY?protocol=7, each subscribed to the public channel
+        /// {prefix}-{i % rooms}.
+        #[arg(long, value_enum, default_value_t = fanout::Door::Plain)]
+        door: fanout::Door,
     },
     /// The kernel's floor, no server involved: one thread writes frames to N loopback TCP
     /// sockets, another drains them; the writer's CPU per delivery is the least any server
@@ -353,7 +397,7 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
         Cmd::Floor(params) => floor::run(&params),
         Cmd::Fanout { common, run } => {
             let target = common.server.nodes()?;
-            let p = run.params("room");
+            let p = run.params("room", common.server.pusher(run.door)?);
             fanout::run(
                 &target,
                 &p,
@@ -372,7 +416,7 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
         } => {
             let target = common.server.nodes()?;
             let p = slow::Params {
-                fanout: run.params("slow"),
+                fanout: run.params("slow", common.server.pusher(run.door)?),
                 stalled_percent,
                 stalled_rcvbuf: (stalled_rcvbuf > 0).then_some(stalled_rcvbuf),
                 stalled_read_timeout,
@@ -390,12 +434,17 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             server,
             connections,
             concurrency,
+            door,
         } => {
             let target = server.nodes()?;
+            if door == fanout::Door::Protocol {
+                anyhow::bail!("connect takes --door plain or pusher");
+            }
             let p = connect::Params {
                 connections,
                 concurrency,
                 with_token: server.token.is_some(),
+                pusher: server.pusher(door)?,
             };
             connect::run(&target, &p, server.pids()).await
         }
@@ -410,13 +459,18 @@ async fn run(cmd: Cmd) -> Result<report::Report> {
             room_prefix,
             rooms,
             hold,
+            door,
         } => {
             let target = common.server.nodes()?;
+            if door == fanout::Door::Protocol {
+                anyhow::bail!("idle takes --door plain or pusher");
+            }
             let p = idle::Params {
                 connections,
                 room_prefix,
                 rooms,
                 hold,
+                pusher: common.server.pusher(door)?,
             };
             idle::run(
                 &target,

@@ -57,7 +57,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// What follows the first `key` (quotes and colon included in `key`) in `obj`, from the first
 /// byte of its value on (whitespace after the colon skipped).
-fn value_after<'a>(obj: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+pub(crate) fn value_after<'a>(obj: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let at = find(obj, key)? + key.len();
     let rest = &obj[at..];
     let skip = rest

@@ -144,6 +144,7 @@ pub(super) fn each_message<'a>(door: Door, payload: &'a [u8], mut on: impl FnMut
     match door {
         Door::Plain => on(Msg::Data(payload)),
         Door::Protocol => protocol::messages(payload).for_each(on),
+        Door::Pusher => on(crate::pusher::classify(payload)),
     }
 }
 
@@ -207,7 +208,7 @@ async fn member_loop(
                     }
                     each_message(door, f.payload, |m| match m {
                         Msg::Data(p) => on_message(sh, role, room, &mut joined, p, now),
-                        Msg::Ping => ws::encode_frame(&mut ctrl, OP_TEXT, protocol::PONG),
+                        Msg::Ping => ws::encode_frame(&mut ctrl, OP_TEXT, door.pong()),
                         Msg::Push => sh.c.other_pushes.set(sh.c.other_pushes.get() + 1),
                         Msg::Other => sh.c.unknown.set(sh.c.unknown.get() + 1),
                     })
@@ -241,6 +242,45 @@ pub(super) async fn member(
     wr: Rc<Writer>,
 ) {
     if let Err(e) = member_loop(&sh, role, door, room, rd, fr, &wr).await {
+        if !sh.stopping.get() {
+            sh.c.closed_early.set(sh.c.closed_early.get() + 1);
+            sh.first_error
+                .borrow_mut()
+                .get_or_insert_with(|| format!("{e:#}"));
+        }
+    }
+}
+
+/// Reads the HTTP API's answers on a Pusher publisher's keep-alive connection (pipelined, in
+/// order): a non-2xx answer or a closed connection ends it with the reason.
+async fn api_answers(mut rd: OwnedReadHalf) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let mut used = 0;
+        while let Some((resp, n)) = crate::api::parse_response(&buf[used..])? {
+            used += n;
+            if !(200..300).contains(&resp.status) {
+                bail!(
+                    "the HTTP API answered {}: {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
+                );
+            }
+        }
+        buf.drain(..used);
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("server closed the HTTP API connection");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The receive task of a Pusher publisher (an HTTP API connection).
+pub(super) async fn api_publisher(sh: Rc<Shared>, rd: OwnedReadHalf) {
+    if let Err(e) = api_answers(rd).await {
         if !sh.stopping.get() {
             sh.c.closed_early.set(sh.c.closed_early.get() + 1);
             sh.first_error

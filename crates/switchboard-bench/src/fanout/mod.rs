@@ -60,6 +60,10 @@ pub enum Door {
     /// `/connection/websocket`: the JSON client protocol, subscribed to `chat:{room}`;
     /// publications arrive as pushes and the server's `{}` pings are answered.
     Protocol,
+    /// `/app/{key}?protocol=7`: the Pusher protocol, subscribed to the public channel `{room}`
+    /// (see `crate::pusher`); the publishers publish through the signed Pusher HTTP API
+    /// (`POST /apps/{id}/events`, keep-alive, pipelined up to `--window`) instead of a WebSocket.
+    Pusher,
 }
 
 impl Door {
@@ -68,6 +72,15 @@ impl Door {
         match self {
             Door::Plain => "plain",
             Door::Protocol => "protocol",
+            Door::Pusher => "pusher",
+        }
+    }
+
+    /// The text frame answering the server's application-level ping on this door.
+    pub fn pong(self) -> &'static [u8] {
+        match self {
+            Door::Pusher => crate::pusher::PONG,
+            Door::Plain | Door::Protocol => protocol::PONG,
         }
     }
 }
@@ -120,6 +133,31 @@ pub struct Params {
     /// After writing the phase file: wait until it is removed (the reader is done), at most
     /// this long (zero: do not wait).
     pub phase_hold: Duration,
+    /// The app of `--door pusher` (its API requests are signed with its secret).
+    pub pusher: Option<crate::pusher::App>,
+}
+
+impl Params {
+    /// The name of room `room` (a plain room; a Pusher channel).
+    pub fn room_name(&self, room: usize) -> String {
+        format!("{}-{room}", self.room_prefix)
+    }
+
+    /// Writes into `out` (cleared first) what a publisher sends to publish `body` to `room`:
+    /// a text frame, or with `--door pusher` a signed HTTP API request.
+    pub fn encode_publication(&self, room: usize, body: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        match (&self.pusher, self.door) {
+            (Some(app), Door::Pusher) => crate::pusher::publish_request(
+                app,
+                &self.room_name(room),
+                body,
+                crate::pusher::unix_now(),
+                out,
+            ),
+            _ => crate::ws::encode_frame(out, crate::ws::OP_TEXT, body),
+        }
+    }
 }
 
 mod members;
@@ -187,6 +225,14 @@ fn validate(p: &Params) -> Result<()> {
             p.payload.label()
         );
     }
+    if p.door == Door::Pusher {
+        if p.pusher.is_none() {
+            bail!("--door pusher needs the app (--app-id, --app-key, --app-secret)");
+        }
+        if p.payload != PayloadKind::Padded || p.deflate || p.stall.count > 0 {
+            bail!("--door pusher runs fanout with --payload-kind padded, without --deflate or stalled subscribers");
+        }
+    }
     match p.mode {
         Mode::Max { window: 0 } => bail!("--window must be at least 1"),
         Mode::Rate(r) if !(r > 0.0 && r.is_finite()) => bail!("--rate must be positive"),
@@ -235,15 +281,36 @@ pub fn write_params(r: &mut Report, p: &Params) {
 
 /// Opens one member's connection to `room`: the plain door, or the client protocol's door
 /// followed by its `connect` and `subscribe` (so a refused token or channel fails the connect
-/// phase with the server's error).
+/// phase with the server's error), or the Pusher door followed by its `pusher:subscribe`; a
+/// Pusher publisher (`door` is [`Door::Pusher`] for a publisher only then) opens a keep-alive
+/// TCP connection for the HTTP API.
 async fn open_member(
     target: Rc<Target>,
     room: String,
     door: Door,
+    publisher: bool,
+    app: Option<crate::pusher::App>,
     source: Option<IpAddr>,
     opts: SocketOpts,
 ) -> Result<Conn> {
     match door {
+        Door::Pusher if publisher => {
+            let socket = net::client_socket(&target, source, None)?;
+            let started = Instant::now();
+            let stream = socket
+                .connect(target.addr)
+                .await
+                .with_context(|| format!("connecting to {} for the HTTP API", target.addr))?;
+            Ok(Conn {
+                stream,
+                reader: crate::ws::FrameReader::new(opts.read_buf, opts.max_payload),
+                handshake: started.elapsed(),
+            })
+        }
+        Door::Pusher => {
+            let app = app.context("--door pusher without an app")?;
+            crate::pusher::open(&target, &app, Some(&room), source, &opts).await
+        }
         Door::Plain => net::open(&target, &format!("/ws/chat/{room}"), source, &opts).await,
         Door::Protocol => {
             let path = target.request_path_without_token(protocol::PATH);
@@ -297,9 +364,11 @@ pub async fn execute(
             (i - live) % p.rooms
         }
     };
-    // Publishers use the plain door whatever the subscribers' door.
+    // Publishers use the plain door whatever the subscribers' door, but for the Pusher door,
+    // whose publishers use the HTTP API.
+    let is_pub = |i: usize| (p.subscribers..live).contains(&i);
     let door_of = |i: usize| {
-        if (p.subscribers..live).contains(&i) {
+        if is_pub(i) && p.door != Door::Pusher {
             Door::Plain
         } else {
             p.door
@@ -329,7 +398,15 @@ pub async fn execute(
     let node = |i: usize| node_of(nodes, i, p.subscribers, live);
     let opened = net::open_many_with(live, concurrency, &pb, |i| {
         let t = &ts[node(i)];
-        open_member(t.clone(), room(i), door_of(i), t.source_for(i), opts_of(i))
+        open_member(
+            t.clone(),
+            room(i),
+            door_of(i),
+            is_pub(i),
+            p.pusher.clone(),
+            t.source_for(i),
+            opts_of(i),
+        )
     })
     .await;
     let stalled_opts = SocketOpts {
@@ -342,6 +419,8 @@ pub async fn execute(
             t.clone(),
             room(live + k),
             door_of(live + k),
+            false,
+            p.pusher.clone(),
             t.source_for(k),
             stalled_opts,
         )
@@ -409,6 +488,16 @@ pub async fn execute(
         } else {
             Role::Pub
         };
+        if matches!(role, Role::Pub) && p.door == Door::Pusher {
+            // An HTTP API connection: it receives no warm-up, it reads the API's answers.
+            sh.mark_joined(room_of(i));
+            readers.push(tokio::task::spawn_local(members::api_publisher(
+                sh.clone(),
+                rd,
+            )));
+            writers.push(wr);
+            continue;
+        }
         readers.push(tokio::task::spawn_local(member(
             sh.clone(),
             role,

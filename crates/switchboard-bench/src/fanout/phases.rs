@@ -2,8 +2,8 @@
 //! measured phase with its publisher tasks (closed-loop window or paced rate), and the drain.
 
 use super::members::{Shared, Slot, Writer};
-use super::{Mode, Params};
-use crate::payload::{self, now_ns, PayloadKind, KIND_WARMUP};
+use super::{Door, Mode, Params};
+use crate::payload::{self, now_ns, KIND_WARMUP};
 use crate::report;
 use crate::stats::CpuMeter;
 use crate::ws::{self, OP_TEXT};
@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 async fn publish_max(
     sh: Rc<Shared>,
+    params: Rc<Params>,
     idx: usize,
     wr: Rc<Writer>,
-    (kind, size): (PayloadKind, usize),
     end: Instant,
     stall: Duration,
 ) -> Result<()> {
+    let (kind, size) = (params.payload, params.size);
     let p = &sh.pubs[idx];
     let k = p.slots.borrow().len() as u64;
     let room_subs = u32::try_from(sh.subs_in_room[p.room])?;
@@ -54,8 +55,7 @@ async fn publish_max(
         }
         let ts = now_ns();
         kind.write(&mut body, size, ts, idx as u32, seq);
-        frame.clear();
-        ws::encode_frame(&mut frame, OP_TEXT, &body);
+        params.encode_publication(p.room, &body, &mut frame);
         p.slots.borrow_mut()[i] = Slot {
             seq,
             remaining: room_subs,
@@ -70,13 +70,14 @@ async fn publish_max(
 
 async fn publish_rate(
     sh: Rc<Shared>,
+    params: Rc<Params>,
     idx: usize,
     wr: Rc<Writer>,
-    (kind, size): (PayloadKind, usize),
     first: Instant,
     end: Instant,
     every: Duration,
 ) -> Result<()> {
+    let (kind, size) = (params.payload, params.size);
     let p = &sh.pubs[idx];
     let (mut body, mut frame) = (Vec::with_capacity(size), Vec::with_capacity(size + 14));
     let mut next = first;
@@ -86,8 +87,7 @@ async fn publish_rate(
         }
         tokio::time::sleep_until(next.into()).await;
         kind.write(&mut body, size, now_ns(), idx as u32, seq);
-        frame.clear();
-        ws::encode_frame(&mut frame, OP_TEXT, &body);
+        params.encode_publication(p.room, &body, &mut frame);
         p.sent.set(p.sent.get() + 1);
         wr.send(&frame).await?;
         next += every;
@@ -132,6 +132,13 @@ pub(super) async fn measure(
     let join_deadline = Instant::now() + p.join_timeout;
     let pb = report::bar(members as u64, "join");
     while sh.unjoined.get() > 0 {
+        if p.door == Door::Pusher {
+            // A refused warm-up (a wrong secret, an unknown app) ends the run with the reason.
+            if let Some(e) = sh.first_error.borrow().as_ref() {
+                pb.finish_and_clear();
+                bail!("a connection failed before every member joined: {e}");
+            }
+        }
         if Instant::now() >= join_deadline {
             pb.finish_and_clear();
             bail!(
@@ -145,7 +152,11 @@ pub(super) async fn measure(
             (0..p.rooms).filter(|&r| ru[r] > 0).collect()
         };
         for r in pending {
-            if let Some(w) = sender[r] {
+            if p.door == Door::Pusher {
+                // Every warm-up through the first publisher's HTTP API connection.
+                p.encode_publication(r, &[KIND_WARMUP], &mut warm);
+                writers[p.subscribers].send(&warm).await?;
+            } else if let Some(w) = sender[r] {
                 writers[w].send(&warm).await?;
             }
         }
@@ -168,14 +179,15 @@ pub(super) async fn measure(
     sh.measuring.set(true);
     sh.counting.set(true);
     let mut tasks = Vec::with_capacity(p.publishers);
+    let params = Rc::new(p.clone());
     for j in 0..p.publishers {
         let wr = writers[p.subscribers + j].clone();
         let task = match p.mode {
             Mode::Max { .. } => tokio::task::spawn_local(publish_max(
                 sh.clone(),
+                params.clone(),
                 j,
                 wr,
-                (p.payload, p.size),
                 end,
                 p.stall_timeout,
             )),
@@ -185,9 +197,9 @@ pub(super) async fn measure(
                 let first = t0 + every.mul_f64(j as f64 / p.publishers as f64);
                 tokio::task::spawn_local(publish_rate(
                     sh.clone(),
+                    params.clone(),
                     j,
                     wr,
-                    (p.payload, p.size),
                     first,
                     end,
                     every,
