@@ -601,6 +601,7 @@ fn pusher_gateway() -> gateway::Gateway {
             secret: gateway::SECRET.into(),
             client_events: false,
             allowed_origins: Vec::new(),
+            ..switchboard::config::PusherAppConfig::default()
         });
     gateway::start(config)
 }
