@@ -6,16 +6,36 @@
 
 const assert = require('node:assert/strict');
 const http = require('node:http');
-const { test } = require('node:test');
+const { after, test } = require('node:test');
 
 const PusherClient = require('pusher-js');
 const PusherServer = require('pusher');
 
-const { HOST, Server, until, withServer } = require('../lib/harness');
+const { HOST, Server, until, withServer: serve } = require('../lib/harness');
 const { startBroker } = require('../lib/brokers');
 const { config } = require('../lib/config');
 
 const SECRET = 'hooks-secret-0123456789';
+
+// Every pusher-js client this file makes. Each is disconnected while its server still runs: a
+// client whose server went away first keeps reconnecting, and its timers keep this test
+// process alive after the last test.
+const everyClient = [];
+
+/** The harness' `withServer`, disconnecting every client before the server stops. */
+async function withServer(options, fn) {
+  await serve(options, async (server) => {
+    try {
+      await fn(server);
+    } finally {
+      for (const client of everyClient) client.disconnect();
+    }
+  });
+}
+
+after(() => {
+  for (const client of everyClient) client.disconnect();
+});
 
 function app(extra = {}) {
   return { id: 'hooked', key: 'hooked-key', secret: SECRET, client_events: true, ...extra };
@@ -58,7 +78,10 @@ async function receiver(answer = () => 200) {
     requests,
     /** The events of the requests answered 2xx, in order. */
     events: () => requests.filter((r) => r.status < 300).flatMap((r) => JSON.parse(r.rawBody).events),
-    close: () => new Promise((resolve) => server.close(resolve)),
+    close: () => new Promise((resolve) => {
+      server.close(resolve);
+      server.closeAllConnections();
+    }),
   };
 }
 
@@ -82,6 +105,7 @@ function opener(server, appConfig, clients) {
     client.errors = [];
     client.connection.bind('error', (error) => client.errors.push(error));
     clients.push(client);
+    everyClient.push(client);
     return client;
   };
 }
