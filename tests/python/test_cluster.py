@@ -599,7 +599,9 @@ def test_redis_pubsub_output_buffer_overflow_kills_links_and_clients_recover(mak
         subscribers = await start_subscribers(cluster, channel)
         # Each publication is over the 64 KiB hard limit: every node's pub/sub connection
         # listening to the channel is killed by Redis as the publication is pushed to it.
-        publishers = [Publisher([node], channel, size=70_000, limit=8, pause=0.01) for node in cluster.nodes]
+        # Redis counts only what overflows a client's 16 KiB reply buffer against the limit, so
+        # a publication must be over 80 KiB to cross it whatever the timing.
+        publishers = [Publisher([node], channel, size=100_000, limit=8, pause=0.01) for node in cluster.nodes]
         for publisher in publishers:
             publisher.start()
         for publisher in publishers:
