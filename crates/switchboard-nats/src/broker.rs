@@ -8,8 +8,9 @@
 //! the echo coming back is the server's receipt, see [`crate::link::Echo`]). Kept
 //! publications reach nodes through the stream's republish (see [`crate::history`]). Each
 //! channel's task drops a kept publication whose offset is not past the last one it delivered
-//! under the same epoch, so a node sees offsets in order and at most once; what it missed it
-//! finds by the gap.
+//! under the same epoch, and holds one that arrives ahead of its turn until those before it
+//! come (briefly, see [`crate::reorder`]), so a node sees offsets in order and at most once;
+//! what it missed it finds by the gap.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +31,7 @@ use switchboard::config::NatsConfig;
 use switchboard::publication::{ClientInfo, Publication};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
 
 use crate::error::{bounded, unavailable};
 use crate::history::History;
@@ -37,6 +39,7 @@ use crate::idempotency::{Claimed, Idempotency};
 use crate::link::{servers, Link};
 use crate::meta::Meta;
 use crate::presence::Presence;
+use crate::reorder::Reorder;
 use crate::subject::{escape, Delivery, Names};
 
 /// Engine settings beyond `[nats]` in the node's config.
@@ -177,11 +180,15 @@ impl NatsBroker {
 
 /// Hands one message of `channel`'s delivery subject to `events`; `last` is the epoch and
 /// offset of the last kept publication delivered.
+/// A kept publication and its epoch, on its way to the node.
+type Kept = (Arc<Publication>, Box<str>);
+
 fn deliver(
     events: &dyn BrokerEvents,
     channel: &str,
     message: &Message,
-    last: &mut Option<(Box<str>, u64)>,
+    reorder: &mut Reorder<Kept>,
+    ready: &mut Vec<Kept>,
 ) {
     let Some(kind) = Delivery::from_subject(message.subject.as_str()) else {
         return;
@@ -205,21 +212,31 @@ fn deliver(
                     return;
                 }
             };
-            let epoch = match meta {
-                None => Box::from(""),
-                Some(meta) if meta.removed => return,
+            match meta {
+                // Not kept: no offset to order by.
+                None => events.publication(channel, Arc::new(publication), ""),
+                Some(meta) if meta.removed => {}
                 Some(meta) => {
-                    if let Some((epoch, offset)) = last.as_ref() {
-                        if *epoch == meta.epoch && meta.offset <= *offset {
-                            return;
-                        }
-                    }
-                    *last = Some((meta.epoch.clone(), meta.offset));
                     publication.offset = meta.offset;
-                    meta.epoch
+                    let offset = meta.offset;
+                    let held = reorder.held();
+                    reorder.accept(
+                        &meta.epoch.clone(),
+                        offset,
+                        (Arc::new(publication), meta.epoch),
+                        Instant::now(),
+                        ready,
+                    );
+                    if reorder.held() > held {
+                        tracing::debug!(
+                            channel,
+                            offset,
+                            "nats: a publication arrived ahead of its turn; held"
+                        );
+                    }
+                    hand_on(events, channel, ready);
                 }
-            };
-            events.publication(channel, Arc::new(publication), &epoch);
+            }
         }
         Delivery::Join | Delivery::Leave => match decode_client_info(&message.payload) {
             Ok(info) if kind == Delivery::Join => events.join(channel, Arc::new(info)),
@@ -229,19 +246,33 @@ fn deliver(
     }
 }
 
+/// Hands `ready` to the node, in order, and empties it.
+fn hand_on(events: &dyn BrokerEvents, channel: &str, ready: &mut Vec<Kept>) {
+    for (publication, epoch) in ready.drain(..) {
+        events.publication(channel, publication, &epoch);
+    }
+}
+
 async fn run_subscription(
     channel: Box<str>,
     mut subscriber: Subscriber,
     events: Arc<dyn BrokerEvents>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let mut last = None;
+    let mut reorder = Reorder::default();
+    let mut ready = Vec::new();
     loop {
+        let deadline = reorder.deadline();
         tokio::select! {
             biased;
             _ = &mut stop => break,
+            // The held ones waited long enough for those missing before them.
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                reorder.release(&mut ready);
+                hand_on(&*events, &channel, &mut ready);
+            }
             message = subscriber.next() => match message {
-                Some(message) => deliver(&*events, &channel, &message, &mut last),
+                Some(message) => deliver(&*events, &channel, &message, &mut reorder, &mut ready),
                 None => return,
             },
         }

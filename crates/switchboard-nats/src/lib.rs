@@ -18,6 +18,7 @@
 //!   durable consumer.
 //! - [`bucket`]: a KV bucket made on first write and grown to the longest TTL.
 //! - [`reader`]: reading a subject's stored messages in one pass.
+//! - [`reorder`]: kept publications put back in offset order when the republish swaps them.
 //! - [`error`]: client failures as the contract's `BrokerError`, and the call deadline.
 //!
 //! # What is kept where (prefix `P`, `T` = `P` with `.` and the like replaced by `_`)
@@ -40,6 +41,7 @@ pub mod link;
 pub mod meta;
 pub mod presence;
 pub mod reader;
+pub mod reorder;
 pub mod subject;
 
 pub use broker::{NatsBroker, NatsOptions};
