@@ -338,6 +338,24 @@ async function rejectionOf(promise, timeout = 10000) {
   return outcome.rejected;
 }
 
+/**
+ * A list to push cleanups to, run when test `t` ends, pass or fail: last pushed first, and one
+ * that throws does not stop the rest (a test of several processes stops each by its pid).
+ */
+function cleanupsFor(t) {
+  const cleanups = [];
+  t.after(async () => {
+    for (const cleanup of cleanups.reverse()) {
+      try {
+        await cleanup();
+      } catch {
+        // keep stopping the rest
+      }
+    }
+  });
+  return cleanups;
+}
+
 module.exports = {
   API_KEY,
   BINARY,
@@ -345,6 +363,7 @@ module.exports = {
   ROOT,
   SECRET,
   Server,
+  cleanupsFor,
   connectionToken,
   firstEvent,
   freePort,

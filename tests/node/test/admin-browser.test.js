@@ -9,18 +9,12 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 const { test } = require('node:test');
-const { chromium } = require('playwright-core');
 
 const { ROOT, connectionToken, nextEvent, until } = require('../lib/harness');
+const { launchChromium } = require('../lib/chromium');
 const { config } = require('../lib/config');
 const { subscribed, withClients } = require('../lib/sdk');
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const LAUNCH = {
-  executablePath: CHROMIUM,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  timeout: 60000,
-};
 const PASSWORD = 'admin-browser-test-password';
 const SHOTS = process.env.SWITCHBOARD_SCREENSHOT_DIR || path.join(ROOT, 'target', 'admin-screenshots');
 const DESKTOP = { width: 1280, height: 860 };
@@ -38,7 +32,6 @@ async function login(page, password) {
 }
 
 test('the admin UI refuses a wrong password, shows an SDK client, publishes to its channel and disconnects it', async () => {
-  assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
   const cfg = config(
     { room: { subscribe: 'authenticated', presence: true, history_size: 10, history_ttl: '5m' } },
     { admin: { enabled: true } },
@@ -49,7 +42,7 @@ test('the admin UI refuses a wrong password, shows an SDK client, publishes to i
     const sdk = await clients.connected(server.wsUrl, connectionToken('sdk-user'));
     const sub = await subscribed(sdk, CHANNEL);
 
-    const browser = await chromium.launch(LAUNCH);
+    const browser = await launchChromium();
     const logs = [];
     try {
       const context = await browser.newContext({ viewport: DESKTOP });

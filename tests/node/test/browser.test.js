@@ -4,22 +4,13 @@
 // and shows the message for a user when the API disconnects it.
 
 const assert = require('node:assert/strict');
-const fs = require('node:fs');
 const path = require('node:path');
 const { test } = require('node:test');
-const { chromium } = require('playwright-core');
 
 const { ROOT, connectionToken, until, withServer } = require('../lib/harness');
+const { CENTRIFUGE_BUNDLE: BUNDLE, launchChromium } = require('../lib/chromium');
 const { config } = require('../lib/config');
 const { startPageServer } = require(path.join(ROOT, 'examples', 'browser', 'serve.js'));
-
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const LAUNCH = {
-  executablePath: CHROMIUM,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  timeout: 60000,
-};
-const BUNDLE = path.join(path.dirname(require.resolve('centrifuge')), '..', 'dist', 'centrifuge.js');
 
 const text = (page, selector) => page.locator(selector).textContent({ timeout: 5000 });
 
@@ -36,12 +27,11 @@ async function waitForText(page, selector, expected, timeout = 15000) {
 }
 
 test('the browser page connects, lists publications, and shows the user message for a server disconnect (3503)', async () => {
-  assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
   const pages = await startPageServer({ bundle: BUNDLE });
   const cfg = config({ news: { subscribe: 'authenticated' } }, { origins: { allowed: [pages.origin] } });
   try {
     await withServer({ config: cfg }, async (server) => {
-      const browser = await chromium.launch(LAUNCH);
+      const browser = await launchChromium();
       const logs = [];
       try {
         const page = await browser.newPage();
@@ -83,13 +73,12 @@ test('the browser page connects, lists publications, and shows the user message 
 });
 
 test('a page from an origin not in origins.allowed is refused with 403; an allowed page still connects', async () => {
-  assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
   const allowed = await startPageServer({ bundle: BUNDLE });
   const other = await startPageServer({ bundle: BUNDLE });
   const cfg = config({ news: { subscribe: 'authenticated' } }, { origins: { allowed: [allowed.origin] } });
   try {
     await withServer({ config: cfg }, async (server) => {
-      const browser = await chromium.launch(LAUNCH);
+      const browser = await launchChromium();
       try {
         const query = new URLSearchParams({ url: server.wsUrl, token: connectionToken('browser-user'), channel: 'news:origin' });
         const refusedPage = await browser.newPage();

@@ -13,68 +13,13 @@
 // they are missing.
 
 const assert = require('node:assert/strict');
-const net = require('node:net');
 const { test } = require('node:test');
 
-const { HOST, Server, connectionToken, nextEvent, sleep, until } = require('../lib/harness');
+const { HOST, Server, cleanupsFor, connectionToken, nextEvent, sleep, until } = require('../lib/harness');
+const { startProxy } = require('../lib/proxy');
 const { BROKERS, startBroker } = require('../lib/brokers');
 const { config } = require('../lib/config');
 const { Clients, subscribed } = require('../lib/sdk');
-
-/**
- * The load balancer: listens on a free loopback port and forwards each new connection to the
- * first of `ports` that accepts it (a dead node refuses, so the next one gets it). `routes`
- * lists the index of the node each connection went to.
- */
-async function startForwarder(ports) {
-  const sockets = new Set();
-  const routes = [];
-  const track = (socket) => {
-    sockets.add(socket);
-    socket.on('error', () => {});
-    socket.on('close', () => sockets.delete(socket));
-  };
-  const server = net.createServer((client) => {
-    track(client);
-    const attempt = (i) => {
-      if (i >= ports.length || client.destroyed) {
-        client.resetAndDestroy();
-        return;
-      }
-      const upstream = net.connect(ports[i], HOST);
-      let connected = false;
-      upstream.on('error', () => {
-        if (connected) return;
-        upstream.destroy();
-        attempt(i + 1);
-      });
-      upstream.once('connect', () => {
-        connected = true;
-        track(upstream);
-        routes.push(i);
-        // Either side closing (a killed node's kernel resets its sockets) closes the other.
-        for (const [from, to] of [[client, upstream], [upstream, client]]) {
-          from.on('close', () => to.destroy());
-          from.pipe(to);
-        }
-      });
-    };
-    attempt(0);
-  });
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, HOST, resolve);
-  });
-  return {
-    port: server.address().port,
-    routes,
-    close: () =>
-      new Promise((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 // History deep and long enough that nothing published during a test leaves it.
 const feed = { subscribe: 'authenticated', history_size: 10000, history_ttl: '5m', recover: true };
@@ -85,16 +30,7 @@ const tail = (text, lines = 40) => text.trim().split('\n').slice(-lines).join('\
 for (const kind of Object.keys(BROKERS)) {
   test(`${kind}: the client's node is killed (SIGKILL) while publications flow; the SDK reconnects to another node and recovers every one, once, in order`, { timeout: 28000 }, async (t) => {
     // Stopped in reverse order of start, pass or fail: publisher, clients, forwarder, nodes, broker.
-    const cleanups = [];
-    t.after(async () => {
-      for (const cleanup of cleanups.reverse()) {
-        try {
-          await cleanup();
-        } catch {
-          // keep stopping the rest
-        }
-      }
-    });
+    const cleanups = cleanupsFor(t);
 
     const broker = await startBroker(kind);
     cleanups.push(() => broker.stop());
@@ -106,7 +42,7 @@ for (const kind of Object.keys(BROKERS)) {
 
     try {
       await Promise.all(nodes.map((node) => node.start()));
-      const lb = await startForwarder(nodes.map((node) => node.port));
+      const lb = await startProxy(nodes.map((node) => node.port), { order: 'first' });
       cleanups.push(() => lb.close());
 
       const channel = `feed:cluster-${kind}`;
@@ -220,16 +156,7 @@ for (const kind of Object.keys(BROKERS)) {
 }
 
 test('redis: the admin UI of one node lists every node of the cluster with the counters each announces', { timeout: 28000 }, async (t) => {
-  const cleanups = [];
-  t.after(async () => {
-    for (const cleanup of cleanups.reverse()) {
-      try {
-        await cleanup();
-      } catch {
-        // keep stopping the rest
-      }
-    }
-  });
+  const cleanups = cleanupsFor(t);
   const broker = await startBroker('redis');
   cleanups.push(() => broker.stop());
   const password = 'cluster-admin-password';

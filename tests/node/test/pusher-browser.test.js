@@ -12,18 +12,12 @@ const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 const { test } = require('node:test');
-const { chromium } = require('playwright-core');
 const PusherServer = require('pusher');
 
 const { HOST, until, withServer } = require('../lib/harness');
+const { launchChromium } = require('../lib/chromium');
 const { config } = require('../lib/config');
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const LAUNCH = {
-  executablePath: CHROMIUM,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  timeout: 60000,
-};
 const PUSHER_JS = path.join(path.dirname(require.resolve('pusher-js')), '..', 'web', 'pusher.js');
 const ECHO_JS = path.join(path.dirname(require.resolve('laravel-echo')), 'echo.iife.js');
 const APP = { id: 'browser-app', key: 'browser-key', secret: 'browser-secret-0123456789' };
@@ -165,7 +159,6 @@ async function waitForMembers(page, expected) {
 }
 
 test('Laravel Echo over pusher-js in Chromium: public, private and presence channels render SDK-triggered events; a refused authorization is reported', async () => {
-  assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
   // The signer only signs authorizations (it needs no server address).
   const signer = new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: HOST, port: '1', useTLS: false });
   const pages = await startPages(signer);
@@ -173,7 +166,7 @@ test('Laravel Echo over pusher-js in Chromium: public, private and presence chan
   try {
     await withServer({ config: cfg }, async (server) => {
       const sdk = new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: HOST, port: String(server.port), useTLS: false });
-      const browser = await chromium.launch(LAUNCH);
+      const browser = await launchChromium();
       const logs = [];
       const open = async (user, extra = {}) => {
         const page = await browser.newPage();

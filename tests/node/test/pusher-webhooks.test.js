@@ -8,10 +8,8 @@ const assert = require('node:assert/strict');
 const http = require('node:http');
 const { after, test } = require('node:test');
 
-const PusherClient = require('pusher-js');
-const PusherServer = require('pusher');
-
-const { HOST, Server, until, withServer: serve } = require('../lib/harness');
+const { Server, until, withServer: serve } = require('../lib/harness');
+const { connected, pusherClient, pusherServer, subscribed } = require('../lib/pusher');
 const { startBroker } = require('../lib/brokers');
 const { config } = require('../lib/config');
 
@@ -45,16 +43,7 @@ function pusherConfig(appConfig, pusher = {}) {
   return config({}, { pusher: { webhook_batch_window: '300ms', ...pusher, apps: [appConfig] } });
 }
 
-function sdk(server, appConfig) {
-  return new PusherServer({
-    appId: appConfig.id,
-    key: appConfig.key,
-    secret: appConfig.secret,
-    host: HOST,
-    port: String(server.port),
-    useTLS: false,
-  });
-}
+const sdk = (server, appConfig) => pusherServer(server, appConfig);
 
 /**
  * A webhook receiver on a free loopback port. `answer(n)` gives the status of the n-th request
@@ -86,45 +75,12 @@ async function receiver(answer = () => 200) {
 }
 
 function opener(server, appConfig, clients) {
-  const signer = sdk(server, appConfig);
   return ({ user } = {}) => {
-    const client = new PusherClient(appConfig.key, {
-      cluster: 'local',
-      wsHost: HOST,
-      wsPort: server.port,
-      forceTLS: false,
-      enabledTransports: ['ws'],
-      disableStats: true,
-      channelAuthorization: {
-        customHandler: ({ socketId, channelName }, callback) => {
-          const presence = channelName.startsWith('presence-') ? { user_id: user, user_info: { name: user } } : undefined;
-          callback(null, signer.authorizeChannel(socketId, channelName, presence));
-        },
-      },
-    });
-    client.errors = [];
-    client.connection.bind('error', (error) => client.errors.push(error));
+    const client = pusherClient(server, appConfig, { user, userInfo: { name: user } });
     clients.push(client);
     everyClient.push(client);
     return client;
   };
-}
-
-const connected = (client) => until(() => client.connection.state === 'connected', 'pusher-js connected');
-
-function subscribed(client, name) {
-  const channel = client.subscribe(name);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no subscription to ${name} in 10 s`)), 10000);
-    channel.bind('pusher:subscription_succeeded', () => {
-      clearTimeout(timer);
-      resolve(channel);
-    });
-    channel.bind('pusher:subscription_error', (error) => {
-      clearTimeout(timer);
-      reject(Object.assign(new Error(`subscription to ${name} refused`), { error }));
-    });
-  });
 }
 
 async function metric(server, name, label) {

@@ -6,11 +6,9 @@
 const assert = require('node:assert/strict');
 const { test } = require('node:test');
 
-const PusherClient = require('pusher-js');
-const PusherServer = require('pusher');
-
-const { HOST, Server, connectionToken, until, withServer } = require('../lib/harness');
+const { Server, connectionToken, until, withServer } = require('../lib/harness');
 const { startBroker } = require('../lib/brokers');
+const { connected, pusherClient, pusherServer, record, subscribed } = require('../lib/pusher');
 const { Clients, subscribed: centrifugeSubscribed } = require('../lib/sdk');
 const { config } = require('../lib/config');
 
@@ -26,16 +24,7 @@ function pusherConfig() {
 }
 
 /** The `pusher` server SDK for `app` on `server`. */
-function sdk(server, app = APP, secret = app.secret) {
-  return new PusherServer({
-    appId: app.id,
-    key: app.key,
-    secret,
-    host: HOST,
-    port: String(server.port),
-    useTLS: false,
-  });
-}
+const sdk = (server, app = APP, secret = app.secret) => pusherServer(server, app, secret);
 
 /**
  * Runs `fn(server, open)` where `open(options)` makes a pusher-js client whose channel
@@ -55,59 +44,11 @@ async function withPusher(fn) {
 
 /** `open(options)` for clients of `server`, each remembered in `clients`. */
 function opener(server, clients) {
-    return ({ app = APP, user, authSecret, key } = {}) => {
-      const signer = sdk(server, app, authSecret || app.secret);
-      const client = new PusherClient(key || app.key, {
-        cluster: 'local',
-        wsHost: HOST,
-        wsPort: server.port,
-        forceTLS: false,
-        enabledTransports: ['ws'],
-        disableStats: true,
-        channelAuthorization: {
-          customHandler: ({ socketId, channelName }, callback) => {
-            const presence = channelName.startsWith('presence-')
-              ? { user_id: user, user_info: { name: `name of ${user}` } }
-              : undefined;
-            callback(null, signer.authorizeChannel(socketId, channelName, presence));
-          },
-        },
-        userAuthentication: {
-          customHandler: ({ socketId }, callback) => {
-            callback(null, signer.authenticateUser(socketId, { id: user }));
-          },
-        },
-      });
-      client.errors = [];
-      client.connection.bind('error', (error) => client.errors.push(error));
-      clients.push(client);
-      return client;
-    };
-}
-
-const connected = (client) => until(() => client.connection.state === 'connected', 'pusher-js connected');
-
-/** Subscribes and resolves once `pusher:subscription_succeeded` (or rejects on an error). */
-function subscribed(client, name) {
-  const channel = client.subscribe(name);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no subscription to ${name} in 10 s`)), 10000);
-    channel.bind('pusher:subscription_succeeded', () => {
-      clearTimeout(timer);
-      resolve(channel);
-    });
-    channel.bind('pusher:subscription_error', (error) => {
-      clearTimeout(timer);
-      reject(Object.assign(new Error(`subscription to ${name} refused`), { error }));
-    });
-  });
-}
-
-/** Every event of `channel` named in `names`, in order of arrival. */
-function record(channel, names) {
-  const seen = [];
-  for (const name of names) channel.bind(name, (data, meta) => seen.push({ name, data, meta }));
-  return seen;
+  return ({ app = APP, user, authSecret, key } = {}) => {
+    const client = pusherClient(server, app, { user, authSecret, key });
+    clients.push(client);
+    return client;
+  };
 }
 
 test('public channels: connection_established, SDK triggers and batches, socket_id exclusion, channel queries', async () => {

@@ -9,20 +9,11 @@
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const http = require('node:http');
-const path = require('node:path');
 const { test } = require('node:test');
-const { chromium } = require('playwright-core');
 
 const { HOST, connectionToken, until, withServer } = require('../lib/harness');
+const { CENTRIFUGE_BUNDLE: BUNDLE, launchChromium } = require('../lib/chromium');
 const { config } = require('../lib/config');
-
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const LAUNCH = {
-  executablePath: CHROMIUM,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  timeout: 60000,
-};
-const BUNDLE = path.join(path.dirname(require.resolve('centrifuge')), '..', 'dist', 'centrifuge.js');
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>fallback</title>
 <script src="/centrifuge.js"></script>
@@ -128,14 +119,13 @@ function listen(server) {
 }
 
 test('in Chromium, with WebSocket refused by the network, the SDK falls back to HTTP streaming, receives publications and recovers after its stream is cut', { timeout: 90000 }, async () => {
-  assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}`);
   const page = await startPage();
   const feed = { subscribe: 'authenticated', history_size: 100, history_ttl: '5m', recover: true };
   const cfg = config({ feed }, { origins: { allowed: [page.origin] } });
   try {
     await withServer({ config: cfg }, async (server) => {
       const proxy = await startHttpOnlyProxy(server.port);
-      const browser = await chromium.launch(LAUNCH);
+      const browser = await launchChromium();
       const logs = [];
       try {
         const tab = await browser.newPage();

@@ -10,11 +10,10 @@
 // requests alternate between the nodes: the other node routes them through the broker.
 
 const assert = require('node:assert/strict');
-const net = require('node:net');
 const { test } = require('node:test');
 const EventSource = require('eventsource');
 
-const { HOST, Server, connectionToken, nextEvent, until, withServer } = require('../lib/harness');
+const { HOST, Server, cleanupsFor, connectionToken, nextEvent, until, withServer } = require('../lib/harness');
 const { BROKERS, startBroker } = require('../lib/brokers');
 const { config } = require('../lib/config');
 const { startProxy } = require('../lib/proxy');
@@ -133,55 +132,9 @@ test('an emulation request for an unknown session, a bad body or an oversized bo
   });
 });
 
-/**
- * A round-robin forwarder standing for a load balancer with no sticky sessions: each new
- * connection goes to the next of `ports` in turn. `routes` lists where each one went.
- */
-async function startRoundRobin(ports) {
-  const sockets = new Set();
-  const routes = [];
-  let next = 0;
-  const server = net.createServer((client) => {
-    const i = next % ports.length;
-    next += 1;
-    routes.push(i);
-    const upstream = net.connect(ports[i], HOST);
-    for (const [from, to] of [[client, upstream], [upstream, client]]) {
-      sockets.add(from);
-      from.on('error', () => {});
-      from.on('close', () => {
-        sockets.delete(from);
-        to.destroy();
-      });
-      from.pipe(to);
-    }
-  });
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, HOST, resolve);
-  });
-  return {
-    port: server.address().port,
-    routes,
-    close: () =>
-      new Promise((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
-
+// The proxy in front of the nodes is round robin: a load balancer with no sticky sessions.
 test('redis: two nodes behind a round-robin forwarder; emulation requests that land on the other node reach the session through the broker', { timeout: 60000 }, async (t) => {
-  const cleanups = [];
-  t.after(async () => {
-    for (const cleanup of cleanups.reverse()) {
-      try {
-        await cleanup();
-      } catch {
-        // keep stopping the rest
-      }
-    }
-  });
+  const cleanups = cleanupsFor(t);
   const broker = await startBroker('redis');
   cleanups.push(() => broker.stop());
   const nodes = [1, 2].map((i) => new Server({ config: config({ feed }), env: { ...broker.env, SWITCHBOARD_NODE_NAME: `transports-node-${i}` } }));
@@ -190,7 +143,7 @@ test('redis: two nodes behind a round-robin forwarder; emulation requests that l
   // Each node has heard the other before a client names it.
   await until(async () => (await nodes[0].call('info', {})).nodes.length === 2 && (await nodes[1].call('info', {})).nodes.length === 2, 'both nodes know each other');
 
-  const lb = await startRoundRobin(nodes.map((node) => node.port));
+  const lb = await startProxy(nodes.map((node) => node.port));
   cleanups.push(() => lb.close());
   const base = `http://${HOST}:${lb.port}`;
   // Node's fetch keeps connections alive and reuses them: a fresh connection per request makes
