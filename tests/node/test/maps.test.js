@@ -6,12 +6,15 @@
 // a map whose stream no longer holds the gap starts over from the state. Map commands to a
 // stream channel, and stream commands to a map channel, are refused with 108 and the
 // connection goes on. JSON and Protobuf builds; one raw-protocol test checks that what
-// changes between two state pages reaches the subscriber.
+// changes between two state pages reaches the subscriber. On the Redis and NATS brokers (a
+// private redis-server / nats-server on a free port) maps are not built yet: every map
+// command is refused with 108 and the node keeps serving streams.
 
 const assert = require('node:assert/strict');
 const { test } = require('node:test');
 
 const { WebSocket } = require('ws');
+const { BROKERS, startBroker } = require('../lib/brokers');
 const { connectionToken, firstEvent, nextEvent, rejectionOf, until } = require('../lib/harness');
 const { config } = require('../lib/config');
 const { subscribed, withClients } = require('../lib/sdk');
@@ -343,3 +346,29 @@ test('what changes between two state pages reaches the subscriber in the catch-u
     raw.ws.close();
   });
 });
+
+for (const kind of Object.keys(BROKERS)) {
+  test(`${kind} broker: map subscriptions and keyed publications are refused with 108, never degraded; streams go on`, async (t) => {
+    const broker = await startBroker(kind);
+    t.after(() => broker.stop());
+    await withClients({ config: mapConfig(), env: broker.env }, async (server, clients) => {
+      const alice = await clients.connected(server.wsUrl, connectionToken('alice'));
+      const sub = mapSubscription(alice, 'board:remote');
+      const outcome = firstEvent(sub, ['subscribed', 'unsubscribed']);
+      sub.subscribe();
+      const { name, ctx } = await outcome;
+      assert.equal(name, 'unsubscribed', JSON.stringify(ctx));
+      assert.equal(ctx.code, 108, JSON.stringify(ctx));
+      assert.match(ctx.reason, /map channel on this broker not supported/);
+      const published = await server.api('map_publish', { channel: 'board:remote', key: 'k', data: { v: 1 } });
+      assert.equal(published.body.error?.code, 108, JSON.stringify(published));
+      const removed = await rejectionOf(alice.mapRemove('board:remote', 'k'));
+      assert.equal(removed.code, 108, JSON.stringify(removed));
+
+      const stream = await subscribed(alice, 'news:remote');
+      await server.publish('news:remote', { still: 'here' });
+      await until(() => stream.pubs.length >= 1, 'a publication through the broker');
+      assert.equal(alice.state, 'connected');
+    });
+  });
+}

@@ -188,7 +188,6 @@ impl ClientSession {
             return Err(ClientError::BadRequest);
         }
         check_key(&request.key).map_err(|_| ClientError::BadRequest)?;
-        self.state.node.serves_maps()?;
         let channel = request.channel.as_str();
         let mut publication = if request.removed {
             Publication::removal(&request.key)

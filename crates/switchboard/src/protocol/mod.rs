@@ -822,7 +822,8 @@ impl ClientSession {
         match (rules.map, keyed) {
             (true, false) => return Err(ClientError::IsAMap),
             (false, true) => return Err(ClientError::NotAMap),
-            _ => {}
+            (true, true) => self.state.node.serves_maps()?,
+            (false, false) => {}
         }
         // JSON `data` is a JSON value; absent, there is nothing to publish (a removal
         // carries none).
