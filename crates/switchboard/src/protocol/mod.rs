@@ -672,6 +672,7 @@ impl ClientSession {
             .and_then(|tf| Filter::from_node(tf).ok())
             .map(Arc::new);
         let replay_filter = filter.clone();
+        let asked_recovery = recover.is_some_and(|r| r.recover);
         // Deltas run per key in a map, which the hub's one chain per channel is not: a map
         // subscriber gets whole values (`delta: false` tells the SDK so).
         let delta = !rules.map && recover.is_some_and(|r| r.delta == DELTA_FOSSIL);
@@ -713,7 +714,9 @@ impl ClientSession {
                 result.expires = true;
                 result.ttl = ttl_of(told_expires_at);
             }
-            if result.was_recovering {
+            // A map subscriber's catch-up after its state pages is no recovery; its
+            // reconnect (`recover` asked) is.
+            if result.was_recovering && asked_recovery {
                 let outcome = if result.recovered {
                     "recovered"
                 } else {
