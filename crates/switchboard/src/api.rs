@@ -88,6 +88,54 @@ impl Publish {
     }
 }
 
+/// A `map_publish` (sets `key` to `data`) or `map_remove` (no data) to a map channel.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MapPublish {
+    channel: String,
+    key: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    b64data: Option<String>,
+    /// Tags the entry carries: subscribers' tag filters select on them.
+    #[serde(default)]
+    tags: Option<crate::filter::Tags>,
+    /// As `publish`'s: a retry within 5 minutes is applied once.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+impl MapPublish {
+    /// The keyed publication (`removed`: the key's removal, which takes no data).
+    fn publication(&self, removed: bool) -> Result<Publication, ApiError> {
+        crate::keyed::check_key(&self.key).map_err(|e| ApiError::BadRequest(e.to_owned()))?;
+        if removed {
+            if self.data.is_some() || self.b64data.is_some() || self.tags.is_some() {
+                return Err(ApiError::BadRequest(
+                    "map_remove takes channel and key only".to_owned(),
+                ));
+            }
+            return Ok(Publication::removal(&self.key));
+        }
+        let as_publish = Publish {
+            channel: None,
+            channels: None,
+            data: self.data.clone(),
+            b64data: self.b64data.clone(),
+            skip_history: false,
+            tags: None,
+            idempotency_key: None,
+            delta: None,
+        };
+        let mut publication = as_publish.publication()?.keyed(&self.key);
+        if let Some(tags) = self.tags.as_ref().filter(|tags| !tags.is_empty()) {
+            publication.tags = Some(Arc::new(tags.clone()));
+        }
+        Ok(publication)
+    }
+}
+
 // The `Ignored` fields are read only to accept them (see `Ignored`).
 #[allow(dead_code)]
 #[derive(Deserialize)]
@@ -209,6 +257,8 @@ pub(crate) async fn handle(
     let label = if matches!(
         method.as_str(),
         "publish"
+            | "map_publish"
+            | "map_remove"
             | "broadcast"
             | "disconnect"
             | "subscribe"
@@ -328,6 +378,26 @@ async fn dispatch_one(
             let mut publication = publish.publication()?;
             publication.trace = trace;
             publish_to(state, channel, &publish, publication).await
+        }
+        "map_publish" | "map_remove" => {
+            let request: MapPublish = params(value)?;
+            let mut publication = request.publication(method == "map_remove")?;
+            publication.trace = trace;
+            let rules = state
+                .channels()
+                .rules(&request.channel)
+                .map_err(ClientError::from)?
+                .clone();
+            let key = request.idempotency_key.as_deref().map(Box::<str>::from);
+            let position = state
+                .node
+                .publish(&request.channel, &rules, publication, key)
+                .await
+                .map_err(unavailable)?;
+            Ok(match position {
+                Some(position) => json!({ "offset": position.offset, "epoch": &*position.epoch }),
+                None => json!({}),
+            })
         }
         "broadcast" => {
             let broadcast: Publish = params(value)?;

@@ -32,6 +32,11 @@ pub struct ChannelRules {
     pub history_ttl: Duration,
     /// Subscriptions are recoverable.
     pub recover: bool,
+    /// Channels are maps: keyed publications, a state of each key's latest, map
+    /// subscriptions only.
+    pub map: bool,
+    /// How long a map key lives after its last publish (zero: until removed).
+    pub map_key_ttl: Duration,
 }
 
 impl ChannelRules {
@@ -68,6 +73,8 @@ fn resolve(written: &NamespaceConfig, base: &ChannelRules) -> ChannelRules {
         history_size: written.history_size.unwrap_or(base.history_size),
         history_ttl: written.history_ttl.unwrap_or(base.history_ttl),
         recover: written.recover.unwrap_or(base.recover),
+        map: written.map.unwrap_or(base.map),
+        map_key_ttl: written.map_key_ttl.unwrap_or(base.map_key_ttl),
     }
 }
 
@@ -86,6 +93,8 @@ impl Namespaces {
                 history_size: 100,
                 history_ttl: Duration::from_secs(300),
                 recover: true,
+                map: false,
+                map_key_ttl: Duration::ZERO,
             }
         } else {
             ChannelRules {
@@ -96,6 +105,8 @@ impl Namespaces {
                 history_size: 0,
                 history_ttl: Duration::ZERO,
                 recover: false,
+                map: false,
+                map_key_ttl: Duration::ZERO,
             }
         };
         let default = resolve(&config.channels.default, &base);
@@ -227,6 +238,8 @@ mod tests {
                     history_size: written.history_size.unwrap(),
                     history_ttl: written.history_ttl.unwrap(),
                     recover: written.recover.unwrap(),
+                    map: written.map.unwrap(),
+                    map_key_ttl: written.map_key_ttl.unwrap(),
                 };
                 assert_eq!(rules, &as_shown, "dev = {dev}, {channel}");
             }

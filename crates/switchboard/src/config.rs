@@ -681,6 +681,13 @@ pub struct NamespaceConfig {
     /// Subscriptions recover missed publications after a reconnect (default false; true with
     /// `--dev`). Needs history.
     pub recover: Option<bool>,
+    /// Channels are maps (keys to latest values, synced in phases; default false). Needs
+    /// history: a map's stream is its history.
+    pub map: Option<bool>,
+    /// How long a map key lives after it was last published (default 0s: until removed).
+    /// Needs `map = true`.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub map_key_ttl: Option<Duration>,
 }
 
 impl NamespaceConfig {
@@ -703,6 +710,8 @@ impl NamespaceConfig {
             history_size: Some(if dev { 100 } else { 0 }),
             history_ttl: Some(Duration::from_secs(if dev { 300 } else { 0 })),
             recover: Some(dev),
+            map: Some(false),
+            map_key_ttl: Some(Duration::ZERO),
         }
     }
 
@@ -716,6 +725,8 @@ impl NamespaceConfig {
             history_size: self.history_size.or(base.history_size),
             history_ttl: self.history_ttl.or(base.history_ttl),
             recover: self.recover.or(base.recover),
+            map: self.map.or(base.map),
+            map_key_ttl: self.map_key_ttl.or(base.map_key_ttl),
         }
     }
 
@@ -762,6 +773,8 @@ enum ChannelsKey {
     HistorySize,
     HistoryTtl,
     Recover,
+    Map,
+    MapKeyTtl,
     Namespaces,
 }
 
@@ -803,6 +816,10 @@ impl<'de> Deserialize<'de> for ChannelsConfig {
                             ns.history_ttl = Some(map.next_value::<TextDuration>()?.0)
                         }
                         ChannelsKey::Recover => ns.recover = Some(map.next_value()?),
+                        ChannelsKey::Map => ns.map = Some(map.next_value()?),
+                        ChannelsKey::MapKeyTtl => {
+                            ns.map_key_ttl = Some(map.next_value::<TextDuration>()?.0)
+                        }
                         ChannelsKey::Namespaces => out.namespaces = map.next_value()?,
                     }
                 }
@@ -1599,6 +1616,32 @@ impl Config {
                 .map(|(name, rules)| (name.as_str(), rules)),
         );
         for (name, rules) in every {
+            let (prefix, which) = if name == "channels" {
+                ("channels".to_owned(), "the default namespace".to_owned())
+            } else {
+                (
+                    format!("channels.namespaces.{name}"),
+                    format!("namespace {name:?}"),
+                )
+            };
+            let is_map = rules.map == Some(true);
+            if is_map && !rules.keeps_history() {
+                return Err(invalid(
+                    &format!("{prefix}.map"),
+                    format!(
+                        "map = true in {which} needs history, which is the map's stream (its \
+                         subscribers catch up on it between the state they read and going \
+                         live): set history_size and history_ttl above zero there (e.g. \
+                         history_size = 1000, history_ttl = \"10m\")"
+                    ),
+                ));
+            }
+            if !is_map && rules.map_key_ttl.is_some_and(|ttl| !ttl.is_zero()) {
+                return Err(invalid(
+                    &format!("{prefix}.map_key_ttl"),
+                    format!("map_key_ttl in {which} needs map = true there"),
+                ));
+            }
             if rules.recover == Some(true) && !rules.keeps_history() {
                 let (key, which) = if name == "channels" {
                     (
@@ -2048,6 +2091,39 @@ mod tests {
         vars.push(("PATH".to_owned(), "/bin".to_owned()));
         vars.push(("MY_SWITCHBOARD_LISTEN".to_owned(), "x".to_owned()));
         config.apply_env(vars).unwrap();
+    }
+
+    #[test]
+    fn a_map_needs_history_and_a_key_ttl_needs_a_map_each_refused_naming_the_key() {
+        let text = "[channels.namespaces.board]\nmap = true\n";
+        let error = Config::from_toml(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("channels.namespaces.board.map") && error.contains("needs history"),
+            "{error}"
+        );
+        let text = "[channels.namespaces.feed]\nmap_key_ttl = \"30s\"\n";
+        let error = Config::from_toml(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("channels.namespaces.feed.map_key_ttl"),
+            "{error}"
+        );
+        let text = "[channels.namespaces.board]\nmap = true\nmap_key_ttl = \"30s\"\n\
+                    history_size = 100\nhistory_ttl = \"5m\"\n";
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        let board = &config.channels.namespaces["board"];
+        assert_eq!(
+            (board.map, board.map_key_ttl),
+            (Some(true), Some(Duration::from_secs(30)))
+        );
     }
 
     #[test]

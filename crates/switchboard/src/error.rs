@@ -614,6 +614,12 @@ pub enum ClientError {
     /// carried out as a plain stream, which the client would misread.
     #[error("not available: {0} not supported")]
     NotSupported(&'static str),
+    /// A map subscribe, keyed publish or removal to a channel whose namespace is not a map.
+    #[error("not available: not a map channel")]
+    NotAMap,
+    /// A stream subscribe or a publication with no key to a map channel.
+    #[error("not available: map channel (use a map subscription, a keyed publish)")]
+    IsAMap,
 }
 
 impl ClientError {
@@ -628,7 +634,10 @@ impl ClientError {
             ClientError::AlreadySubscribed => 105,
             ClientError::LimitExceeded => 106,
             ClientError::BadRequest => 107,
-            ClientError::NotAvailable | ClientError::NotSupported(_) => 108,
+            ClientError::NotAvailable
+            | ClientError::NotSupported(_)
+            | ClientError::NotAMap
+            | ClientError::IsAMap => 108,
             ClientError::TokenExpired => 109,
             ClientError::Unrecoverable => 112,
             ClientError::Unavailable => 100,

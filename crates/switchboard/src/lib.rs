@@ -63,6 +63,7 @@ pub mod history;
 pub mod hooks;
 pub mod hub;
 pub mod ingest;
+pub mod keyed;
 pub mod kind;
 pub mod login;
 pub mod metrics;

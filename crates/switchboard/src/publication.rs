@@ -123,6 +123,11 @@ pub struct Publication {
     /// The trace context it travels under (traces on and the publish sampled; else `None`):
     /// first its publisher's span, then the broker-publish span the fan-outs hang under.
     pub trace: Option<TraceParent>,
+    /// The key it sets (or, with `removed`, removes) in a map channel's state; `None` on a
+    /// stream channel.
+    pub key: Option<Box<str>>,
+    /// It removes `key` from the map's state (it carries no data).
+    pub removed: bool,
     data_json: OnceLock<Bytes>,
     /// One frame per (format, compressed): see [`Publication::frame`].
     frames: [OnceLock<Bytes>; 8],
@@ -157,6 +162,8 @@ impl Publication {
             info: None,
             tags: None,
             trace: None,
+            key: None,
+            removed: false,
             data_json: OnceLock::new(),
             frames: Default::default(),
             json_string_frame: OnceLock::new(),
@@ -202,6 +209,20 @@ impl Publication {
             Source::Text(bytes) => (PayloadKind::Text, bytes),
             Source::Binary(bytes) => (PayloadKind::Binary, bytes),
         }
+    }
+
+    /// A map channel's removal of `key`: no data.
+    pub fn removal(key: &str) -> Self {
+        let mut publication = Publication::new(Source::Json(Bytes::new()));
+        publication.key = Some(key.into());
+        publication.removed = true;
+        publication
+    }
+
+    /// This publication, setting `key` in a map channel's state.
+    pub fn keyed(mut self, key: &str) -> Self {
+        self.key = Some(key.into());
+        self
     }
 
     /// Sets the history offset and the publisher's info.
@@ -337,6 +358,8 @@ impl Publication {
             offset: self.offset,
             tags: self.tags.as_deref().cloned().unwrap_or_default(),
             delta: false,
+            key: self.key.as_deref().unwrap_or_default().to_owned(),
+            removed: self.removed,
         }
     }
 

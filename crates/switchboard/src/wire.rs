@@ -22,6 +22,10 @@ fn is_false(value: &bool) -> bool {
     !*value
 }
 
+fn is_zero_i32(value: &i32) -> bool {
+    *value == 0
+}
+
 fn is_zero_u32(value: &u32) -> bool {
     *value == 0
 }
@@ -169,12 +173,12 @@ pub struct SubscribeRequest {
     /// A tags filter (the SDK's `tagsFilter`): only publications whose tags pass it.
     #[prost(message, optional, tag = "13")]
     pub tf: Option<FilterNode>,
-    /// The subscription type: 0 a stream (the only one here); others (map, shared poll)
+    /// The subscription type: 0 a stream, 1 a map; others (shared poll, presence as a map)
     /// are refused with error 108.
     #[prost(int32, tag = "15")]
     #[serde(rename = "type")]
     pub kind: i32,
-    /// Map subscriptions' state-sync phase.
+    /// Map subscriptions' state-sync phase (`MAP_PHASE_*`).
     #[prost(int32, tag = "16")]
     pub phase: i32,
     /// Map subscriptions' paging cursor.
@@ -183,26 +187,47 @@ pub struct SubscribeRequest {
     /// Map subscriptions' page size.
     #[prost(int32, tag = "18")]
     pub limit: i32,
-    /// Map subscriptions' order.
+    /// Map subscriptions' order (ordered maps: not supported, error 108).
     #[prost(bool, tag = "19")]
     pub asc: bool,
 }
 
 impl SubscribeRequest {
     /// What of this request names something this server does not have, if anything: a
-    /// subscription type other than a stream (map, shared poll), or the map state-sync
-    /// fields that only mean something for those. Such a subscribe is refused (error 108)
-    /// rather than answered as a plain stream, which the SDK would take for an empty map.
+    /// subscription type other than a stream or a map (shared poll, presence as a map), a
+    /// state-sync phase that does not exist, or the map state-sync fields on a stream
+    /// subscribe. Such a subscribe is refused (error 108) rather than answered as a plain
+    /// stream, which the SDK would take for something else.
     pub fn unsupported(&self) -> Option<&'static str> {
-        if self.kind != 0 {
-            Some("subscription type")
-        } else if self.phase != 0 || !self.cursor.is_empty() || self.limit != 0 || self.asc {
-            Some("map state sync")
-        } else {
-            None
+        match self.kind {
+            SUBSCRIPTION_STREAM => {
+                let map_fields =
+                    self.phase != 0 || !self.cursor.is_empty() || self.limit != 0 || self.asc;
+                map_fields.then_some("map state sync")
+            }
+            SUBSCRIPTION_MAP if self.asc => Some("ordered map state"),
+            SUBSCRIPTION_MAP
+                if ![MAP_PHASE_LIVE, MAP_PHASE_STREAM, MAP_PHASE_STATE].contains(&self.phase) =>
+            {
+                Some("map state sync phase")
+            }
+            SUBSCRIPTION_MAP => None,
+            _ => Some("subscription type"),
         }
     }
 }
+
+/// `SubscribeRequest::kind` of a stream subscription.
+pub const SUBSCRIPTION_STREAM: i32 = 0;
+/// `SubscribeRequest::kind` (and `PublishRequest::kind`) of a map subscription.
+pub const SUBSCRIPTION_MAP: i32 = 1;
+/// A map subscribe's phase: go live (join the channel, with the catch-up since the position
+/// given).
+pub const MAP_PHASE_LIVE: i32 = 0;
+/// A map subscribe's phase: catch up on the stream since the position given.
+pub const MAP_PHASE_STREAM: i32 = 1;
+/// A map subscribe's phase: read a page of the state.
+pub const MAP_PHASE_STATE: i32 = 2;
 
 /// A node of a tags filter: a comparison of one tag (`op` empty) or `and`/`or`/`not` of
 /// `nodes`.
@@ -254,8 +279,7 @@ pub struct PublishRequest {
     #[prost(bytes = "bytes", tag = "2")]
     #[serde(default, deserialize_with = "json_bytes")]
     pub data: Bytes,
-    /// The publication type: 0 a stream publication; 1 a map's keyed publish or removal
-    /// (refused with error 108: no map channels here).
+    /// The publication type: 0 a stream publication; 1 a map's keyed publish or removal.
     #[prost(int32, tag = "3")]
     #[serde(default, rename = "type")]
     pub kind: i32,
@@ -424,9 +448,9 @@ pub struct ClientInfoBody {
 /// A publication.
 #[derive(Clone, PartialEq, Message, Serialize)]
 pub struct PublicationBody {
-    /// The payload (JSON in the JSON encoding).
+    /// The payload (JSON in the JSON encoding); empty only in a map key's removal.
     #[prost(bytes = "bytes", tag = "4")]
-    #[serde(serialize_with = "raw_json")]
+    #[serde(skip_serializing_if = "Bytes::is_empty", serialize_with = "raw_json")]
     pub data: Bytes,
     /// The publisher, when a client published it.
     #[prost(message, optional, tag = "5")]
@@ -445,6 +469,14 @@ pub struct PublicationBody {
     #[prost(bool, tag = "8")]
     #[serde(skip_serializing_if = "is_false")]
     pub delta: bool,
+    /// The map key it sets or removes (map channels only).
+    #[prost(string, tag = "11")]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// It removes `key` from the map.
+    #[prost(bool, tag = "12")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub removed: bool,
 }
 
 /// The result of `connect`.
@@ -560,6 +592,19 @@ pub struct SubscribeResult {
     #[prost(bool, tag = "13")]
     #[serde(skip_serializing_if = "is_false")]
     pub delta: bool,
+    /// A map subscribe's phase after this reply: [`MAP_PHASE_STATE`] (more state pages or
+    /// the stream catch-up follow), 0 (live: the subscription is made).
+    #[prost(int32, tag = "16")]
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub phase: i32,
+    /// Where the next state page starts (empty: this was the last).
+    #[prost(string, tag = "17")]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cursor: String,
+    /// A page of a map's state: one publication per key, the key's latest.
+    #[prost(message, repeated, tag = "18")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<PublicationBody>,
 }
 
 /// The result of `presence`.

@@ -31,6 +31,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("hooks", 5),
     ("webhooks", 5),
     ("history", 6),
+    ("keyed", 6),
     // local fan-out and connections
     ("conn", 6),
     ("hub", 7),

@@ -352,33 +352,56 @@ async fn reject_unrecovered_answers_error_112_instead() {
 
 #[tokio::test]
 async fn map_and_shared_poll_subscribes_and_map_publishes_are_refused_with_108_not_degraded() {
+    // `room` is not a map namespace: map commands there are refused as such; shared poll and
+    // presence-as-map subscriptions are refused everywhere.
     let server = start(protocol_config()).await;
     let mut proto = Proto::connected(&server, "u").await;
     let refusals = [
-        ("subscribe", json!({ "channel": "room:m", "type": 1 })),
-        ("subscribe", json!({ "channel": "room:p", "type": 2 })),
+        (
+            "subscribe",
+            json!({ "channel": "room:m", "type": 1, "phase": 2 }),
+            "not a map channel",
+        ),
+        (
+            "subscribe",
+            json!({ "channel": "room:p", "type": 2 }),
+            "subscription type not supported",
+        ),
+        (
+            "subscribe",
+            json!({ "channel": "room:p", "type": 4 }),
+            "subscription type not supported",
+        ),
         (
             "subscribe",
             json!({ "channel": "room:m", "phase": 2, "limit": 10 }),
+            "map state sync not supported",
+        ),
+        (
+            "subscribe",
+            json!({ "channel": "room:m", "type": 1, "phase": 2, "asc": true }),
+            "ordered map state not supported",
         ),
         // The SDK's mapRemove: a publish with a type, a key, no data.
         (
             "publish",
             json!({ "channel": "room:m", "type": 1, "key": "k", "removed": true }),
+            "not a map channel",
         ),
         (
             "publish",
             json!({ "channel": "room:m", "type": 1, "key": "k", "data": {} }),
+            "not a map channel",
         ),
     ];
-    for (method, params) in refusals {
+    for (method, params, message) in refusals {
         let reply = proto.call(method, params.clone()).await;
         assert_eq!(reply["error"]["code"], 108, "{method} {params}: {reply}");
         assert!(
             reply["error"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("not supported")),
-            "{reply}"
+                .is_some_and(|m| m.contains(message)),
+            "{method} {params}: {reply}"
         );
     }
     // A stream publish with no data is a bad request, not a closed connection.

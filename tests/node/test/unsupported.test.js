@@ -1,8 +1,10 @@
 'use strict';
-// What Switchboard does not have is refused with a clear error, never degraded: a map or shared
-// poll subscription, a map publish or removal (error 108, "not supported"), and rpc with no rpc
-// hook (108). Driven by the real `centrifuge` SDK, JSON and Protobuf builds; after
-// each refusal the connection keeps serving a plain stream subscription.
+// What Switchboard does not have is refused with a clear error, never degraded: a shared poll
+// or presence-as-map subscription (error 108, "not supported"), a map subscription, map
+// publish or removal to a channel that is not a map (108, "not a map channel": maps are
+// tested in maps.test.js), and rpc with no rpc hook (108). Driven by the real `centrifuge`
+// SDK, JSON and Protobuf builds; after each refusal the connection keeps serving a plain
+// stream subscription.
 
 const assert = require('node:assert/strict');
 const { test } = require('node:test');
@@ -23,23 +25,37 @@ function firstOf(emitter, names) {
 for (const protobuf of [false, true]) {
   const label = protobuf ? 'protobuf' : 'json';
 
-  test(`${label}: a map subscription is refused with 108 instead of showing an empty map, and the connection keeps working`, async () => {
+  test(`${label}: shared poll and presence-as-map subscriptions are refused with 108, and map commands to a stream channel too; the connection keeps working`, async () => {
     const cfg = config({ news: { subscribe: 'authenticated', publish: 'subscribers' } });
     await withClients({ config: cfg }, async (server, clients) => {
       const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
+      for (const [make, channel] of [
+        [(c) => alice.newSharedPollSubscription(c), 'news:poll'],
+        [(c) => alice.newMapClientsSubscription(c), 'news:clients'],
+      ]) {
+        const sub = make(channel);
+        const outcome = firstOf(sub, SUB_EVENTS);
+        sub.subscribe();
+        const { name, ctx } = await outcome;
+        assert.equal(name, 'unsubscribed', `${channel}: must not look subscribed: ${name} ${JSON.stringify(ctx)}`);
+        assert.equal(ctx.code, 108, JSON.stringify(ctx));
+        assert.match(ctx.reason, /subscription type not supported/);
+      }
+
+      // `news` is not a map namespace: the SDK must not see a subscribed (empty) map.
       const map = alice.newMapSubscription('news:map');
       const outcome = firstOf(map, SUB_EVENTS);
       map.subscribe();
       const { name, ctx } = await outcome;
       assert.equal(name, 'unsubscribed', `the SDK must not see a subscribed (empty) map: ${name} ${JSON.stringify(ctx)}`);
       assert.equal(ctx.code, 108, JSON.stringify(ctx));
-      assert.match(ctx.reason, /not supported/);
+      assert.match(ctx.reason, /not a map channel/);
 
       // The SDK's mapRemove is a keyed publish: refused with 108, the connection stays open.
       const err = await rejectionOf(alice.mapRemove('news:map', 'some-key'));
       assert.equal(err.code, 108, JSON.stringify(err));
-      assert.match(err.message, /not supported/);
-      const pubErr = await rejectionOf(alice.mapPublish('news:map', 'some-key', { v: 1 }));
+      assert.match(err.message, /not a map channel/);
+      const pubErr = await rejectionOf(alice.mapPublish('news:map', 'some-key', protobuf ? new TextEncoder().encode('{"v":1}') : { v: 1 }));
       assert.equal(pubErr.code, 108, JSON.stringify(pubErr));
 
       const sub = await subscribed(alice, 'news:after');

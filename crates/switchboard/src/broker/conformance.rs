@@ -406,6 +406,7 @@ pub fn keep(size: usize) -> PublishOptions {
         history_meta_ttl: LONG,
         idempotency_key: None,
         idempotency_ttl: LONG,
+        key_ttl: Duration::ZERO,
     }
 }
 

@@ -29,9 +29,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, PublishOptions,
+    Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, MapPage,
+    PublishOptions,
 };
 use crate::history::{ChannelHistory, HistoryQuery, Position, Unrecoverable};
+use crate::keyed::MapState;
 use crate::publication::{ClientInfo, Publication};
 
 const SHARDS: usize = 64;
@@ -39,6 +41,12 @@ const SHARDS: usize = 64;
 /// One channel's stream and how long its position outlives its last publication.
 struct Stream {
     history: ChannelHistory,
+    /// A map channel's state (empty on a stream channel), changed with the history in one step.
+    map: MapState,
+    /// How the last publication was kept: what a key's expiry, which appends a removal,
+    /// keeps it with.
+    history_size: usize,
+    history_ttl_ms: u64,
     meta_ttl_ms: u64,
     /// Until it is first published to: when it is dropped unless extended (by a subscribe,
     /// [`Broker::keep_stream`], or `expire_unused` finding subscribers here).
@@ -177,6 +185,9 @@ impl MemoryBroker {
                     .map_err(|_| StreamsFull)?;
                 Ok(free.insert(Stream {
                     history: ChannelHistory::new(now_ms),
+                    map: MapState::default(),
+                    history_size: 0,
+                    history_ttl_ms: 0,
                     meta_ttl_ms,
                     unused_until_ms: now_ms.saturating_add(unused_ms),
                 }))
@@ -250,18 +261,80 @@ impl MemoryBroker {
         let mut streams = self.streams(channel);
         let stream = self.stream_of(&mut streams, channel, now_ms, 0, 0)?;
         stream.meta_ttl_ms = millis(options.history_meta_ttl);
+        if let (Some(key), true) = (publication.key.as_deref(), publication.removed) {
+            if !stream.map.contains(key, now_ms) {
+                // Removing a key that is not there changes nothing: nothing to tell anyone.
+                stream.history.prune(now_ms);
+                return Ok(Some(stream.history.position()));
+            }
+        }
         publication.offset = stream.history.next_offset();
         let publication = Arc::new(publication);
         let ttl_ms = millis(options.history_ttl);
+        stream.history_size = options.history_size;
+        stream.history_ttl_ms = ttl_ms;
         stream.history.append(
             Arc::clone(&publication),
             options.history_size,
             ttl_ms,
             now_ms,
         );
+        stream
+            .map
+            .apply(&publication, millis(options.key_ttl), now_ms);
         let position = stream.history.position();
         self.deliver(channel, publication, &position.epoch);
         Ok(Some(position))
+    }
+
+    /// A page of map channel `channel`'s state: up to `limit` keys after `after` that `keep`
+    /// passes, read under the stream's lock with the position it is consistent with. A
+    /// channel with no stream gets one (as a subscribe does), so the reader's epoch means
+    /// something when it catches up.
+    ///
+    /// # Errors
+    /// [`StreamsFull`] when the channel has no stream and no more may be started.
+    pub fn map_state_now(
+        &self,
+        channel: &str,
+        meta_ttl: Duration,
+        after: &str,
+        limit: usize,
+        keep: impl Fn(&Publication) -> bool,
+    ) -> Result<MapPage, StreamsFull> {
+        let now_ms = self.now_ms();
+        let mut streams = self.streams(channel);
+        let meta_ttl_ms = millis(meta_ttl);
+        let unused_ms = self.unused_ttl_ms.min(meta_ttl_ms);
+        let stream = self.stream_of(&mut streams, channel, now_ms, meta_ttl_ms, unused_ms)?;
+        stream.history.prune(now_ms);
+        let page = stream.map.page(after, limit, now_ms, keep);
+        Ok(MapPage {
+            entries: page.entries,
+            cursor: page.cursor,
+            position: stream.history.position(),
+        })
+    }
+
+    /// Takes `stream`'s expired map keys out, each as a removal appended to its history and
+    /// delivered, as if it had been removed through the API.
+    fn expire_keys(&self, channel: &str, stream: &mut Stream, now_ms: u64) {
+        if stream.map.is_empty() {
+            return;
+        }
+        for key in stream.map.take_expired(now_ms) {
+            let mut removal = Publication::removal(&key);
+            removal.offset = stream.history.next_offset();
+            let removal = Arc::new(removal);
+            stream.history.append(
+                Arc::clone(&removal),
+                stream.history_size,
+                stream.history_ttl_ms,
+                now_ms,
+            );
+            let epoch = stream.history.position().epoch;
+            self.deliver(channel, removal, &epoch);
+        }
     }
 
     /// Reads `channel`'s stream and runs `join` under its lock with what was found (and, with
@@ -377,6 +450,7 @@ impl MemoryBroker {
         for shard in self.streams.iter() {
             let mut dropped = 0;
             lock(shard).retain(|channel, stream| {
+                self.expire_keys(channel, stream, now_ms);
                 stream.history.prune(now_ms);
                 let keep = if stream.history.next_offset() != 1 {
                     !stream.history.is_stale(now_ms, stream.meta_ttl_ms)
@@ -622,6 +696,127 @@ mod tests {
                 .position
                 .offset,
             1
+        );
+    }
+
+    /// Keeps what the broker delivers.
+    #[derive(Default)]
+    struct Delivered(Mutex<Vec<(Box<str>, Arc<Publication>)>>);
+
+    impl BrokerEvents for Delivered {
+        fn publication(&self, channel: &str, publication: Arc<Publication>, _: &str) {
+            lock(&self.0).push((channel.into(), publication));
+        }
+        fn join(&self, _: &str, _: Arc<ClientInfo>) {}
+        fn leave(&self, _: &str, _: Arc<ClientInfo>) {}
+        fn control(&self, _: Bytes) {}
+        fn link_lost(&self) {}
+        fn link_restored(&self) {}
+    }
+
+    fn set(broker: &MemoryBroker, key: &str, value: &'static str, options: &PublishOptions) -> u64 {
+        let publication = Publication::json(Bytes::from_static(value.as_bytes())).keyed(key);
+        broker
+            .publish_now("m", publication, options)
+            .unwrap()
+            .unwrap()
+            .offset
+    }
+
+    fn keys(page: &MapPage) -> Vec<(&str, u64)> {
+        page.entries
+            .iter()
+            .map(|p| (p.key.as_deref().unwrap_or_default(), p.offset))
+            .collect()
+    }
+
+    #[test]
+    fn keyed_publications_change_the_map_with_its_stream_and_pages_carry_the_position() {
+        let broker = MemoryBroker::default();
+        let options = keeping();
+        assert_eq!(set(&broker, "b", "1", &options), 1);
+        assert_eq!(set(&broker, "a", "2", &options), 2);
+        assert_eq!(set(&broker, "b", "3", &options), 3);
+        let page = broker.map_state_now("m", DAY, "", 1, |_| true).unwrap();
+        assert_eq!(keys(&page), [("a", 2)]);
+        assert_eq!(page.cursor.as_deref(), Some("a"));
+        assert_eq!(page.position.offset, 3);
+        let rest = broker.map_state_now("m", DAY, "a", 1, |_| true).unwrap();
+        assert_eq!(keys(&rest), [("b", 3)], "the key's latest value");
+        assert_eq!(rest.cursor, None);
+        assert_eq!(rest.position.epoch, page.position.epoch);
+
+        let removed = broker
+            .publish_now("m", Publication::removal("a"), &options)
+            .unwrap()
+            .unwrap();
+        assert_eq!(removed.offset, 4);
+        // Removing what is not there takes no offset and delivers nothing.
+        let attached = Arc::new(Delivered::default());
+        broker.attach(attached.clone());
+        let nothing = broker
+            .publish_now("m", Publication::removal("a"), &options)
+            .unwrap()
+            .unwrap();
+        assert_eq!(nothing.offset, 4);
+        assert!(lock(&attached.0).is_empty());
+        let page = broker.map_state_now("m", DAY, "", 10, |_| true).unwrap();
+        assert_eq!(keys(&page), [("b", 3)]);
+        // The stream holds every change, the removal with its key.
+        let stream = broker.history_now("m", &HistoryRange::default());
+        let changes: Vec<_> = stream
+            .publications
+            .iter()
+            .map(|p| (p.key.as_deref().unwrap_or_default(), p.removed))
+            .collect();
+        assert_eq!(
+            changes,
+            [("b", false), ("a", false), ("b", false), ("a", true)]
+        );
+    }
+
+    #[test]
+    fn an_expired_key_is_taken_out_as_a_removal_in_the_stream_and_delivered() {
+        let broker = MemoryBroker::default();
+        let delivered = Arc::new(Delivered::default());
+        broker.attach(delivered.clone());
+        let short = PublishOptions {
+            key_ttl: Duration::from_millis(1),
+            ..keeping()
+        };
+        set(&broker, "lease", "1", &short);
+        set(&broker, "kept", "2", &keeping());
+        std::thread::sleep(Duration::from_millis(5));
+        // Past its time it is no longer served, even before the sweep.
+        let page = broker.map_state_now("m", DAY, "", 10, |_| true).unwrap();
+        assert_eq!(keys(&page), [("kept", 2)]);
+        broker.expire();
+        broker.expire();
+        let seen: Vec<_> = lock(&delivered.0)
+            .iter()
+            .map(|(_, p)| {
+                (
+                    p.key.as_deref().unwrap_or_default().to_owned(),
+                    p.removed,
+                    p.offset,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("lease".to_owned(), false, 1),
+                ("kept".to_owned(), false, 2),
+                ("lease".to_owned(), true, 3)
+            ],
+            "one removal, however many sweeps"
+        );
+        assert_eq!(
+            broker
+                .history_now("m", &HistoryRange::default())
+                .position
+                .offset,
+            3
         );
     }
 

@@ -71,6 +71,9 @@ pub struct PublishOptions {
     pub idempotency_key: Option<Box<str>>,
     /// How long an idempotency key is remembered.
     pub idempotency_ttl: Duration,
+    /// A map channel's key lifetime: a keyed publication's key is dropped this long after
+    /// it was last set (zero: only when removed).
+    pub key_ttl: Duration,
 }
 
 /// Which part of a stream a history read wants.
@@ -90,6 +93,18 @@ pub struct HistoryPage {
     /// The publications, each with its offset set.
     pub publications: Vec<Arc<Publication>>,
     /// The stream's position at the time of the read.
+    pub position: Position,
+}
+
+/// One page of a map channel's state, read with the stream position it holds every change
+/// up to (see `keyed`).
+#[derive(Debug)]
+pub struct MapPage {
+    /// The keys' latest publications, in key order.
+    pub entries: Vec<Arc<Publication>>,
+    /// Where the next page starts (`None`: this was the last).
+    pub cursor: Option<Box<str>>,
+    /// The stream's position when the page was read.
     pub position: Position,
 }
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::memory::{MemoryBroker, StreamState, StreamsFull};
 use crate::broker::{
-    Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, Position,
+    Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, MapPage, Position,
     PublishOptions,
 };
 use crate::channels::{ChannelRules, Namespaces};
@@ -544,7 +544,62 @@ impl Node {
             history_meta_ttl: self.settings.history_meta_ttl,
             idempotency_key,
             idempotency_ttl: IDEMPOTENCY_TTL,
+            key_ttl: rules.map_key_ttl,
         }
+    }
+
+    /// Map channels need a broker that keeps each map's state with its stream, changed in
+    /// one step: the memory broker does; the remote engines do not yet.
+    ///
+    /// # Errors
+    /// [`ClientError::NotSupported`] on a remote broker.
+    pub(crate) fn serves_maps(&self) -> Result<(), ClientError> {
+        match &self.engine {
+            Engine::Memory(_) => Ok(()),
+            Engine::Remote(_) => Err(ClientError::NotSupported("map channel on this broker")),
+        }
+    }
+
+    /// Keyed publications go to map channels (on a broker that serves them), the others to
+    /// stream channels: whichever door or API call it came from.
+    fn fits_kind(
+        &self,
+        rules: &ChannelRules,
+        publication: &Publication,
+    ) -> Result<(), ClientError> {
+        match (rules.map, publication.key.is_some()) {
+            (true, true) => self.serves_maps(),
+            (true, false) => Err(ClientError::IsAMap),
+            (false, true) => Err(ClientError::NotAMap),
+            (false, false) => Ok(()),
+        }
+    }
+
+    /// A page of map channel `channel`'s state after `after` (see [`MapPage`]), its entries
+    /// those `filter` passes.
+    ///
+    /// # Errors
+    /// [`ClientError::NotSupported`] on a remote broker; [`ClientError::NodeLimit`] when it
+    /// would start a stream past `limits.max_history_streams`.
+    pub(crate) fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+        filter: Option<&crate::filter::Filter>,
+    ) -> Result<MapPage, ClientError> {
+        let Engine::Memory(memory) = &self.engine else {
+            return Err(ClientError::NotSupported("map channel on this broker"));
+        };
+        memory
+            .map_state_now(
+                channel,
+                self.settings.history_meta_ttl,
+                after,
+                limit,
+                |publication| filter.is_none_or(|f| f.matches(publication.tags.as_deref())),
+            )
+            .map_err(|full| self.streams_full(full))
     }
 
     /// Runs a broker call with the node's timeout, counting failures.
@@ -602,6 +657,7 @@ impl Node {
     ) -> Result<Option<Position>, ClientError> {
         let started = Instant::now();
         self.refuse_oversized(channel, &publication)?;
+        self.fits_kind(rules, &publication)?;
         self.metrics.publications.inc();
         let options = self.options(rules, idempotency_key);
         let mut span = self.publish_span(channel, &mut publication);
@@ -655,6 +711,9 @@ impl Node {
         done: impl FnOnce(Result<Option<Position>, ClientError>) + Send + 'static,
     ) {
         if let Err(error) = self.refuse_oversized(channel, &publication) {
+            return done(Err(error));
+        }
+        if let Err(error) = self.fits_kind(rules, &publication) {
             return done(Err(error));
         }
         if let Engine::Memory(memory) = &self.engine {

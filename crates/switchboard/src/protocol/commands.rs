@@ -39,6 +39,12 @@ impl ClientSession {
                 let Ok(rules) = self.state.channels().rules(&channel).cloned() else {
                     return;
                 };
+                if rules.map {
+                    // A server-side subscription is a stream subscription, which a map
+                    // channel does not take (its client syncs a map by itself).
+                    tracing::warn!(event = "server_command_refused", conn_id = self.conn.id, user = %self.conn.user(), channel = %channel, code = ClientError::IsAMap.code(), "server-side subscribe to a map channel");
+                    return;
+                }
                 let conn = Arc::clone(&self.conn);
                 let encoding = self.encoding();
                 let target = channel.to_string();

@@ -14,6 +14,7 @@
 
 mod commands;
 mod hooked;
+mod map;
 mod results;
 pub use crate::wire;
 
@@ -548,6 +549,7 @@ impl ClientSession {
             .rules(channel)
             .map_err(ClientError::from)
             .and_then(|rules| {
+                map::kind_fits(rules, request.kind)?;
                 if self.subscriptions.contains_key(channel)
                     || self.hook_subscribing.contains(channel)
                 {
@@ -590,6 +592,17 @@ impl ClientSession {
     ) {
         let channel = request.channel.as_str();
         let mut granted = granted;
+        if request.kind == wire::SUBSCRIPTION_MAP {
+            // Each phase is granted afresh; a sub_refresh hook renews a map as any other.
+            granted.renewed_by_hook = by_hook
+                && granted.expires_at != 0
+                && self
+                    .state
+                    .hooks
+                    .as_ref()
+                    .is_some_and(|h| h.sub_refresh(channel).is_some());
+            return self.map_subscribe(id, request, rules, granted);
+        }
         granted.renewed_by_hook = by_hook
             && granted.expires_at != 0
             && self
@@ -641,8 +654,16 @@ impl ClientSession {
         recover: Option<&SubscribeRequest>,
         queue: impl FnOnce(Result<&SubscribeResult, ClientError>) -> bool + Send + 'static,
     ) -> Option<bool> {
+        // A map subscriber always catches up from the position it names: from where its
+        // state pages were read, or (recovering) from what it last saw.
         let recover_from = recover
-            .filter(|r| r.recover && rules.recover)
+            .filter(|r| {
+                if rules.map {
+                    !r.epoch.is_empty()
+                } else {
+                    r.recover && rules.recover
+                }
+            })
             .map(|r| (r.offset, Box::<str>::from(r.epoch.as_str())));
         let recoverable = rules.recover && rules.keeps_history();
         // Checked in `subscribe` (a bad one is error 107 there).
@@ -651,7 +672,10 @@ impl ClientSession {
             .and_then(|tf| Filter::from_node(tf).ok())
             .map(Arc::new);
         let replay_filter = filter.clone();
-        let delta = recover.is_some_and(|r| r.delta == DELTA_FOSSIL);
+        let asked_recovery = recover.is_some_and(|r| r.recover);
+        // Deltas run per key in a map, which the hub's one chain per channel is not: a map
+        // subscriber gets whole values (`delta: false` tells the SDK so).
+        let delta = !rules.map && recover.is_some_and(|r| r.delta == DELTA_FOSSIL);
         let encoding = self.encoding();
         let expires_at = granted.expires_at;
         let told_expires_at = if granted.renewed_by_hook {
@@ -690,7 +714,9 @@ impl ClientSession {
                 result.expires = true;
                 result.ttl = ttl_of(told_expires_at);
             }
-            if result.was_recovering {
+            // A map subscriber's catch-up after its state pages is no recovery; its
+            // reconnect (`recover` asked) is.
+            if result.was_recovering && asked_recovery {
                 let outcome = if result.recovered {
                     "recovered"
                 } else {
@@ -791,17 +817,22 @@ impl ClientSession {
     }
 
     fn publish(&mut self, id: u32, request: wire::PublishRequest) -> Result<(), ClientError> {
-        // A map's keyed publish or removal: no map channels here, and publishing it as a
-        // stream publication would tell subscribers something else.
-        if request.kind != 0 || !request.key.is_empty() || request.removed {
-            return Err(ClientError::NotSupported("map publication"));
+        // A map's keyed publish or removal goes to map channels only; a stream publication
+        // to a map would be a value with no key, which its subscribers cannot place.
+        let keyed = request.kind != 0 || !request.key.is_empty() || request.removed;
+        let channel = request.channel.as_str();
+        let rules = self.state.channels().rules(channel)?.clone();
+        match (rules.map, keyed) {
+            (true, false) => return Err(ClientError::IsAMap),
+            (false, true) => return Err(ClientError::NotAMap),
+            (true, true) => self.state.node.serves_maps()?,
+            (false, false) => {}
         }
-        // JSON `data` is a JSON value; absent, there is nothing to publish.
-        if self.encoding() == Encoding::Json && request.data.is_empty() {
+        // JSON `data` is a JSON value; absent, there is nothing to publish (a removal
+        // carries none).
+        if self.encoding() == Encoding::Json && request.data.is_empty() && !request.removed {
             return Err(ClientError::BadRequest);
         }
-        let channel = request.channel.as_str();
-        let rules = self.state.channels().rules(channel)?;
         // A user-limited channel (`name#42`) is a user's inbox: only the backend writes there.
         if user_limited(channel, "").is_some() {
             return Err(ClientError::PermissionDenied);
@@ -809,10 +840,19 @@ impl ClientSession {
         // The namespace's publish hook decides instead of its `publish` rule.
         let hook = self.state.hooks.as_ref().and_then(|h| h.publish(channel));
         if let Some(endpoint) = hook.map(Arc::clone) {
+            if keyed {
+                // The hook's request has no key to show it: it cannot decide this one.
+                return Err(ClientError::NotSupported(
+                    "map publication with a publish hook",
+                ));
+            }
             return self.publish_hook(id, request, endpoint);
         }
-        if !self.may_publish(channel, rules) {
+        if !self.may_publish(channel, &rules) {
             return Err(ClientError::PermissionDenied);
+        }
+        if keyed {
+            return self.map_publish(id, request, &rules);
         }
         self.publish_data(id, channel, request.data)
     }

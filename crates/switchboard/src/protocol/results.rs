@@ -48,7 +48,7 @@ fn delta_bodies(
 const REPLY_OVERHEAD: usize = 256;
 
 /// How many of `publications`, taken in the order given, fit in `budget` bytes.
-fn fitting<'a>(
+pub(super) fn fitting<'a>(
     publications: impl Iterator<Item = &'a Arc<Publication>>,
     budget: usize,
     encoding: Encoding,

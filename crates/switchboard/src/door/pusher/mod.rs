@@ -83,6 +83,8 @@ fn rules(kind: ChannelKind) -> ChannelRules {
         history_size: 0,
         history_ttl: std::time::Duration::ZERO,
         recover: false,
+        map: false,
+        map_key_ttl: std::time::Duration::ZERO,
     }
 }
 

@@ -1,0 +1,220 @@
+//! Map subscriptions and keyed publications, one connection's side: the phased state sync
+//! the SDK drives, and `publish` with a key (set) or `removed` (remove).
+//!
+//! A map subscribe is a series of subscribe commands for one channel. In the state phase
+//! each reads a page of the map's state in key order; the first page's stream position
+//! travels back with every later one (the client repeats it), and the last page goes live at
+//! once: the connection joins the channel through the usual join, catching up on the stream
+//! from that position under the broker's lock, so every change after the pages were read
+//! arrives in the reply or live, none twice and none lost. A stream-phase subscribe (the SDK
+//! recovering after a reconnect) joins the same way from the position it names. A catch-up
+//! the stream no longer holds is error 112, and the SDK starts over from the state: a map
+//! never goes live with a gap, which would leave a wrong value under some key for good.
+//!
+//! Every phase checks the subscribe permission again (token, hook or rules), so a page is
+//! never served to someone who may not subscribe. Map channels take map subscriptions and
+//! keyed publications only, and stream channels refuse both, each with a clear error.
+
+use std::sync::Arc;
+
+use super::results::fitting;
+use super::{ClientSession, Granted};
+use crate::channels::ChannelRules;
+use crate::error::ClientError;
+use crate::filter::Filter;
+use crate::keyed::check_key;
+use crate::node::encode_frame;
+use crate::publication::{ClientInfo, Publication};
+use crate::wire::{
+    self, Encoding, Reply, SubscribeRequest, SubscribeResult, MAP_PHASE_STATE, SUBSCRIPTION_MAP,
+};
+
+/// State entries per page when the client names no limit.
+const DEFAULT_PAGE: usize = 100;
+/// Most state entries per page, whatever the client asks.
+const MAX_PAGE: usize = 1000;
+
+/// Whether a subscribe of `kind` fits a channel under `rules`: map subscriptions to map
+/// channels, stream subscriptions to the others.
+pub(super) fn kind_fits(rules: &ChannelRules, kind: i32) -> Result<(), ClientError> {
+    match (rules.map, kind == SUBSCRIPTION_MAP) {
+        (true, false) => Err(ClientError::IsAMap),
+        (false, true) => Err(ClientError::NotAMap),
+        _ => Ok(()),
+    }
+}
+
+impl ClientSession {
+    /// A granted map subscribe: serves a state page, or joins (last page, stream phase).
+    pub(super) fn map_subscribe(
+        &mut self,
+        id: u32,
+        request: SubscribeRequest,
+        rules: ChannelRules,
+        granted: Granted,
+    ) {
+        if let Err(error) = self.state.node.serves_maps() {
+            return self.reply_error(id, error);
+        }
+        if request.phase != MAP_PHASE_STATE {
+            return self.map_join(id, request, rules, granted, Vec::new());
+        }
+        // Checked in `subscribe` (a bad one is error 107 there).
+        let filter = request
+            .tf
+            .as_ref()
+            .and_then(|tf| Filter::from_node(tf).ok());
+        let limit = usize::try_from(request.limit)
+            .ok()
+            .filter(|limit| *limit > 0)
+            .map_or(DEFAULT_PAGE, |limit| limit.min(MAX_PAGE));
+        let page = match self.state.node.map_state(
+            &request.channel,
+            &request.cursor,
+            limit,
+            filter.as_ref(),
+        ) {
+            Ok(page) => page,
+            Err(error) => return self.reply_error(id, error),
+        };
+        let encoding = self.encoding();
+        // As many as fit in what the connection may queue (at least one, or no page would
+        // ever end): the next page starts after the last one sent.
+        let fit = fitting(page.entries.iter(), self.conn.reply_budget(), encoding).max(1);
+        let mut cursor = page.cursor;
+        if fit < page.entries.len() {
+            cursor = page.entries[fit - 1].key.clone();
+        }
+        let state: Vec<wire::PublicationBody> = page.entries[..fit.min(page.entries.len())]
+            .iter()
+            .map(|publication| publication.body(encoding))
+            .collect();
+        // The catch-up starts where the first page was read: later pages repeat it back.
+        let first_page = request.epoch.is_empty();
+        let same_stream = first_page || *request.epoch == *page.position.epoch;
+        let (offset, epoch) = if first_page || !same_stream {
+            // A new stream since the first page (its state was lost): the client sees the
+            // new epoch and starts over.
+            (page.position.offset, page.position.epoch.to_string())
+        } else {
+            (request.offset, request.epoch.clone())
+        };
+        if cursor.is_some() || !same_stream {
+            let result = SubscribeResult {
+                phase: MAP_PHASE_STATE,
+                cursor: cursor.map(String::from).unwrap_or_default(),
+                state: if same_stream { state } else { Vec::new() },
+                epoch,
+                offset,
+                ..SubscribeResult::default()
+            };
+            return self.send(&Reply {
+                id,
+                subscribe: Some(result),
+                ..Reply::default()
+            });
+        }
+        // The last page: go live, catching up from the first page's position.
+        let mut live = request;
+        live.offset = offset;
+        live.epoch = epoch;
+        live.recover = false;
+        self.map_join(id, live, rules, granted, state)
+    }
+
+    /// Joins a map channel, catching up from the position `request` names (none: from now),
+    /// and replies with `state` (the last state page, if this ends the state phase), the
+    /// catch-up and the position, in the live phase.
+    fn map_join(
+        &mut self,
+        id: u32,
+        request: SubscribeRequest,
+        rules: ChannelRules,
+        granted: Granted,
+        state: Vec<wire::PublicationBody>,
+    ) {
+        let channel = request.channel.clone();
+        let recovering = request.recover;
+        let conn = Arc::clone(&self.conn);
+        let encoding = self.encoding();
+        self.join(
+            &channel,
+            rules,
+            granted,
+            Some(&request),
+            move |result: Result<&SubscribeResult, ClientError>| {
+                let reply = match result {
+                    // A gap: going live now would leave some key's old value for good.
+                    Ok(result) if result.was_recovering && !result.recovered => {
+                        Err(ClientError::Unrecoverable)
+                    }
+                    Ok(result) => {
+                        let mut result = result.clone();
+                        result.state = state;
+                        result.phase = wire::MAP_PHASE_LIVE;
+                        // Only a client that asked to recover is told it did: the SDK then
+                        // skips its full `sync`, which a first subscribe needs.
+                        result.was_recovering &= recovering;
+                        result.recovered &= recovering;
+                        Ok(result)
+                    }
+                    Err(error) => Err(error),
+                };
+                let (reply, go) = match reply {
+                    Ok(result) => (
+                        Reply {
+                            id,
+                            subscribe: Some(result),
+                            ..Reply::default()
+                        },
+                        true,
+                    ),
+                    Err(error) => (Reply::error(id, error), false),
+                };
+                conn.push(&encode_frame(&reply, encoding));
+                go
+            },
+        );
+    }
+
+    /// A keyed publish or removal (`publish` with `type` 1) to a map channel.
+    pub(super) fn map_publish(
+        &mut self,
+        id: u32,
+        request: wire::PublishRequest,
+        rules: &ChannelRules,
+    ) -> Result<(), ClientError> {
+        if request.kind != SUBSCRIPTION_MAP {
+            return Err(ClientError::BadRequest);
+        }
+        check_key(&request.key).map_err(|_| ClientError::BadRequest)?;
+        let channel = request.channel.as_str();
+        let mut publication = if request.removed {
+            Publication::removal(&request.key)
+        } else {
+            if self.encoding() == Encoding::Json && request.data.is_empty() {
+                return Err(ClientError::BadRequest);
+            }
+            let publication = match self.encoding() {
+                Encoding::Json => Publication::json(request.data),
+                Encoding::Protobuf => Publication::bytes(request.data),
+            };
+            publication.keyed(&request.key)
+        };
+        publication.info = Some(match self.subscriptions.get(channel) {
+            Some(subscription) => Arc::clone(&subscription.info),
+            None => Arc::new(ClientInfo::new(
+                &self.client_id,
+                self.conn.user(),
+                self.conn_info.as_ref(),
+                None,
+            )),
+        });
+        publication.trace = self.conn.trace();
+        let done = self.reply_later(id, |reply, _| reply.publish = Some(wire::Empty {}));
+        self.state
+            .node
+            .publish_then(&mut self.order, channel, rules, publication, done);
+        Ok(())
+    }
+}

@@ -1,0 +1,374 @@
+'use strict';
+// Map subscriptions (a namespace with `map = true`): the real `centrifuge` SDK's
+// `newMapSubscription` syncs the state in phases (pages of keys, then the stream catch-up,
+// then live), keys are set and removed through the server API (`map_publish`, `map_remove`)
+// and from the SDK, a key TTL removes keys, a recoverable map recovers after a reconnect and
+// a map whose stream no longer holds the gap starts over from the state. Map commands to a
+// stream channel, and stream commands to a map channel, are refused with 108 and the
+// connection goes on. JSON and Protobuf builds; one raw-protocol test checks that what
+// changes between two state pages reaches the subscriber. On the Redis and NATS brokers (a
+// private redis-server / nats-server on a free port) maps are not built yet: every map
+// command is refused with 108 and the node keeps serving streams.
+
+const assert = require('node:assert/strict');
+const { test } = require('node:test');
+
+const { WebSocket } = require('ws');
+const { BROKERS, startBroker } = require('../lib/brokers');
+const { connectionToken, firstEvent, nextEvent, rejectionOf, until } = require('../lib/harness');
+const { config } = require('../lib/config');
+const { subscribed, withClients } = require('../lib/sdk');
+
+/** The JSON value of an entry's data, whatever the build (protobuf gives bytes). */
+const valueOf = (data) => (data instanceof Uint8Array ? JSON.parse(new TextDecoder().decode(data)) : data);
+/** An entry list as `{key: value}`. */
+const asObject = (entries) => Object.fromEntries(entries.map((e) => [e.key, valueOf(e.data)]));
+/** What the SDK's protobuf build publishes: bytes. */
+const payload = (protobuf, value) => (protobuf ? new TextEncoder().encode(JSON.stringify(value)) : value);
+
+const MAP_NS = {
+  subscribe: 'authenticated',
+  publish: 'subscribers',
+  map: true,
+  history_size: 100,
+  history_ttl: '5m',
+  recover: true,
+};
+
+function mapConfig(extra = {}) {
+  return config({
+    board: MAP_NS,
+    // A map that does not recover: a reconnect syncs the whole state again.
+    scratch: { ...MAP_NS, recover: false },
+    // A stream short enough to lose a gap.
+    short: { ...MAP_NS, history_size: 2 },
+    // Keys live one second after their last publish.
+    lease: { ...MAP_NS, map_key_ttl: '1s' },
+    news: { subscribe: 'authenticated', publish: 'subscribers', history_size: 10, history_ttl: '5m' },
+    ...extra,
+  });
+}
+
+/** A map subscription recording `sync`, `update` and the usual events. */
+function mapSubscription(client, channel, options = {}) {
+  const sub = client.newMapSubscription(channel, options);
+  sub.syncs = [];
+  sub.updates = [];
+  sub.events = [];
+  for (const name of ['subscribed', 'unsubscribed', 'error', 'sync', 'update', 'state']) {
+    sub.on(name, (ctx) => sub.events.push({ name, ctx }));
+  }
+  sub.on('sync', (ctx) => sub.syncs.push(ctx));
+  sub.on('update', (ctx) => sub.updates.push(ctx));
+  return sub;
+}
+
+/** Subscribes `sub` and resolves with its 'subscribed' context (fails on anything else). */
+async function subscribe(sub) {
+  const outcome = firstEvent(sub, ['subscribed', 'unsubscribed']);
+  sub.subscribe();
+  const { name, ctx } = await outcome;
+  if (name !== 'subscribed') throw new Error(`map subscribe failed: ${name} ${JSON.stringify(ctx)}`);
+  return ctx;
+}
+
+const mapPublish = (server, channel, key, data, extra = {}) => server.call('map_publish', { channel, key, data, ...extra });
+const mapRemove = (server, channel, key) => server.call('map_remove', { channel, key });
+
+for (const protobuf of [false, true]) {
+  const label = protobuf ? 'protobuf' : 'json';
+
+  test(`${label}: a map subscriber syncs a state of several pages, then gets live sets and removals from the API and from clients`, async () => {
+    await withClients({ config: mapConfig() }, async (server, clients) => {
+      for (let i = 1; i <= 7; i++) await mapPublish(server, 'board:one', `k${i}`, { v: i });
+      await mapPublish(server, 'board:one', 'k3', { v: 33 }); // replaced
+      await mapRemove(server, 'board:one', 'k5'); // gone
+
+      const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
+      // Two keys a page: four state pages before going live.
+      const sub = mapSubscription(alice, 'board:one', { pageSize: 2 });
+      const ctx = await subscribe(sub);
+      await until(() => sub.syncs.length === 1, 'the sync');
+      const expected = { k1: { v: 1 }, k2: { v: 2 }, k3: { v: 33 }, k4: { v: 4 }, k6: { v: 6 }, k7: { v: 7 } };
+      assert.deepEqual(asObject(sub.syncs[0].entries), expected);
+      assert.deepEqual(asObject(ctx.state), expected, 'the subscribed context holds the state too');
+      assert.equal(ctx.recoverable, true);
+      assert.equal(ctx.recovered, false, 'a first subscribe is no recovery');
+
+      // Live: API set, API removal, a client's own publish and remove.
+      await mapPublish(server, 'board:one', 'live', { hello: 'world' });
+      await mapRemove(server, 'board:one', 'k1');
+      await sub.publish('mine', payload(protobuf, { from: 'alice' }));
+      await sub.remove('k2');
+      // Removing a key that is not there changes nothing and tells nobody.
+      await mapRemove(server, 'board:one', 'never-there');
+      await mapPublish(server, 'board:one', 'last', { n: 1 });
+      await until(() => sub.updates.some((u) => u.key === 'last'), 'the last update');
+      const seen = sub.updates.map((u) => (u.removed ? `-${u.key}` : `${u.key}=${JSON.stringify(valueOf(u.data))}`));
+      assert.deepEqual(seen, ['live={"hello":"world"}', '-k1', 'mine={"from":"alice"}', '-k2', 'last={"n":1}']);
+
+      // A second client syncs what the first one built up.
+      const bob = await clients.connected(server.wsUrl, connectionToken('bob'), { protobuf });
+      const other = mapSubscription(bob, 'board:one');
+      await subscribe(other);
+      await until(() => other.syncs.length === 1, "bob's sync");
+      assert.deepEqual(asObject(other.syncs[0].entries), {
+        k3: { v: 33 }, k4: { v: 4 }, k6: { v: 6 }, k7: { v: 7 }, live: { hello: 'world' }, mine: { from: 'alice' }, last: { n: 1 },
+      });
+      // An empty map syncs as empty.
+      const empty = mapSubscription(bob, 'board:empty');
+      await subscribe(empty);
+      await until(() => empty.syncs.length === 1, 'the empty sync');
+      assert.deepEqual(empty.syncs[0].entries, []);
+    });
+  });
+
+  test(`${label}: a recoverable map recovers what it missed while disconnected, with no second sync; a lost gap syncs again from scratch`, async () => {
+    await withClients({ config: mapConfig() }, async (server, clients) => {
+      await mapPublish(server, 'board:r', 'a', { v: 1 });
+      const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
+      const sub = mapSubscription(alice, 'board:r');
+      await subscribe(sub);
+      await until(() => sub.syncs.length === 1, 'the first sync');
+
+      alice.disconnect();
+      await mapPublish(server, 'board:r', 'b', { v: 2 });
+      await mapRemove(server, 'board:r', 'a');
+      const again = nextEvent(sub, 'subscribed');
+      alice.connect();
+      const ctx = await again;
+      assert.equal(ctx.recovered, true, JSON.stringify(ctx));
+      await until(() => sub.updates.length >= 2, 'the two missed changes');
+      assert.deepEqual(sub.updates.map((u) => [u.key, !!u.removed]), [['b', false], ['a', true]]);
+      assert.equal(sub.syncs.length, 1, 'a recovery sends no new sync');
+
+      // A stream of two publications cannot hold a gap of five: the SDK's resubscribe is
+      // refused with 112 and it starts over from the state (its default strategy).
+      const short = mapSubscription(alice, 'short:s');
+      await subscribe(short);
+      await mapPublish(server, 'short:s', 'first', { v: 0 });
+      await until(() => short.updates.length === 1, 'the first update');
+      short.unsubscribe();
+      for (let i = 1; i <= 5; i++) await mapPublish(server, 'short:s', `over${i}`, { v: i });
+      const resync = nextEvent(short, 'sync');
+      const resubscribed = await subscribe(short);
+      assert.equal(resubscribed.recovered, false);
+      const { entries } = await resync;
+      assert.deepEqual(Object.keys(asObject(entries)).sort(), ['first', 'over1', 'over2', 'over3', 'over4', 'over5']);
+
+      // The same gap with the 'fatal' strategy: the subscription ends with 112.
+      const fatal = mapSubscription(alice, 'short:f', { unrecoverableStrategy: 'fatal' });
+      await subscribe(fatal);
+      await mapPublish(server, 'short:f', 'first', { v: 0 });
+      await until(() => fatal.updates.length === 1, 'the first update');
+      fatal.unsubscribe();
+      for (let i = 1; i <= 5; i++) await mapPublish(server, 'short:f', `over${i}`, { v: i });
+      const ended = firstEvent(fatal, ['subscribed', 'unsubscribed']);
+      fatal.subscribe();
+      const { name, ctx: endCtx } = await ended;
+      assert.equal(name, 'unsubscribed');
+      assert.equal(endCtx.code, 112, JSON.stringify(endCtx));
+    });
+  });
+
+  test(`${label}: a map that does not recover syncs its whole state again after a reconnect`, async () => {
+    await withClients({ config: mapConfig() }, async (server, clients) => {
+      await mapPublish(server, 'scratch:x', 'keep', { v: 1 });
+      const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
+      const sub = mapSubscription(alice, 'scratch:x');
+      const ctx = await subscribe(sub);
+      assert.equal(ctx.recoverable, false);
+      await until(() => sub.syncs.length === 1, 'the first sync');
+      alice.disconnect();
+      await mapPublish(server, 'scratch:x', 'added', { v: 2 });
+      alice.connect();
+      await until(() => sub.syncs.length === 2, 'the second sync');
+      assert.deepEqual(asObject(sub.syncs[1].entries), { keep: { v: 1 }, added: { v: 2 } });
+    });
+  });
+
+  test(`${label}: a key TTL removes a key its publisher stopped renewing, and subscribers are told`, async () => {
+    await withClients({ config: mapConfig() }, async (server, clients) => {
+      const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
+      const sub = mapSubscription(alice, 'lease:l');
+      await subscribe(sub);
+      await mapPublish(server, 'lease:l', 'held', { v: 1 });
+      const expired = await nextEvent(sub, 'update', (u) => u.removed === true);
+      assert.equal(expired.key, 'held');
+      assert.deepEqual(sub.updates.map((u) => [u.key, !!u.removed]), [['held', false], ['held', true]]);
+      // Gone from the state too.
+      const bob = await clients.connected(server.wsUrl, connectionToken('bob'), { protobuf });
+      const fresh = mapSubscription(bob, 'lease:l');
+      await subscribe(fresh);
+      await until(() => fresh.syncs.length === 1, 'the sync');
+      assert.deepEqual(fresh.syncs[0].entries, []);
+    });
+  });
+
+  test(`${label}: a tags filter selects the state entries and the live updates`, async () => {
+    await withClients({ config: mapConfig() }, async (server, clients) => {
+      await mapPublish(server, 'board:t', 'e1', { v: 1 }, { tags: { team: 'eng' } });
+      await mapPublish(server, 'board:t', 's1', { v: 2 }, { tags: { team: 'sales' } });
+      await mapPublish(server, 'board:t', 'e2', { v: 3 }, { tags: { team: 'eng' } });
+      const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
+      const sub = mapSubscription(alice, 'board:t', { tagsFilter: { key: 'team', cmp: 'eq', val: 'eng' }, pageSize: 1 });
+      await subscribe(sub);
+      await until(() => sub.syncs.length === 1, 'the sync');
+      assert.deepEqual(Object.keys(asObject(sub.syncs[0].entries)).sort(), ['e1', 'e2']);
+      await mapPublish(server, 'board:t', 's2', { v: 4 }, { tags: { team: 'sales' } });
+      await mapPublish(server, 'board:t', 'e3', { v: 5 }, { tags: { team: 'eng' } });
+      await until(() => sub.updates.length >= 1, 'the eng update');
+      assert.deepEqual(sub.updates.map((u) => u.key), ['e3']);
+    });
+  });
+
+  test(`${label}: map commands to a stream channel and stream commands to a map channel are refused with 108; the connection goes on`, async () => {
+    await withClients({ config: mapConfig() }, async (server, clients) => {
+      const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
+
+      const wrongMap = mapSubscription(alice, 'news:plain');
+      const refused = firstEvent(wrongMap, ['subscribed', 'unsubscribed']);
+      wrongMap.subscribe();
+      const { name, ctx } = await refused;
+      assert.equal(name, 'unsubscribed');
+      assert.equal(ctx.code, 108, JSON.stringify(ctx));
+      assert.match(ctx.reason, /not a map channel/);
+
+      const plainOnMap = alice.newSubscription('board:m');
+      const refusedStream = firstEvent(plainOnMap, ['subscribed', 'unsubscribed']);
+      plainOnMap.subscribe();
+      const stream = await refusedStream;
+      assert.equal(stream.name, 'unsubscribed');
+      assert.equal(stream.ctx.code, 108, JSON.stringify(stream.ctx));
+      assert.match(stream.ctx.reason, /map channel/);
+
+      await subscribed(alice, 'news:plain-sub');
+      const keyedToStream = await rejectionOf(alice.mapPublish('news:plain-sub', 'k', payload(protobuf, { v: 1 })));
+      assert.equal(keyedToStream.code, 108, JSON.stringify(keyedToStream));
+      const removeOnStream = await rejectionOf(alice.mapRemove('news:plain-sub', 'k'));
+      assert.equal(removeOnStream.code, 108, JSON.stringify(removeOnStream));
+
+      // A map publish with an empty key is a bad request.
+      const sub = mapSubscription(alice, 'board:m2');
+      await subscribe(sub);
+      const noKey = await rejectionOf(alice.mapPublish('board:m2', '', payload(protobuf, { v: 1 })));
+      assert.equal(noKey.code, 107, JSON.stringify(noKey));
+
+      // The API: a plain publish to a map, a map_publish to a stream channel, a bad key.
+      const plainPublish = await server.api('publish', { channel: 'board:m2', data: { v: 1 } });
+      assert.equal(plainPublish.body.error?.code, 108, JSON.stringify(plainPublish));
+      const mapToStream = await server.api('map_publish', { channel: 'news:plain', key: 'k', data: { v: 1 } });
+      assert.equal(mapToStream.body.error?.code, 108, JSON.stringify(mapToStream));
+      const emptyKey = await server.api('map_publish', { channel: 'board:m2', key: '', data: { v: 1 } });
+      assert.equal(emptyKey.status, 400, JSON.stringify(emptyKey));
+      const removeWithData = await server.api('map_remove', { channel: 'board:m2', key: 'k', data: 1 });
+      assert.equal(removeWithData.status, 400, JSON.stringify(removeWithData));
+
+      // Still served: the map subscription gets a live update, a stream subscription a publication.
+      await mapPublish(server, 'board:m2', 'after', { ok: true });
+      await until(() => sub.updates.some((u) => u.key === 'after'), 'a map update after the refusals');
+      const after = await subscribed(alice, 'news:after');
+      await server.publish('news:after', { still: 'here' });
+      await until(() => after.pubs.length >= 1, 'a publication after the refusals');
+      assert.equal(alice.state, 'connected');
+    });
+  });
+}
+
+/** A raw JSON-protocol connection: `send(command)` resolves with the reply to it. */
+async function rawClient(url, token) {
+  const ws = new WebSocket(url);
+  await new Promise((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('error', reject);
+  });
+  const replies = new Map();
+  const pushes = [];
+  ws.on('message', (data) => {
+    for (const line of String(data).split('\n')) {
+      if (!line.trim()) continue;
+      const reply = JSON.parse(line);
+      if (reply.id) replies.set(reply.id, reply);
+      else if (reply.push) pushes.push(reply.push);
+    }
+  });
+  let next = 0;
+  const send = async (command) => {
+    next += 1;
+    const id = next;
+    ws.send(JSON.stringify({ id, ...command }));
+    await until(() => replies.has(id), `the reply to ${JSON.stringify(command)}`);
+    return replies.get(id);
+  };
+  await send({ connect: { token } });
+  return { ws, send, pushes };
+}
+
+test('what changes between two state pages reaches the subscriber in the catch-up, none lost and none twice', async () => {
+  await withClients({ config: mapConfig() }, async (server) => {
+    for (const key of ['a', 'b', 'c', 'd']) await mapPublish(server, 'board:p', key, { v: key });
+    const raw = await rawClient(server.wsUrl, connectionToken('raw'));
+    const first = await raw.send({ subscribe: { channel: 'board:p', type: 1, phase: 2, limit: 2 } });
+    const page1 = first.subscribe;
+    assert.equal(page1.phase, 2, JSON.stringify(first));
+    assert.deepEqual(page1.state.map((p) => p.key), ['a', 'b']);
+    assert.ok(page1.cursor && page1.epoch && page1.offset === 4, JSON.stringify(page1));
+
+    // Between the pages: a key already read changes, one not yet read goes, one is added.
+    await mapPublish(server, 'board:p', 'a', { v: 'a2' });
+    await mapRemove(server, 'board:p', 'd');
+    await mapPublish(server, 'board:p', 'e', { v: 'e' });
+
+    const second = await raw.send({
+      subscribe: { channel: 'board:p', type: 1, phase: 2, limit: 2, cursor: page1.cursor, offset: page1.offset, epoch: page1.epoch },
+    });
+    const live = second.subscribe;
+    // The last page went live at once (no `phase`: 0), with the catch-up since page 1.
+    assert.equal(live.phase, undefined, JSON.stringify(second));
+    assert.deepEqual(live.state.map((p) => p.key), ['c', 'e']);
+    assert.deepEqual(live.publications.map((p) => [p.key, p.removed === true, p.offset]), [['a', false, 5], ['d', true, 6], ['e', false, 7]]);
+    assert.equal(live.offset, 7);
+    assert.equal(live.recovered, undefined, 'a first subscribe is not a recovery');
+
+    // Live from here, with offsets going on.
+    await mapPublish(server, 'board:p', 'f', { v: 'f' });
+    await until(() => raw.pushes.some((p) => p.pub?.key === 'f'), 'the live publication');
+    assert.equal(raw.pushes.find((p) => p.pub?.key === 'f').pub.offset, 8);
+
+    // A later page naming an epoch the stream no longer has is answered with the new one
+    // (the SDK then starts over).
+    const stale = await raw.send({ subscribe: { channel: 'board:q', type: 1, phase: 2, cursor: 'x', offset: 3, epoch: 'gone' } });
+    assert.equal(stale.subscribe.phase, 2, JSON.stringify(stale));
+    assert.notEqual(stale.subscribe.epoch, 'gone');
+    // Shared poll and presence-as-map subscriptions are still refused with 108.
+    const poll = await raw.send({ subscribe: { channel: 'board:z', type: 4 } });
+    assert.equal(poll.error?.code, 108, JSON.stringify(poll));
+    raw.ws.close();
+  });
+});
+
+for (const kind of Object.keys(BROKERS)) {
+  test(`${kind} broker: map subscriptions and keyed publications are refused with 108, never degraded; streams go on`, async (t) => {
+    const broker = await startBroker(kind);
+    t.after(() => broker.stop());
+    await withClients({ config: mapConfig(), env: broker.env }, async (server, clients) => {
+      const alice = await clients.connected(server.wsUrl, connectionToken('alice'));
+      const sub = mapSubscription(alice, 'board:remote');
+      const outcome = firstEvent(sub, ['subscribed', 'unsubscribed']);
+      sub.subscribe();
+      const { name, ctx } = await outcome;
+      assert.equal(name, 'unsubscribed', JSON.stringify(ctx));
+      assert.equal(ctx.code, 108, JSON.stringify(ctx));
+      assert.match(ctx.reason, /map channel on this broker not supported/);
+      const published = await server.api('map_publish', { channel: 'board:remote', key: 'k', data: { v: 1 } });
+      assert.equal(published.body.error?.code, 108, JSON.stringify(published));
+      const removed = await rejectionOf(alice.mapRemove('board:remote', 'k'));
+      assert.equal(removed.code, 108, JSON.stringify(removed));
+
+      const stream = await subscribed(alice, 'news:remote');
+      await server.publish('news:remote', { still: 'here' });
+      await until(() => stream.pubs.length >= 1, 'a publication through the broker');
+      assert.equal(alice.state, 'connected');
+    });
+  });
+}
