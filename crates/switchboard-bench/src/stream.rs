@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn chunks_split_anywhere_give_the_same_objects() {
-        let wire = b"1a\r\n{\"id\":1,\"connect\":{}}\n{}\n\r\n6\r\n{\"a\":1\r\n2\r\n}\n\r\n";
+        let wire = b"19\r\n{\"id\":1,\"connect\":{}}\n{}\n\r\n6\r\n{\"a\":1\r\n2\r\n}\n\r\n";
         for split in 0..wire.len() {
             let mut body = Body::new(Transport::HttpStream);
             let mut seen = Vec::new();
