@@ -415,6 +415,28 @@ fn fanout_protocol_door_against_the_gateway() {
 }
 
 #[test]
+fn fanout_over_http_streaming_and_sse_against_the_gateway() {
+    // The same run with the subscribers on the HTTP transports. The 100 ms heartbeat closes a
+    // stream whose `{}` pings are not answered through /emulation within 200 ms, so a complete
+    // run also shows the pongs arrived.
+    let gw = gateway::start(gateway::config(true));
+    for door in [fanout::Door::HttpStream, fanout::Door::Sse] {
+        local(async {
+            let t = net::Nodes::parse(&format!("ws://{}", gw.addr), None).expect("target");
+            let p = small_params("stream", door, fanout::Mode::Max { window: 3 });
+            let r = fanout::run(&t, &p, &[], 8).await.expect("run");
+            assert!(r.complete, "incomplete run");
+            assert_eq!(r.get("door").and_then(|v| v.as_str()), Some(door.label()));
+            assert_eq!(num(&r, "loss"), 0.0);
+            assert_eq!(num(&r, "closed_early"), 0.0);
+            assert_eq!(num(&r, "unknown_messages"), 0.0);
+            assert!(num(&r, "publications") > 10.0);
+            assert_eq!(num(&r, "deliveries"), 3.0 * num(&r, "publications"));
+        });
+    }
+}
+
+#[test]
 fn fanout_protocol_door_with_a_token() {
     // Tokens required: the subscribers send theirs in `connect`, the publishers as ?token=.
     let gw = gateway::start(gateway::config(false));

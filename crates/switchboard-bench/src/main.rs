@@ -11,6 +11,8 @@
 //! - `deflate`: permessage-deflate for the subscribers (`fanout --deflate`): the offer, the
 //!   check of the server's answer, inflating compressed frames into a reused buffer.
 //! - `payload`: the process clock and the timestamped payload layouts (`--payload-kind`).
+//! - `stream`: the same client protocol over HTTP streaming and SSE (`fanout --door
+//!   http-stream`, `--door sse`): the stream's request, its chunked body, pongs by `/emulation`;
 //! - `protocol`: the client protocol's side of a subscriber (`fanout --door protocol`):
 //!   connect and subscribe, pings, the `data` of a push found in place.
 //! - `pusher`: the Pusher protocol's side (`--door pusher` of `fanout`, `idle`, `connect`):
@@ -85,6 +87,7 @@ mod pusher;
 mod report;
 mod slow;
 mod stats;
+mod stream;
 #[cfg(test)]
 mod testserver;
 mod ws;
@@ -174,9 +177,11 @@ struct FanoutArgs {
     rooms: usize,
     /// The subscribers' door: plain (/ws/chat/room-N) or protocol (/connection/websocket, the
     /// JSON client protocol, subscribed to chat:room-N; --token goes in its connect command)
-    /// or pusher (/app/KEY?protocol=7, subscribed to the public channel room-N). Publishers use
-    /// the plain door, but with pusher the signed HTTP API (POST /apps/ID/events, pipelined
-    /// up to --window per connection; --app-id, --app-key, --app-secret).
+    /// or pusher (/app/KEY?protocol=7, subscribed to the public channel room-N), or http-stream
+    /// and sse (the client protocol over /connection/http_stream and /connection/sse, pings
+    /// answered through /emulation). Publishers use the plain door, but with pusher the signed
+    /// HTTP API (POST /apps/ID/events, pipelined up to --window per connection; --app-id,
+    /// --app-key, --app-secret).
     #[arg(long, value_enum, default_value_t = fanout::Door::Plain)]
     door: fanout::Door,
     /// Subscriber connections (room i % rooms).

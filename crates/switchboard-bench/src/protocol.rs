@@ -104,9 +104,9 @@ pub fn messages(payload: &[u8]) -> impl Iterator<Item = Msg<'_>> {
         .map(classify)
 }
 
-/// The two commands, as masked text frames: `connect` (with `token` if given) and
-/// `subscribe` to `channel`.
-fn commands(channel: &str, token: Option<&str>) -> Vec<u8> {
+/// The two commands' JSON texts: `connect` (with `token` if given) and `subscribe` to
+/// `channel` (also what `crate::stream` opens its streams with).
+pub fn command_texts(channel: &str, token: Option<&str>) -> [String; 2] {
     // `Value::from(..).to_string()`: a JSON string literal, escaped as needed.
     let connect = match token {
         Some(t) => format!(
@@ -119,6 +119,12 @@ fn commands(channel: &str, token: Option<&str>) -> Vec<u8> {
         r#"{{"id":{SUBSCRIBE_ID},"subscribe":{{"channel":{}}}}}"#,
         Value::from(channel)
     );
+    [connect, subscribe]
+}
+
+/// The two commands, as masked text frames.
+fn commands(channel: &str, token: Option<&str>) -> Vec<u8> {
+    let [connect, subscribe] = command_texts(channel, token);
     let mut out = Vec::new();
     ws::encode_frame(&mut out, OP_TEXT, connect.as_bytes());
     ws::encode_frame(&mut out, OP_TEXT, subscribe.as_bytes());

@@ -53,13 +53,13 @@ fn bytes_and_cpu(encoding: Encoding, n: u64) -> (usize, usize, f64) {
         .sum();
     let started = Instant::now();
     let mut delta = publications[0]
-        .full_frame_for_delta("doc:live", encoding)
+        .full_frame_for_delta("doc:live", encoding, false)
         .len();
     for pair in publications.windows(2) {
         let base = pair[0].delta_payload(encoding).clone();
         delta += pair[1]
-            .delta_frame("doc:live", encoding, &base)
-            .unwrap_or_else(|| pair[1].full_frame_for_delta("doc:live", encoding))
+            .delta_frame("doc:live", encoding, false, &base)
+            .unwrap_or_else(|| pair[1].full_frame_for_delta("doc:live", encoding, false))
             .len();
     }
     let per = started.elapsed().as_secs_f64() * 1e9 / (n - 1) as f64;

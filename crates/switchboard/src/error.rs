@@ -353,8 +353,9 @@ impl Rejection {
 }
 
 /// Why the emulation endpoint refused a request (the commands of an HTTP-streaming or SSE
-/// session). Answered as `{"error":{"code","message"}}` with the status below; the SDK closes
-/// its stream and reconnects on a 404 or a 5xx, and fails only the commands on the others.
+/// session). Answered as `{"error":{"code","message"}}` with the status below (the SDK does
+/// not read the answer; a client of its own may). `UnknownSession` is never answered: the
+/// endpoint accepts and drops a request for a session that is gone, as a forwarded one is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EmulationError {
     /// The body is not an emulation request (not JSON or Protobuf of the right shape, no

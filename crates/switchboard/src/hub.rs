@@ -356,14 +356,14 @@ impl Hub {
                         Some(base) if chained => publication.delta_frame(
                             channel,
                             encoding,
+                            conn.deflate,
                             &base.payloads[encoding as usize],
                         ),
                         _ => None,
                     };
-                    return conn
-                        .push(delta.unwrap_or_else(|| {
-                            publication.full_frame_for_delta(channel, encoding)
-                        }));
+                    return conn.push(delta.unwrap_or_else(|| {
+                        publication.full_frame_for_delta(channel, encoding, conn.deflate)
+                    }));
                 }
                 wanted
                     && conn.push(publication.frame(

@@ -131,16 +131,43 @@ pub struct Publication {
     data_json: OnceLock<Bytes>,
     /// One frame per (format, compressed): see [`Publication::frame`].
     frames: [OnceLock<Bytes>; 8],
-    /// For delta subscribers: the JSON push whose `data` is a JSON string, and the delta
-    /// push per encoding (`None`: no delta worth sending). See [`Publication::delta_frame`].
-    json_string_frame: OnceLock<Bytes>,
-    delta_frames: [OnceLock<Option<Bytes>>; 2],
+    /// For delta subscribers: the JSON push whose `data` is a JSON string, plain and
+    /// compressed, and the delta push per (encoding, compressed) (`None`: no delta worth
+    /// sending). See [`Publication::delta_frame`].
+    json_string_frames: [OnceLock<Bytes>; 2],
+    delta_frames: [OnceLock<Option<Bytes>>; 4],
 }
 
 /// `text` (UTF-8: JSON text or a checked delta) as a JSON string literal.
 fn json_string(text: &[u8]) -> Bytes {
     let text = String::from_utf8_lossy(text);
     Bytes::from(Value::from(text.as_ref()).to_string())
+}
+
+/// The length of [`json_string`]`(text)` without making it: the quotes, and each byte that
+/// JSON escapes taking its escape (`\"`, `\\`, `\n`, ... or `\u00XX`).
+fn json_string_len(text: &[u8]) -> usize {
+    let escapes: usize = text
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0C => 1,
+            0..=0x1F => 5,
+            _ => 0,
+        })
+        .sum();
+    text.len().saturating_add(escapes).saturating_add(2)
+}
+
+/// `plain` (an unmasked server frame) as a permessage-deflate message (no context takeover)
+/// when that is smaller, else `plain` itself.
+fn deflated(plain: &Bytes) -> Bytes {
+    let (opcode, payload) = split_frame(plain);
+    let compressed = crate::ws::deflate::deflate_message(payload, 15);
+    if compressed.len() < payload.len() {
+        frame::encode_rsv1(opcode, &compressed)
+    } else {
+        plain.clone()
+    }
 }
 
 /// The opcode and payload of an unmasked server frame built by `frame::encode`.
@@ -166,7 +193,7 @@ impl Publication {
             removed: false,
             data_json: OnceLock::new(),
             frames: Default::default(),
-            json_string_frame: OnceLock::new(),
+            json_string_frames: Default::default(),
             delta_frames: Default::default(),
         }
     }
@@ -248,13 +275,7 @@ impl Publication {
                     return crate::pusher_wire::publication_frame(channel, self.data_json())
                 }
             };
-            let (opcode, payload) = split_frame(plain);
-            let compressed = crate::ws::deflate::deflate_message(payload, 15);
-            if compressed.len() < payload.len() {
-                frame::encode_rsv1(opcode, &compressed)
-            } else {
-                plain.clone()
-            }
+            deflated(plain)
         })
     }
 
@@ -298,6 +319,11 @@ impl Publication {
     /// never be delivered, and would close every subscriber as a slow consumer. Answered from
     /// an upper bound when that suffices (nothing is encoded: the usual case); otherwise from
     /// the JSON `data`, which is made once and kept for the fan-out.
+    ///
+    /// The largest form is a JSON delta subscriber's: its `data` is the JSON text as a JSON
+    /// string, each `"`, `\` and whitespace control character escaped (a delta is smaller
+    /// than that: it is used only when shorter than the text, and escapes no more of it).
+    /// Any subscriber may ask for delta, on any node, so every publication is held to it.
     pub fn fits(&self, channel: &str, max: usize) -> bool {
         // Frame header, the push's keys, the offset and quotes take far less than this.
         const OVERHEAD: usize = 256;
@@ -321,10 +347,14 @@ impl Publication {
             Source::Binary(bytes) => bytes.len().div_ceil(3) * 4 + 2,
             Source::Text(text) => text.len().saturating_mul(6).saturating_add(2),
         };
-        if fixed.saturating_add(json_at_most.max(payload)) <= max {
+        // As a JSON string each byte of the JSON text takes at most 2 (JSON text holds no
+        // control character but whitespace outside its strings), plus the quotes.
+        let delta_string_at_most = json_at_most.saturating_mul(2).saturating_add(2);
+        if fixed.saturating_add(delta_string_at_most.max(payload)) <= max {
             return true;
         }
-        fixed.saturating_add(self.data_json().len().max(payload)) <= max
+        let json_string = json_string_len(self.data_json());
+        fixed.saturating_add(json_string.max(payload)) <= max
     }
 
     /// At least the bytes this publication takes inside a reply (history, recovery) in
@@ -403,12 +433,18 @@ impl Publication {
 
     /// The push a delta subscriber of `channel` receives when it gets this publication whole
     /// (its first one, or after a gap): in JSON, `data` is a JSON string holding the JSON
-    /// text (what the SDK decodes when delta is on); in Protobuf, the usual push.
-    pub fn full_frame_for_delta(&self, channel: &str, encoding: Encoding) -> &Bytes {
+    /// text (what the SDK decodes when delta is on); in Protobuf, the usual push. With
+    /// `deflate` (the connection negotiated permessage-deflate) compressed when smaller, once
+    /// per publication, as [`Publication::frame`] does.
+    pub fn full_frame_for_delta(&self, channel: &str, encoding: Encoding, deflate: bool) -> &Bytes {
         match encoding {
-            Encoding::Protobuf => self.push_frame(channel, encoding),
-            Encoding::Json => self.json_string_frame.get_or_init(|| {
-                self.encode_body_push(channel, encoding, self.delta_body(encoding, None))
+            Encoding::Protobuf => self.frame(channel, Format::Protobuf, deflate),
+            Encoding::Json => self.json_string_frames[usize::from(deflate)].get_or_init(|| {
+                if deflate {
+                    deflated(self.full_frame_for_delta(channel, encoding, false))
+                } else {
+                    self.encode_body_push(channel, encoding, self.delta_body(encoding, None))
+                }
             }),
         }
     }
@@ -417,11 +453,23 @@ impl Publication {
     /// `data` is the fossil delta from `base` (that publication's
     /// [`Publication::delta_payload`]), `delta: true`. Made once per encoding, the first time
     /// a subscriber needs it, and shared by all; `None` when the delta would not be smaller
-    /// (send [`Publication::full_frame_for_delta`]). The hub calls it with one base per
-    /// publication: the one the channel held when it was fanned out.
-    pub fn delta_frame(&self, channel: &str, encoding: Encoding, base: &[u8]) -> Option<&Bytes> {
-        self.delta_frames[encoding as usize]
+    /// (send [`Publication::full_frame_for_delta`]). With `deflate`, compressed when that is
+    /// smaller still (once per publication, like the delta itself). The hub calls it with one
+    /// base per publication: the one the channel held when it was fanned out.
+    pub fn delta_frame(
+        &self,
+        channel: &str,
+        encoding: Encoding,
+        deflate: bool,
+        base: &[u8],
+    ) -> Option<&Bytes> {
+        self.delta_frames[encoding as usize * 2 + usize::from(deflate)]
             .get_or_init(|| {
+                if deflate {
+                    return self
+                        .delta_frame(channel, encoding, false, base)
+                        .map(deflated);
+                }
                 let body = self.delta_body(encoding, Some(base));
                 body.delta
                     .then(|| self.encode_body_push(channel, encoding, body))
@@ -480,12 +528,33 @@ mod tests {
             let largest = [Format::Plain, Format::Json, Format::Protobuf]
                 .into_iter()
                 .map(|format| publication.frame(channel, format, false).len())
+                .chain([publication
+                    .full_frame_for_delta(channel, Encoding::Json, false)
+                    .len()])
                 .max()
                 .unwrap();
             assert!(!publication.fits(channel, largest - 1), "{publication:?}");
             assert!(
                 publication.fits(channel, 2 * largest + 4096),
                 "{publication:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_string_len_is_the_length_of_the_json_string() {
+        for text in [
+            "",
+            "{}",
+            r#"{"a":"b\"c\\d"}"#,
+            "[1,\n\t2]\r\n",
+            "\u{1}\u{8}\u{c}\u{1f}x",
+            "{\"é\":\"日本\"}",
+        ] {
+            assert_eq!(
+                json_string_len(text.as_bytes()),
+                json_string(text.as_bytes()).len(),
+                "{text:?}"
             );
         }
     }

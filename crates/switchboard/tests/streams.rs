@@ -207,11 +207,6 @@ async fn emulation_requests_with_bad_input_get_their_error_and_the_server_still_
     let ping = json!({});
     let cases = [
         (
-            emulation_request("0123456789abcdef0123456789abcdef", &node, &ping),
-            404,
-            "unknown_session",
-        ),
-        (
             emulation_request(&session, "no-such-node", &ping),
             404,
             "unknown_node",
@@ -249,6 +244,18 @@ async fn emulation_requests_with_bad_input_get_their_error_and_the_server_still_
     let (status, body) = http(server.addr, "GET", "/emulation", &[], "").await;
     assert_eq!(status, 400, "{body}");
 
+    // A session that never was is accepted and its commands dropped, as a node that forwards
+    // a request to another answers whatever became of the session there (and Centrifugo
+    // answers either way); the drop is counted.
+    let dropped = "switchboard_emulation_requests_total{result=\"unknown_session\"}";
+    let (status, answer) = emulate(
+        &server,
+        &emulation_request("0123456789abcdef0123456789abcdef", &node, &ping),
+    )
+    .await;
+    assert_eq!((status, answer), (200, Value::Null));
+    assert_eq!(metric(server.addr, dropped).await, Some(1.0));
+
     // The session refused none of that as its own: it still answers its commands.
     let subscribe = json!({"id": 7, "subscribe": {"channel": "news"}});
     let (status, _) = emulate(&server, &emulation_request(&session, &node, &subscribe)).await;
@@ -265,12 +272,10 @@ async fn emulation_requests_with_bad_input_get_their_error_and_the_server_still_
     let push = stream.next_json().await.unwrap();
     assert_eq!(push["push"]["disconnect"]["code"], 3501, "{push}");
     assert_eq!(stream.next_line().await, None);
-    // The session is gone: its id is unknown from now on.
+    // The session is gone: what is posted for it from now on is dropped, answered as above.
     let (status, answer) = emulate(&server, &emulation_request(&session, &node, &ping)).await;
-    assert_eq!(
-        (status, answer["error"]["code"].as_str()),
-        (404, Some("unknown_session"))
-    );
+    assert_eq!((status, answer), (200, Value::Null));
+    assert_eq!(metric(server.addr, dropped).await, Some(2.0));
 
     let (mut other, other_session, _) = connected(&server, "other").await;
     let (status, _) = emulate(&server, &emulation_request(&other_session, "", &subscribe)).await;

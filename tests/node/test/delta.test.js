@@ -108,3 +108,69 @@ test('an unknown delta kind is error 107', async () => {
     assert.equal(client.state, 'connected');
   });
 });
+
+test('a publication whose JSON-string form could not reach a JSON delta subscriber is refused at publish time (106), and both subscribers go on', async () => {
+  // A delta subscriber in JSON gets `data` as a JSON string: here each `""` of the array
+  // becomes `\"\"`, so the frame is 5/3 of the raw one. The raw frame fits the 64 KiB queue,
+  // the string form would not: it would close the delta subscriber as slow (3008) at every
+  // try, so the publication is refused as too large for anyone.
+  const limited = config(
+    { doc: { subscribe: 'authenticated', history_size: 100, history_ttl: '5m', recover: true } },
+    { limits: { max_queued_bytes: 65536 } },
+  );
+  await withClients({ config: limited }, async (server, clients) => {
+    const plainClient = await clients.connected(server.wsUrl, connectionToken('p'));
+    const deltaClient = await clients.connected(server.wsUrl, connectionToken('d'));
+    const plain = await subscribed(plainClient, 'doc:big');
+    const viaDelta = await subscribed(deltaClient, 'doc:big', { delta: 'fossil' });
+    const big = new Array(14000).fill('');
+    const raw = JSON.stringify(big).length;
+    assert.ok(raw < 60000 && JSON.stringify(JSON.stringify(big)).length > 66000, `raw ${raw} B`);
+    const { status, body } = await server.api('publish', { channel: 'doc:big', data: big });
+    assert.equal(status, 200, JSON.stringify(body));
+    assert.deepEqual(body.error, { code: 106, message: 'publication too large' });
+    // Nothing was published; both subscribers are still connected and served.
+    await server.publish('doc:big', { after: true });
+    await until(() => plain.pubs.length === 1 && viaDelta.pubs.length === 1, 'the next publication at both');
+    assert.deepEqual([plain.pubs[0].data, viaDelta.pubs[0].data], [{ after: true }, { after: true }]);
+    assert.equal(deltaClient.events.filter((e) => e.name === 'disconnected').length, 0, JSON.stringify(deltaClient.events));
+    assert.equal(deltaClient.state, 'connected');
+  });
+});
+
+test('with permessage-deflate, a delta subscriber gets its whole publications compressed, and the deltas after them', async () => {
+  const deflating = config(
+    { doc: { subscribe: 'authenticated', history_size: 100, history_ttl: '5m', recover: true } },
+    { server: { permessage_deflate: true } },
+  );
+  await withClients({ config: deflating }, async (server, clients) => {
+    // The `ws` client offers permessage-deflate; count the bytes its socket read.
+    const sockets = [];
+    const Recording = class extends WebSocket {
+      constructor(...args) {
+        super(...args);
+        sockets.push(this);
+      }
+    };
+    const client = await clients.connected(server.wsUrl, connectionToken('d'), { websocket: Recording });
+    const sub = await subscribed(client, 'doc:deflate', { delta: 'fossil' });
+    const socket = sockets[sockets.length - 1];
+    assert.match(socket.extensions, /permessage-deflate/);
+    const read = () => socket._socket.bytesRead;
+    // The first publication goes whole: its `data` a JSON string of the ~5 KB document.
+    let before = read();
+    await server.publish('doc:deflate', documentAt(1));
+    await until(() => sub.pubs.length === 1, 'the whole one');
+    const whole = read() - before;
+    const stringForm = JSON.stringify(JSON.stringify(documentAt(1))).length;
+    assert.ok(whole * 3 < stringForm, `whole publication: ${whole} B read for a ${stringForm} B JSON string`);
+    // The next ones are deltas, applied to the same data.
+    before = read();
+    for (let v = 2; v <= 5; v++) await server.publish('doc:deflate', documentAt(v));
+    await until(() => sub.pubs.length === 5, 'the deltas');
+    assert.deepEqual(sub.pubs.map((p) => p.data), [1, 2, 3, 4, 5].map(documentAt));
+    const stats = sub.deltaStats();
+    assert.equal(stats.numDeltaPayloads, 4, JSON.stringify(stats));
+    console.log(`deflate: whole ${whole} B read (JSON string ${stringForm} B), 4 deltas ${read() - before} B read`);
+  });
+});

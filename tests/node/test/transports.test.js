@@ -105,7 +105,7 @@ for (const { transport, protobuf } of CASES) {
   });
 }
 
-test('an emulation request for an unknown session, a bad body or an oversized body gets its error, and the stream of another client goes on', { timeout: 30000 }, async () => {
+test('an emulation request for an unknown session is dropped with 200, a bad body or an oversized body gets its error, and the stream of another client goes on', { timeout: 30000 }, async () => {
   await withServer({ config: config({ feed }, { limits: { max_message_bytes: 4096 } }) }, async (server) => {
     const clients = new Clients();
     try {
@@ -113,9 +113,10 @@ test('an emulation request for an unknown session, a bad body or an oversized bo
       const sub = await subscribed(client, 'feed:bad-input');
       const post = (body, type = 'application/json') =>
         fetch(`http://${server.base}/emulation`, { method: 'POST', headers: { 'Content-Type': type }, body });
+      // Dropped and answered as a forwarded one is (see the two-node test below).
       const unknown = await post(JSON.stringify({ session: 'no-such-session', node: '', data: '{}' }));
-      assert.equal(unknown.status, 404);
-      assert.equal((await unknown.json()).error.code, 'unknown_session');
+      assert.equal(unknown.status, 200);
+      assert.equal(await unknown.text(), '');
       const bad = await post('not json');
       assert.equal(bad.status, 400);
       assert.equal((await bad.json()).error.code, 'bad_emulation_request');
@@ -168,4 +169,58 @@ test('redis: two nodes behind a round-robin forwarder; emulation requests that l
   assert.ok((await forwarded(nodes[0])) || (await forwarded(nodes[1])), 'a node forwarded an emulation request through the broker');
   await nodes[1].publish(channel, { n: 3 });
   await until(() => sub.pubs.length === 3, 'a publication on the other node reaches the stream');
+
+  // A session that has ended: its commands posted to the node that held it and to the other
+  // node (which forwards them through the broker) get the same answer, and the holding node
+  // drops them both times.
+  const { session, node } = await endedSession(nodes[0]);
+  const answers = [];
+  for (const target of [nodes[0], nodes[1]]) {
+    const response = await fetch(`http://${target.base}/emulation`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ session, node, data: JSON.stringify({ id: 2, presence: { channel } }) }),
+    });
+    answers.push({ status: response.status, body: await response.text() });
+  }
+  assert.deepEqual(answers, [{ status: 200, body: '' }, { status: 200, body: '' }], 'the local and the forwarded request are answered alike');
+  const dropped = async (server) => {
+    const metrics = await (await fetch(`http://${server.base}/metrics`)).text();
+    return /switchboard_emulation_requests_total\{result="unknown_session"\} 1\b/.test(metrics);
+  };
+  assert.ok(await dropped(nodes[0]), 'the holding node counted the one posted to it as dropped');
+  assert.ok(!(await dropped(nodes[1])), 'the forwarding node did not');
+  // The node that holds the live client still serves it.
+  await sub.publish({ n: 4 });
+  await until(() => sub.pubs.length === 4, 'the live client is still served');
 });
+
+/**
+ * Opens an HTTP stream on `server` with a raw connect, reads its session and node from the
+ * connect reply, then ends it and waits until the node no longer has the connection.
+ */
+async function endedSession(server) {
+  // `info` lists the answering node first, with its live count.
+  const clientsHere = async () => (await server.call('info', {})).nodes[0].num_clients;
+  const before = await clientsHere();
+  const abort = new AbortController();
+  const response = await fetch(`http://${server.base}/connection/http_stream`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ id: 1, connect: { token: connectionToken('dave') } }) + '\n',
+    signal: abort.signal,
+  });
+  assert.equal(response.status, 200);
+  const reader = response.body.getReader();
+  let text = '';
+  while (!text.includes('\n')) {
+    const { value, done } = await reader.read();
+    assert.ok(!done, 'the connect reply came');
+    text += new TextDecoder().decode(value);
+  }
+  const reply = JSON.parse(text.slice(0, text.indexOf('\n')));
+  assert.equal(await clientsHere(), before + 1);
+  abort.abort();
+  await until(async () => (await clientsHere()) === before, 'the ended stream left the node');
+  return { session: reply.connect.session, node: reply.connect.node };
+}

@@ -5,7 +5,9 @@
 //! found in place ([`each_message`]), and the server's `{}` pings are answered with `{}`.
 //! Compressed frames (permessage-deflate) come out of the frame reader already inflated; the
 //! subscribers count them, the uncompressed ones and the bytes they read from the measured
-//! phase on. Nothing here sends publications (that is `phases`).
+//! phase on. Subscribers on an HTTP stream (`--door http-stream`, `sse`) have a loop of their
+//! own ([`stream_member`]): the same messages, read from the stream's body, each JSON object
+//! counted as a frame. Nothing here sends publications (that is `phases`).
 
 use super::Door;
 use crate::payload::{self, now_ns, KIND_PUB, KIND_WARMUP};
@@ -143,7 +145,7 @@ pub(super) enum Role {
 pub(super) fn each_message<'a>(door: Door, payload: &'a [u8], mut on: impl FnMut(Msg<'a>)) {
     match door {
         Door::Plain => on(Msg::Data(payload)),
-        Door::Protocol => protocol::messages(payload).for_each(on),
+        Door::Protocol | Door::HttpStream | Door::Sse => protocol::messages(payload).for_each(on),
         Door::Pusher => on(crate::pusher::classify(payload)),
     }
 }
@@ -281,6 +283,82 @@ async fn api_answers(mut rd: OwnedReadHalf) -> Result<()> {
 /// The receive task of a Pusher publisher (an HTTP API connection).
 pub(super) async fn api_publisher(sh: Rc<Shared>, rd: OwnedReadHalf) {
     if let Err(e) = api_answers(rd).await {
+        if !sh.stopping.get() {
+            sh.c.closed_early.set(sh.c.closed_early.get() + 1);
+            sh.first_error
+                .borrow_mut()
+                .get_or_insert_with(|| format!("{e:#}"));
+        }
+    }
+}
+
+async fn stream_loop(
+    sh: &Shared,
+    role: Role,
+    transport: crate::stream::Transport,
+    room: usize,
+    mut rd: OwnedReadHalf,
+    target: &crate::net::Target,
+) -> Result<()> {
+    let mut body = crate::stream::Body::new(transport);
+    let mut joined = false;
+    let mut pong: Option<Rc<Vec<u8>>> = None;
+    loop {
+        let n = body.read_from(&mut rd).await?;
+        if n == 0 {
+            bail!("server closed the stream");
+        }
+        let counting = sh.counting.get();
+        if counting {
+            add(&sh.c.wire_bytes, n as u64);
+        }
+        let now = now_ns();
+        let (mut pings, mut failed) = (0, None);
+        body.each_object(|object| {
+            if counting {
+                add(&sh.c.frames_uncompressed, 1);
+            }
+            match protocol::classify(object) {
+                Msg::Data(p) => on_message(sh, role, room, &mut joined, p, now),
+                Msg::Ping => pings += 1,
+                Msg::Push => sh.c.other_pushes.set(sh.c.other_pushes.get() + 1),
+                Msg::Other => match crate::stream::check_reply(object) {
+                    Ok(Some((session, node))) => {
+                        pong = Some(Rc::new(crate::stream::pong_request(
+                            target, &session, &node,
+                        )));
+                    }
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
+                },
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if pings > 0 {
+            let Some(request) = pong.clone() else {
+                bail!("a ping before the connect reply");
+            };
+            let target = target.clone();
+            tokio::task::spawn_local(async move {
+                // A lost pong shows as the server closing the stream (3012).
+                let _ = crate::stream::post(&target, &request).await;
+            });
+        }
+    }
+}
+
+/// One subscriber on an HTTP stream: reads the stream's body until the run stops it.
+pub(super) async fn stream_member(
+    sh: Rc<Shared>,
+    role: Role,
+    transport: crate::stream::Transport,
+    room: usize,
+    rd: OwnedReadHalf,
+    target: Rc<crate::net::Target>,
+) {
+    if let Err(e) = stream_loop(&sh, role, transport, room, rd, &target).await {
         if !sh.stopping.get() {
             sh.c.closed_early.set(sh.c.closed_early.get() + 1);
             sh.first_error

@@ -64,15 +64,32 @@ pub enum Door {
     /// (see `crate::pusher`); the publishers publish through the signed Pusher HTTP API
     /// (`POST /apps/{id}/events`, keep-alive, pipelined up to `--window`) instead of a WebSocket.
     Pusher,
+    /// `/connection/http_stream`: the same JSON client protocol over HTTP streaming, subscribed
+    /// to `chat:{room}` by the commands in the request (see `crate::stream`); pings answered
+    /// through `/emulation`.
+    HttpStream,
+    /// `/connection/sse`: the same over Server-Sent Events.
+    Sse,
 }
 
 impl Door {
+    /// The HTTP transport of a stream door.
+    pub fn stream_transport(self) -> Option<crate::stream::Transport> {
+        match self {
+            Door::HttpStream => Some(crate::stream::Transport::HttpStream),
+            Door::Sse => Some(crate::stream::Transport::Sse),
+            Door::Plain | Door::Protocol | Door::Pusher => None,
+        }
+    }
+
     /// The name shown in the report.
     pub fn label(self) -> &'static str {
         match self {
             Door::Plain => "plain",
             Door::Protocol => "protocol",
             Door::Pusher => "pusher",
+            Door::HttpStream => "http_stream",
+            Door::Sse => "sse",
         }
     }
 
@@ -80,7 +97,7 @@ impl Door {
     pub fn pong(self) -> &'static [u8] {
         match self {
             Door::Pusher => crate::pusher::PONG,
-            Door::Plain | Door::Protocol => protocol::PONG,
+            Door::Plain | Door::Protocol | Door::HttpStream | Door::Sse => protocol::PONG,
         }
     }
 }
@@ -225,6 +242,12 @@ fn validate(p: &Params) -> Result<()> {
             p.payload.label()
         );
     }
+    if p.door.stream_transport().is_some() && (p.deflate || p.stall.count > 0) {
+        bail!(
+            "--door {} runs fanout without --deflate or stalled subscribers",
+            p.door.label()
+        );
+    }
     if p.door == Door::Pusher {
         if p.pusher.is_none() {
             bail!("--door pusher needs the app (--app-id, --app-key, --app-secret)");
@@ -312,6 +335,13 @@ async fn open_member(
             crate::pusher::open(&target, &app, Some(&room), source, &opts).await
         }
         Door::Plain => net::open(&target, &format!("/ws/chat/{room}"), source, &opts).await,
+        Door::HttpStream | Door::Sse => {
+            let transport = door.stream_transport().context("a stream door")?;
+            let channel = protocol::channel(&room);
+            crate::stream::open(&target, transport, &channel, source, &opts)
+                .await
+                .with_context(|| format!("{} ({channel})", door.label()))
+        }
         Door::Protocol => {
             let path = target.request_path_without_token(protocol::PATH);
             let mut conn = net::open_request(&target, &path, source, &opts).await?;
@@ -494,6 +524,18 @@ pub async fn execute(
             readers.push(tokio::task::spawn_local(members::api_publisher(
                 sh.clone(),
                 rd,
+            )));
+            writers.push(wr);
+            continue;
+        }
+        if let (Some(transport), Role::Sub(_)) = (door_of(i).stream_transport(), role) {
+            readers.push(tokio::task::spawn_local(members::stream_member(
+                sh.clone(),
+                role,
+                transport,
+                room_of(i),
+                rd,
+                ts[node(i)].clone(),
             )));
             writers.push(wr);
             continue;

@@ -8,8 +8,15 @@
 //! commands in its inbox, and its stream's task handles them; one on another node gets them
 //! through the broker's control channel (`node::emulate`), so a load balancer needs no sticky
 //! sessions. The answer is `200` once the commands are on their way (their replies come on
-//! the stream), or an error (`EmulationError`): the SDK closes its stream and reconnects on a
-//! 404 (unknown session or node) or a 5xx, and fails only those commands on the others.
+//! the stream), or an error (`EmulationError`) for a request that is wrong in itself or names
+//! a node that is not in the cluster.
+//!
+//! A session that has ended (or never was) is answered `200` too, the commands dropped, on
+//! this node as for a request forwarded to another: the node that forwards cannot know
+//! whether the session is still there without a round trip, and the two paths must not
+//! answer differently. It is what Centrifugo answers (the emulation survey's "no session"
+//! result is not reported to the client), and what the SDK needs: it does not read the answer
+//! at all; it learns that its session ended from its stream, and reconnects.
 //!
 //! Browsers send these requests with CORS (`mode: "cors"`), so this module also answers the
 //! preflight and sets `Access-Control-Allow-Origin` for an allowed origin, here and on the
@@ -38,13 +45,12 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
         return preflight(state, origin.as_ref());
     }
     let mut response = match emulate(state, req).await {
-        Ok(forwarded) => {
-            let result = if forwarded { "forwarded" } else { "local" };
+        Ok(delivery) => {
             state
                 .node
                 .metrics
                 .emulation_requests
-                .with_label_values(&[result])
+                .with_label_values(&[delivery.label()])
                 .inc();
             text(StatusCode::OK, "")
         }
@@ -63,11 +69,30 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
     response
 }
 
-/// Reads, checks and delivers one emulation request; `Ok(true)` when it went to another node.
-async fn emulate(state: &Arc<State>, req: Request<Incoming>) -> Result<bool, EmulationError> {
-    if !state.config.client.enabled || !state.config.client.stream_transports {
-        return Err(EmulationError::UnknownSession);
+/// What became of an accepted emulation request (the label of its metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Handed to the session, on this node.
+    Local,
+    /// Handed to the broker for the session's node.
+    Forwarded,
+    /// No such session on this node (it ended, or never was): dropped, as the node that holds
+    /// a forwarded request's session drops it (and logs it) when the session is gone.
+    UnknownSession,
+}
+
+impl Delivery {
+    fn label(self) -> &'static str {
+        match self {
+            Delivery::Local => "local",
+            Delivery::Forwarded => "forwarded",
+            Delivery::UnknownSession => "unknown_session",
+        }
     }
+}
+
+/// Reads, checks and delivers one emulation request.
+async fn emulate(state: &Arc<State>, req: Request<Incoming>) -> Result<Delivery, EmulationError> {
     if req.method() != Method::POST {
         return Err(EmulationError::BadRequest("POST expected"));
     }
@@ -104,11 +129,22 @@ async fn emulate(state: &Arc<State>, req: Request<Incoming>) -> Result<bool, Emu
         return Err(EmulationError::BadRequest("no commands"));
     }
     let forwarded = !request.node.is_empty() && request.node != state.node.uid();
-    state
+    match state
         .node
         .emulate(&request.node, &request.session, request.data)
-        .await?;
-    Ok(forwarded)
+        .await
+    {
+        Ok(()) if forwarded => Ok(Delivery::Forwarded),
+        Ok(()) => Ok(Delivery::Local),
+        Err(EmulationError::UnknownSession) => {
+            tracing::info!(
+                event = "emulation_unknown_session",
+                "an emulation request for a session that is not open here was dropped"
+            );
+            Ok(Delivery::UnknownSession)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// An emulation request from its JSON or Protobuf body.

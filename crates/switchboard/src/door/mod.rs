@@ -70,7 +70,9 @@ pub(crate) async fn handle(
         (_, apps) if apps.starts_with("/apps/") && !state.config.pusher.apps.is_empty() => {
             pusher::api::handle(&state, req).await
         }
-        (_, "/emulation") if state.config.client.stream_transports => {
+        (_, "/emulation")
+            if state.config.client.enabled && state.config.client.stream_transports =>
+        {
             emulation::handle(&state, req).await
         }
         (&Method::OPTIONS, path)

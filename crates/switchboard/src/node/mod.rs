@@ -1172,7 +1172,8 @@ impl Node {
     /// [`EmulationError::UnknownNode`] when `node` is neither this node nor a live peer;
     /// [`EmulationError::Busy`] when the session's inbox is full;
     /// [`EmulationError::Unavailable`] when the broker cannot carry it. A session that ended
-    /// on another node is found out there, and logged (`emulation_unknown_session`).
+    /// on another node is found out there, and logged (`emulation_refused`); one that ended here
+    /// is this error, which the endpoint answers as accepted (`door::emulation`).
     pub(crate) async fn emulate(
         &self,
         node: &str,
