@@ -67,6 +67,8 @@
 //! an error.
 
 mod api;
+#[cfg(test)]
+mod closingproxy;
 mod connect;
 mod deflate;
 #[cfg(test)]
@@ -175,8 +177,10 @@ struct FanoutArgs {
     /// The subscribers' door: plain (/ws/chat/room-N) or protocol (/connection/websocket, the
     /// JSON client protocol, subscribed to chat:room-N; --token goes in its connect command)
     /// or pusher (/app/KEY?protocol=7, subscribed to the public channel room-N). Publishers use
-    /// the plain door, but with pusher the signed HTTP API (POST /apps/ID/events, pipelined
-    /// up to --window per connection; --app-id, --app-key, --app-secret).
+    /// the plain door, but with pusher the signed HTTP API (POST /apps/ID/events, up to
+    /// --window in flight per publisher: pipelined on one keep-alive connection, or one
+    /// connection per request when the server closes after each answer; --app-id, --app-key,
+    /// --app-secret).
     #[arg(long, value_enum, default_value_t = fanout::Door::Plain)]
     door: fanout::Door,
     /// Subscriber connections (room i % rooms).
