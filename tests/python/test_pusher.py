@@ -133,10 +133,13 @@ def test_sdk_publishes_queries_and_signs_subscriptions(make_server, tmp_path):
             sdk.trigger(["news", "private-chat"], "both", "plain text", socket_id=ben.socket_id)
             assert (await ann.next("both", "news"))["data"] == "plain text"
             assert (await ann.next("both", "private-chat"))["data"] == "plain text"
-            sdk.trigger_batch([
+            answer = sdk.trigger_batch([
                 {"channel": "news", "name": "batched", "data": {"n": 1}},
-                {"channel": "private-chat", "name": "batched", "data": {"n": 2}},
+                {"channel": "private-chat", "name": "batched", "data": {"n": 2},
+                 "info": "subscription_count"},
             ])
+            # `info` on a batch's event: its channel's attributes, in the event's place.
+            assert answer == {"batch": [{}, {"subscription_count": 2}]}
             assert json.loads((await ann.next("batched", "news"))["data"]) == {"n": 1}
             assert json.loads((await ben.next("batched", "private-chat"))["data"]) == {"n": 2}
 
