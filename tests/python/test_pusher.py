@@ -1,7 +1,8 @@
 """The Pusher door with the `pusher` PyPI server SDK against the release binary: trigger,
 trigger_batch and the channel queries; the SDK's channel authorizations used by a real
 WebSocket client (`websockets`) on private and presence channels; and the webhooks, received by
-a small HTTP server in the test and checked with the SDK's own signature validation."""
+a small HTTP server in the test and checked with the SDK's own signature validation, on one
+node and on two nodes of a private redis-server (occupancy decided once for the cluster)."""
 
 import asyncio
 import http.server
@@ -11,6 +12,9 @@ import time
 
 import pusher
 import websockets
+
+from cluster import Broker, Cluster
+from conftest import Server
 
 APP_ID = "4242"  # the Python SDK takes numeric app ids only
 KEY = "py-app-key"
@@ -46,7 +50,7 @@ class Receiver:
         self.httpd.server_close()
 
 
-def start(make_server, tmp_path, webhook_url):
+def write_config(tmp_path, webhook_url):
     config = tmp_path / "pusher.toml"
     config.write_text(
         "[pusher]\nwebhook_batch_window = \"200ms\"\n\n"
@@ -54,6 +58,11 @@ def start(make_server, tmp_path, webhook_url):
         "client_events = true\n\n"
         f"[[pusher.apps.webhooks]]\nurl = \"{webhook_url}\"\n"
     )
+    return config
+
+
+def start(make_server, tmp_path, webhook_url):
+    config = write_config(tmp_path, webhook_url)
     server = make_server(args=["--config", str(config)])
     sdk = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET, host="127.0.0.1",
                         port=server.port, ssl=False)
@@ -133,10 +142,13 @@ def test_sdk_publishes_queries_and_signs_subscriptions(make_server, tmp_path):
             sdk.trigger(["news", "private-chat"], "both", "plain text", socket_id=ben.socket_id)
             assert (await ann.next("both", "news"))["data"] == "plain text"
             assert (await ann.next("both", "private-chat"))["data"] == "plain text"
-            sdk.trigger_batch([
+            answer = sdk.trigger_batch([
                 {"channel": "news", "name": "batched", "data": {"n": 1}},
-                {"channel": "private-chat", "name": "batched", "data": {"n": 2}},
+                {"channel": "private-chat", "name": "batched", "data": {"n": 2},
+                 "info": "subscription_count"},
             ])
+            # `info` on a batch's event: its channel's attributes, in the event's place.
+            assert answer == {"batch": [{}, {"subscription_count": 2}]}
             assert json.loads((await ann.next("batched", "news"))["data"]) == {"n": 1}
             assert json.loads((await ben.next("batched", "private-chat"))["data"]) == {"n": 2}
 
@@ -177,4 +189,76 @@ def test_sdk_publishes_queries_and_signs_subscriptions(make_server, tmp_path):
         # Still serving after all of it.
         assert server.get("/healthz")[0] == 200
     finally:
+        hooks.close()
+
+
+class PusherCluster(Cluster):
+    """Cluster nodes serving the Pusher app of `config` (instead of the cluster tests' namespace)."""
+
+    def __init__(self, broker, tmp_path, config, nodes=2):
+        self.pusher_config = config
+        super().__init__(broker, tmp_path, nodes)
+
+    def start_node(self, index):
+        env = dict(self.env, SWITCHBOARD_NODE_NAME=f"node{index + 1}")
+        return Server(self.tmp_path, ["--config", str(self.pusher_config)], env)
+
+
+def test_occupancy_webhooks_are_decided_once_for_a_two_node_cluster(tmp_path):
+    # One public channel with a subscriber on each node of a private redis-server: one
+    # channel_occupied when the first arrives (on any node) and one channel_vacated when the
+    # last leaves, however the subscribers are spread. A node's webhooks go out in the order it
+    # decided them, so an occupancy event on a marker channel, decided on the same node after
+    # the step under test, proves that step sent nothing it should not have.
+    hooks = Receiver()
+    broker = Broker("redis", tmp_path)
+    cluster = None
+    try:
+        cluster = PusherCluster(broker, tmp_path, write_config(tmp_path, hooks.url))
+        node_a, node_b = cluster.nodes
+
+        def count(name, channel):
+            return sum(e["name"] == name and e["channel"] == channel for e in hooks.events())
+
+        async def arrived(name, channel):
+            deadline = time.monotonic() + 10
+            while count(name, channel) == 0:
+                assert time.monotonic() < deadline, f"no {name} for {channel}"
+                await asyncio.sleep(0.05)
+
+        async def scenario():
+            ann = await Client.open(node_a)
+            ben = await Client.open(node_b)
+            await ann.subscribe("news")
+            await arrived("channel_occupied", "news")
+            # The second node's first subscriber: the channel is occupied already.
+            await ben.subscribe("news")
+            await ben.subscribe("marker-b")
+            await arrived("channel_occupied", "marker-b")
+            assert count("channel_occupied", "news") == 1
+            # The first node's last subscriber leaves; the other node still has one.
+            await ann.send("pusher:unsubscribe", {"channel": "news"})
+            await ann.subscribe("marker-a")
+            await arrived("channel_occupied", "marker-a")
+            assert count("channel_vacated", "news") == 0
+            # The last one in the cluster leaves.
+            await ben.send("pusher:unsubscribe", {"channel": "news"})
+            await arrived("channel_vacated", "news")
+            await ann.ws.close()
+            await ben.ws.close()
+
+        asyncio.run(scenario())
+        until(lambda: count("channel_vacated", "marker-a") == 1 and count("channel_vacated", "marker-b") == 1,
+              "the markers vacated")
+        assert count("channel_occupied", "news") == 1
+        assert count("channel_vacated", "news") == 1
+        sdk = pusher.Pusher(app_id=APP_ID, key=KEY, secret=SECRET, host="127.0.0.1", port=node_a.port, ssl=False)
+        for headers, body in hooks.requests:
+            assert sdk.validate_webhook(headers["x-pusher-key"], headers["x-pusher-signature"], body)
+        # Both nodes still serve.
+        assert node_a.get("/healthz")[0] == 200 and node_b.get("/healthz")[0] == 200
+    finally:
+        if cluster:
+            cluster.stop()
+        broker.stop()
         hooks.close()

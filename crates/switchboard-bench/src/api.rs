@@ -81,11 +81,15 @@ fn request(target: &Target, p: &Params, path: &str, seq: u64, out: &mut Vec<u8>)
     out.extend_from_slice(body.as_bytes());
 }
 
-/// One parsed HTTP response: its status and body.
+/// One parsed HTTP response: its status and body, and whether the server closes the
+/// connection after it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Response {
     pub(crate) status: u16,
     pub(crate) body: Vec<u8>,
+    /// `Connection: close`, or an HTTP/1.0 answer without `Connection: keep-alive`: no further
+    /// request is answered on this connection.
+    pub(crate) closes: bool,
 }
 
 /// Parses one complete response at the start of `buf`: `Some((response, bytes used))`, or
@@ -106,6 +110,8 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("bad status line {status_line:?}"))?;
     let (mut length, mut chunked) = (None, false);
+    // HTTP/1.0 closes unless told otherwise; HTTP/1.1 keeps the connection unless told.
+    let mut closes = status_line.starts_with("HTTP/1.0");
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             continue;
@@ -115,6 +121,14 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>> {
             length = Some(v.parse::<usize>().context("bad Content-Length")?);
         } else if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
             chunked = true;
+        } else if k.eq_ignore_ascii_case("connection") {
+            for token in v.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    closes = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    closes = false;
+                }
+            }
         }
     }
     let mut at = head_end + 4;
@@ -133,7 +147,14 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>> {
                 if buf.len() < at + 2 {
                     return Ok(None);
                 }
-                return Ok(Some((Response { status, body }, at + 2)));
+                return Ok(Some((
+                    Response {
+                        status,
+                        body,
+                        closes,
+                    },
+                    at + 2,
+                )));
             }
             if buf.len() < at + size + 2 {
                 return Ok(None);
@@ -148,7 +169,14 @@ pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>> {
     }
     let body = buf[at..at + length].to_vec();
     at += length;
-    Ok(Some((Response { status, body }, at)))
+    Ok(Some((
+        Response {
+            status,
+            body,
+            closes,
+        },
+        at,
+    )))
 }
 
 async fn conn_loop(
@@ -406,6 +434,23 @@ mod tests {
         assert_eq!(used, c.len() - 4);
         assert!(parse_response(&c[..c.len() - 6]).expect("ok").is_none());
         assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
+        assert!(!resp.closes);
+    }
+
+    #[test]
+    fn responses_say_whether_the_connection_closes() {
+        let closes = |r: &[u8]| parse_response(r).expect("ok").expect("complete").0.closes;
+        assert!(!closes(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(closes(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(closes(
+            b"HTTP/1.1 200 OK\r\nconnection: Upgrade, Close\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(closes(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!closes(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\ncontent-length: 0\r\n\r\n"
+        ));
     }
 
     #[test]

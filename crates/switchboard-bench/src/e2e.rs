@@ -652,6 +652,8 @@ fn fanout_pusher_door_against_the_gateway() {
             3.0 * num(&r, "publications")
         );
         assert_eq!(num(&r, "deliveries"), num(&r, "expected_deliveries"));
+        // The gateway keeps the API connection alive: everything was pipelined on it.
+        assert_eq!(num(&r, "api_connections"), 0.0);
         // The rate mode too.
         let mut p = small_params(
             "pusher-rate",
@@ -662,6 +664,40 @@ fn fanout_pusher_door_against_the_gateway() {
         let r = fanout::run(&t, &p, &[], 8).await.expect("run");
         assert!(r.complete, "incomplete rate run");
         assert_eq!(num(&r, "loss"), 0.0);
+    });
+}
+
+#[test]
+fn fanout_pusher_door_through_an_api_that_closes_after_each_answer() {
+    // Behind the proxy the gateway answers every API request with `Connection: close` and
+    // closes, as Sockudo does: the publishers send one request per connection, nothing is lost.
+    let gw = pusher_gateway();
+    local(async {
+        let proxy = closingproxy::start(gw.addr).await;
+        let t = net::Nodes::parse(&format!("ws://{proxy}"), None).expect("target");
+        for mode in [fanout::Mode::Max { window: 3 }, fanout::Mode::Rate(40.0)] {
+            let mut p = small_params("pusher-close", fanout::Door::Pusher, mode);
+            p.pusher = Some(pusher_app(&gw, gateway::SECRET));
+            let r = fanout::run(&t, &p, &[], 8).await.expect("run");
+            assert!(
+                r.complete,
+                "incomplete run ({mode:?}): {:?}",
+                r.get("notes")
+            );
+            assert_eq!(num(&r, "loss"), 0.0);
+            assert_eq!(num(&r, "closed_early"), 0.0);
+            assert_eq!(num(&r, "stalled_publications"), 0.0);
+            assert!(num(&r, "publications") > 10.0);
+            assert_eq!(num(&r, "deliveries"), num(&r, "expected_deliveries"));
+            // A connection of its own for every publication but each publisher's first
+            // request (a warm-up, on the connection opened at set-up).
+            assert!(
+                num(&r, "api_connections") >= num(&r, "publications"),
+                "{} connections for {} publications",
+                num(&r, "api_connections"),
+                num(&r, "publications")
+            );
+        }
     });
 }
 

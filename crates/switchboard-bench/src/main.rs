@@ -69,6 +69,8 @@
 //! an error.
 
 mod api;
+#[cfg(test)]
+mod closingproxy;
 mod connect;
 mod deflate;
 #[cfg(test)]
@@ -180,8 +182,9 @@ struct FanoutArgs {
     /// or pusher (/app/KEY?protocol=7, subscribed to the public channel room-N), or http-stream
     /// and sse (the client protocol over /connection/http_stream and /connection/sse, pings
     /// answered through /emulation). Publishers use the plain door, but with pusher the signed
-    /// HTTP API (POST /apps/ID/events, pipelined up to --window per connection; --app-id,
-    /// --app-key, --app-secret).
+    /// HTTP API (POST /apps/ID/events, up to --window in flight per publisher: pipelined on one
+    /// keep-alive connection, or one connection per request when the server closes after each
+    /// answer; --app-id, --app-key, --app-secret).
     #[arg(long, value_enum, default_value_t = fanout::Door::Plain)]
     door: fanout::Door,
     /// Subscriber connections (room i % rooms).

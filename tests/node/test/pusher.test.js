@@ -82,6 +82,13 @@ test('public channels: connection_established, SDK triggers and batches, socket_
     assert.deepEqual(one, { occupied: true, subscription_count: 2 });
     const empty = await (await api.get({ path: '/channels/nobody-here' })).json();
     assert.deepEqual(empty, { occupied: false });
+    // `info` on a trigger: the attributes of every channel it went to, read after publishing.
+    const counted = await api.trigger(['news', 'nobody-here'], 'greet', 'counted', { info: 'subscription_count' });
+    assert.deepEqual(await counted.json(), {
+      channels: { news: { subscription_count: 2 }, 'nobody-here': { subscription_count: 0 } },
+    });
+    const plain = await api.trigger('news', 'greet', 'no info');
+    assert.deepEqual(await plain.json(), {});
     assert.deepEqual(alice.errors, []);
   });
 });
@@ -174,6 +181,17 @@ test('presence channels: members, member_added and member_removed, users and use
     assert.deepEqual(counts, { channels: { 'presence-lobby': { user_count: 2 } } });
     const one = await (await api.get({ path: '/channels/presence-lobby', params: { info: 'user_count' } })).json();
     assert.deepEqual(one, { occupied: true, user_count: 2 });
+    // `info` on a trigger and per event of a batch; user_count only for presence channels.
+    const triggered = await api.trigger('presence-lobby', 'count', 1, { info: 'user_count,subscription_count' });
+    assert.deepEqual(await triggered.json(), {
+      channels: { 'presence-lobby': { user_count: 2, subscription_count: 2 } },
+    });
+    const batch = await api.triggerBatch([
+      { channel: 'presence-lobby', name: 'count', data: 2, info: 'user_count' },
+      { channel: 'news', name: 'count', data: 3, info: 'subscription_count,user_count' },
+      { channel: 'presence-lobby', name: 'count', data: 4 },
+    ]);
+    assert.deepEqual(await batch.json(), { batch: [{ user_count: 2 }, { subscription_count: 0 }, {}] });
 
     bob.disconnect();
     await until(() => removed.length === 1, 'member_removed');

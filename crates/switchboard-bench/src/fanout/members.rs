@@ -7,7 +7,8 @@
 //! subscribers count them, the uncompressed ones and the bytes they read from the measured
 //! phase on. Subscribers on an HTTP stream (`--door http-stream`, `sse`) have a loop of their
 //! own ([`stream_member`]): the same messages, read from the stream's body, each JSON object
-//! counted as a frame. Nothing here sends publications (that is `phases`).
+//! counted as a frame. Nothing here sends publications (that is `phases`, through an
+//! [`Outlet`]; a Pusher publisher's HTTP API connections are `api_publisher`'s).
 
 use super::Door;
 use crate::payload::{self, now_ns, KIND_PUB, KIND_WARMUP};
@@ -76,6 +77,8 @@ pub(super) struct Counters {
     pub(super) compressed_bytes: Cell<u64>,
     /// What those payloads inflated to.
     pub(super) inflated_bytes: Cell<u64>,
+    /// HTTP API connections the Pusher publishers opened after the first one each.
+    pub(super) api_connections: Cell<u64>,
 }
 
 fn add(c: &Cell<u64>, n: u64) {
@@ -128,6 +131,24 @@ pub(super) struct Writer(pub(super) tokio::sync::Mutex<OwnedWriteHalf>);
 impl Writer {
     pub(super) async fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
         self.0.lock().await.write_all(bytes).await
+    }
+}
+
+/// Where a publisher's publications (and the warm-ups) go: a member's WebSocket, or a Pusher
+/// publisher's HTTP API.
+#[derive(Clone)]
+pub(super) enum Outlet {
+    Socket(Rc<Writer>),
+    Api(Rc<super::api_publisher::ApiPublisher>),
+}
+
+impl Outlet {
+    /// Sends one publication (a frame, or a whole signed HTTP request).
+    pub(super) async fn send(&self, bytes: &[u8]) -> Result<()> {
+        match self {
+            Outlet::Socket(w) => Ok(w.send(bytes).await?),
+            Outlet::Api(a) => a.send(bytes).await,
+        }
     }
 }
 
@@ -244,45 +265,6 @@ pub(super) async fn member(
     wr: Rc<Writer>,
 ) {
     if let Err(e) = member_loop(&sh, role, door, room, rd, fr, &wr).await {
-        if !sh.stopping.get() {
-            sh.c.closed_early.set(sh.c.closed_early.get() + 1);
-            sh.first_error
-                .borrow_mut()
-                .get_or_insert_with(|| format!("{e:#}"));
-        }
-    }
-}
-
-/// Reads the HTTP API's answers on a Pusher publisher's keep-alive connection (pipelined, in
-/// order): a non-2xx answer or a closed connection ends it with the reason.
-async fn api_answers(mut rd: OwnedReadHalf) -> Result<()> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        let mut used = 0;
-        while let Some((resp, n)) = crate::api::parse_response(&buf[used..])? {
-            used += n;
-            if !(200..300).contains(&resp.status) {
-                bail!(
-                    "the HTTP API answered {}: {}",
-                    resp.status,
-                    String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
-                );
-            }
-        }
-        buf.drain(..used);
-        let n = rd.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("server closed the HTTP API connection");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// The receive task of a Pusher publisher (an HTTP API connection).
-pub(super) async fn api_publisher(sh: Rc<Shared>, rd: OwnedReadHalf) {
-    if let Err(e) = api_answers(rd).await {
         if !sh.stopping.get() {
             sh.c.closed_early.set(sh.c.closed_early.get() + 1);
             sh.first_error

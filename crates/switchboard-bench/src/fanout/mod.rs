@@ -23,7 +23,8 @@
 //!
 //! This module owns the parameters, connection set-up and the report; `members` the shared
 //! state and the receive tasks; `phases` the warm-up, the publishers and the drain; `stalled`
-//! the subscribers that stop reading.
+//! the subscribers that stop reading; `api_publisher` a Pusher publisher's HTTP API
+//! connections.
 
 use crate::net::{self, Conn, Nodes, SocketOpts, Target};
 use crate::payload::PayloadKind;
@@ -62,7 +63,9 @@ pub enum Door {
     Protocol,
     /// `/app/{key}?protocol=7`: the Pusher protocol, subscribed to the public channel `{room}`
     /// (see `crate::pusher`); the publishers publish through the signed Pusher HTTP API
-    /// (`POST /apps/{id}/events`, keep-alive, pipelined up to `--window`) instead of a WebSocket.
+    /// (`POST /apps/{id}/events`, pipelined up to `--window` on one kept-alive connection, or
+    /// one request per connection when the server closes after each answer; see
+    /// `api_publisher`) instead of a WebSocket.
     Pusher,
     /// `/connection/http_stream`: the same JSON client protocol over HTTP streaming, subscribed
     /// to `chat:{room}` by the commands in the request (see `crate::stream`); pings answered
@@ -177,11 +180,12 @@ impl Params {
     }
 }
 
+mod api_publisher;
 mod members;
 mod phases;
 mod stalled;
 
-use members::{member, Counters, Publisher, Role, Shared, Slot, Writer};
+use members::{member, Counters, Outlet, Publisher, Role, Shared, Slot, Writer};
 use phases::measure;
 pub use stalled::{tally, End, How};
 
@@ -200,6 +204,7 @@ pub struct Outcome {
     publisher_copies: u64,
     unknown: u64,
     other_pushes: u64,
+    api_connections: u64,
     deflate: bool,
     frames_compressed: u64,
     frames_uncompressed: u64,
@@ -506,13 +511,11 @@ pub async fn execute(
     });
 
     let mut readers: Vec<JoinHandle<()>> = Vec::with_capacity(live);
-    let mut writers: Vec<Rc<Writer>> = Vec::with_capacity(live);
+    let mut writers: Vec<Outlet> = Vec::with_capacity(live);
     for (i, c) in opened.conns.into_iter().enumerate() {
         let Some(c) = c else {
             bail!("connection {i} missing")
         };
-        let (rd, wr) = c.stream.into_split();
-        let wr = Rc::new(Writer(tokio::sync::Mutex::new(wr)));
         let role = if i < p.subscribers {
             Role::Sub(node(i))
         } else {
@@ -521,13 +524,17 @@ pub async fn execute(
         if matches!(role, Role::Pub) && p.door == Door::Pusher {
             // An HTTP API connection: it receives no warm-up, it reads the API's answers.
             sh.mark_joined(room_of(i));
-            readers.push(tokio::task::spawn_local(members::api_publisher(
+            let t = &ts[node(i)];
+            writers.push(Outlet::Api(Rc::new(api_publisher::ApiPublisher::new(
                 sh.clone(),
-                rd,
-            )));
-            writers.push(wr);
+                t.clone(),
+                t.source_for(i),
+                c.stream,
+            ))));
             continue;
         }
+        let (rd, wr) = c.stream.into_split();
+        let wr = Rc::new(Writer(tokio::sync::Mutex::new(wr)));
         if let (Some(transport), Role::Sub(_)) = (door_of(i).stream_transport(), role) {
             readers.push(tokio::task::spawn_local(members::stream_member(
                 sh.clone(),
@@ -537,7 +544,7 @@ pub async fn execute(
                 rd,
                 ts[node(i)].clone(),
             )));
-            writers.push(wr);
+            writers.push(Outlet::Socket(wr));
             continue;
         }
         readers.push(tokio::task::spawn_local(member(
@@ -549,7 +556,7 @@ pub async fn execute(
             c.reader,
             wr.clone(),
         )));
-        writers.push(wr);
+        writers.push(Outlet::Socket(wr));
     }
     let (resume, resume_rx) = watch::channel(None);
     let mut stalled_tasks: Vec<JoinHandle<End>> = Vec::with_capacity(p.stall.count);
@@ -619,6 +626,7 @@ pub async fn execute(
         publisher_copies: sh.c.publisher_copies.get(),
         unknown: sh.c.unknown.get(),
         other_pushes: sh.c.other_pushes.get(),
+        api_connections: sh.c.api_connections.get(),
         deflate: p.deflate,
         frames_compressed: sh.c.frames_compressed.get(),
         frames_uncompressed: sh.c.frames_uncompressed.get(),
@@ -707,6 +715,12 @@ impl Outcome {
             "other_pushes",
             "client protocol pushes without a publication (join/leave; not counted)",
             self.other_pushes,
+        );
+        r.int(
+            "api_connections",
+            "HTTP API connections opened after the first (Pusher publishers; one per \
+             publication when the server closes after each answer)",
+            self.api_connections,
         );
         r.int(
             "frames_compressed",

@@ -1,7 +1,7 @@
 //! The fanout run's timeline and send side: warm-up until every member has joined, the
 //! measured phase with its publisher tasks (closed-loop window or paced rate), and the drain.
 
-use super::members::{Shared, Slot, Writer};
+use super::members::{Outlet, Shared, Slot};
 use super::{Door, Mode, Params};
 use crate::payload::{self, now_ns, KIND_WARMUP};
 use crate::report;
@@ -15,7 +15,7 @@ async fn publish_max(
     sh: Rc<Shared>,
     params: Rc<Params>,
     idx: usize,
-    wr: Rc<Writer>,
+    wr: Outlet,
     end: Instant,
     stall: Duration,
 ) -> Result<()> {
@@ -72,7 +72,7 @@ async fn publish_rate(
     sh: Rc<Shared>,
     params: Rc<Params>,
     idx: usize,
-    wr: Rc<Writer>,
+    wr: Outlet,
     first: Instant,
     end: Instant,
     every: Duration,
@@ -116,7 +116,7 @@ pub(super) type Measured = (crate::stats::CpuUse, f64, Vec<String>);
 pub(super) async fn measure(
     sh: &Rc<Shared>,
     p: &Params,
-    writers: &[Rc<Writer>],
+    writers: &[Outlet],
     room_of: &dyn Fn(usize) -> usize,
     server_pids: &[u32],
 ) -> Result<Measured> {

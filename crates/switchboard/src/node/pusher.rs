@@ -1,15 +1,18 @@
 //! Pusher's view of channels and members: a presence member is announced once per user (its
 //! first connection in the channel, on any node), not once per connection, and a channel is
 //! occupied from its first Pusher subscriber to its last (the `channel_occupied` and
-//! `channel_vacated` webhooks).
+//! `channel_vacated` webhooks), on any node.
 //!
 //! This node counts its own Pusher subscribers per channel and its own connections per
 //! (channel, user), and each Pusher app's connections. A count that leaves or reaches zero is
 //! decided at once on the memory broker (one node is the cluster). On a remote broker the node
-//! then reads the channel's presence entries from the broker, after its own entry was written
-//! or removed (the same ordered queue does both), and announces only when no other node holds
-//! the user (or, for `presence-` channels, anyone). Other channels on a remote broker are
-//! counted per node: each node announces its own first and last subscriber (docs/pusher.md).
+//! then reads entries from the broker's presence, after its own were written or removed (the
+//! same ordered queue does both), and announces only when no other node holds any: for a
+//! member, the channel's presence entries of that user; for a `presence-` channel's
+//! occupancy, any of its entries; for any other channel's occupancy, the channel's occupancy
+//! list, a presence list under a name no channel can have ([`occupancy_list`]) where each node
+//! holding Pusher subscribers of the channel keeps one entry of its own (its node id),
+//! refreshed like every presence entry of the node.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,10 +128,16 @@ impl Node {
                 }
             }
             Engine::Remote(_) => {
-                if member.is_none() {
-                    // Not a presence channel: no cluster-wide list to read; per node.
-                    self.announce_occupancy(channel, joined);
-                    return;
+                if member.is_none() && edge_channel {
+                    // Not a presence channel: this node's entry in its occupancy list, written
+                    // (or removed) before the change is settled, in the same queue.
+                    let list = occupancy_list(channel);
+                    if joined {
+                        let own = ClientInfo::new(&self.uid, "", None, None);
+                        self.add_presence(&list, &Arc::new(own));
+                    } else {
+                        self.remove_presence(&list, &self.uid);
+                    }
                 }
                 self.chore(Chore::Pusher(PusherChange {
                     channel: channel.into(),
@@ -151,16 +160,17 @@ impl Node {
             mut edge_channel,
             mut edge_member,
         } = change;
-        let Some(info) = member else { return };
         // A connection may have come or gone here since: the latest local count decides.
         {
             let counts = lock(&self.pusher.counts);
             let here = counts.channels.get(&channel).copied().unwrap_or(0);
-            let user_here = counts
-                .members
-                .get(&(channel.clone(), info.user.clone()))
-                .copied()
-                .unwrap_or(0);
+            let user_here = member.as_ref().map_or(0, |info| {
+                counts
+                    .members
+                    .get(&(channel.clone(), info.user.clone()))
+                    .copied()
+                    .unwrap_or(0)
+            });
             if joined {
                 edge_channel &= here > 0;
                 edge_member &= user_here > 0;
@@ -172,6 +182,22 @@ impl Node {
         if !edge_channel && !edge_member {
             return;
         }
+        let Some(info) = member else {
+            // Any other channel: occupied or vacated when no other node holds an entry in its
+            // occupancy list (this node's own was just written, or removed).
+            let list = occupancy_list(&channel);
+            match self.call(broker.presence(&list)).await {
+                Ok(holders) => {
+                    if !holders.iter().any(|entry| *entry.client != *self.uid) {
+                        self.announce_occupancy(&channel, joined);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(event = "join_leave_lost", channel = %channel, %error, "occupancy unreadable; a Pusher occupancy change was not announced");
+                }
+            }
+            return;
+        };
         let present = match self.call(broker.presence(&channel)).await {
             Ok(present) => present,
             Err(error) => {
@@ -237,6 +263,13 @@ impl Node {
         };
         self.webhooks.emit(channel, kind, &[]);
     }
+}
+
+/// The name, in the broker's presence, of the list of nodes holding Pusher subscribers of hub
+/// channel `channel` (not a `presence-` one). Channel names hold no white space
+/// (`channels::check_name`), so this is never a channel's own presence.
+fn occupancy_list(channel: &str) -> String {
+    format!("pusher-occupancy {channel}")
 }
 
 /// Counts one up (or down) under `key`; whether it went from 0 to 1 (or from 1 to 0).

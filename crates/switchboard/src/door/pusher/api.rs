@@ -195,8 +195,19 @@ async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Result<Value, Push
     match (&method, segments.as_slice()) {
         (&Method::POST, ["events"]) => {
             let event: Event = parse(&body)?;
+            let info = Info::parse(event.info.as_deref());
+            let names: Vec<String> = event.channel_names().map(str::to_owned).collect();
             trigger(state, &app, event).await?;
-            Ok(json!({}))
+            if info.is_empty() {
+                return Ok(json!({}));
+            }
+            let channels: serde_json::Map<String, Value> =
+                channel_attributes(state, &app, &names, info)
+                    .await?
+                    .into_iter()
+                    .map(|(name, of)| (name, Value::Object(of)))
+                    .collect();
+            Ok(json!({ "channels": channels }))
         }
         (&Method::POST, ["batch_events"]) => {
             let batch: Batch = parse(&body)?;
@@ -206,10 +217,50 @@ async fn serve(state: &Arc<State>, req: Request<Incoming>) -> Result<Value, Push
             for event in &batch.batch {
                 check_event(&app, event)?;
             }
+            // Each event's attributes are read once every event is published.
+            let asked: Vec<(Info, Vec<String>)> = batch
+                .batch
+                .iter()
+                .map(|event| {
+                    let info = Info::parse(event.info.as_deref());
+                    (info, event.channel_names().map(str::to_owned).collect())
+                })
+                .collect();
             for event in batch.batch {
                 trigger(state, &app, event).await?;
             }
-            Ok(json!({ "batch": [] }))
+            if asked.iter().all(|(info, _)| info.is_empty()) {
+                return Ok(json!({ "batch": [] }));
+            }
+            let wanted: Vec<String> = asked
+                .iter()
+                .filter(|(info, _)| !info.is_empty())
+                .flat_map(|(_, names)| names.iter().cloned())
+                .collect();
+            let all = Info {
+                subscription_count: asked.iter().any(|(i, _)| i.subscription_count),
+                user_count: asked.iter().any(|(i, _)| i.user_count),
+            };
+            let attributes = channel_attributes(state, &app, &wanted, all).await?;
+            let batch: Vec<Value> = asked
+                .iter()
+                .map(|(info, names)| {
+                    // An event of a batch has one channel.
+                    let mut of = names
+                        .first()
+                        .and_then(|name| attributes.get(name))
+                        .cloned()
+                        .unwrap_or_default();
+                    if !info.subscription_count {
+                        of.remove("subscription_count");
+                    }
+                    if !info.user_count {
+                        of.remove("user_count");
+                    }
+                    Value::Object(of)
+                })
+                .collect();
+            Ok(json!({ "batch": batch }))
         }
         (&Method::GET, ["channels"]) => channels(state, &app, &params).await,
         (&Method::GET, ["channels", name]) => channel(state, &app, name, &params).await,
@@ -248,6 +299,80 @@ struct Event {
     channel: Option<String>,
     #[serde(default)]
     socket_id: Option<String>,
+    /// The attributes to answer with for each channel (`subscription_count`, `user_count`).
+    #[serde(default)]
+    info: Option<String>,
+}
+
+impl Event {
+    /// The channels it goes to.
+    fn channel_names(&self) -> impl Iterator<Item = &str> {
+        self.channels
+            .iter()
+            .chain(self.channel.iter())
+            .map(String::as_str)
+    }
+}
+
+/// The attributes a trigger asks for in its `info` (a comma-separated list; other names are
+/// ignored, as in the channel queries).
+#[derive(Debug, Clone, Copy, Default)]
+struct Info {
+    subscription_count: bool,
+    /// Presence channels only: other channels answer without it.
+    user_count: bool,
+}
+
+impl Info {
+    fn parse(info: Option<&str>) -> Self {
+        let has = |attribute: &str| {
+            info.unwrap_or_default()
+                .split(',')
+                .any(|a| a.trim() == attribute)
+        };
+        Info {
+            subscription_count: has("subscription_count"),
+            user_count: has("user_count"),
+        }
+    }
+
+    fn is_empty(self) -> bool {
+        !self.subscription_count && !self.user_count
+    }
+}
+
+/// The attributes `info` asks for of each channel in `names`, read after the publication (on
+/// every node): `subscription_count` (every subscriber of the hub channel), and for
+/// `presence-` channels `user_count` (distinct users).
+async fn channel_attributes(
+    state: &State,
+    app: &PusherAppConfig,
+    names: &[String],
+    info: Info,
+) -> Result<BTreeMap<String, serde_json::Map<String, Value>>, PusherApiError> {
+    let counts: BTreeMap<String, usize> = if info.subscription_count {
+        occupied(state, app).await.into_iter().collect()
+    } else {
+        BTreeMap::new()
+    };
+    let mut out = BTreeMap::new();
+    for name in names {
+        if out.contains_key(name) {
+            continue;
+        }
+        let mut attributes = serde_json::Map::new();
+        if info.subscription_count {
+            let count = counts.get(name).copied().unwrap_or(0);
+            attributes.insert("subscription_count".into(), count.into());
+        }
+        if info.user_count && ChannelKind::of(name) == ChannelKind::Presence {
+            let hub = pusher_wire::hub_channel(&app.id, name);
+            let users = user_ids(state, &hub).await?.len();
+            attributes.insert("user_count".into(), users.into());
+        }
+        out.insert(name.clone(), attributes);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,7 +398,7 @@ fn check_event(app: &PusherAppConfig, event: &Event) -> Result<(), PusherApiErro
     {
         return Err(PusherApiError::EventTooLarge(app.max_event_bytes));
     }
-    for name in event.channels.iter().chain(event.channel.iter()) {
+    for name in event.channel_names() {
         pusher_wire::check_channel(name).map_err(|why| bad(format!("channel {name:?}: {why}")))?;
     }
     if let Some(socket_id) = &event.socket_id {
@@ -302,7 +427,7 @@ async fn trigger(state: &State, app: &PusherAppConfig, event: Event) -> Result<(
         .as_deref()
         .map(|id| Arc::new(ClientInfo::new(id, "", None, None)));
     let rules = super::rules(ChannelKind::Public);
-    for name in event.channels.iter().chain(event.channel.iter()) {
+    for name in event.channel_names() {
         let hub = pusher_wire::hub_channel(&app.id, name);
         let publication = Publication::json(payload.clone()).positioned(0, sender.clone());
         state
