@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::config::{Config, NamespaceConfig, PublishRule, Resolved, SubscribeRule};
+use crate::config::{Config, MapClientKey, NamespaceConfig, PublishRule, Resolved, SubscribeRule};
 
 /// Longest channel name, bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
@@ -37,6 +37,8 @@ pub struct ChannelRules {
     pub map: bool,
     /// How long a map key lives after its last publish (zero: until removed).
     pub map_key_ttl: Duration,
+    /// Which key a client's map publish or removal writes.
+    pub map_client_key: MapClientKey,
 }
 
 impl ChannelRules {
@@ -75,6 +77,7 @@ fn resolve(written: &NamespaceConfig, base: &ChannelRules) -> ChannelRules {
         recover: written.recover.unwrap_or(base.recover),
         map: written.map.unwrap_or(base.map),
         map_key_ttl: written.map_key_ttl.unwrap_or(base.map_key_ttl),
+        map_client_key: written.map_client_key.unwrap_or(base.map_client_key),
     }
 }
 
@@ -95,6 +98,7 @@ impl Namespaces {
                 recover: true,
                 map: false,
                 map_key_ttl: Duration::ZERO,
+                map_client_key: MapClientKey::Sent,
             }
         } else {
             ChannelRules {
@@ -107,6 +111,7 @@ impl Namespaces {
                 recover: false,
                 map: false,
                 map_key_ttl: Duration::ZERO,
+                map_client_key: MapClientKey::Sent,
             }
         };
         let default = resolve(&config.channels.default, &base);
@@ -240,6 +245,7 @@ mod tests {
                     recover: written.recover.unwrap(),
                     map: written.map.unwrap(),
                     map_key_ttl: written.map_key_ttl.unwrap(),
+                    map_client_key: written.map_client_key.unwrap(),
                 };
                 assert_eq!(rules, &as_shown, "dev = {dev}, {channel}");
             }

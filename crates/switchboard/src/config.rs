@@ -646,6 +646,17 @@ pub enum SubscribeRule {
     Token,
 }
 
+/// Which key a client's keyed publish or removal in a map writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapClientKey {
+    /// The key the client sent.
+    #[default]
+    Sent,
+    /// The publisher's client id, whatever key it sent: each client writes only its own entry.
+    ClientId,
+}
+
 /// Who may publish from a client connection into a namespace's channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -688,6 +699,9 @@ pub struct NamespaceConfig {
     /// Needs `map = true`.
     #[serde(default, deserialize_with = "optional_duration")]
     pub map_key_ttl: Option<Duration>,
+    /// Which key a client's map publish or removal writes (default `sent`; `client_id`: the
+    /// publisher's client id). Needs `map = true` when not `sent`.
+    pub map_client_key: Option<MapClientKey>,
 }
 
 impl NamespaceConfig {
@@ -712,6 +726,7 @@ impl NamespaceConfig {
             recover: Some(dev),
             map: Some(false),
             map_key_ttl: Some(Duration::ZERO),
+            map_client_key: Some(MapClientKey::Sent),
         }
     }
 
@@ -727,6 +742,7 @@ impl NamespaceConfig {
             recover: self.recover.or(base.recover),
             map: self.map.or(base.map),
             map_key_ttl: self.map_key_ttl.or(base.map_key_ttl),
+            map_client_key: self.map_client_key.or(base.map_client_key),
         }
     }
 
@@ -775,6 +791,7 @@ enum ChannelsKey {
     Recover,
     Map,
     MapKeyTtl,
+    MapClientKey,
     Namespaces,
 }
 
@@ -820,6 +837,7 @@ impl<'de> Deserialize<'de> for ChannelsConfig {
                         ChannelsKey::MapKeyTtl => {
                             ns.map_key_ttl = Some(map.next_value::<TextDuration>()?.0)
                         }
+                        ChannelsKey::MapClientKey => ns.map_client_key = Some(map.next_value()?),
                         ChannelsKey::Namespaces => out.namespaces = map.next_value()?,
                     }
                 }
@@ -1642,6 +1660,16 @@ impl Config {
                     format!("map_key_ttl in {which} needs map = true there"),
                 ));
             }
+            if !is_map
+                && rules
+                    .map_client_key
+                    .is_some_and(|key| key != MapClientKey::Sent)
+            {
+                return Err(invalid(
+                    &format!("{prefix}.map_client_key"),
+                    format!("map_client_key in {which} needs map = true there"),
+                ));
+            }
             if rules.recover == Some(true) && !rules.keeps_history() {
                 let (key, which) = if name == "channels" {
                     (
@@ -2123,6 +2151,51 @@ mod tests {
         assert_eq!(
             (board.map, board.map_key_ttl),
             (Some(true), Some(Duration::from_secs(30)))
+        );
+    }
+
+    #[test]
+    fn map_client_key_needs_a_map_and_an_unknown_value_is_refused_naming_the_key() {
+        let text = "[channels.namespaces.feed]\nmap_client_key = \"client_id\"\n";
+        let error = Config::from_toml(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("channels.namespaces.feed.map_client_key")
+                && error.contains("map = true"),
+            "{error}"
+        );
+        let text = "[channels.namespaces.board]\nmap = true\nhistory_size = 100\n\
+                    history_ttl = \"5m\"\nmap_client_key = \"user\"\n";
+        let error = Config::from_toml(text).unwrap_err();
+        assert!(
+            error.contains("map_client_key") && error.contains("user"),
+            "{error}"
+        );
+        let error = Config::from_toml("[channels]\nmap_client_key = \"nobody\"\n").unwrap_err();
+        assert!(
+            error.starts_with("channels.map_client_key (line 2): "),
+            "{error}"
+        );
+        let text = "[channels.namespaces.board]\nmap = true\nhistory_size = 100\n\
+                    history_ttl = \"5m\"\nmap_client_key = \"client_id\"\n\
+                    [channels.namespaces.feed]\nmap_client_key = \"sent\"\n";
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        let resolved = config.with_resolved().channels;
+        assert_eq!(
+            (
+                resolved.namespaces["board"].map_client_key,
+                resolved.namespaces["feed"].map_client_key,
+                resolved.default.map_client_key
+            ),
+            (
+                Some(MapClientKey::ClientId),
+                Some(MapClientKey::Sent),
+                Some(MapClientKey::Sent)
+            )
         );
     }
 

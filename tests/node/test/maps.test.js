@@ -2,7 +2,8 @@
 // Map subscriptions (a namespace with `map = true`): the real `centrifuge` SDK's
 // `newMapSubscription` syncs the state in phases (pages of keys, then the stream catch-up,
 // then live), keys are set and removed through the server API (`map_publish`, `map_remove`)
-// and from the SDK, a key TTL removes keys, a recoverable map recovers after a reconnect and
+// and from the SDK (under the publisher's client id with `map_client_key = "client_id"`),
+// a key TTL removes keys, a recoverable map recovers after a reconnect and
 // a map whose stream no longer holds the gap starts over from the state. Map commands to a
 // stream channel, and stream commands to a map channel, are refused with 108 and the
 // connection goes on. JSON and Protobuf builds; one raw-protocol test checks that what
@@ -44,6 +45,8 @@ function mapConfig(extra = {}) {
     short: { ...MAP_NS, history_size: 2 },
     // Keys live one second after their last publish.
     lease: { ...MAP_NS, map_key_ttl: '1s' },
+    // A client's set or removal writes the key of its own client id, whatever key it sent.
+    own: { ...MAP_NS, map_client_key: 'client_id' },
     news: { subscribe: 'authenticated', publish: 'subscribers', history_size: 10, history_ttl: '5m' },
     ...extra,
   });
@@ -202,6 +205,47 @@ for (const protobuf of [false, true]) {
       await subscribe(fresh);
       await until(() => fresh.syncs.length === 1, 'the sync');
       assert.deepEqual(fresh.syncs[0].entries, []);
+    });
+  });
+
+  test(`${label}: with map_client_key = "client_id" a client sets and removes only the entry under its client id, whatever key it sends; elsewhere its key stands`, async () => {
+    await withClients({ config: mapConfig() }, async (server, clients) => {
+      const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
+      const bob = await clients.connected(server.wsUrl, connectionToken('bob'), { protobuf });
+      const aliceId = alice.connectedCtx.client;
+      const bobId = bob.connectedCtx.client;
+      assert.ok(aliceId && bobId && aliceId !== bobId, 'two client ids');
+      const mine = mapSubscription(alice, 'own:x');
+      const watcher = mapSubscription(bob, 'own:x');
+      await subscribe(mine);
+      await subscribe(watcher);
+
+      await mine.publish('arbitrary_key', payload(protobuf, { from: 'alice' }));
+      // Bob names Alice's entry: he still writes his own.
+      await watcher.publish(aliceId, payload(protobuf, { from: 'bob' }));
+      // The server API keeps the key it names.
+      await mapPublish(server, 'own:x', 'by-api', { from: 'api' });
+      await until(() => watcher.updates.length === 3, "bob's three updates");
+      const keyed = (u) => `${u.key}=${JSON.stringify(valueOf(u.data))}`;
+      assert.deepEqual(watcher.updates.map(keyed), [
+        `${aliceId}={"from":"alice"}`, `${bobId}={"from":"bob"}`, 'by-api={"from":"api"}',
+      ]);
+      // Alice removes "Bob's" key: her own entry goes, his stays.
+      await mine.remove(bobId);
+      await until(() => watcher.updates.length === 4, 'the removal');
+      assert.deepEqual([watcher.updates[3].key, !!watcher.updates[3].removed], [aliceId, true]);
+      const late = await clients.connected(server.wsUrl, connectionToken('carol'), { protobuf });
+      const fresh = mapSubscription(late, 'own:x');
+      await subscribe(fresh);
+      await until(() => fresh.syncs.length === 1, "carol's sync");
+      assert.deepEqual(asObject(fresh.syncs[0].entries), { [bobId]: { from: 'bob' }, 'by-api': { from: 'api' } });
+
+      // A namespace without the option keeps the key the client sent.
+      const board = mapSubscription(alice, 'board:plain');
+      await subscribe(board);
+      await board.publish('arbitrary_key', payload(protobuf, { from: 'alice' }));
+      await until(() => board.updates.length === 1, 'the plain update');
+      assert.equal(board.updates[0].key, 'arbitrary_key');
     });
   });
 

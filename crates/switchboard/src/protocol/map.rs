@@ -20,6 +20,7 @@ use std::sync::Arc;
 use super::results::fitting;
 use super::{ClientSession, Granted};
 use crate::channels::ChannelRules;
+use crate::config::MapClientKey;
 use crate::error::ClientError;
 use crate::filter::Filter;
 use crate::keyed::check_key;
@@ -187,10 +188,16 @@ impl ClientSession {
         if request.kind != SUBSCRIPTION_MAP {
             return Err(ClientError::BadRequest);
         }
-        check_key(&request.key).map_err(|_| ClientError::BadRequest)?;
+        // With `map_client_key = "client_id"` a client writes (and removes) only its own
+        // entry: whatever key it sent (even none) is replaced by its client id.
+        let key = match rules.map_client_key {
+            MapClientKey::Sent => request.key.as_str(),
+            MapClientKey::ClientId => &*self.client_id,
+        };
+        check_key(key).map_err(|_| ClientError::BadRequest)?;
         let channel = request.channel.as_str();
         let mut publication = if request.removed {
-            Publication::removal(&request.key)
+            Publication::removal(key)
         } else {
             if self.encoding() == Encoding::Json && request.data.is_empty() {
                 return Err(ClientError::BadRequest);
@@ -199,7 +206,7 @@ impl ClientSession {
                 Encoding::Json => Publication::json(request.data),
                 Encoding::Protobuf => Publication::bytes(request.data),
             };
-            publication.keyed(&request.key)
+            publication.keyed(key)
         };
         publication.info = Some(match self.subscriptions.get(channel) {
             Some(subscription) => Arc::clone(&subscription.info),

@@ -85,6 +85,7 @@ fn rules(kind: ChannelKind) -> ChannelRules {
         recover: false,
         map: false,
         map_key_ttl: std::time::Duration::ZERO,
+        map_client_key: crate::config::MapClientKey::Sent,
     }
 }
 
