@@ -257,11 +257,14 @@ def over_the_pending_bound(single):
         # Which ones are closed is the accept order's business; how many is the bound's. A
         # loaded machine may take a moment to accept them all, so wait (well inside the
         # handshake timeout) rather than look once.
-        closed = _closed_within(sockets, excess=len(sockets) - PENDING_PER_IP, seconds=5)
-        assert closed == len(sockets) - PENDING_PER_IP, (
+        # The node may not yet have seen the close of the harness' own /healthz probe, which
+        # then still holds one of the address's places: one more socket is closed.
+        excess = len(sockets) - PENDING_PER_IP
+        closed = _closed_within(sockets, excess=excess, seconds=5)
+        assert excess <= closed <= excess + 1, (
             f"{closed} of {len(sockets)} silent sockets closed by the node, "
-            f"want the {len(sockets) - PENDING_PER_IP} past the bound of {PENDING_PER_IP}; "
-            f"log: {single.read_log()[-2000:]}"
+            f"want the {excess} past the bound of {PENDING_PER_IP} (one more if the probe's "
+            f"place was not yet free); log: {single.read_log()[-2000:]}"
         )
     finally:
         for s in sockets:
