@@ -592,17 +592,7 @@ impl ClientSession {
     ) {
         let channel = request.channel.as_str();
         let mut granted = granted;
-        if request.kind == wire::SUBSCRIPTION_MAP {
-            // Each phase is granted afresh; a sub_refresh hook renews a map as any other.
-            granted.renewed_by_hook = by_hook
-                && granted.expires_at != 0
-                && self
-                    .state
-                    .hooks
-                    .as_ref()
-                    .is_some_and(|h| h.sub_refresh(channel).is_some());
-            return self.map_subscribe(id, request, rules, granted);
-        }
+        // A sub_refresh hook renews a map (each of its phases is granted afresh) as any other.
         granted.renewed_by_hook = by_hook
             && granted.expires_at != 0
             && self
@@ -610,6 +600,9 @@ impl ClientSession {
                 .hooks
                 .as_ref()
                 .is_some_and(|h| h.sub_refresh(channel).is_some());
+        if request.kind == wire::SUBSCRIPTION_MAP {
+            return self.map_subscribe(id, request, rules, granted);
+        }
         let reject_unrecovered = request.flag & wire::FLAG_REJECT_UNRECOVERED != 0;
         let conn = Arc::clone(&self.conn);
         let encoding = self.encoding();
