@@ -12,7 +12,7 @@
 //! [`crate::api::parse_response`].
 
 use crate::net::{self, Conn, SocketOpts, Target};
-use crate::protocol::{value_after, Msg};
+use crate::protocol::{string_start, value_after, Msg};
 use crate::ws::{self, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
@@ -66,14 +66,8 @@ pub fn classify(obj: &[u8]) -> Msg<'_> {
     let Some(data) = value_after(obj, b"\"data\":") else {
         return Msg::Other;
     };
-    match data.split_first() {
-        Some((b'"', text)) => {
-            let end = text
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\')
-                .unwrap_or(text.len());
-            Msg::Data(&text[..end])
-        }
+    match data.first() {
+        Some(b'"') => Msg::Data(string_start(data)),
         _ => Msg::Other,
     }
 }
