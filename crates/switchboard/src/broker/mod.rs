@@ -23,6 +23,9 @@
 //!   a publish gives it the long `history_meta_ttl`. No call ever shortens a stream's life.
 //! - Publications reach [`BrokerEvents::publication`] in offset order per channel, at most
 //!   once; the node detects what was missed by comparing offsets.
+//! - An engine that serves map channels ([`Broker::serves_maps`]) changes a map's state with
+//!   its stream and offset in one step, reads state pages with the position they hold every
+//!   change up to, and turns a key's expiry into one removal in the stream, whoever sweeps.
 //! - [`BrokerEvents`] methods never block: an engine's read loop calls them directly.
 //! - Engines reconnect by themselves, with backoff and jitter, resubscribe every channel they
 //!   were subscribed to, and say so through [`BrokerEvents::link_lost`] and

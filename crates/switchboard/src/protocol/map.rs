@@ -11,6 +11,11 @@
 //! the stream no longer holds is error 112, and the SDK starts over from the state: a map
 //! never goes live with a gap, which would leave a wrong value under some key for good.
 //!
+//! On a remote broker (Redis) a page is read asynchronously, in one script with the stream
+//! position it holds, and answered from where the read completes; the join cannot be made
+//! there, so the last page is answered as a state page with no cursor and the SDK goes live
+//! through its stream phase from the first page's position (one round trip more).
+//!
 //! Every phase checks the subscribe permission again (token, hook or rules), so a page is
 //! never served to someone who may not subscribe. Map channels take map subscriptions and
 //! keyed publications only, and stream channels refuse both, each with a clear error.
