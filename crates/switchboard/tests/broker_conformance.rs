@@ -120,3 +120,11 @@ async fn a_state_page_and_the_stream_after_its_position_give_the_map() {
 async fn an_expired_key_is_removed_once_for_every_node() {
     conformance::an_expired_key_is_removed_once_for_every_node(&MemoryEngine::default()).await;
 }
+
+#[tokio::test]
+async fn concurrent_keyed_publishes_from_two_nodes_leave_the_map_its_stream_says() {
+    conformance::concurrent_keyed_publishes_from_two_nodes_leave_the_map_its_stream_says(
+        &MemoryEngine::default(),
+    )
+    .await;
+}

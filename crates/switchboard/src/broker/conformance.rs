@@ -463,6 +463,7 @@ pub async fn run_all(engine: &dyn Engine) {
     keyed_publications_change_the_map_and_pages_walk_it_in_key_order(engine).await;
     a_state_page_and_the_stream_after_its_position_give_the_map(engine).await;
     an_expired_key_is_removed_once_for_every_node(engine).await;
+    concurrent_keyed_publishes_from_two_nodes_leave_the_map_its_stream_says(engine).await;
 }
 
 /// A publication reaches every subscribed node's [`BrokerEvents::publication`] with its payload,
@@ -1482,5 +1483,68 @@ pub async fn an_expired_key_is_removed_once_for_every_node(engine: &dyn Engine) 
     let (state, position) = whole_state(&b, "leases", 10).await;
     assert_eq!(state, [("kept".to_owned(), Bytes::from_static(b"2"))]);
     assert_eq!(position.offset, 3, "the removal is in the stream, once");
+    stop_both(engine, a, b).await;
+}
+
+/// Two nodes setting and removing the same keys at once: every change gets its own offset,
+/// and the map is what replaying the whole stream gives, last write per key winning (no
+/// change reaches the stream without the state, nor the state without the stream).
+pub async fn concurrent_keyed_publishes_from_two_nodes_leave_the_map_its_stream_says(
+    engine: &dyn Engine,
+) {
+    const EACH: usize = 40;
+    let (a, b) = two_nodes(engine, "map-race").await;
+    if !a.broker.serves_maps() {
+        return stop_both(engine, a, b).await;
+    }
+    let run = |node: &Node, name: &'static str| {
+        let broker = Arc::clone(&node.broker);
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                // Eight shared keys; every fifth change a removal.
+                let key = format!("k{}", i % 8);
+                let publication = if i % 5 == 4 {
+                    Publication::removal(&key)
+                } else {
+                    Publication::json(Bytes::from(format!("\"{name}{i}\""))).keyed(&key)
+                };
+                broker
+                    .publish("race", &publication, &keep(1000))
+                    .await
+                    .unwrap_or_else(|e| panic!("keyed publish from {name}: {e}"));
+            }
+        })
+    };
+    let (from_a, from_b) = (run(&a, "a"), run(&b, "b"));
+    let (Ok(()), Ok(())) = (from_a.await, from_b.await) else {
+        panic!("a publishing task panicked");
+    };
+    let stream = a
+        .broker
+        .history("race", &HistoryRange::default())
+        .await
+        .unwrap_or_else(|e| panic!("history: {e}"));
+    let offsets: Vec<u64> = stream.publications.iter().map(|p| p.offset).collect();
+    let expected: Vec<u64> = (1..=stream.position.offset).collect();
+    assert_eq!(
+        offsets, expected,
+        "every change kept under its own offset, none skipped"
+    );
+    let mut replayed = std::collections::BTreeMap::new();
+    for publication in &stream.publications {
+        let key = publication.key.as_deref().unwrap_or_default().to_owned();
+        if publication.removed {
+            replayed.remove(&key);
+        } else {
+            replayed.insert(key, publication.payload().1.clone());
+        }
+    }
+    let (state, position) = whole_state(&b, "race", 3).await;
+    assert_eq!(position, stream.position);
+    assert_eq!(
+        state,
+        replayed.into_iter().collect::<Vec<_>>(),
+        "the map is what its stream says"
+    );
     stop_both(engine, a, b).await;
 }
