@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use switchboard::broker::{
-    codec, Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, Position,
-    PublishOptions,
+    codec, Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, MapPage,
+    Position, PublishOptions,
 };
 use switchboard::config::RedisConfig;
 use switchboard::publication::{ClientInfo, Publication};
@@ -112,6 +112,23 @@ fn position_from_reply((offset, epoch): (String, String)) -> Result<Position, Br
         offset,
         epoch: epoch.into(),
     })
+}
+
+/// A map value as `MAP_STATE` answers it (`<offset> <codec bytes>`): the key's latest
+/// publication, with its offset.
+fn keyed_value(value: &[u8]) -> Result<Publication, BrokerError> {
+    let space = value
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or_else(|| protocol("map value"))?;
+    let offset: u64 = std::str::from_utf8(&value[..space])
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| protocol("map value offset"))?;
+    let mut publication = codec::decode_publication(&value[space + 1..])
+        .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+    publication.offset = offset;
+    Ok(publication)
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -268,6 +285,51 @@ impl RedisBroker {
             .map(|_receivers| ())
     }
 
+    /// A keyed publish or removal to map channel `channel` (see `scripts::MAP_PUBLISH`).
+    async fn publish_keyed(
+        &self,
+        channel: &str,
+        key: &str,
+        publication: &Publication,
+        options: &PublishOptions,
+    ) -> Result<Option<Position>, BrokerError> {
+        let names = self.names();
+        let idempotency =
+            names.idempotency(channel, options.idempotency_key.as_deref().unwrap_or(""));
+        let idempotency_ttl = if options.idempotency_key.is_some() {
+            millis(options.idempotency_ttl).max(1)
+        } else {
+            0
+        };
+        let body = codec::encode_publication(publication);
+        let epoch = format!("{:016x}", fastrand::u64(..));
+        let script = &self.inner.scripts.map_publish;
+        let reply: (String, String) = self
+            .shard(channel)
+            .call_in_lineage(|mut connection, lineage| async move {
+                script
+                    .key(&names.stream_keys(channel))
+                    .key(idempotency)
+                    .arg(names.publications(channel))
+                    .arg(&body[..])
+                    // A map keeps history (the configuration insists): at least one.
+                    .arg(options.history_size.max(1))
+                    .arg(millis(options.history_ttl))
+                    .arg(millis(options.history_meta_ttl))
+                    .arg(epoch)
+                    .arg(idempotency_ttl)
+                    .arg(names.publish_command())
+                    .arg(&*lineage)
+                    .arg(key)
+                    .arg(u8::from(publication.removed))
+                    .arg(millis(options.key_ttl))
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        position_from_reply(reply).map(Some)
+    }
+
     /// PINGs every shard and records the outcome for [`Broker::health`].
     async fn ping(&self) {
         let mut pinged = Pinged {
@@ -397,6 +459,9 @@ impl Broker for RedisBroker {
         publication: &Publication,
         options: &PublishOptions,
     ) -> Result<Option<Position>, BrokerError> {
+        if let Some(key) = publication.key.as_deref() {
+            return self.publish_keyed(channel, key, publication, options).await;
+        }
         let shard = self.shard(channel);
         let target = self.names().publications(channel);
         if options.history_size == 0 && options.idempotency_key.is_none() {
@@ -521,8 +586,7 @@ impl Broker for RedisBroker {
             .shard(channel)
             .call_in_lineage(|mut connection, lineage| async move {
                 script
-                    .key(names.meta(channel))
-                    .key(names.stream(channel))
+                    .key(&names.stream_keys(channel))
                     .arg(epoch)
                     // 0 would mean "never expires" to the script.
                     .arg(millis(ttl).max(1))
@@ -541,13 +605,61 @@ impl Broker for RedisBroker {
             .shard(channel)
             .call(|mut connection| async move {
                 script
-                    .key(names.meta(channel))
+                    .key(&names.stream_keys(channel))
                     .arg(millis(ttl))
+                    .arg(names.publications(channel))
+                    .arg(names.publish_command())
                     .invoke_async(&mut connection)
                     .await
             })
             .await?;
         position_from_reply(reply)
+    }
+
+    fn serves_maps(&self) -> bool {
+        true
+    }
+
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+        ttl: Duration,
+    ) -> Result<MapPage, BrokerError> {
+        let names = self.names();
+        let epoch = format!("{:016x}", fastrand::u64(..));
+        let script = &self.inner.scripts.map_state;
+        let (offset, epoch, cursor, flat): (String, String, String, Vec<Vec<u8>>) = self
+            .shard(channel)
+            .call_in_lineage(|mut connection, lineage| async move {
+                script
+                    .key(&names.stream_keys(channel))
+                    .arg(epoch)
+                    // 0 would mean "never expires" to the script.
+                    .arg(millis(ttl).max(1))
+                    .arg(&*lineage)
+                    .arg(after)
+                    .arg(limit.max(1))
+                    .arg(names.publications(channel))
+                    .arg(names.publish_command())
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        let position = position_from_reply((offset, epoch))?;
+        let mut entries = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks(2) {
+            let [_key, value] = pair else {
+                return Err(protocol("map state entries"));
+            };
+            entries.push(Arc::new(keyed_value(value)?));
+        }
+        Ok(MapPage {
+            entries,
+            cursor: (!cursor.is_empty()).then(|| cursor.into_boxed_str()),
+            position,
+        })
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {

@@ -79,6 +79,33 @@ impl Names {
         format!("{}:idem:{}:{key}", self.prefix, self.tag(channel))
     }
 
+    /// A map channel's values: key → `<offset> <codec bytes>` of its latest publication.
+    pub(crate) fn map_values(&self, channel: &str) -> String {
+        format!("{}:map:{}", self.prefix, self.tag(channel))
+    }
+
+    /// A map channel's keys, in a sorted set of equal scores (walked in bytewise order).
+    pub(crate) fn map_keys(&self, channel: &str) -> String {
+        format!("{}:map-keys:{}", self.prefix, self.tag(channel))
+    }
+
+    /// A map channel's keys set with a TTL, scored by when they expire (ms, Redis clock).
+    pub(crate) fn map_expiry(&self, channel: &str) -> String {
+        format!("{}:map-exp:{}", self.prefix, self.tag(channel))
+    }
+
+    /// The keys of `channel` every map-aware script names, in the order `scripts::map_lua`
+    /// expects: meta, stream, map values, map keys, map expiry.
+    pub(crate) fn stream_keys(&self, channel: &str) -> [String; 5] {
+        [
+            self.meta(channel),
+            self.stream(channel),
+            self.map_values(channel),
+            self.map_keys(channel),
+            self.map_expiry(channel),
+        ]
+    }
+
     /// Presence: client id → codec bytes.
     pub(crate) fn presence(&self, channel: &str) -> String {
         format!("{}:presence:{}", self.prefix, self.tag(channel))
@@ -236,6 +263,9 @@ mod tests {
             names.idempotency("a:b", "k"),
             names.presence("a:b"),
             names.presence_expiry("a:b"),
+            names.map_values("a:b"),
+            names.map_keys("a:b"),
+            names.map_expiry("a:b"),
         ] {
             assert!(key.contains("{a:b}"), "{key}");
         }
@@ -259,6 +289,9 @@ mod tests {
                 names.idempotency(channel, "}{k}"),
                 names.presence(channel),
                 names.presence_expiry(channel),
+                names.map_values(channel),
+                names.map_keys(channel),
+                names.map_expiry(channel),
                 names.publications(channel),
                 names.join_leave(channel),
             ];
@@ -293,6 +326,10 @@ mod tests {
                 Some(Topic::JoinLeave(channel))
             );
             assert!(seen.insert(names.meta(channel)), "{channel:?} shares a key");
+            assert!(
+                seen.insert(names.map_keys(channel)),
+                "{channel:?} shares a key"
+            );
         }
         assert_eq!(names.classify(&names.control()), Some(Topic::Control));
         assert_eq!(names.classify(&names.probe("{t-1}")), Some(Topic::Probe));

@@ -33,7 +33,8 @@
 //! - `hash`: which shard (jump consistent hash) and which pub/sub connection a channel uses;
 //!   a name's cluster slot.
 //! - `keys`: key and pub/sub channel names (one hash tag per channel), message bytes.
-//! - `scripts`: the Lua scripts (publish with history, history read, presence).
+//! - `scripts`: the Lua scripts (publish with history, history read, presence; a map
+//!   channel's keyed publish, state page and key expiry).
 //! - `link`: one shard's command connection (a server's or a cluster's); every call bounded by
 //!   the call timeout.
 //! - `pubsub`: the pub/sub workers: read loop, probe, reconnect with backoff and jitter, over

@@ -1,6 +1,7 @@
 //! The Redis engine on a private three-master Redis Cluster (`redis+cluster://`): the shared
 //! conformance suite, channels spread over the masters with their sharded pub/sub on the
-//! master that holds their keys, awkward channel names (every script's keys in one slot), a
+//! master that holds their keys, awkward channel names (every script's keys in one slot, the
+//! map scripts' too), a
 //! slot moved to another master, and a master killed then restarted. Every wait is bounded.
 
 mod cluster_support;
@@ -233,6 +234,28 @@ async fn awkward_channel_names_keep_every_script_on_one_slot() {
             .stream_position(channel, Duration::from_secs(60))
             .await
             .expect("position");
+        // The map scripts name the map's keys and an idempotency key beside the stream's.
+        let map = format!("{channel}:map");
+        let keyed = PublishOptions {
+            key_ttl: Duration::from_secs(60),
+            ..options.clone()
+        };
+        let set = broker
+            .publish(&map, &publication("2").keyed("}{key"), &keyed)
+            .await
+            .unwrap_or_else(|e| panic!("{map:?}: {e}"))
+            .expect("position");
+        assert_eq!(set.offset, 1, "{map:?}");
+        let page = broker
+            .map_state(&map, "", 10, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{map:?}: {e}"));
+        assert_eq!(page.entries.len(), 1, "{map:?}");
+        assert_eq!(page.position, set, "{map:?}");
+        broker
+            .keep_stream(&map, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{map:?}: {e}"));
     }
     broker.stop().await;
 }

@@ -99,3 +99,32 @@ async fn keep_stream_keeps_a_started_stream_alive() {
 async fn a_published_stream_keeps_its_meta_ttl() {
     conformance::a_published_stream_keeps_its_meta_ttl(&MemoryEngine::default()).await;
 }
+
+#[tokio::test]
+async fn keyed_publications_change_the_map_and_pages_walk_it_in_key_order() {
+    conformance::keyed_publications_change_the_map_and_pages_walk_it_in_key_order(
+        &MemoryEngine::default(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_state_page_and_the_stream_after_its_position_give_the_map() {
+    conformance::a_state_page_and_the_stream_after_its_position_give_the_map(
+        &MemoryEngine::default(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_key_is_removed_once_for_every_node() {
+    conformance::an_expired_key_is_removed_once_for_every_node(&MemoryEngine::default()).await;
+}
+
+#[tokio::test]
+async fn concurrent_keyed_publishes_from_two_nodes_leave_the_map_its_stream_says() {
+    conformance::concurrent_keyed_publishes_from_two_nodes_leave_the_map_its_stream_says(
+        &MemoryEngine::default(),
+    )
+    .await;
+}

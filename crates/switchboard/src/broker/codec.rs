@@ -44,6 +44,13 @@ struct PublicationWire {
     /// The publication's tags (none: empty, which costs nothing on the wire).
     #[prost(btree_map = "string, string", tag = "5")]
     tags: std::collections::BTreeMap<String, String>,
+    /// A map channel's key (absent on a stream publication, costing nothing).
+    #[prost(string, optional, tag = "6")]
+    key: Option<String>,
+    /// It removes `key` from the map's state. The Redis engine's key expiry writes this
+    /// message itself, in Lua (`scripts.rs`): keep tags 6 and 7 as they are.
+    #[prost(bool, tag = "7")]
+    removed: bool,
 }
 
 fn info_wire(info: &ClientInfo) -> InfoWire {
@@ -72,6 +79,8 @@ pub fn encode_publication(publication: &Publication) -> Bytes {
         info: publication.info.as_deref().map(info_wire),
         traceparent: publication.trace.map(|trace| trace.header()),
         tags: publication.tags.as_deref().cloned().unwrap_or_default(),
+        key: publication.key.as_deref().map(str::to_owned),
+        removed: publication.removed,
     };
     Bytes::from(wire.encode_to_vec())
 }
@@ -93,6 +102,8 @@ pub fn decode_publication(bytes: &[u8]) -> Result<Publication, CodecError> {
     // A malformed context is dropped, not an error: the publication itself is sound.
     publication.trace = wire.traceparent.as_deref().and_then(TraceParent::parse);
     publication.tags = (!wire.tags.is_empty()).then(|| Arc::new(wire.tags));
+    publication.key = wire.key.map(String::into_boxed_str);
+    publication.removed = wire.removed;
     Ok(publication)
 }
 
@@ -149,6 +160,21 @@ mod tests {
         assert!(back.trace.is_some_and(|t| t.remote));
         // Without a context the bytes are what they were before traces existed.
         assert_eq!(&plain_bytes[..], &[18, 1, b'1'][..]);
+    }
+
+    #[test]
+    fn a_map_key_and_a_removal_survive_the_trip() {
+        let set = Publication::json(Bytes::from_static(b"1")).keyed("k");
+        let back = decode_publication(&encode_publication(&set)).unwrap();
+        assert_eq!((back.key.as_deref(), back.removed), (Some("k"), false));
+        let removal = Publication::removal("gone");
+        let bytes = encode_publication(&removal);
+        // What the Redis engine's Lua writes for an expired key: tag 6 (the key), tag 7 = 1.
+        assert_eq!(&bytes[..], b"\x32\x04gone\x38\x01");
+        let back = decode_publication(&bytes).unwrap();
+        assert_eq!((back.key.as_deref(), back.removed), (Some("gone"), true));
+        let plain = decode_publication(&encode_publication(&Publication::json(Bytes::new())));
+        assert_eq!(plain.map(|p| (p.key, p.removed)).ok(), Some((None, false)));
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub enum Event {
         data: Bytes,
         /// The publisher.
         info: Option<ClientInfo>,
+        /// A map channel's key (`None` on a stream channel).
+        key: Option<String>,
+        /// It removed `key` from the map.
+        removed: bool,
     },
     /// [`BrokerEvents::join`].
     Join {
@@ -263,6 +267,8 @@ impl BrokerEvents for Recorder {
             kind,
             data: data.clone(),
             info: publication.info.as_deref().cloned(),
+            key: publication.key.as_deref().map(str::to_owned),
+            removed: publication.removed,
         });
     }
 
@@ -454,6 +460,10 @@ pub async fn run_all(engine: &dyn Engine) {
     presence_expires_and_re_add_refreshes(engine).await;
     join_leave_and_control_reach_every_node(engine).await;
     channels_without_history_get_no_offset(engine).await;
+    keyed_publications_change_the_map_and_pages_walk_it_in_key_order(engine).await;
+    a_state_page_and_the_stream_after_its_position_give_the_map(engine).await;
+    an_expired_key_is_removed_once_for_every_node(engine).await;
+    concurrent_keyed_publishes_from_two_nodes_leave_the_map_its_stream_says(engine).await;
 }
 
 /// A publication reaches every subscribed node's [`BrokerEvents::publication`] with its payload,
@@ -491,6 +501,8 @@ pub async fn publications_reach_subscribers(engine: &dyn Engine) {
                 kind: PayloadKind::Binary,
                 data: Bytes::from_static(&[0, 255]),
                 info: Some(info.clone()),
+                key: None,
+                removed: false,
             }),
             "the delivered publication must carry the payload, its kind, the publisher, and the \
              offset and epoch that publish returned"
@@ -1156,4 +1168,383 @@ pub async fn channels_without_history_get_no_offset(engine: &dyn Engine) {
     assert_eq!(position.offset, 0, "no history: no stream");
     assert_eq!(&*position.epoch, "");
     node.stop().await;
+}
+
+/// The map changes `channel`'s deliveries on `node` carried, as (offset, key, removed).
+fn map_changes(log: &[Event], channel: &str) -> Vec<(u64, String, bool)> {
+    log.iter()
+        .filter_map(|e| match e {
+            Event::Publication {
+                channel: c,
+                offset,
+                key: Some(key),
+                removed,
+                ..
+            } if c == channel => Some((*offset, key.clone(), *removed)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sets `key` to `value` (JSON) in map channel `channel`, or with `value` `None` removes it.
+async fn set_key(
+    node: &Node,
+    channel: &str,
+    key: &str,
+    value: Option<&str>,
+    options: &PublishOptions,
+) -> Position {
+    let publication = match value {
+        Some(value) => Publication::json(Bytes::from(value.to_owned())).keyed(key),
+        None => Publication::removal(key),
+    };
+    node.broker
+        .publish(channel, &publication, options)
+        .await
+        .unwrap_or_else(|e| panic!("keyed publish to {channel:?}: {e}"))
+        .unwrap_or_else(|| panic!("a map channel keeps history: publish returns a position"))
+}
+
+/// A page of `channel`'s map as ((key, offset, data) entries, cursor, position).
+async fn state_page(
+    node: &Node,
+    channel: &str,
+    after: &str,
+    limit: usize,
+) -> (Vec<(String, u64, Bytes)>, Option<String>, Position) {
+    let page = node
+        .broker
+        .map_state(channel, after, limit, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("map state of {channel:?}: {e}"));
+    let entries = page
+        .entries
+        .iter()
+        .map(|p| {
+            let key = p.key.as_deref().unwrap_or_default().to_owned();
+            (key, p.offset, p.payload().1.clone())
+        })
+        .collect();
+    (entries, page.cursor.map(String::from), page.position)
+}
+
+/// Every key of `channel`'s map, walking the pages `limit` at a time, and the first page's
+/// position.
+async fn whole_state(node: &Node, channel: &str, limit: usize) -> (Vec<(String, Bytes)>, Position) {
+    let mut all = Vec::new();
+    let mut after = String::new();
+    let mut first = None;
+    loop {
+        let (entries, cursor, position) = state_page(node, channel, &after, limit).await;
+        first.get_or_insert(position);
+        all.extend(entries.into_iter().map(|(key, _, data)| (key, data)));
+        match cursor {
+            Some(cursor) => after = cursor,
+            None => break,
+        }
+    }
+    (all, first.unwrap_or_else(|| panic!("at least one page")))
+}
+
+/// Keyed publications change a map's state with its stream in one step: each takes the next
+/// offset and is delivered to every node with its key; a removal of a key that is not there
+/// changes nothing; state pages walk the live keys in key order, each with its latest value
+/// and that value's offset, and carry the stream position.
+pub async fn keyed_publications_change_the_map_and_pages_walk_it_in_key_order(engine: &dyn Engine) {
+    let (a, b) = two_nodes(engine, "map-keys").await;
+    if !a.broker.serves_maps() {
+        return stop_both(engine, a, b).await;
+    }
+    a.subscribe(&["board"]).await;
+    b.subscribe(&["board"]).await;
+    let options = keep(100);
+    let mut offsets = Vec::new();
+    for (key, value) in [("c", "1"), ("a", "2"), ("b", "3"), ("c", "4")] {
+        offsets.push(
+            set_key(&b, "board", key, Some(value), &options)
+                .await
+                .offset,
+        );
+    }
+    let removed = set_key(&a, "board", "a", None, &options).await;
+    offsets.push(removed.offset);
+    assert_eq!(
+        offsets,
+        [1, 2, 3, 4, 5],
+        "every change takes the next offset"
+    );
+    let nothing = set_key(&b, "board", "never-set", None, &options).await;
+    assert_eq!(
+        nothing, removed,
+        "removing a key that is not there changes nothing and returns the position"
+    );
+    let fence = Bytes::from_static(b"fence-after-map-changes");
+    b.broker
+        .publish_control(fence.clone())
+        .await
+        .unwrap_or_else(|e| panic!("publish_control: {e}"));
+    let expected = [
+        (1, "c".to_owned(), false),
+        (2, "a".to_owned(), false),
+        (3, "b".to_owned(), false),
+        (4, "c".to_owned(), false),
+        (5, "a".to_owned(), true),
+    ];
+    for node in [&a, &b] {
+        node.events.wait_control(&fence).await;
+        assert_eq!(
+            map_changes(&node.events.events(), "board"),
+            expected,
+            "every node gets each change once, in offset order, with its key (and nothing \
+             for the removal of an absent key)"
+        );
+    }
+    let (first, cursor, position) = state_page(&a, "board", "", 1).await;
+    assert_eq!(
+        first,
+        [("b".to_owned(), 3, Bytes::from_static(b"3"))],
+        "pages run in key order; a removed key is gone"
+    );
+    assert_eq!(
+        cursor.as_deref(),
+        Some("b"),
+        "a page that is not the last names its last key"
+    );
+    assert_eq!(
+        position, removed,
+        "a page carries the stream position it was read at"
+    );
+    let (rest, cursor, _) = state_page(&b, "board", "b", 10).await;
+    assert_eq!(
+        rest,
+        [("c".to_owned(), 4, Bytes::from_static(b"4"))],
+        "the next page starts after the cursor; a key holds its latest value and offset"
+    );
+    assert_eq!(cursor, None, "the last page has no cursor");
+    let stream = b
+        .broker
+        .history("board", &HistoryRange::default())
+        .await
+        .unwrap_or_else(|e| panic!("history: {e}"));
+    let kept: Vec<(u64, Option<&str>, bool)> = stream
+        .publications
+        .iter()
+        .map(|p| (p.offset, p.key.as_deref(), p.removed))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (1, Some("c"), false),
+            (2, Some("a"), false),
+            (3, Some("b"), false),
+            (4, Some("c"), false),
+            (5, Some("a"), true)
+        ],
+        "the stream keeps every change with its key"
+    );
+    stop_both(engine, a, b).await;
+}
+
+/// A state read at position P holds every change up to P, and the stream from P every
+/// change after it: replaying the stream over the pages gives the map, whatever was
+/// published between the pages.
+pub async fn a_state_page_and_the_stream_after_its_position_give_the_map(engine: &dyn Engine) {
+    let (a, b) = two_nodes(engine, "map-sync").await;
+    if !a.broker.serves_maps() {
+        return stop_both(engine, a, b).await;
+    }
+    let options = keep(1000);
+    for i in 0..10 {
+        set_key(&a, "sync", &format!("k{i}"), Some(&i.to_string()), &options).await;
+    }
+    // The first page, then changes from the other node before the next pages are read.
+    let (mut state, cursor, position) = state_page(&b, "sync", "", 3).await;
+    assert_eq!(position.offset, 10);
+    set_key(&a, "sync", "k0", Some("\"new\""), &options).await;
+    set_key(&a, "sync", "k5", None, &options).await;
+    set_key(&a, "sync", "k9", Some("\"late\""), &options).await;
+    set_key(
+        &a,
+        "sync",
+        "a-first",
+        Some("\"before every page\""),
+        &options,
+    )
+    .await;
+    let mut after = cursor.unwrap_or_else(|| panic!("ten keys do not fit in a page of 3"));
+    loop {
+        let (entries, cursor, later) = state_page(&b, "sync", &after, 3).await;
+        assert_eq!(later.epoch, position.epoch);
+        state.extend(entries);
+        match cursor {
+            Some(cursor) => after = cursor,
+            None => break,
+        }
+    }
+    let mut map: std::collections::BTreeMap<String, Bytes> = state
+        .into_iter()
+        .map(|(key, _, data)| (key, data))
+        .collect();
+    let since = HistoryRange {
+        since: Some(position.offset),
+        limit: None,
+        reverse: false,
+    };
+    let catch_up = b
+        .broker
+        .history("sync", &since)
+        .await
+        .unwrap_or_else(|e| panic!("history: {e}"));
+    for publication in &catch_up.publications {
+        let key = publication.key.as_deref().unwrap_or_default().to_owned();
+        if publication.removed {
+            map.remove(&key);
+        } else {
+            map.insert(key, publication.payload().1.clone());
+        }
+    }
+    let (now, _) = whole_state(&a, "sync", 100).await;
+    let replayed: Vec<(String, Bytes)> = map.into_iter().collect();
+    assert_eq!(
+        replayed, now,
+        "pages read from position P plus the stream from P give the map as it is"
+    );
+    assert!(
+        !now.iter().any(|(key, _)| key == "k5"),
+        "a removed key is not in the state"
+    );
+    stop_both(engine, a, b).await;
+}
+
+/// A key set with a TTL is taken out once its time is up: one removal kept in the stream
+/// and delivered to every node, however many nodes run the expiry; state reads stop showing
+/// it. The position check ([`Broker::keep_stream`]) runs the expiry on remote engines.
+pub async fn an_expired_key_is_removed_once_for_every_node(engine: &dyn Engine) {
+    let (a, b) = two_nodes(engine, "map-ttl").await;
+    if !a.broker.serves_maps() {
+        return stop_both(engine, a, b).await;
+    }
+    a.subscribe(&["leases"]).await;
+    b.subscribe(&["leases"]).await;
+    let short = PublishOptions {
+        key_ttl: SHORT,
+        ..keep(100)
+    };
+    set_key(&a, "leases", "lease", Some("1"), &short).await;
+    set_key(&b, "leases", "kept", Some("2"), &keep(100)).await;
+    let sweep = |node: &Node| {
+        let broker = Arc::clone(&node.broker);
+        async move {
+            broker
+                .keep_stream("leases", Duration::ZERO)
+                .await
+                .unwrap_or_else(|e| panic!("keep_stream: {e}"))
+        }
+    };
+    let removal = (3, "lease".to_owned(), true);
+    eventually(engine, "the expired key's removal", EXPIRY, || {
+        let (on_a, on_b) = (sweep(&a), sweep(&b));
+        async move {
+            // Both nodes sweep at once: the removal must still be made once.
+            let (top_a, top_b) = tokio::join!(on_a, on_b);
+            (top_a.offset >= 3 && top_b.offset >= 3).then_some(())
+        }
+    })
+    .await;
+    for node in [&a, &b] {
+        node.events
+            .wait_until("the removal delivered", DELIVERY, |log| {
+                map_changes(log, "leases").contains(&removal)
+            })
+            .await;
+    }
+    // More sweeps find nothing more to take out.
+    sweep(&a).await;
+    sweep(&b).await;
+    engine.expire();
+    let fence = Bytes::from_static(b"fence-after-expiry");
+    a.broker
+        .publish_control(fence.clone())
+        .await
+        .unwrap_or_else(|e| panic!("publish_control: {e}"));
+    for node in [&a, &b] {
+        node.events.wait_control(&fence).await;
+        let changes = map_changes(&node.events.events(), "leases");
+        assert_eq!(
+            changes,
+            [
+                (1, "lease".to_owned(), false),
+                (2, "kept".to_owned(), false),
+                removal.clone()
+            ],
+            "one removal per expired key, delivered once to every node"
+        );
+    }
+    let (state, position) = whole_state(&b, "leases", 10).await;
+    assert_eq!(state, [("kept".to_owned(), Bytes::from_static(b"2"))]);
+    assert_eq!(position.offset, 3, "the removal is in the stream, once");
+    stop_both(engine, a, b).await;
+}
+
+/// Two nodes setting and removing the same keys at once: every change gets its own offset,
+/// and the map is what replaying the whole stream gives, last write per key winning (no
+/// change reaches the stream without the state, nor the state without the stream).
+pub async fn concurrent_keyed_publishes_from_two_nodes_leave_the_map_its_stream_says(
+    engine: &dyn Engine,
+) {
+    const EACH: usize = 40;
+    let (a, b) = two_nodes(engine, "map-race").await;
+    if !a.broker.serves_maps() {
+        return stop_both(engine, a, b).await;
+    }
+    let run = |node: &Node, name: &'static str| {
+        let broker = Arc::clone(&node.broker);
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                // Eight shared keys; every fifth change a removal.
+                let key = format!("k{}", i % 8);
+                let publication = if i % 5 == 4 {
+                    Publication::removal(&key)
+                } else {
+                    Publication::json(Bytes::from(format!("\"{name}{i}\""))).keyed(&key)
+                };
+                broker
+                    .publish("race", &publication, &keep(1000))
+                    .await
+                    .unwrap_or_else(|e| panic!("keyed publish from {name}: {e}"));
+            }
+        })
+    };
+    let (from_a, from_b) = (run(&a, "a"), run(&b, "b"));
+    let (Ok(()), Ok(())) = (from_a.await, from_b.await) else {
+        panic!("a publishing task panicked");
+    };
+    let stream = a
+        .broker
+        .history("race", &HistoryRange::default())
+        .await
+        .unwrap_or_else(|e| panic!("history: {e}"));
+    let offsets: Vec<u64> = stream.publications.iter().map(|p| p.offset).collect();
+    let expected: Vec<u64> = (1..=stream.position.offset).collect();
+    assert_eq!(
+        offsets, expected,
+        "every change kept under its own offset, none skipped"
+    );
+    let mut replayed = std::collections::BTreeMap::new();
+    for publication in &stream.publications {
+        let key = publication.key.as_deref().unwrap_or_default().to_owned();
+        if publication.removed {
+            replayed.remove(&key);
+        } else {
+            replayed.insert(key, publication.payload().1.clone());
+        }
+    }
+    let (state, position) = whole_state(&b, "race", 3).await;
+    assert_eq!(position, stream.position);
+    assert_eq!(
+        state,
+        replayed.into_iter().collect::<Vec<_>>(),
+        "the map is what its stream says"
+    );
+    stop_both(engine, a, b).await;
 }

@@ -307,6 +307,7 @@ impl MemoryBroker {
         let meta_ttl_ms = millis(meta_ttl);
         let unused_ms = self.unused_ttl_ms.min(meta_ttl_ms);
         let stream = self.stream_of(&mut streams, channel, now_ms, meta_ttl_ms, unused_ms)?;
+        self.expire_keys(channel, stream, now_ms);
         stream.history.prune(now_ms);
         let page = stream.map.page(after, limit, now_ms, keep);
         Ok(MapPage {
@@ -391,13 +392,15 @@ impl MemoryBroker {
         Ok(stream.history.position())
     }
 
-    /// The stream's position, extending a never-published one (see [`Broker::keep_stream`]).
+    /// The stream's position, extending a never-published one and taking out expired map
+    /// keys (see [`Broker::keep_stream`]).
     pub fn keep_stream_now(&self, channel: &str, ttl: Duration) -> Position {
         let now_ms = self.now_ms();
         let mut streams = self.streams(channel);
         let Some(stream) = streams.get_mut(channel) else {
             return no_stream();
         };
+        self.expire_keys(channel, stream, now_ms);
         stream.history.prune(now_ms);
         extend_unused(stream, now_ms, ttl);
         stream.history.position()
@@ -567,6 +570,8 @@ impl Broker for MemoryBroker {
         copy.info = publication.info.clone();
         copy.tags = publication.tags.clone();
         copy.trace = publication.trace;
+        copy.key = publication.key.clone();
+        copy.removed = publication.removed;
         self.publish_now(channel, copy, options)
             .map_err(|full| BrokerError::Unavailable(full.to_string()))
     }
@@ -607,6 +612,21 @@ impl Broker for MemoryBroker {
 
     async fn keep_stream(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
         Ok(self.keep_stream_now(channel, ttl))
+    }
+
+    fn serves_maps(&self) -> bool {
+        true
+    }
+
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+        ttl: Duration,
+    ) -> Result<MapPage, BrokerError> {
+        self.map_state_now(channel, ttl, after, limit, |_| true)
+            .map_err(|full| BrokerError::Unavailable(full.to_string()))
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {

@@ -23,6 +23,9 @@
 //!   a publish gives it the long `history_meta_ttl`. No call ever shortens a stream's life.
 //! - Publications reach [`BrokerEvents::publication`] in offset order per channel, at most
 //!   once; the node detects what was missed by comparing offsets.
+//! - An engine that serves map channels ([`Broker::serves_maps`]) changes a map's state with
+//!   its stream and offset in one step, reads state pages with the position they hold every
+//!   change up to, and turns a key's expiry into one removal in the stream, whoever sweeps.
 //! - [`BrokerEvents`] methods never block: an engine's read loop calls them directly.
 //! - Engines reconnect by themselves, with backoff and jitter, resubscribe every channel they
 //!   were subscribed to, and say so through [`BrokerEvents::link_lost`] and
@@ -239,6 +242,11 @@ pub trait Broker: Send + Sync + 'static {
     /// check for each channel with subscribers here, so a started stream outlives its last
     /// subscriber here by about `ttl`, however quiet the channel.
     ///
+    /// On an engine that serves maps it also takes out the channel's expired map keys, each
+    /// as a removal kept in the stream and delivered, exactly once however many nodes call
+    /// it at once: the position check is what turns a key's expiry into a removal its
+    /// subscribers see (a state read and a keyed publish take them out too).
+    ///
     /// The default only reads.
     ///
     /// # Errors
@@ -251,6 +259,43 @@ pub trait Broker: Send + Sync + 'static {
             reverse: false,
         };
         Ok(self.history(channel, &top).await?.position)
+    }
+
+    /// Whether this engine serves map channels: keyed publications change a map's state
+    /// with its stream in one step ([`Broker::publish`] with `key` set), and
+    /// [`Broker::map_state`] reads that state. Engines that do not are refused maps by the
+    /// node (error 108).
+    fn serves_maps(&self) -> bool {
+        false
+    }
+
+    /// A page of map channel `channel`'s state: up to `limit` (at least one) live keys after
+    /// `after` (from the first with an empty `after`), in key order (bytewise), with the
+    /// stream position they are consistent with. The page holds every change up to that
+    /// position (perhaps later ones too), so replaying the stream from it over the pages,
+    /// last write per key winning, gives the map exactly. Expired keys are taken out first
+    /// (see [`Broker::keep_stream`]). Starts the stream when there is none, as
+    /// [`Broker::stream_position`] does with `ttl`.
+    ///
+    /// Keyed publications: a publication with `key` sets that key (for `options.key_ttl`;
+    /// zero: until removed), one with `removed` too takes it out; either is kept in the
+    /// stream under the next offset and delivered, carrying its key. Removing a key that is
+    /// not there changes nothing and returns the position as it is.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker cannot be reached, or the engine serves no maps.
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+        ttl: Duration,
+    ) -> Result<MapPage, BrokerError> {
+        let _ = (channel, after, limit, ttl);
+        Err(BrokerError::Unavailable(format!(
+            "the {} broker serves no map channels",
+            self.name()
+        )))
     }
 
     /// Forgets `channel`'s kept publications; its position stays.

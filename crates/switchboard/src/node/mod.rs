@@ -549,14 +549,19 @@ impl Node {
     }
 
     /// Map channels need a broker that keeps each map's state with its stream, changed in
-    /// one step: the memory broker does; the remote engines do not yet.
+    /// one step: the memory and Redis brokers do ([`Broker::serves_maps`]); NATS does not.
     ///
     /// # Errors
-    /// [`ClientError::NotSupported`] on a remote broker.
+    /// [`ClientError::NotSupported`] on a broker that serves no maps.
     pub(crate) fn serves_maps(&self) -> Result<(), ClientError> {
-        match &self.engine {
-            Engine::Memory(_) => Ok(()),
-            Engine::Remote(_) => Err(ClientError::NotSupported("map channel on this broker")),
+        let serves = match &self.engine {
+            Engine::Memory(_) => true,
+            Engine::Remote(broker) => broker.serves_maps(),
+        };
+        if serves {
+            Ok(())
+        } else {
+            Err(ClientError::NotSupported("map channel on this broker"))
         }
     }
 
@@ -576,7 +581,8 @@ impl Node {
     }
 
     /// A page of map channel `channel`'s state after `after` (see [`MapPage`]), its entries
-    /// those `filter` passes.
+    /// those `filter` passes, read at once from the memory broker (a remote one is read
+    /// with [`map_state_then`](Self::map_state_then)).
     ///
     /// # Errors
     /// [`ClientError::NotSupported`] on a remote broker; [`ClientError::NodeLimit`] when it
@@ -600,6 +606,44 @@ impl Node {
                 |publication| filter.is_none_or(|f| f.matches(publication.tags.as_deref())),
             )
             .map_err(|full| self.streams_full(full))
+    }
+
+    /// A page of map channel `channel`'s state from a remote broker, handed to `done` when
+    /// read: up to `limit` keys after `after`, those `filter` passes (the filter runs here,
+    /// so a page may hold fewer than `limit`, or none, and still name a cursor). The stream
+    /// it is read at lives as one a subscribe starts.
+    pub(crate) fn map_state_then(
+        self: &Arc<Self>,
+        channel: &str,
+        after: &str,
+        limit: usize,
+        filter: Option<crate::filter::Filter>,
+        done: impl FnOnce(Result<MapPage, ClientError>) + Send + 'static,
+    ) {
+        let Some(remote) = &self.remote else {
+            return done(Err(ClientError::NotSupported("map channel on this broker")));
+        };
+        let broker = Arc::clone(&remote.broker);
+        let node = Arc::clone(self);
+        let (channel, after) = (Box::<str>::from(channel), Box::<str>::from(after));
+        let ttl = self.remote_unused_ttl();
+        self.then(
+            async move {
+                let mut page = node
+                    .call(broker.map_state(&channel, &after, limit, ttl))
+                    .await
+                    .map_err(|error| {
+                        tracing::warn!(event = "map_state_failed", channel = %channel, %error, "a map's state could not be read");
+                        ClientError::Unavailable
+                    })?;
+                if let Some(filter) = &filter {
+                    page.entries
+                        .retain(|publication| filter.matches(publication.tags.as_deref()));
+                }
+                Ok(page)
+            },
+            done,
+        );
     }
 
     /// Runs a broker call with the node's timeout, counting failures.

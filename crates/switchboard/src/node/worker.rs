@@ -326,13 +326,14 @@ impl ChannelWorker {
     }
 
     /// Closes the channel's recovering subscribers here with 3010: they reconnect and
-    /// recover from history what this node missed.
+    /// recover from history what this node missed. A map's subscribers always are: a missed
+    /// change would leave a wrong value under its key for good.
     fn insufficient(&self, channel: &str, cause: Cause) {
         let recovering = self
             .node
             .channels
             .rules(channel)
-            .is_ok_and(|rules| rules.recover && rules.keeps_history());
+            .is_ok_and(|rules| (rules.recover || rules.map) && rules.keeps_history());
         if !recovering {
             return;
         }

@@ -11,6 +11,11 @@
 //! the stream no longer holds is error 112, and the SDK starts over from the state: a map
 //! never goes live with a gap, which would leave a wrong value under some key for good.
 //!
+//! On a remote broker (Redis) a page is read asynchronously, in one script with the stream
+//! position it holds, and answered from where the read completes; the join cannot be made
+//! there, so the last page is answered as a state page with no cursor and the SDK goes live
+//! through its stream phase from the first page's position (one round trip more).
+//!
 //! Every phase checks the subscribe permission again (token, hook or rules), so a page is
 //! never served to someone who may not subscribe. Map channels take map subscriptions and
 //! keyed publications only, and stream channels refuse both, each with a clear error.
@@ -19,6 +24,7 @@ use std::sync::Arc;
 
 use super::results::fitting;
 use super::{ClientSession, Granted};
+use crate::broker::MapPage;
 use crate::channels::ChannelRules;
 use crate::config::MapClientKey;
 use crate::error::ClientError;
@@ -42,6 +48,63 @@ pub(super) fn kind_fits(rules: &ChannelRules, kind: i32) -> Result<(), ClientErr
         (true, false) => Err(ClientError::IsAMap),
         (false, true) => Err(ClientError::NotAMap),
         _ => Ok(()),
+    }
+}
+
+/// What a state page read means for the subscribe that asked for it.
+enum StateStep {
+    /// A page to answer as it is (more follow, or the stream changed under the pages).
+    Page(SubscribeResult),
+    /// The last page: its entries, and where the catch-up starts (the first page's position).
+    Last {
+        state: Vec<wire::PublicationBody>,
+        offset: u64,
+        epoch: String,
+    },
+}
+
+/// The answer to state-phase `request` from `page`: as many entries as fit in `budget`
+/// bytes (at least one, or no page would ever end; the next page starts after the last one
+/// sent), under the first page's position.
+fn state_step(
+    page: MapPage,
+    request: &SubscribeRequest,
+    encoding: Encoding,
+    budget: usize,
+) -> StateStep {
+    let fit = fitting(page.entries.iter(), budget, encoding).max(1);
+    let mut cursor = page.cursor;
+    if fit < page.entries.len() {
+        cursor = page.entries[fit - 1].key.clone();
+    }
+    let state: Vec<wire::PublicationBody> = page.entries[..fit.min(page.entries.len())]
+        .iter()
+        .map(|publication| publication.body(encoding))
+        .collect();
+    // The catch-up starts where the first page was read: later pages repeat it back.
+    let first_page = request.epoch.is_empty();
+    let same_stream = first_page || *request.epoch == *page.position.epoch;
+    let (offset, epoch) = if first_page || !same_stream {
+        // A new stream since the first page (its state was lost): the client sees the
+        // new epoch and starts over.
+        (page.position.offset, page.position.epoch.to_string())
+    } else {
+        (request.offset, request.epoch.clone())
+    };
+    if cursor.is_some() || !same_stream {
+        return StateStep::Page(SubscribeResult {
+            phase: MAP_PHASE_STATE,
+            cursor: cursor.map(String::from).unwrap_or_default(),
+            state: if same_stream { state } else { Vec::new() },
+            epoch,
+            offset,
+            ..SubscribeResult::default()
+        });
+    }
+    StateStep::Last {
+        state,
+        offset,
+        epoch,
     }
 }
 
@@ -69,6 +132,9 @@ impl ClientSession {
             .ok()
             .filter(|limit| *limit > 0)
             .map_or(DEFAULT_PAGE, |limit| limit.min(MAX_PAGE));
+        if !self.state.node.is_local() {
+            return self.map_state_later(id, request, limit, filter);
+        }
         let page = match self.state.node.map_state(
             &request.channel,
             &request.cursor,
@@ -78,49 +144,72 @@ impl ClientSession {
             Ok(page) => page,
             Err(error) => return self.reply_error(id, error),
         };
-        let encoding = self.encoding();
-        // As many as fit in what the connection may queue (at least one, or no page would
-        // ever end): the next page starts after the last one sent.
-        let fit = fitting(page.entries.iter(), self.conn.reply_budget(), encoding).max(1);
-        let mut cursor = page.cursor;
-        if fit < page.entries.len() {
-            cursor = page.entries[fit - 1].key.clone();
-        }
-        let state: Vec<wire::PublicationBody> = page.entries[..fit.min(page.entries.len())]
-            .iter()
-            .map(|publication| publication.body(encoding))
-            .collect();
-        // The catch-up starts where the first page was read: later pages repeat it back.
-        let first_page = request.epoch.is_empty();
-        let same_stream = first_page || *request.epoch == *page.position.epoch;
-        let (offset, epoch) = if first_page || !same_stream {
-            // A new stream since the first page (its state was lost): the client sees the
-            // new epoch and starts over.
-            (page.position.offset, page.position.epoch.to_string())
-        } else {
-            (request.offset, request.epoch.clone())
-        };
-        if cursor.is_some() || !same_stream {
-            let result = SubscribeResult {
-                phase: MAP_PHASE_STATE,
-                cursor: cursor.map(String::from).unwrap_or_default(),
-                state: if same_stream { state } else { Vec::new() },
-                epoch,
-                offset,
-                ..SubscribeResult::default()
-            };
-            return self.send(&Reply {
+        match state_step(page, &request, self.encoding(), self.conn.reply_budget()) {
+            StateStep::Page(result) => self.send(&Reply {
                 id,
                 subscribe: Some(result),
                 ..Reply::default()
-            });
+            }),
+            // The last page: go live, catching up from the first page's position.
+            StateStep::Last {
+                state,
+                offset,
+                epoch,
+            } => {
+                let mut live = request;
+                live.offset = offset;
+                live.epoch = epoch;
+                live.recover = false;
+                self.map_join(id, live, rules, granted, state)
+            }
         }
-        // The last page: go live, catching up from the first page's position.
-        let mut live = request;
-        live.offset = offset;
-        live.epoch = epoch;
-        live.recover = false;
-        self.map_join(id, live, rules, granted, state)
+    }
+
+    /// A state page from a remote broker, answered when read. The reply is always a
+    /// state-phase one (the last page's with no cursor), since the join that would end the
+    /// phase cannot be made from where the read completes: the SDK then goes on with a
+    /// stream-phase subscribe from the first page's position, which joins as a map
+    /// subscriber's reconnect does.
+    fn map_state_later(
+        &self,
+        id: u32,
+        request: SubscribeRequest,
+        limit: usize,
+        filter: Option<Filter>,
+    ) {
+        let conn = Arc::clone(&self.conn);
+        let encoding = self.encoding();
+        let (channel, cursor) = (request.channel.clone(), request.cursor.clone());
+        self.state
+            .node
+            .map_state_then(&channel, &cursor, limit, filter, move |found| {
+                let reply = match found {
+                    Ok(page) => {
+                        let result = match state_step(page, &request, encoding, conn.reply_budget())
+                        {
+                            StateStep::Page(result) => result,
+                            StateStep::Last {
+                                state,
+                                offset,
+                                epoch,
+                            } => SubscribeResult {
+                                phase: MAP_PHASE_STATE,
+                                state,
+                                epoch,
+                                offset,
+                                ..SubscribeResult::default()
+                            },
+                        };
+                        Reply {
+                            id,
+                            subscribe: Some(result),
+                            ..Reply::default()
+                        }
+                    }
+                    Err(error) => Reply::error(id, error),
+                };
+                conn.push(&encode_frame(&reply, encoding));
+            });
     }
 
     /// Joins a map channel, catching up from the position `request` names (none: from now),
