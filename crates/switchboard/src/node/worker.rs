@@ -401,7 +401,7 @@ impl ChannelWorker {
                 &request.conn,
                 since,
                 request.filter.clone(),
-                request.delta,
+                request.delta_mode(since),
             );
             self.node.joined(&request);
             *ticket = TicketState::Joined;
