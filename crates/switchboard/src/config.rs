@@ -2296,18 +2296,33 @@ mod tests {
         assert_eq!(resolved.namespaces["clients"].map_clients, Some(true));
         for (room, clients, names) in [
             // The prefix names a namespace that is not map_clients.
-            ("map_clients_presence_channel_prefix = \"clients:\"", "", "room.map_clients_presence_channel_prefix"),
+            (
+                "map_clients_presence_channel_prefix = \"clients:\"",
+                "",
+                "room.map_clients_presence_channel_prefix",
+            ),
             // ... or one that does not exist.
-            ("map_clients_presence_channel_prefix = \"nobody:\"", "map_clients = true", "room.map_clients_presence_channel_prefix"),
+            (
+                "map_clients_presence_channel_prefix = \"nobody:\"",
+                "map_clients = true",
+                "room.map_clients_presence_channel_prefix",
+            ),
             // Keys that expire would drop clients still subscribed.
-            ("", "map_clients = true\nmap_key_ttl = \"1m\"", "clients.map_key_ttl"),
+            (
+                "",
+                "map_clients = true\nmap_key_ttl = \"1m\"",
+                "clients.map_key_ttl",
+            ),
         ] {
             let error = Config::from_toml(&config(room, clients)).unwrap_err();
             assert!(error.contains(names), "{error}");
         }
         let not_a_map = "[channels.namespaces.clients]\nmap_clients = true\n";
         let error = Config::from_toml(not_a_map).unwrap_err();
-        assert!(error.contains("clients.map_clients") && error.contains("map = true"), "{error}");
+        assert!(
+            error.contains("clients.map_clients") && error.contains("map = true"),
+            "{error}"
+        );
     }
 
     #[test]

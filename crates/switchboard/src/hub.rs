@@ -800,7 +800,10 @@ mod tests {
         let a2 = set("a", 2, 3, Some(&a1));
         hub.publish("m", &a2);
         let (x, y, plain) = (taken(&conns[0]), taken(&conns[1]), taken(&conns[2]));
-        assert!(is_delta(&x[0]) && x[0].as_ptr() == y[0].as_ptr(), "one shared delta");
+        assert!(
+            is_delta(&x[0]) && x[0].as_ptr() == y[0].as_ptr(),
+            "one shared delta"
+        );
         assert!(!is_delta(&plain[0]) && x[0].len() * 3 < plain[0].len());
         // Another key's chain is its own; a new key has none.
         hub.publish("m", &set("b", 2, 4, Some(&b1)));
@@ -818,7 +821,11 @@ mod tests {
         hub.publish("m", &set("a", 4, 8, Some(&a2)));
         hub.publish("m", &set("a", 5, 9, Some(&a2)));
         let frames = taken(&conns[1]);
-        assert!(frames.iter().all(|f| !is_delta(f)), "{} frames", frames.len());
+        assert!(
+            frames.iter().all(|f| !is_delta(f)),
+            "{} frames",
+            frames.len()
+        );
     }
 
     #[test]

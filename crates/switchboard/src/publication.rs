@@ -496,7 +496,12 @@ impl Publication {
     /// publication's key held before it ([`Publication::follows`]), `delta: true`. Like
     /// [`Publication::delta_frame`], made once per encoding and shared; `None` when the key
     /// had no value before or the delta would not be smaller.
-    pub fn key_delta_frame(&self, channel: &str, encoding: Encoding, deflate: bool) -> Option<&Bytes> {
+    pub fn key_delta_frame(
+        &self,
+        channel: &str,
+        encoding: Encoding,
+        deflate: bool,
+    ) -> Option<&Bytes> {
         self.key_base.as_ref()?;
         self.delta_frame_from(channel, encoding, deflate, &|| {
             let (kind, payload) = self.key_base.as_ref()?;

@@ -790,9 +790,19 @@ mod tests {
         let delivered = Arc::new(Delivered::default());
         broker.attach(delivered.clone());
         let options = keeping();
-        set(&broker, "k", r#"{"v":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#, &options);
+        set(
+            &broker,
+            "k",
+            r#"{"v":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+            &options,
+        );
         set(&broker, "other", "2", &options);
-        set(&broker, "k", r#"{"v":2,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#, &options);
+        set(
+            &broker,
+            "k",
+            r#"{"v":2,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+            &options,
+        );
         broker
             .publish_now("m", Publication::removal("k"), &options)
             .unwrap();

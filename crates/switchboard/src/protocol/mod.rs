@@ -670,9 +670,8 @@ impl ClientSession {
         // In a map deltas run per key, against the value the subscriber holds under it: with
         // a tags filter it may hold none or an old one, so a filtered map subscription gets
         // whole values (`delta: false` tells the SDK so).
-        let delta = recover.is_some_and(|r| {
-            r.delta == DELTA_FOSSIL && !(rules.map && r.tf.is_some())
-        });
+        let delta =
+            recover.is_some_and(|r| r.delta == DELTA_FOSSIL && !(rules.map && r.tf.is_some()));
         let encoding = self.encoding();
         let expires_at = granted.expires_at;
         let told_expires_at = if granted.renewed_by_hook {

@@ -242,9 +242,8 @@ mod tests {
             let data = Bytes::from(format!(r#"{{"v":{v},"pad":"{}"}}"#, "y".repeat(300)));
             Arc::new(Publication::json(data).keyed(key).positioned(offset, None))
         };
-        let removal = |key: &str, offset: u64| {
-            Arc::new(Publication::removal(key).positioned(offset, None))
-        };
+        let removal =
+            |key: &str, offset: u64| Arc::new(Publication::removal(key).positioned(offset, None));
         let catch_up = vec![
             set("a", 1, 1),
             set("b", 1, 2),
@@ -258,7 +257,11 @@ mod tests {
             let deltas: Vec<bool> = bodies.iter().map(|body| body.delta).collect();
             // a and b first whole; a again against a; the removal and the set after it
             // whole; b against b (not against the a before it).
-            assert_eq!(deltas, [false, false, true, false, false, true], "{encoding:?}");
+            assert_eq!(
+                deltas,
+                [false, false, true, false, false, true],
+                "{encoding:?}"
+            );
             let base = catch_up[0].delta_payload(encoding);
             let back = fossil_delta::apply(base, &delta_data(&bodies[2], encoding)).unwrap();
             assert_eq!(&back[..], &catch_up[2].delta_payload(encoding)[..]);
