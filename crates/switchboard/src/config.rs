@@ -2286,7 +2286,9 @@ mod tests {
             "map_clients_presence_channel_prefix = \"clients:\"",
             "map_clients = true",
         );
-        let resolved = Config::from_toml(&good).unwrap().with_resolved().channels;
+        let good = Config::from_toml(&good).unwrap();
+        good.validate().unwrap();
+        let resolved = good.with_resolved().channels;
         assert_eq!(
             resolved.namespaces["room"]
                 .map_clients_presence_channel_prefix
@@ -2314,11 +2316,19 @@ mod tests {
                 "clients.map_key_ttl",
             ),
         ] {
-            let error = Config::from_toml(&config(room, clients)).unwrap_err();
+            let error = Config::from_toml(&config(room, clients))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(names), "{error}");
         }
         let not_a_map = "[channels.namespaces.clients]\nmap_clients = true\n";
-        let error = Config::from_toml(not_a_map).unwrap_err();
+        let error = Config::from_toml(not_a_map)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("clients.map_clients") && error.contains("map = true"),
             "{error}"

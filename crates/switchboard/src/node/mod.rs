@@ -572,6 +572,20 @@ impl Node {
         }
     }
 
+    /// Map-clients presence lists a map's subscribers from the session that joins (the join
+    /// decided at once): the memory broker only.
+    ///
+    /// # Errors
+    /// [`ClientError::NotSupported`] on a remote broker.
+    pub(crate) fn serves_map_clients_presence(&self) -> Result<(), ClientError> {
+        match &self.engine {
+            Engine::Memory(_) => Ok(()),
+            Engine::Remote(_) => Err(ClientError::NotSupported(
+                "map clients presence on this broker",
+            )),
+        }
+    }
+
     /// Keyed publications go to map channels (on a broker that serves them), the others to
     /// stream channels: whichever door or API call it came from.
     fn fits_kind(

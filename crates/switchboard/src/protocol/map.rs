@@ -87,6 +87,9 @@ impl ClientSession {
             return self.reply_error(id, error);
         }
         if let Some(listing) = presence_channel(&request.channel, &rules) {
+            if let Err(error) = self.state.node.serves_map_clients_presence() {
+                return self.reply_error(id, error);
+            }
             // A channel whose listing cannot exist (its name too long) is refused, rather than
             // subscribed unlisted.
             if self.state.channels().rules(&listing).is_err() {
@@ -255,7 +258,7 @@ impl ClientSession {
         let mut order = PublishOrder::default();
         self.state
             .node
-            .publish_then(&mut order, listing, &rules.clone(), publication, done);
+            .publish_then(&mut order, listing, rules, publication, done);
     }
 
     /// A keyed publish or removal (`publish` with `type` 1) to a map channel.
