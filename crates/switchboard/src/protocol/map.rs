@@ -14,6 +14,12 @@
 //! Every phase checks the subscribe permission again (token, hook or rules), so a page is
 //! never served to someone who may not subscribe. Map channels take map subscriptions and
 //! keyed publications only, and stream channels refuse both, each with a clear error.
+//!
+//! A subscriber asking for fossil deltas gets its state entries in the form the SDK keeps as
+//! each key's delta base (the hub then sends each key's changes as deltas against it). In a
+//! namespace with map-clients presence, a subscription that goes live sets its client id in
+//! the companion map-clients channel, and leaving removes it (see `ClientSession::leave`);
+//! map-clients channels take map-clients subscriptions and no client writes.
 
 use std::sync::Arc;
 
