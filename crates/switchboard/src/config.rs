@@ -1732,7 +1732,7 @@ impl Config {
                     Some((ns, _)) => channels.namespaces.get(ns),
                     None => Some(&channels.default),
                 };
-                if !companion.is_some_and(|ns| ns.map_clients == Some(true)) {
+                if companion.is_none_or(|ns| ns.map_clients != Some(true)) {
                     return Err(invalid(
                         &key,
                         format!(

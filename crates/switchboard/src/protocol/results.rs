@@ -263,7 +263,7 @@ mod tests {
                 "{encoding:?}"
             );
             let base = catch_up[0].delta_payload(encoding);
-            let back = fossil_delta::apply(base, &delta_data(&bodies[2], encoding)).unwrap();
+            let back = fossil_delta::apply(base, delta_data(&bodies[2], encoding)).unwrap();
             assert_eq!(&back[..], &catch_up[2].delta_payload(encoding)[..]);
         }
         // The SDK decodes every JSON `data` of a delta subscription, a removal's too.
