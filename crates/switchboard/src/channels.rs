@@ -8,6 +8,7 @@
 //! door is open, since that door's rooms are its channels.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, MapClientKey, NamespaceConfig, PublishRule, Resolved, SubscribeRule};
@@ -39,6 +40,11 @@ pub struct ChannelRules {
     pub map_key_ttl: Duration,
     /// Which key a client's map publish or removal writes.
     pub map_client_key: MapClientKey,
+    /// A map-clients presence map: written by the server, read by map-clients subscriptions.
+    pub map_clients: bool,
+    /// Where this map's subscribers are listed: channel `<prefix><channel>` (a map-clients
+    /// map) holds each one's client id while it is subscribed.
+    pub map_clients_presence_prefix: Option<Arc<str>>,
 }
 
 impl ChannelRules {
@@ -78,6 +84,11 @@ fn resolve(written: &NamespaceConfig, base: &ChannelRules) -> ChannelRules {
         map: written.map.unwrap_or(base.map),
         map_key_ttl: written.map_key_ttl.unwrap_or(base.map_key_ttl),
         map_client_key: written.map_client_key.unwrap_or(base.map_client_key),
+        map_clients: written.map_clients.unwrap_or(base.map_clients),
+        map_clients_presence_prefix: match &written.map_clients_presence_channel_prefix {
+            Some(prefix) => (!prefix.is_empty()).then(|| Arc::from(prefix.as_str())),
+            None => base.map_clients_presence_prefix.clone(),
+        },
     }
 }
 
@@ -99,6 +110,8 @@ impl Namespaces {
                 map: false,
                 map_key_ttl: Duration::ZERO,
                 map_client_key: MapClientKey::Sent,
+                map_clients: false,
+                map_clients_presence_prefix: None,
             }
         } else {
             ChannelRules {
@@ -112,6 +125,8 @@ impl Namespaces {
                 map: false,
                 map_key_ttl: Duration::ZERO,
                 map_client_key: MapClientKey::Sent,
+                map_clients: false,
+                map_clients_presence_prefix: None,
             }
         };
         let default = resolve(&config.channels.default, &base);
@@ -246,6 +261,12 @@ mod tests {
                     map: written.map.unwrap(),
                     map_key_ttl: written.map_key_ttl.unwrap(),
                     map_client_key: written.map_client_key.unwrap(),
+                    map_clients: written.map_clients.unwrap(),
+                    map_clients_presence_prefix: written
+                        .map_clients_presence_channel_prefix
+                        .clone()
+                        .filter(|prefix| !prefix.is_empty())
+                        .map(Arc::from),
                 };
                 assert_eq!(rules, &as_shown, "dev = {dev}, {channel}");
             }

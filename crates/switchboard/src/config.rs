@@ -655,6 +655,9 @@ pub enum MapClientKey {
     Sent,
     /// The publisher's client id, whatever key it sent: each client writes only its own entry.
     ClientId,
+    /// The publisher's user id, whatever key it sent: each user writes only its own entry
+    /// (an anonymous connection, with no user id, may not write).
+    UserId,
 }
 
 /// Who may publish from a client connection into a namespace's channels.
@@ -700,8 +703,17 @@ pub struct NamespaceConfig {
     #[serde(default, deserialize_with = "optional_duration")]
     pub map_key_ttl: Option<Duration>,
     /// Which key a client's map publish or removal writes (default `sent`; `client_id`: the
-    /// publisher's client id). Needs `map = true` when not `sent`.
+    /// publisher's client id; `user_id`: its user id). Needs `map = true` when not `sent`.
     pub map_client_key: Option<MapClientKey>,
+    /// A map-clients presence namespace (default false): its channels' keys are the clients
+    /// subscribed to a companion map channel, written by the server; it takes map-clients
+    /// subscriptions (the SDK's `newMapClientsSubscription`) only. Needs `map = true`.
+    pub map_clients: Option<bool>,
+    /// Map-clients presence of this map namespace's channels (default none): a subscriber of
+    /// channel `c` is a key (its client id) of channel `<prefix>c` while it is subscribed.
+    /// The prefix names a namespace with `map_clients = true` (`"clients:"`). Needs
+    /// `map = true`.
+    pub map_clients_presence_channel_prefix: Option<String>,
 }
 
 impl NamespaceConfig {
@@ -727,6 +739,8 @@ impl NamespaceConfig {
             map: Some(false),
             map_key_ttl: Some(Duration::ZERO),
             map_client_key: Some(MapClientKey::Sent),
+            map_clients: Some(false),
+            map_clients_presence_channel_prefix: Some(String::new()),
         }
     }
 
@@ -743,6 +757,11 @@ impl NamespaceConfig {
             map: self.map.or(base.map),
             map_key_ttl: self.map_key_ttl.or(base.map_key_ttl),
             map_client_key: self.map_client_key.or(base.map_client_key),
+            map_clients: self.map_clients.or(base.map_clients),
+            map_clients_presence_channel_prefix: self
+                .map_clients_presence_channel_prefix
+                .clone()
+                .or_else(|| base.map_clients_presence_channel_prefix.clone()),
         }
     }
 
@@ -792,6 +811,8 @@ enum ChannelsKey {
     Map,
     MapKeyTtl,
     MapClientKey,
+    MapClients,
+    MapClientsPresenceChannelPrefix,
     Namespaces,
 }
 
@@ -838,6 +859,10 @@ impl<'de> Deserialize<'de> for ChannelsConfig {
                             ns.map_key_ttl = Some(map.next_value::<TextDuration>()?.0)
                         }
                         ChannelsKey::MapClientKey => ns.map_client_key = Some(map.next_value()?),
+                        ChannelsKey::MapClients => ns.map_clients = Some(map.next_value()?),
+                        ChannelsKey::MapClientsPresenceChannelPrefix => {
+                            ns.map_clients_presence_channel_prefix = Some(map.next_value()?)
+                        }
                         ChannelsKey::Namespaces => out.namespaces = map.next_value()?,
                     }
                 }
@@ -1670,6 +1695,55 @@ impl Config {
                     format!("map_client_key in {which} needs map = true there"),
                 ));
             }
+            let map_clients = rules.map_clients == Some(true);
+            if map_clients && !is_map {
+                return Err(invalid(
+                    &format!("{prefix}.map_clients"),
+                    format!("map_clients = true in {which} needs map = true there"),
+                ));
+            }
+            if map_clients && rules.map_key_ttl.is_some_and(|ttl| !ttl.is_zero()) {
+                return Err(invalid(
+                    &format!("{prefix}.map_key_ttl"),
+                    format!(
+                        "map_key_ttl in {which}, a map_clients namespace, would remove clients \
+                         still subscribed: its keys live exactly as long as their \
+                         subscriptions; leave it at 0s"
+                    ),
+                ));
+            }
+            let presence_prefix = rules
+                .map_clients_presence_channel_prefix
+                .as_deref()
+                .unwrap_or_default();
+            if !presence_prefix.is_empty() {
+                let key = format!("{prefix}.map_clients_presence_channel_prefix");
+                if !is_map || map_clients {
+                    return Err(invalid(
+                        &key,
+                        format!(
+                            "map_clients_presence_channel_prefix in {which} needs map = true \
+                             (and not map_clients) there"
+                        ),
+                    ));
+                }
+                // The companion channel `<prefix><channel>` must be a map-clients map.
+                let companion = match presence_prefix.split_once(':') {
+                    Some((ns, _)) => channels.namespaces.get(ns),
+                    None => Some(&channels.default),
+                };
+                if companion.is_none_or(|ns| ns.map_clients != Some(true)) {
+                    return Err(invalid(
+                        &key,
+                        format!(
+                            "map_clients_presence_channel_prefix {presence_prefix:?} in {which} \
+                             must name a namespace with map_clients = true (e.g. \
+                             \"clients:\" with [channels.namespaces.clients] map = true, \
+                             map_clients = true)"
+                        ),
+                    ));
+                }
+            }
             if rules.recover == Some(true) && !rules.keeps_history() {
                 let (key, which) = if name == "channels" {
                     (
@@ -2196,6 +2270,68 @@ mod tests {
                 Some(MapClientKey::Sent),
                 Some(MapClientKey::Sent)
             )
+        );
+    }
+
+    #[test]
+    fn map_clients_presence_needs_a_map_and_a_prefix_naming_a_map_clients_namespace() {
+        let map = "map = true\nhistory_size = 10\nhistory_ttl = \"5m\"\n";
+        let config = |room: &str, clients: &str| {
+            format!(
+                "[channels.namespaces.room]\n{map}{room}\n\
+                 [channels.namespaces.clients]\n{map}{clients}\n"
+            )
+        };
+        let good = config(
+            "map_clients_presence_channel_prefix = \"clients:\"",
+            "map_clients = true",
+        );
+        let good = Config::from_toml(&good).unwrap();
+        good.validate().unwrap();
+        let resolved = good.with_resolved().channels;
+        assert_eq!(
+            resolved.namespaces["room"]
+                .map_clients_presence_channel_prefix
+                .as_deref(),
+            Some("clients:")
+        );
+        assert_eq!(resolved.namespaces["clients"].map_clients, Some(true));
+        for (room, clients, names) in [
+            // The prefix names a namespace that is not map_clients.
+            (
+                "map_clients_presence_channel_prefix = \"clients:\"",
+                "",
+                "room.map_clients_presence_channel_prefix",
+            ),
+            // ... or one that does not exist.
+            (
+                "map_clients_presence_channel_prefix = \"nobody:\"",
+                "map_clients = true",
+                "room.map_clients_presence_channel_prefix",
+            ),
+            // Keys that expire would drop clients still subscribed.
+            (
+                "",
+                "map_clients = true\nmap_key_ttl = \"1m\"",
+                "clients.map_key_ttl",
+            ),
+        ] {
+            let error = Config::from_toml(&config(room, clients))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(names), "{error}");
+        }
+        let not_a_map = "[channels.namespaces.clients]\nmap_clients = true\n";
+        let error = Config::from_toml(not_a_map)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("clients.map_clients") && error.contains("map = true"),
+            "{error}"
         );
     }
 

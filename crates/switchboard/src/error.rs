@@ -621,6 +621,12 @@ pub enum ClientError {
     /// A stream subscribe or a publication with no key to a map channel.
     #[error("not available: map channel (use a map subscription, a keyed publish)")]
     IsAMap,
+    /// A map-clients subscription to a channel whose namespace is not a map-clients map.
+    #[error("not available: not a map clients channel")]
+    NotMapClients,
+    /// A map subscription to a map-clients channel, which takes map-clients subscriptions.
+    #[error("not available: map clients channel (use a map clients subscription)")]
+    IsMapClients,
 }
 
 impl ClientError {
@@ -638,7 +644,9 @@ impl ClientError {
             ClientError::NotAvailable
             | ClientError::NotSupported(_)
             | ClientError::NotAMap
-            | ClientError::IsAMap => 108,
+            | ClientError::IsAMap
+            | ClientError::NotMapClients
+            | ClientError::IsMapClients => 108,
             ClientError::TokenExpired => 109,
             ClientError::Unrecoverable => 112,
             ClientError::Unavailable => 100,

@@ -15,7 +15,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -38,12 +38,53 @@ struct Subscriber {
     /// Its tag filter: only publications whose tags pass it (one of its channel's
     /// [`Members::filters`], shared by every subscriber with an equal filter).
     filter: Option<Arc<Filter>>,
-    /// A delta subscriber (it asked for fossil deltas): whether it holds the channel's
-    /// previous publication, so the next one may reach it as a delta. It does not after it
-    /// joins, or after a publication skipped it (its position, its filter); then it gets the
-    /// next one whole.
-    delta: Option<AtomicBool>,
+    /// A delta subscriber (it asked for fossil deltas): where its chain stands.
+    delta: Option<Chain>,
 }
+
+/// What a subscriber asks of the hub in deltas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaMode {
+    /// Whole publications.
+    Off,
+    /// A stream's fossil deltas: each against the channel's previous publication.
+    Stream,
+    /// A map's fossil deltas, one chain per key: each against the value its key held
+    /// before. The subscriber holds the map's state up to stream offset `held` (its state
+    /// pages and catch-up ended there).
+    Map {
+        /// The offset its state is complete up to.
+        held: u64,
+    },
+}
+
+impl From<bool> for DeltaMode {
+    fn from(stream_delta: bool) -> Self {
+        if stream_delta {
+            DeltaMode::Stream
+        } else {
+            DeltaMode::Off
+        }
+    }
+}
+
+/// A delta subscriber's chain.
+enum Chain {
+    /// Whether it holds the channel's previous publication, so the next one may reach it as
+    /// a delta. It does not after it joins, or after a publication skipped it (its position,
+    /// its filter); then it gets the next one whole.
+    Stream(AtomicBool),
+    /// The stream offset up to which it holds the map's state (every key's latest value), so
+    /// the publication right after it may reach it as a delta against its key's previous
+    /// value; [`MAP_CHAIN_BROKEN`] once it may hold a stale value under some key: a
+    /// publication for it did not reach it (its filter), or one came out of sequence (a gap
+    /// missed some key's change; a new epoch). It gets whole values from then on, until it
+    /// subscribes again.
+    Map(AtomicU64),
+}
+
+/// [`Chain::Map`] of a subscriber that missed a publication it should have had.
+const MAP_CHAIN_BROKEN: u64 = u64::MAX;
 
 /// The publication a channel's next delta is made against: the last one fanned out to it
 /// while it had delta subscribers.
@@ -261,15 +302,16 @@ impl Hub {
     }
 
     /// Adds `conn` to `channel`'s subscribers for publications after offset `since` whose
-    /// tags pass `filter` (every one without a filter); with `delta`, as a delta subscriber
-    /// (fossil deltas against the previous publication when it holds it).
+    /// tags pass `filter` (every one without a filter); with `delta` (a [`DeltaMode`], or
+    /// `true` for a stream's), as a delta subscriber (fossil deltas against the previous
+    /// publication, or in a map the key's previous value, when it holds it).
     pub fn subscribe_filtered(
         &self,
         channel: &str,
         conn: &Arc<Conn>,
         since: u64,
         filter: Option<Arc<Filter>>,
-        delta: bool,
+        delta: impl Into<DeltaMode>,
     ) {
         let mut shard = self
             .shard(channel)
@@ -283,7 +325,11 @@ impl Hub {
             conn: Arc::clone(conn),
             since,
             filter,
-            delta: delta.then(|| AtomicBool::new(false)),
+            delta: match delta.into() {
+                DeltaMode::Off => None,
+                DeltaMode::Stream => Some(Chain::Stream(AtomicBool::new(false))),
+                DeltaMode::Map { held } => Some(Chain::Map(AtomicU64::new(held))),
+            },
         });
         if added {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -334,8 +380,12 @@ impl Hub {
         // the walk (see `Members::base`).
         let mut base_lock =
             (members.deltas > 0).then(|| members.base.lock().unwrap_or_else(|e| e.into_inner()));
+        // A map's publication has its own base (its key's previous value): the lock only
+        // keeps the order.
+        let keyed = publication.key.is_some();
         let previous = base_lock
             .as_mut()
+            .filter(|_| !keyed)
             .and_then(|base| base.replace(Base::of(publication)))
             .filter(|base| base.precedes(publication));
         let delivered = members
@@ -346,7 +396,29 @@ impl Hub {
                 let wanted = (offset == 0 || offset > subscriber.since)
                     && subscriber.filter.as_ref().is_none_or(&mut passes)
                     && !excluded(conn, publication);
-                if let Some(holds_previous) = &subscriber.delta {
+                if let Some(Chain::Map(held)) = &subscriber.delta {
+                    if !wanted {
+                        // Already in its subscribe reply (at or below `since`): no gap.
+                        if offset == 0 || offset > subscriber.since {
+                            held.store(MAP_CHAIN_BROKEN, Ordering::Relaxed);
+                        }
+                        return false;
+                    }
+                    let before = held.load(Ordering::Relaxed);
+                    let chained = keyed && offset != 0 && before.checked_add(1) == Some(offset);
+                    held.store(
+                        if chained { offset } else { MAP_CHAIN_BROKEN },
+                        Ordering::Relaxed,
+                    );
+                    let encoding = conn.encoding;
+                    let delta = chained
+                        .then(|| publication.key_delta_frame(channel, encoding, conn.deflate))
+                        .flatten();
+                    return conn.push(delta.unwrap_or_else(|| {
+                        publication.full_frame_for_delta(channel, encoding, conn.deflate)
+                    }));
+                }
+                if let Some(Chain::Stream(holds_previous)) = &subscriber.delta {
                     let chained = holds_previous.swap(wanted, Ordering::Relaxed);
                     if !wanted {
                         return false;
@@ -688,6 +760,72 @@ mod tests {
         );
         hub.publish("d", &publication(6));
         assert!(is_delta(&taken(&conns[1])[0]));
+    }
+
+    #[test]
+    fn map_delta_subscribers_get_each_key_against_its_own_previous_value_until_a_gap() {
+        let taken = |conn: &Conn| {
+            let mut frames = VecDeque::new();
+            let _ = conn.take_queued(&mut frames);
+            conn.written(frames.iter().map(|f| f.len()).sum(), frames.len());
+            frames.into_iter().collect::<Vec<Bytes>>()
+        };
+        let is_delta = |frame: &Bytes| String::from_utf8_lossy(frame).contains(r#""delta":true"#);
+        let value = |key: &str, v: u64| {
+            Publication::json(Bytes::from(format!(
+                r#"{{"key":"{key}","v":{v},"pad":"{}"}}"#,
+                "0123456789".repeat(30)
+            )))
+            .keyed(key)
+        };
+        // What the broker hands over: offsets in sequence, each set of a key that was there
+        // carrying the value it replaced.
+        let set = |key: &str, v: u64, offset: u64, previous: Option<&Publication>| {
+            let mut p = value(key, v);
+            p.offset = offset;
+            if let Some(previous) = previous {
+                p.follows(previous);
+            }
+            p
+        };
+        let hub = Hub::new();
+        let conns: Vec<Arc<Conn>> = (0..3)
+            .map(|id| Arc::new(Conn::new(id, Door::Protocol, "", 0, usize::MAX, 0)))
+            .collect();
+        // Both joined with the state up to offset 2 (keys a and b, each set once).
+        let (a1, b1) = (set("a", 1, 1, None), set("b", 1, 2, None));
+        hub.subscribe_filtered("m", &conns[0], 0, None, DeltaMode::Map { held: 2 });
+        hub.subscribe_filtered("m", &conns[1], 0, None, DeltaMode::Map { held: 2 });
+        hub.subscribe_filtered("m", &conns[2], 0, None, false);
+        let a2 = set("a", 2, 3, Some(&a1));
+        hub.publish("m", &a2);
+        let (x, y, plain) = (taken(&conns[0]), taken(&conns[1]), taken(&conns[2]));
+        assert!(
+            is_delta(&x[0]) && x[0].as_ptr() == y[0].as_ptr(),
+            "one shared delta"
+        );
+        assert!(!is_delta(&plain[0]) && x[0].len() * 3 < plain[0].len());
+        // Another key's chain is its own; a new key has none.
+        hub.publish("m", &set("b", 2, 4, Some(&b1)));
+        hub.publish("m", &set("c", 1, 5, None));
+        let frames = taken(&conns[0]);
+        assert!(is_delta(&frames[0]) && !is_delta(&frames[1]));
+        // A subscriber that joined at an older position than what follows got it whole.
+        let late = Arc::new(Conn::new(9, Door::Protocol, "", 0, usize::MAX, 0));
+        hub.subscribe_filtered("m", &late, 0, None, DeltaMode::Map { held: 1 });
+        hub.publish("m", &set("a", 3, 6, Some(&a2)));
+        assert!(is_delta(&taken(&conns[0])[0]));
+        assert!(!is_delta(&taken(&late)[0]), "out of sequence: whole");
+        assert_eq!(taken(&conns[1]).len(), 3, "b, c and a since its last take");
+        // A gap: whole, and whole from then on (it may have missed some key's change).
+        hub.publish("m", &set("a", 4, 8, Some(&a2)));
+        hub.publish("m", &set("a", 5, 9, Some(&a2)));
+        let frames = taken(&conns[1]);
+        assert!(
+            frames.iter().all(|f| !is_delta(f)),
+            "{} frames",
+            frames.len()
+        );
     }
 
     #[test]

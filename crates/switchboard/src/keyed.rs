@@ -61,6 +61,14 @@ impl MapState {
             .is_some_and(|entry| entry.expires_ms > now_ms)
     }
 
+    /// `key`'s latest publication, when it is in the state now.
+    pub fn latest(&self, key: &str, now_ms: u64) -> Option<&Arc<Publication>> {
+        self.entries
+            .get(key)
+            .filter(|entry| entry.expires_ms > now_ms)
+            .map(|entry| &entry.publication)
+    }
+
     /// Applies a keyed publication: sets its key (for `ttl_ms` from now; 0: for ever) or,
     /// a removal, takes it out. A publication with no key changes nothing.
     pub fn apply(&mut self, publication: &Arc<Publication>, ttl_ms: u64, now_ms: u64) {
@@ -186,6 +194,7 @@ mod tests {
         assert_eq!(&page.entries[0].data_json()[..], b"\"2\"");
         state.apply(&Arc::new(Publication::removal("k")), 0, 0);
         assert!(!state.contains("k", 0));
+        assert!(state.latest("k", 0).is_none());
         assert!(state.page("", 10, 0, |_| true).entries.is_empty());
     }
 
@@ -196,6 +205,8 @@ mod tests {
         state.apply(&set("long", "y"), 0, 0);
         assert!(state.contains("short", 99));
         assert!(!state.contains("short", 100));
+        // An expired key is no delta base: a new subscriber's state never held it.
+        assert!(state.latest("short", 99).is_some() && state.latest("short", 100).is_none());
         assert_eq!(keys(&state.page("", 10, 100, |_| true)), ["long"]);
         assert_eq!(state.take_expired(100), vec![Box::<str>::from("short")]);
         assert!(state.take_expired(1000).is_empty());

@@ -128,6 +128,11 @@ pub struct Publication {
     pub key: Option<Box<str>>,
     /// It removes `key` from the map's state (it carries no data).
     pub removed: bool,
+    /// In a map channel: the payload `key` held just before this publication set it (none
+    /// when the key was not there), which a map delta subscriber's delta is made against
+    /// (see [`Publication::key_delta_frame`]). Only the payload is held, never the previous
+    /// publication, so a key's versions do not keep each other alive.
+    key_base: Option<(PayloadKind, Bytes)>,
     data_json: OnceLock<Bytes>,
     /// One frame per (format, compressed): see [`Publication::frame`].
     frames: [OnceLock<Bytes>; 8],
@@ -191,6 +196,7 @@ impl Publication {
             trace: None,
             key: None,
             removed: false,
+            key_base: None,
             data_json: OnceLock::new(),
             frames: Default::default(),
             json_string_frames: Default::default(),
@@ -250,6 +256,18 @@ impl Publication {
     pub fn keyed(mut self, key: &str) -> Self {
         self.key = Some(key.into());
         self
+    }
+
+    /// Records `previous` as the value this publication's key held before it (the map
+    /// state's entry it replaces), the base of its per-key delta.
+    pub fn follows(&mut self, previous: &Publication) {
+        let (kind, payload) = previous.payload();
+        self.key_base = Some((kind, payload.clone()));
+    }
+
+    /// Whether it has a per-key delta base (see [`Publication::follows`]).
+    pub fn has_key_base(&self) -> bool {
+        self.key_base.is_some()
     }
 
     /// Sets the history offset and the publisher's info.
@@ -418,6 +436,13 @@ impl Publication {
     /// (the previous publication's [`Publication::delta_payload`]) when there is one worth
     /// sending, otherwise the whole `data`; in JSON, either travels as a JSON string.
     pub(crate) fn delta_body(&self, encoding: Encoding, base: Option<&[u8]>) -> PublicationBody {
+        if self.removed && encoding == Encoding::Json {
+            // A map removal has no data, but the SDK decodes every `data` of a delta
+            // subscription as JSON text: `"null"` decodes, an empty string would not.
+            let mut body = self.body(encoding);
+            body.data = Bytes::from_static(br#""null""#);
+            return body;
+        }
         let target = self.delta_payload(encoding);
         let delta =
             base.and_then(|base| crate::delta::fossil(base, target, encoding == Encoding::Json));
@@ -461,16 +486,48 @@ impl Publication {
         channel: &str,
         encoding: Encoding,
         deflate: bool,
-        base: &[u8],
+        base: &Bytes,
+    ) -> Option<&Bytes> {
+        self.delta_frame_from(channel, encoding, deflate, &|| Some(base.clone()))
+    }
+
+    /// The push a map delta subscriber that holds the map's state up to the publication
+    /// before this one receives: `data` is the fossil delta from the value this
+    /// publication's key held before it ([`Publication::follows`]), `delta: true`. Like
+    /// [`Publication::delta_frame`], made once per encoding and shared; `None` when the key
+    /// had no value before or the delta would not be smaller.
+    pub fn key_delta_frame(
+        &self,
+        channel: &str,
+        encoding: Encoding,
+        deflate: bool,
+    ) -> Option<&Bytes> {
+        self.key_base.as_ref()?;
+        self.delta_frame_from(channel, encoding, deflate, &|| {
+            let (kind, payload) = self.key_base.as_ref()?;
+            let previous = Publication::from_payload(*kind, payload.clone());
+            Some(previous.delta_payload(encoding).clone())
+        })
+    }
+
+    /// The delta push from the base `base` makes (asked for only when the frame is first
+    /// made), cached per (encoding, compressed): a publication has one base.
+    fn delta_frame_from(
+        &self,
+        channel: &str,
+        encoding: Encoding,
+        deflate: bool,
+        base: &dyn Fn() -> Option<Bytes>,
     ) -> Option<&Bytes> {
         self.delta_frames[encoding as usize * 2 + usize::from(deflate)]
             .get_or_init(|| {
                 if deflate {
                     return self
-                        .delta_frame(channel, encoding, false, base)
+                        .delta_frame_from(channel, encoding, false, base)
                         .map(deflated);
                 }
-                let body = self.delta_body(encoding, Some(base));
+                let base = base()?;
+                let body = self.delta_body(encoding, Some(&base));
                 body.delta
                     .then(|| self.encode_body_push(channel, encoding, body))
             })

@@ -173,8 +173,8 @@ pub struct SubscribeRequest {
     /// A tags filter (the SDK's `tagsFilter`): only publications whose tags pass it.
     #[prost(message, optional, tag = "13")]
     pub tf: Option<FilterNode>,
-    /// The subscription type: 0 a stream, 1 a map; others (shared poll, presence as a map)
-    /// are refused with error 108.
+    /// The subscription type: 0 a stream, 1 a map, 2 a map of clients; others (shared poll,
+    /// users presence as a map) are refused with error 108.
     #[prost(int32, tag = "15")]
     #[serde(rename = "type")]
     pub kind: i32,
@@ -194,7 +194,7 @@ pub struct SubscribeRequest {
 
 impl SubscribeRequest {
     /// What of this request names something this server does not have, if anything: a
-    /// subscription type other than a stream or a map (shared poll, presence as a map), a
+    /// subscription type other than a stream or a map (shared poll, users presence as a map), a
     /// state-sync phase that does not exist, or the map state-sync fields on a stream
     /// subscribe. Such a subscribe is refused (error 108) rather than answered as a plain
     /// stream, which the SDK would take for something else.
@@ -205,13 +205,13 @@ impl SubscribeRequest {
                     self.phase != 0 || !self.cursor.is_empty() || self.limit != 0 || self.asc;
                 map_fields.then_some("map state sync")
             }
-            SUBSCRIPTION_MAP if self.asc => Some("ordered map state"),
-            SUBSCRIPTION_MAP
+            SUBSCRIPTION_MAP | SUBSCRIPTION_MAP_CLIENTS if self.asc => Some("ordered map state"),
+            SUBSCRIPTION_MAP | SUBSCRIPTION_MAP_CLIENTS
                 if ![MAP_PHASE_LIVE, MAP_PHASE_STREAM, MAP_PHASE_STATE].contains(&self.phase) =>
             {
                 Some("map state sync phase")
             }
-            SUBSCRIPTION_MAP => None,
+            SUBSCRIPTION_MAP | SUBSCRIPTION_MAP_CLIENTS => None,
             _ => Some("subscription type"),
         }
     }
@@ -221,6 +221,10 @@ impl SubscribeRequest {
 pub const SUBSCRIPTION_STREAM: i32 = 0;
 /// `SubscribeRequest::kind` (and `PublishRequest::kind`) of a map subscription.
 pub const SUBSCRIPTION_MAP: i32 = 1;
+/// `SubscribeRequest::kind` of a map-clients subscription: a map subscription to a channel
+/// of a namespace with `map_clients = true`, whose keys are the clients subscribed to its
+/// companion map channel.
+pub const SUBSCRIPTION_MAP_CLIENTS: i32 = 2;
 /// A map subscribe's phase: go live (join the channel, with the catch-up since the position
 /// given).
 pub const MAP_PHASE_LIVE: i32 = 0;

@@ -364,7 +364,7 @@ async fn map_and_shared_poll_subscribes_and_map_publishes_are_refused_with_108_n
         ),
         (
             "subscribe",
-            json!({ "channel": "room:p", "type": 2 }),
+            json!({ "channel": "room:p", "type": 3 }),
             "subscription type not supported",
         ),
         (

@@ -31,7 +31,7 @@ for (const protobuf of [false, true]) {
       const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
       for (const [make, channel] of [
         [(c) => alice.newSharedPollSubscription(c), 'news:poll'],
-        [(c) => alice.newMapClientsSubscription(c), 'news:clients'],
+        [(c) => alice.newMapUsersSubscription(c), 'news:users'],
       ]) {
         const sub = make(channel);
         const outcome = firstOf(sub, SUB_EVENTS);

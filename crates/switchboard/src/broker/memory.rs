@@ -268,6 +268,15 @@ impl MemoryBroker {
                 return Ok(Some(stream.history.position()));
             }
         }
+        // The value a keyed set replaces: its subscribers' per-key delta base.
+        let replaced = (!publication.removed)
+            .then_some(publication.key.as_deref())
+            .flatten()
+            .and_then(|key| stream.map.latest(key, now_ms))
+            .cloned();
+        if let Some(previous) = replaced {
+            publication.follows(&previous);
+        }
         publication.offset = stream.history.next_offset();
         let publication = Arc::new(publication);
         let ttl_ms = millis(options.history_ttl);
@@ -793,6 +802,40 @@ mod tests {
             changes,
             [("b", false), ("a", false), ("b", false), ("a", true)]
         );
+    }
+
+    #[test]
+    fn a_keyed_set_carries_the_value_it_replaces_as_its_delta_base_and_a_removal_resets_it() {
+        let broker = MemoryBroker::default();
+        let delivered = Arc::new(Delivered::default());
+        broker.attach(delivered.clone());
+        let options = keeping();
+        set(
+            &broker,
+            "k",
+            r#"{"v":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+            &options,
+        );
+        set(&broker, "other", "2", &options);
+        set(
+            &broker,
+            "k",
+            r#"{"v":2,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+            &options,
+        );
+        broker
+            .publish_now("m", Publication::removal("k"), &options)
+            .unwrap();
+        set(&broker, "k", "3", &options);
+        let got = lock(&delivered.0);
+        let bases: Vec<bool> = got.iter().map(|(_, p)| p.has_key_base()).collect();
+        // A new key, another new key, a replaced value, a removal, a key set again.
+        assert_eq!(bases, [false, false, true, false, false]);
+        let delta = got[2]
+            .1
+            .key_delta_frame("m", crate::kind::Encoding::Json, false)
+            .expect("a delta against the value it replaced");
+        assert!(String::from_utf8_lossy(delta).contains(r#""delta":true"#));
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::broker::{
 use crate::channels::{ChannelRules, Namespaces};
 use crate::conn::{Conn, ConnRegistry, ServerCommand};
 use crate::error::{ClientError, EmulationError};
-use crate::hub::Hub;
+use crate::hub::{DeltaMode, Hub};
 use crate::kind::Encoding;
 use crate::metrics::{Metrics, Snapshot};
 use crate::publication::{ClientInfo, Publication};
@@ -174,6 +174,18 @@ pub(crate) struct JoinRequest {
     pub(crate) filter: Option<Arc<crate::filter::Filter>>,
     /// It asked for fossil deltas (and the reply said `delta: true`).
     pub(crate) delta: bool,
+}
+
+impl JoinRequest {
+    /// What the hub keeps for its deltas: a stream's chain, or in a map one chain per key
+    /// from the state it holds up to offset `held` (where its subscribe reply ended).
+    pub(crate) fn delta_mode(&self, held: u64) -> DeltaMode {
+        match (self.delta, self.rules.map) {
+            (false, _) => DeltaMode::Off,
+            (true, false) => DeltaMode::Stream,
+            (true, true) => DeltaMode::Map { held },
+        }
+    }
 }
 
 /// Where a join that waits for the broker stands. The session and the channel worker both
@@ -565,6 +577,20 @@ impl Node {
         }
     }
 
+    /// Map-clients presence lists a map's subscribers from the session that joins (the join
+    /// decided at once): the memory broker only.
+    ///
+    /// # Errors
+    /// [`ClientError::NotSupported`] on a remote broker.
+    pub(crate) fn serves_map_clients_presence(&self) -> Result<(), ClientError> {
+        match &self.engine {
+            Engine::Memory(_) => Ok(()),
+            Engine::Remote(_) => Err(ClientError::NotSupported(
+                "map clients presence on this broker",
+            )),
+        }
+    }
+
     /// Keyed publications go to map channels (on a broker that serves them), the others to
     /// stream channels: whichever door or API call it came from.
     fn fits_kind(
@@ -813,6 +839,8 @@ impl Node {
                 let mut reply = Some(reply);
                 let joined =
                     memory.subscribe_atomically(&request.channel, history, recover_from, |found| {
+                        // The reply's catch-up ends at the stream's top.
+                        let held = found.position.as_ref().map_or(0, |at| at.offset);
                         let go = reply.take().is_some_and(|reply| reply(Ok(found)));
                         if go {
                             self.hub.subscribe_filtered(
@@ -820,7 +848,7 @@ impl Node {
                                 &request.conn,
                                 0,
                                 request.filter.clone(),
-                                request.delta,
+                                request.delta_mode(held),
                             );
                         }
                         go

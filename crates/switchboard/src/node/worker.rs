@@ -402,7 +402,7 @@ impl ChannelWorker {
                 &request.conn,
                 since,
                 request.filter.clone(),
-                request.delta,
+                request.delta_mode(since),
             );
             self.node.joined(&request);
             *ticket = TicketState::Joined;

@@ -19,21 +19,30 @@
 //! Every phase checks the subscribe permission again (token, hook or rules), so a page is
 //! never served to someone who may not subscribe. Map channels take map subscriptions and
 //! keyed publications only, and stream channels refuse both, each with a clear error.
+//!
+//! A subscriber asking for fossil deltas gets its state entries in the form the SDK keeps as
+//! each key's delta base (the hub then sends each key's changes as deltas against it). In a
+//! namespace with map-clients presence, a subscription that goes live sets its client id in
+//! the companion map-clients channel, and leaving removes it (see `ClientSession::leave`);
+//! map-clients channels take map-clients subscriptions and no client writes.
 
 use std::sync::Arc;
 
-use super::results::fitting;
-use super::{ClientSession, Granted};
+use bytes::Bytes;
+
+use super::results::{delta_state_bodies, fitting};
+use super::{ClientSession, Granted, DELTA_FOSSIL};
 use crate::broker::MapPage;
 use crate::channels::ChannelRules;
 use crate::config::MapClientKey;
 use crate::error::ClientError;
 use crate::filter::Filter;
 use crate::keyed::check_key;
-use crate::node::encode_frame;
+use crate::node::{encode_frame, PublishOrder};
 use crate::publication::{ClientInfo, Publication};
 use crate::wire::{
     self, Encoding, Reply, SubscribeRequest, SubscribeResult, MAP_PHASE_STATE, SUBSCRIPTION_MAP,
+    SUBSCRIPTION_MAP_CLIENTS,
 };
 
 /// State entries per page when the client names no limit.
@@ -42,11 +51,16 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
 /// Whether a subscribe of `kind` fits a channel under `rules`: map subscriptions to map
-/// channels, stream subscriptions to the others.
+/// channels, map-clients subscriptions to map-clients maps, stream subscriptions to the
+/// others.
 pub(super) fn kind_fits(rules: &ChannelRules, kind: i32) -> Result<(), ClientError> {
-    match (rules.map, kind == SUBSCRIPTION_MAP) {
+    let clients = kind == SUBSCRIPTION_MAP_CLIENTS;
+    match (rules.map, kind == SUBSCRIPTION_MAP || clients) {
         (true, false) => Err(ClientError::IsAMap),
+        (false, true) if clients => Err(ClientError::NotMapClients),
         (false, true) => Err(ClientError::NotAMap),
+        (true, true) if rules.map_clients && !clients => Err(ClientError::IsMapClients),
+        (true, true) if !rules.map_clients && clients => Err(ClientError::NotMapClients),
         _ => Ok(()),
     }
 }
@@ -65,22 +79,30 @@ enum StateStep {
 
 /// The answer to state-phase `request` from `page`: as many entries as fit in `budget`
 /// bytes (at least one, or no page would ever end; the next page starts after the last one
-/// sent), under the first page's position.
+/// sent), under the first page's position. A per-key delta subscriber's entries go as the
+/// bases of its delta chains.
 fn state_step(
     page: MapPage,
     request: &SubscribeRequest,
     encoding: Encoding,
-    budget: usize,
+    mut budget: usize,
 ) -> StateStep {
+    let delta = per_key_delta(request);
+    // A JSON delta subscriber's `data` is a JSON string, up to twice the text.
+    if delta && encoding == Encoding::Json {
+        budget /= 2;
+    }
     let fit = fitting(page.entries.iter(), budget, encoding).max(1);
     let mut cursor = page.cursor;
     if fit < page.entries.len() {
         cursor = page.entries[fit - 1].key.clone();
     }
-    let state: Vec<wire::PublicationBody> = page.entries[..fit.min(page.entries.len())]
-        .iter()
-        .map(|publication| publication.body(encoding))
-        .collect();
+    let sent = page.entries[..fit.min(page.entries.len())].iter();
+    let state: Vec<wire::PublicationBody> = if delta {
+        delta_state_bodies(sent, encoding)
+    } else {
+        sent.map(|publication| publication.body(encoding)).collect()
+    };
     // The catch-up starts where the first page was read: later pages repeat it back.
     let first_page = request.epoch.is_empty();
     let same_stream = first_page || *request.epoch == *page.position.epoch;
@@ -108,6 +130,27 @@ fn state_step(
     }
 }
 
+/// Whether a map subscribe asks for per-key fossil deltas it can have: not with a tags
+/// filter, which would leave the subscriber without the value some delta is made against.
+fn per_key_delta(request: &SubscribeRequest) -> bool {
+    request.delta == DELTA_FOSSIL && request.tf.is_none()
+}
+
+/// The map-clients channel listing the subscribers of map channel `channel`, when its
+/// namespace has map-clients presence.
+fn presence_channel(channel: &str, rules: &ChannelRules) -> Option<String> {
+    rules
+        .map_clients_presence_prefix
+        .as_deref()
+        .map(|prefix| format!("{prefix}{channel}"))
+}
+
+/// The value a subscriber is listed with in a map-clients channel: who it is.
+fn presence_value(info: &ClientInfo) -> Bytes {
+    let value = serde_json::json!({ "client": &*info.client, "user": &*info.user });
+    Bytes::from(value.to_string())
+}
+
 impl ClientSession {
     /// A granted map subscribe: serves a state page, or joins (last page, stream phase).
     pub(super) fn map_subscribe(
@@ -119,6 +162,17 @@ impl ClientSession {
     ) {
         if let Err(error) = self.state.node.serves_maps() {
             return self.reply_error(id, error);
+        }
+        if let Some(listing) = presence_channel(&request.channel, &rules) {
+            if let Err(error) = self.state.node.serves_map_clients_presence() {
+                return self.reply_error(id, error);
+            }
+            // A channel whose listing cannot exist (its name too long) is refused, rather than
+            // subscribed unlisted.
+            if self.state.channels().rules(&listing).is_err() {
+                tracing::info!(event = "subscribe_refused", conn_id = self.conn.id, channel = %request.channel, "its map-clients presence channel name is not valid");
+                return self.reply_error(id, ClientError::BadRequest);
+            }
         }
         if request.phase != MAP_PHASE_STATE {
             return self.map_join(id, request, rules, granted, Vec::new());
@@ -227,7 +281,8 @@ impl ClientSession {
         let recovering = request.recover;
         let conn = Arc::clone(&self.conn);
         let encoding = self.encoding();
-        self.join(
+        let listing = presence_channel(&channel, &rules);
+        let joined = self.join(
             &channel,
             rules,
             granted,
@@ -265,6 +320,40 @@ impl ClientSession {
                 go
             },
         );
+        // Live (at once on the memory broker, the only one that serves map-clients
+        // presence): listed in the map-clients channel, if the namespace has one.
+        if let (Some(true), Some(listing)) = (joined, listing) {
+            if let Some(subscription) = self.subscriptions.get(channel.as_str()) {
+                let info = Arc::clone(&subscription.info);
+                self.list_in_presence(&listing, &info, true);
+            }
+        }
+    }
+
+    /// Sets (or with `present` false, removes) this connection's key in map-clients channel
+    /// `listing`: its client id, with who it is as the value and its info as the
+    /// publication's. Published as the server, whatever the client may do there.
+    pub(super) fn list_in_presence(&self, listing: &str, info: &Arc<ClientInfo>, present: bool) {
+        let Ok(rules) = self.state.channels().rules(listing) else {
+            // Checked before subscribing.
+            return;
+        };
+        let mut publication = if present {
+            Publication::json(presence_value(info)).keyed(&info.client)
+        } else {
+            Publication::removal(&info.client)
+        };
+        publication.info = Some(Arc::clone(info));
+        let (conn_id, channel) = (self.conn.id, listing.to_owned());
+        let done = move |published: Result<_, ClientError>| {
+            if let Err(error) = published {
+                tracing::warn!(event = "map_clients_presence_failed", conn_id, channel = %channel, %error, present, "could not change a map-clients presence entry");
+            }
+        };
+        let mut order = PublishOrder::default();
+        self.state
+            .node
+            .publish_then(&mut order, listing, rules, publication, done);
     }
 
     /// A keyed publish or removal (`publish` with `type` 1) to a map channel.
@@ -277,11 +366,19 @@ impl ClientSession {
         if request.kind != SUBSCRIPTION_MAP {
             return Err(ClientError::BadRequest);
         }
-        // With `map_client_key = "client_id"` a client writes (and removes) only its own
-        // entry: whatever key it sent (even none) is replaced by its client id.
+        if rules.map_clients {
+            // Its entries are the server's record of who is subscribed.
+            return Err(ClientError::PermissionDenied);
+        }
+        // With `map_client_key = "client_id"` (or `"user_id"`) a client writes (and removes)
+        // only its own entry: whatever key it sent (even none) is replaced by its client id
+        // (its user id; an anonymous connection has none, and the empty key is refused).
+        let user = self.conn.user();
         let key = match rules.map_client_key {
             MapClientKey::Sent => request.key.as_str(),
             MapClientKey::ClientId => &*self.client_id,
+            MapClientKey::UserId if user.is_empty() => return Err(ClientError::PermissionDenied),
+            MapClientKey::UserId => user,
         };
         check_key(key).map_err(|_| ClientError::BadRequest)?;
         let channel = request.channel.as_str();

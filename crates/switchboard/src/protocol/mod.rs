@@ -600,7 +600,8 @@ impl ClientSession {
                 .hooks
                 .as_ref()
                 .is_some_and(|h| h.sub_refresh(channel).is_some());
-        if request.kind == wire::SUBSCRIPTION_MAP {
+        if request.kind == wire::SUBSCRIPTION_MAP || request.kind == wire::SUBSCRIPTION_MAP_CLIENTS
+        {
             return self.map_subscribe(id, request, rules, granted);
         }
         let reject_unrecovered = request.flag & wire::FLAG_REJECT_UNRECOVERED != 0;
@@ -666,9 +667,11 @@ impl ClientSession {
             .map(Arc::new);
         let replay_filter = filter.clone();
         let asked_recovery = recover.is_some_and(|r| r.recover);
-        // Deltas run per key in a map, which the hub's one chain per channel is not: a map
-        // subscriber gets whole values (`delta: false` tells the SDK so).
-        let delta = !rules.map && recover.is_some_and(|r| r.delta == DELTA_FOSSIL);
+        // In a map deltas run per key, against the value the subscriber holds under it: with
+        // a tags filter it may hold none or an old one, so a filtered map subscription gets
+        // whole values (`delta: false` tells the SDK so).
+        let delta =
+            recover.is_some_and(|r| r.delta == DELTA_FOSSIL && !(rules.map && r.tf.is_some()));
         let encoding = self.encoding();
         let expires_at = granted.expires_at;
         let told_expires_at = if granted.renewed_by_hook {
@@ -797,6 +800,9 @@ impl ClientSession {
             &subscription.rules,
             &subscription.info,
         );
+        if let Some(prefix) = &subscription.rules.map_clients_presence_prefix {
+            self.list_in_presence(&format!("{prefix}{channel}"), &subscription.info, false);
+        }
     }
 
     /// Whether this connection may publish to `channel` under `rules`.

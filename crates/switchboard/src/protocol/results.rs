@@ -8,6 +8,7 @@
 //! that fit (contiguous with the live ones that follow); a history page that does not fit is
 //! its first publications that fit, in the order asked for, to be continued with `since`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::wire::{self, HistoryResult, PresenceResult, PresenceStatsResult, SubscribeResult};
@@ -25,22 +26,42 @@ fn publication_bodies(
 }
 
 /// The bodies a delta subscription recovers: the first whole, each next one as a fossil
-/// delta against the one before it when it directly follows it and the delta is smaller (in
-/// JSON, every `data` is a JSON string, as the SDK expects once delta is on).
+/// delta against the one before it in its chain when it directly follows it and the delta
+/// is smaller (in JSON, every `data` is a JSON string, as the SDK expects once delta is on).
+/// A stream has one chain; a map one per key, and a key's first publication here goes whole:
+/// the subscriber's value under it may be from a state page read after it.
 fn delta_bodies(
     publications: &[Arc<Publication>],
     encoding: Encoding,
 ) -> Vec<wire::PublicationBody> {
     let mut previous: Option<&Arc<Publication>> = None;
+    let mut previous_of_key: HashMap<&str, &Arc<Publication>> = HashMap::new();
     publications
         .iter()
         .map(|publication| {
-            let base = previous
-                .filter(|p| p.offset != 0 && publication.offset == p.offset + 1)
-                .map(|p| &p.delta_payload(encoding)[..]);
-            previous = Some(publication);
-            publication.delta_body(encoding, base)
+            let base = match publication.key.as_deref() {
+                Some(key) => {
+                    let before = previous_of_key.insert(key, publication);
+                    before.filter(|p| !p.removed && !publication.removed)
+                }
+                None => {
+                    let before = previous.replace(publication);
+                    before.filter(|p| p.offset != 0 && publication.offset == p.offset + 1)
+                }
+            };
+            publication.delta_body(encoding, base.map(|p| &p.delta_payload(encoding)[..]))
         })
+        .collect()
+}
+
+/// The state entries a map delta subscriber receives: whole, but in JSON each `data` is a
+/// JSON string (the SDK keeps its text as the key's delta base).
+pub(super) fn delta_state_bodies<'a>(
+    publications: impl Iterator<Item = &'a Arc<Publication>>,
+    encoding: Encoding,
+) -> Vec<wire::PublicationBody> {
+    publications
+        .map(|publication| publication.delta_body(encoding, None))
         .collect()
 }
 
@@ -213,6 +234,51 @@ mod tests {
         let got = offsets_of(&result.publications);
         assert!(!got.is_empty() && got.len() < 10, "{got:?}");
         assert_eq!(got, (11 - got.len() as u64..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_map_catch_up_chains_deltas_per_key_and_a_removal_resets_the_key() {
+        let set = |key: &str, v: u32, offset: u64| {
+            let data = Bytes::from(format!(r#"{{"v":{v},"pad":"{}"}}"#, "y".repeat(300)));
+            Arc::new(Publication::json(data).keyed(key).positioned(offset, None))
+        };
+        let removal =
+            |key: &str, offset: u64| Arc::new(Publication::removal(key).positioned(offset, None));
+        let catch_up = vec![
+            set("a", 1, 1),
+            set("b", 1, 2),
+            set("a", 2, 3),
+            removal("a", 4),
+            set("a", 3, 5),
+            set("b", 2, 6),
+        ];
+        for encoding in [Encoding::Json, Encoding::Protobuf] {
+            let bodies = delta_bodies(&catch_up, encoding);
+            let deltas: Vec<bool> = bodies.iter().map(|body| body.delta).collect();
+            // a and b first whole; a again against a; the removal and the set after it
+            // whole; b against b (not against the a before it).
+            assert_eq!(
+                deltas,
+                [false, false, true, false, false, true],
+                "{encoding:?}"
+            );
+            let base = catch_up[0].delta_payload(encoding);
+            let back = fossil_delta::apply(base, delta_data(&bodies[2], encoding)).unwrap();
+            assert_eq!(&back[..], &catch_up[2].delta_payload(encoding)[..]);
+        }
+        // The SDK decodes every JSON `data` of a delta subscription, a removal's too.
+        let json = delta_bodies(&catch_up, Encoding::Json);
+        assert_eq!(&json[3].data[..], br#""null""#);
+    }
+
+    /// A delta body's `data` as the SDK applies it: JSON carries it as a JSON string.
+    fn delta_data(body: &wire::PublicationBody, encoding: Encoding) -> Vec<u8> {
+        match encoding {
+            Encoding::Json => serde_json::from_slice::<String>(&body.data)
+                .unwrap()
+                .into_bytes(),
+            Encoding::Protobuf => body.data.to_vec(),
+        }
     }
 
     #[test]

@@ -86,6 +86,8 @@ fn rules(kind: ChannelKind) -> ChannelRules {
         map: false,
         map_key_ttl: std::time::Duration::ZERO,
         map_client_key: crate::config::MapClientKey::Sent,
+        map_clients: false,
+        map_clients_presence_prefix: None,
     }
 }
 
