@@ -16,7 +16,13 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 mod hooks;
+mod shared_poll;
 pub use hooks::{BreakerConfig, HookConfig, HooksConfig};
+pub use shared_poll::{
+    SharedPollConfig, SharedPollMode, DEFAULT_BATCH_SIZE as SHARED_POLL_DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_KEYS as SHARED_POLL_DEFAULT_MAX_KEYS,
+    DEFAULT_REFRESH_INTERVAL as SHARED_POLL_DEFAULT_REFRESH_INTERVAL,
+};
 
 /// A string that is never printed (tokens' secrets, API keys).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -155,6 +161,8 @@ pub struct Config {
     pub traces: TracesConfig,
     /// The Pusher protocol door `/app/{key}` and its HTTP API `/apps/{id}/…`.
     pub pusher: PusherConfig,
+    /// What shared-poll namespaces share (the track signatures' secret).
+    pub shared_poll: SharedPollConfig,
 }
 
 /// `[admin]`
@@ -702,6 +710,21 @@ pub struct NamespaceConfig {
     /// Which key a client's map publish or removal writes (default `sent`; `client_id`: the
     /// publisher's client id). Needs `map = true` when not `sent`.
     pub map_client_key: Option<MapClientKey>,
+    /// Channels are shared polls (default false): clients track keys, the server polls
+    /// `shared_poll_url` for them and forwards changed items. Named namespaces only.
+    pub shared_poll: Option<bool>,
+    /// The backend a shared poll asks for the tracked keys' items (HTTP POST, JSON).
+    pub shared_poll_url: Option<String>,
+    /// How changes are told: `versionless` (default; the server compares data) or
+    /// `versioned` (the backend's versions).
+    pub shared_poll_mode: Option<SharedPollMode>,
+    /// How often the backend is polled (default 1s).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub shared_poll_refresh_interval: Option<Duration>,
+    /// Keys per backend request (default 100).
+    pub shared_poll_refresh_batch_size: Option<usize>,
+    /// Keys one connection may track in one channel (default 1000).
+    pub shared_poll_max_keys_per_connection: Option<usize>,
 }
 
 impl NamespaceConfig {
@@ -727,6 +750,12 @@ impl NamespaceConfig {
             map: Some(false),
             map_key_ttl: Some(Duration::ZERO),
             map_client_key: Some(MapClientKey::Sent),
+            shared_poll: Some(false),
+            shared_poll_url: None,
+            shared_poll_mode: None,
+            shared_poll_refresh_interval: None,
+            shared_poll_refresh_batch_size: None,
+            shared_poll_max_keys_per_connection: None,
         }
     }
 
@@ -743,6 +772,18 @@ impl NamespaceConfig {
             map: self.map.or(base.map),
             map_key_ttl: self.map_key_ttl.or(base.map_key_ttl),
             map_client_key: self.map_client_key.or(base.map_client_key),
+            shared_poll: self.shared_poll.or(base.shared_poll),
+            shared_poll_url: self.shared_poll_url.clone().or(base.shared_poll_url.clone()),
+            shared_poll_mode: self.shared_poll_mode.or(base.shared_poll_mode),
+            shared_poll_refresh_interval: self
+                .shared_poll_refresh_interval
+                .or(base.shared_poll_refresh_interval),
+            shared_poll_refresh_batch_size: self
+                .shared_poll_refresh_batch_size
+                .or(base.shared_poll_refresh_batch_size),
+            shared_poll_max_keys_per_connection: self
+                .shared_poll_max_keys_per_connection
+                .or(base.shared_poll_max_keys_per_connection),
         }
     }
 
@@ -1130,6 +1171,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_TRACES_PROTOCOL", "traces.protocol"),
     ("SWITCHBOARD_TRACES_SAMPLING_RATIO", "traces.sampling_ratio"),
     ("SWITCHBOARD_TRACES_SERVICE_NAME", "traces.service_name"),
+    (
+        "SWITCHBOARD_SHARED_POLL_HMAC_SECRET",
+        "shared_poll.hmac_secret",
+    ),
 ];
 
 /// The line (from 1) of byte `offset` in `text`, and the dotted key written there: the key
@@ -1407,6 +1452,7 @@ impl Config {
             "admin.enabled" => self.admin.enabled = parse_bool(source, value)?,
             "admin.password" => self.admin.password = Secret(value.to_owned()),
             "admin.token" => self.admin.token = Secret(value.to_owned()),
+            "shared_poll.hmac_secret" => self.shared_poll.hmac_secret = Secret(value.to_owned()),
             "admin.session_ttl" => self.admin.session_ttl = parse_duration(source, value)?,
             "admin.login_attempts_per_minute" => {
                 self.admin.login_attempts_per_minute = parse(source, value)?
@@ -1643,6 +1689,7 @@ impl Config {
                 )
             };
             let is_map = rules.map == Some(true);
+            shared_poll::validate_namespace(&prefix, &which, rules, &self.shared_poll)?;
             if is_map && !rules.keeps_history() {
                 return Err(invalid(
                     &format!("{prefix}.map"),

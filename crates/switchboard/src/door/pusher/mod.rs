@@ -86,6 +86,7 @@ fn rules(kind: ChannelKind) -> ChannelRules {
         map: false,
         map_key_ttl: std::time::Duration::ZERO,
         map_client_key: crate::config::MapClientKey::Sent,
+        shared_poll: None,
     }
 }
 
