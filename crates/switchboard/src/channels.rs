@@ -71,7 +71,11 @@ impl SharedPollRules {
             return None;
         }
         Some(SharedPollRules {
-            url: written.shared_poll_url.as_deref().unwrap_or_default().into(),
+            url: written
+                .shared_poll_url
+                .as_deref()
+                .unwrap_or_default()
+                .into(),
             mode: written.shared_poll_mode.unwrap_or_default(),
             refresh_interval: written
                 .shared_poll_refresh_interval

@@ -773,7 +773,10 @@ impl NamespaceConfig {
             map_key_ttl: self.map_key_ttl.or(base.map_key_ttl),
             map_client_key: self.map_client_key.or(base.map_client_key),
             shared_poll: self.shared_poll.or(base.shared_poll),
-            shared_poll_url: self.shared_poll_url.clone().or(base.shared_poll_url.clone()),
+            shared_poll_url: self
+                .shared_poll_url
+                .clone()
+                .or(base.shared_poll_url.clone()),
             shared_poll_mode: self.shared_poll_mode.or(base.shared_poll_mode),
             shared_poll_refresh_interval: self
                 .shared_poll_refresh_interval

@@ -136,7 +136,9 @@ impl Gateway {
         let hooks =
             crate::hooks::Hooks::from_config_with_polls(&config.hooks, &polls, &node.metrics.hooks)
                 .map(|hooks| Arc::new(hooks.with_tracer(node.tracer().clone())));
-        let polls = Arc::new(crate::poll::SharedPolls::new(&config.shared_poll.hmac_secret.0));
+        let polls = Arc::new(crate::poll::SharedPolls::new(
+            &config.shared_poll.hmac_secret.0,
+        ));
         let state = State {
             resolved,
             node,

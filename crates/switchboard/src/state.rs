@@ -16,8 +16,8 @@ use crate::hooks::Hooks;
 use crate::login::Logins;
 use crate::node::Node;
 use crate::origin::OriginPolicy;
-use crate::poll::SharedPolls;
 use crate::peer::TrustedProxies;
+use crate::poll::SharedPolls;
 
 /// State shared by every task of one gateway.
 pub(crate) struct State {

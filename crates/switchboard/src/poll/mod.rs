@@ -116,9 +116,7 @@ pub(crate) struct Polled {
 impl SharedPolls {
     /// The shared polls of a node whose track signatures are checked with `secret`.
     pub fn new(secret: &str) -> SharedPolls {
-        let epoch: String = (0..EPOCH_LEN)
-            .map(|_| fastrand::alphanumeric())
-            .collect();
+        let epoch: String = (0..EPOCH_LEN).map(|_| fastrand::alphanumeric()).collect();
         SharedPolls {
             epoch: epoch.into(),
             next_version: AtomicU64::new(1),
@@ -142,7 +140,12 @@ impl SharedPolls {
 
     /// Subscribes `conn` to `channel`; returns the epoch its subscribe reply names (empty in
     /// versioned mode, where versions are the backend's).
-    pub(crate) fn subscribe(&self, channel: &str, rules: &SharedPollRules, conn: &Arc<Conn>) -> String {
+    pub(crate) fn subscribe(
+        &self,
+        channel: &str,
+        rules: &SharedPollRules,
+        conn: &Arc<Conn>,
+    ) -> String {
         let found = Arc::clone(self.channels().entry(channel.into()).or_insert_with(|| {
             Arc::new(PollChannel {
                 name: channel.into(),
@@ -287,15 +290,12 @@ impl SharedPolls {
                 continue;
             };
             let newer = match channel.rules.mode {
-                SharedPollMode::Versioned => (key
-                    .latest
-                    .as_ref()
-                    .is_none_or_older(polled.version))
-                .then(|| Item {
-                    version: polled.version,
-                    data: polled.data.clone(),
-                    removed: polled.removed,
-                }),
+                SharedPollMode::Versioned => (key.latest.as_ref().is_none_or_older(polled.version))
+                    .then(|| Item {
+                        version: polled.version,
+                        data: polled.data.clone(),
+                        removed: polled.removed,
+                    }),
                 SharedPollMode::Versionless => self.versionless(key.latest.as_ref(), &polled),
             };
             if let Some(item) = newer {
@@ -443,7 +443,10 @@ pub(crate) fn parse_items(result: &Value) -> Vec<Polled> {
         .iter()
         .filter_map(|item| {
             let key = item.get("key")?.as_str()?.to_owned();
-            let removed = item.get("removed").and_then(Value::as_bool).unwrap_or(false);
+            let removed = item
+                .get("removed")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             let data = match item.get("data") {
                 Some(data) if !removed && !data.is_null() => {
                     Bytes::from(serde_json::to_vec(data).unwrap_or_default())
@@ -522,7 +525,10 @@ mod tests {
         );
         assert_eq!(batches[2]["items"].as_array().unwrap().len(), 1);
         let versionless = request_body("poll:a", SharedPollMode::Versionless, &keys[..1]);
-        assert_eq!(versionless, json!({"channel": "poll:a", "items": [{"key": "k0"}]}));
+        assert_eq!(
+            versionless,
+            json!({"channel": "poll:a", "items": [{"key": "k0"}]})
+        );
     }
 
     #[test]
@@ -537,8 +543,18 @@ mod tests {
         assert_eq!(
             polled,
             vec![
-                Polled { key: "a".into(), data: Bytes::from_static(br#"{"x":1}"#), version: 3, removed: false },
-                Polled { key: "b".into(), data: Bytes::new(), version: 4, removed: true },
+                Polled {
+                    key: "a".into(),
+                    data: Bytes::from_static(br#"{"x":1}"#),
+                    version: 3,
+                    removed: false
+                },
+                Polled {
+                    key: "b".into(),
+                    data: Bytes::new(),
+                    version: 4,
+                    removed: true
+                },
             ]
         );
         assert!(parse_items(&json!({})).is_empty());

@@ -51,9 +51,7 @@ pub fn verify<'k>(
         return Err(SignatureError::Invalid);
     };
     let expires_at: u64 = expiry.parse().map_err(|_| SignatureError::Invalid)?;
-    issued
-        .parse::<u64>()
-        .map_err(|_| SignatureError::Invalid)?;
+    issued.parse::<u64>().map_err(|_| SignatureError::Invalid)?;
     let given = hex::decode(given).map_err(|_| SignatureError::Invalid)?;
     let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| SignatureError::Invalid)?;
     mac.update(issued.as_bytes());
@@ -92,12 +90,22 @@ mod tests {
 
     /// What the application's backend does (written from the description in
     /// docs/protocol.md, independently of `verify`).
-    fn sign(secret: &str, issued: u64, expiry: u64, user: &str, channel: &str, keys: &[&str]) -> String {
+    fn sign(
+        secret: &str,
+        issued: u64,
+        expiry: u64,
+        user: &str,
+        channel: &str,
+        keys: &[&str],
+    ) -> String {
         let keys_hex = hex::encode(Sha256::digest(keys.join("\0").as_bytes()));
         let payload = format!("{issued}\0{expiry}\0{user}\0{channel}\0{keys_hex}");
         let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(payload.as_bytes());
-        format!("{issued}:{expiry}:{}", hex::encode(mac.finalize().into_bytes()))
+        format!(
+            "{issued}:{expiry}:{}",
+            hex::encode(mac.finalize().into_bytes())
+        )
     }
 
     const NOW: u64 = 1_800_000_000;
@@ -136,7 +144,15 @@ mod tests {
 
     #[test]
     fn malformed_signatures_are_invalid() {
-        for sig in ["", "invalid-signature", "1:2", "x:2:00", "1:y:00", "1:2:zz", "1:2:"] {
+        for sig in [
+            "",
+            "invalid-signature",
+            "1:2",
+            "x:2:00",
+            "1:y:00",
+            "1:2:zz",
+            "1:2:",
+        ] {
             assert_eq!(
                 verify(b"s", sig, "", "poll:a", ["k"], NOW),
                 Err(SignatureError::Invalid),
@@ -152,7 +168,14 @@ mod tests {
             verify(b"s", &sig, "", "poll:a", ["k"], NOW),
             Err(SignatureError::Expired)
         );
-        let sig = sign("s", NOW - 120, NOW - EXPIRY_GRACE_SECS, "", "poll:a", &["k"]);
+        let sig = sign(
+            "s",
+            NOW - 120,
+            NOW - EXPIRY_GRACE_SECS,
+            "",
+            "poll:a",
+            &["k"],
+        );
         assert!(verify(b"s", &sig, "", "poll:a", ["k"], NOW).is_ok());
     }
 

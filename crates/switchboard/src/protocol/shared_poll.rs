@@ -24,7 +24,10 @@ use crate::wire::{
 /// Whether a subscribe of `kind` fits a channel under `rules`: shared-poll subscriptions to
 /// shared-poll channels only, and only those there.
 pub(super) fn kind_fits(rules: &ChannelRules, kind: i32) -> Result<(), ClientError> {
-    match (rules.shared_poll.is_some(), kind == SUBSCRIPTION_SHARED_POLL) {
+    match (
+        rules.shared_poll.is_some(),
+        kind == SUBSCRIPTION_SHARED_POLL,
+    ) {
         (true, false) => Err(ClientError::IsSharedPoll),
         (false, true) => Err(ClientError::NotSharedPoll),
         _ => Ok(()),
@@ -65,17 +68,20 @@ impl ClientSession {
             },
         );
         self.conn.set_subscription_count(self.subscriptions.len());
-        let epoch = self
-            .state
-            .polls
-            .subscribe(channel, &poll_rules, &self.conn);
+        let epoch = self.state.polls.subscribe(channel, &poll_rules, &self.conn);
         self.track_subscription_expiry();
         let told = if granted.renewed_by_hook {
             ExpiryResult::default()
         } else {
             expiry(granted.expires_at)
         };
-        tracing::debug!(event = "subscribe", conn_id = self.conn.id, channel, kind = "shared_poll", "subscribed");
+        tracing::debug!(
+            event = "subscribe",
+            conn_id = self.conn.id,
+            channel,
+            kind = "shared_poll",
+            "subscribed"
+        );
         if id != 0 {
             self.send(&Reply {
                 id,
@@ -151,7 +157,8 @@ impl ClientSession {
                             SignatureError::Expired => ClientError::TokenExpired,
                         }
                     })?;
-                    earliest = Some(earliest.map_or(signed.expires_at, |e| e.min(signed.expires_at)));
+                    earliest =
+                        Some(earliest.map_or(signed.expires_at, |e| e.min(signed.expires_at)));
                     track.extend(batch.items.iter().map(|i| (i.key.clone(), i.version)));
                 }
                 let (conn, encoding) = (Arc::clone(&self.conn), self.encoding());
