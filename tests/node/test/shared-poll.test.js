@@ -6,16 +6,19 @@
 // connections that track its key: versioned (the backend's versions) and versionless (the
 // server compares data and numbers changes within an epoch). A bad signature is 103, an
 // expired one 109, too many keys 106; a backend that errors or is down delivers nothing until
-// it is back, and the server keeps serving everyone meanwhile. JSON and Protobuf builds.
+// it is back, and the server keeps serving everyone meanwhile. JSON and Protobuf builds. On the
+// Redis and NATS brokers (a private redis-server / nats-server on a free port) each of two
+// nodes polls for its own connections, and versionless epochs differ between nodes.
 
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const http = require('node:http');
 const { test } = require('node:test');
 
-const { connectionToken, nextEvent, until } = require('../lib/harness');
+const { BROKERS, startBroker } = require('../lib/brokers');
+const { Server, cleanupsFor, connectionToken, nextEvent, until } = require('../lib/harness');
 const { config } = require('../lib/config');
-const { subscribed, withClients } = require('../lib/sdk');
+const { Clients, subscribed, withClients } = require('../lib/sdk');
 
 const POLL_SECRET = 'node-test-poll-secret';
 
@@ -404,3 +407,35 @@ test('raw json: each item goes to exactly the connections tracking its key; untr
     });
   });
 });
+
+for (const kind of Object.keys(BROKERS)) {
+  test(`${kind}: two nodes each poll for their own connections; versionless epochs differ per node`, { timeout: 30000 }, async (t) => {
+    const cleanups = cleanupsFor(t);
+    const backend = await new Backend().start();
+    cleanups.push(() => backend.stop());
+    const broker = await startBroker(kind);
+    cleanups.push(() => broker.stop());
+    const nodes = [1, 2].map((i) => new Server({ config: pollConfig(backend), env: { ...broker.env, SWITCHBOARD_NODE_NAME: `${kind}-poll-${i}` } }));
+    cleanups.push(() => Promise.all(nodes.map((node) => node.stop())));
+    await Promise.all(nodes.map((node) => node.start()));
+    const clients = new Clients();
+    cleanups.push(() => clients.closeAll());
+
+    backend.items.set('k', { data: { n: 1 }, version: 1 });
+    const alice = await clients.connected(nodes[0].wsUrl, connectionToken('alice'));
+    const bob = await clients.connected(nodes[1].wsUrl, connectionToken('bob'));
+    const sa = await pollSubscription(alice, 'poll:cluster', 'alice');
+    const sb = await pollSubscription(bob, 'poll:cluster', 'bob');
+    sa.track(['k']);
+    sb.track(['k']);
+    await until(() => sa.updates.length === 1 && sb.updates.length === 1, 'the item on both nodes');
+    backend.items.set('k', { data: { n: 2 }, version: 2 });
+    await until(() => sa.updates.length === 2 && sb.updates.length === 2, 'the change on both nodes');
+    assert.deepEqual([seen(sa), seen(sb)], [['k@1', 'k@2'], ['k@1', 'k@2']]);
+
+    const va = await pollSubscription(alice, 'vl:cluster', 'alice');
+    const vb = await pollSubscription(bob, 'vl:cluster', 'bob');
+    assert.equal(va._sharedPollEpoch.length, 8);
+    assert.notEqual(va._sharedPollEpoch, vb._sharedPollEpoch, 'versionless versions are per node');
+  });
+}
