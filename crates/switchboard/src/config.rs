@@ -751,11 +751,11 @@ impl NamespaceConfig {
             map_key_ttl: Some(Duration::ZERO),
             map_client_key: Some(MapClientKey::Sent),
             shared_poll: Some(false),
-            shared_poll_url: None,
-            shared_poll_mode: None,
-            shared_poll_refresh_interval: None,
-            shared_poll_refresh_batch_size: None,
-            shared_poll_max_keys_per_connection: None,
+            shared_poll_url: Some(String::new()),
+            shared_poll_mode: Some(SharedPollMode::default()),
+            shared_poll_refresh_interval: Some(SHARED_POLL_DEFAULT_REFRESH_INTERVAL),
+            shared_poll_refresh_batch_size: Some(SHARED_POLL_DEFAULT_BATCH_SIZE),
+            shared_poll_max_keys_per_connection: Some(SHARED_POLL_DEFAULT_MAX_KEYS),
         }
     }
 
@@ -1675,6 +1675,16 @@ impl Config {
                 ));
             }
         }
+        // Shared-poll keys are checked as written: the default namespace cannot set them, so
+        // a named namespace never inherits them.
+        for (name, written) in &self.channels.namespaces {
+            shared_poll::validate_namespace(
+                &format!("channels.namespaces.{name}"),
+                &format!("namespace {name:?}"),
+                written,
+                &self.shared_poll,
+            )?;
+        }
         let channels = self.channels.resolved(server.dev);
         let every = std::iter::once(("channels", &channels.default)).chain(
             channels
@@ -1692,7 +1702,6 @@ impl Config {
                 )
             };
             let is_map = rules.map == Some(true);
-            shared_poll::validate_namespace(&prefix, &which, rules, &self.shared_poll)?;
             if is_map && !rules.keeps_history() {
                 return Err(invalid(
                     &format!("{prefix}.map"),

@@ -139,3 +139,89 @@ pub(super) fn validate_namespace(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    const GOOD: &str = "[shared_poll]\nhmac_secret = \"s\"\n[channels.namespaces.poll]\n\
+                        shared_poll = true\nshared_poll_url = \"http://127.0.0.1:3000/poll\"\n";
+
+    fn refusal(text: &str) -> String {
+        Config::from_toml(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_shared_poll_namespace_with_a_url_and_a_secret_starts_with_the_defaults() {
+        let config = Config::from_toml(GOOD).unwrap();
+        config.validate().unwrap();
+        let namespaces = crate::channels::Namespaces::from_config(&config, &config.resolve());
+        let rules = namespaces.rules("poll:x").unwrap().shared_poll.clone().unwrap();
+        assert_eq!(&*rules.url, "http://127.0.0.1:3000/poll");
+        assert_eq!(rules.mode, super::SharedPollMode::Versionless);
+        assert_eq!(rules.refresh_interval, super::DEFAULT_REFRESH_INTERVAL);
+        assert_eq!(
+            (rules.batch_size, rules.max_keys_per_connection),
+            (super::DEFAULT_BATCH_SIZE, super::DEFAULT_MAX_KEYS)
+        );
+        assert!(namespaces.rules("x").unwrap().shared_poll.is_none());
+    }
+
+    #[test]
+    fn bad_shared_poll_settings_are_refused_naming_the_key() {
+        for (text, key, says) in [
+            (
+                "[channels.namespaces.poll]\nshared_poll_mode = \"versioned\"\n".to_owned(),
+                "channels.namespaces.poll.shared_poll_mode",
+                "needs shared_poll = true",
+            ),
+            (
+                "[shared_poll]\nhmac_secret = \"s\"\n[channels.namespaces.poll]\nshared_poll = true\n"
+                    .to_owned(),
+                "channels.namespaces.poll.shared_poll_url",
+                "needs shared_poll_url",
+            ),
+            (
+                GOOD.replace("http://127.0.0.1:3000/poll", "https://example.com/poll"),
+                "channels.namespaces.poll.shared_poll_url",
+                "not an http:// URL",
+            ),
+            (
+                GOOD.replace("hmac_secret = \"s\"", "hmac_secret = \"\""),
+                "shared_poll.hmac_secret",
+                "needs [shared_poll] hmac_secret",
+            ),
+            (
+                format!("{GOOD}shared_poll_refresh_interval = \"1ms\"\n"),
+                "shared_poll_refresh_interval",
+                "at least 10ms",
+            ),
+            (
+                format!("{GOOD}shared_poll_refresh_batch_size = 0\n"),
+                "shared_poll_refresh_batch_size",
+                "at least 1",
+            ),
+            (
+                format!("{GOOD}shared_poll_max_keys_per_connection = 0\n"),
+                "shared_poll_max_keys_per_connection",
+                "at least 1",
+            ),
+            (
+                format!("{GOOD}map = true\nhistory_size = 10\nhistory_ttl = \"1m\"\n"),
+                "channels.namespaces.poll.shared_poll",
+                "both a map and a shared poll",
+            ),
+        ] {
+            let error = refusal(&text);
+            assert!(error.contains(key) && error.contains(says), "{text}: {error}");
+        }
+        let mode = Config::from_toml(&format!("{GOOD}shared_poll_mode = \"sometimes\"\n"));
+        assert!(mode.is_err());
+        // The default namespace cannot be a shared poll.
+        assert!(Config::from_toml("[channels]\nshared_poll = true\n").is_err());
+    }
+}

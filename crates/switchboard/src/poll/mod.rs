@@ -290,12 +290,13 @@ impl SharedPolls {
                 continue;
             };
             let newer = match channel.rules.mode {
-                SharedPollMode::Versioned => (key.latest.as_ref().is_none_or_older(polled.version))
-                    .then(|| Item {
+                SharedPollMode::Versioned => {
+                    is_newer(key.latest.as_ref(), polled.version).then(|| Item {
                         version: polled.version,
                         data: polled.data.clone(),
                         removed: polled.removed,
-                    }),
+                    })
+                }
                 SharedPollMode::Versionless => self.versionless(key.latest.as_ref(), &polled),
             };
             if let Some(item) = newer {
@@ -320,17 +321,12 @@ impl SharedPolls {
     }
 }
 
-/// Whether a latest item is absent or older than `version`.
-trait OlderThan {
-    fn is_none_or_older(self, version: u64) -> bool;
-}
-
-impl OlderThan for Option<&Item> {
-    fn is_none_or_older(self, version: u64) -> bool {
-        match self {
-            Some(item) => item.version < version,
-            None => version > 0,
-        }
+/// Whether the backend's `version` is news against the `latest` item held: above it, or the
+/// first version above zero (versioned mode; version 0 means "no version").
+fn is_newer(latest: Option<&Item>, version: u64) -> bool {
+    match latest {
+        Some(item) => item.version < version,
+        None => version > 0,
     }
 }
 
@@ -577,6 +573,153 @@ mod tests {
         assert!(second.version > first.version);
     }
 
+    fn rules(mode: SharedPollMode, max_keys: usize) -> SharedPollRules {
+        SharedPollRules {
+            url: "http://127.0.0.1:9/poll".into(),
+            mode,
+            refresh_interval: std::time::Duration::from_secs(1),
+            batch_size: 2,
+            max_keys_per_connection: max_keys,
+        }
+    }
+
+    fn conn(id: u64) -> Arc<Conn> {
+        Arc::new(Conn::new(
+            id,
+            crate::kind::Door::Protocol,
+            "",
+            0,
+            1 << 20,
+            0,
+        ))
+    }
+
+    fn polled(key: &str, version: u64, data: &'static str) -> Polled {
+        Polled {
+            key: key.into(),
+            data: Bytes::from_static(data.as_bytes()),
+            version,
+            removed: false,
+        }
+    }
+
+    /// `key@version` of each publication push queued on `conn` (JSON text frames).
+    fn pushed(conn: &Conn) -> Vec<String> {
+        let mut frames = std::collections::VecDeque::new();
+        conn.take_queued(&mut frames);
+        frames
+            .iter()
+            .map(|frame| {
+                // A server frame: no mask, 7-bit or 16-bit length.
+                let start = if frame[1] & 0x7f == 126 { 4 } else { 2 };
+                let reply: Value = serde_json::from_slice(&frame[start..]).unwrap();
+                let publication = &reply["push"]["pub"];
+                format!(
+                    "{}@{}",
+                    publication["key"].as_str().unwrap(),
+                    publication["version"]
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_item_goes_to_exactly_the_connections_tracking_its_key_once_per_version() {
+        let polls = Arc::new(SharedPolls::new("s"));
+        let rules = rules(SharedPollMode::Versioned, 2);
+        let (a, b) = (conn(1), conn(2));
+        assert_eq!(polls.subscribe("poll:x", &rules, &a), "");
+        polls.subscribe("poll:x", &rules, &b);
+        let track = |id: u64, keys: &[(&str, u64)]| {
+            let keys: Vec<(String, u64)> = keys.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let mut answered = Vec::new();
+            polls
+                .track(None, "poll:x", id, &[], &keys, |t| answered = t.items)
+                .map(|()| {
+                    answered
+                        .iter()
+                        .map(|p| format!("{}@{}", p.key, p.version))
+                        .collect::<Vec<_>>()
+                })
+        };
+        assert_eq!(track(1, &[("k1", 0)]), Ok(vec![]));
+        assert_eq!(track(2, &[("k2", 0), ("shared", 0)]), Ok(vec![]));
+        assert_eq!(track(1, &[("shared", 0)]), Ok(vec![]));
+        let channel = polls.channel("poll:x").unwrap();
+        let due: Vec<String> = due_keys(&channel)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(due, ["k1", "k2", "shared"]);
+
+        polls.apply(
+            &channel,
+            vec![
+                polled("k1", 1, "1"),
+                polled("k2", 1, "2"),
+                polled("shared", 4, "4"),
+            ],
+        );
+        assert_eq!(pushed(&a), ["k1@1", "shared@4"]);
+        assert_eq!(pushed(&b), ["k2@1", "shared@4"]);
+        // The same versions again, and an older one: nothing.
+        polls.apply(
+            &channel,
+            vec![polled("k1", 1, "1"), polled("shared", 3, "3")],
+        );
+        assert!(pushed(&a).is_empty() && pushed(&b).is_empty());
+
+        // Past the limit (2 keys for connection 1): refused, nothing changed.
+        assert_eq!(track(1, &[("k3", 0)]), Err(ClientError::LimitExceeded));
+        // Untracking one makes room; a key known already is answered at once.
+        let mut answered = Vec::new();
+        polls
+            .track(
+                None,
+                "poll:x",
+                1,
+                &["k1".to_owned()],
+                &[("k2".to_owned(), 0)],
+                |t| answered = t.items,
+            )
+            .unwrap();
+        assert_eq!(
+            answered
+                .iter()
+                .map(|p| (p.key.as_str(), p.version))
+                .collect::<Vec<_>>(),
+            [("k2", 1)]
+        );
+        polls.apply(&channel, vec![polled("k1", 2, "1"), polled("k2", 2, "2")]);
+        assert_eq!(pushed(&a), ["k2@2"]);
+        assert_eq!(pushed(&b), ["k2@2"]);
+
+        // Leaving untracks everything; the last one out forgets the channel.
+        polls.leave("poll:x", 1);
+        assert_eq!(due_keys(&channel).unwrap().len(), 2);
+        polls.leave("poll:x", 2);
+        assert!(polls.channel("poll:x").is_none());
+        assert!(due_keys(&channel).is_none(), "the loop ends");
+        assert_eq!(track(1, &[("k1", 0)]), Err(ClientError::NotAvailable));
+    }
+
+    #[test]
+    fn versionless_channels_name_the_epoch_and_number_data_changes() {
+        let polls = Arc::new(SharedPolls::new("s"));
+        let rules = rules(SharedPollMode::Versionless, 10);
+        let a = conn(1);
+        assert_eq!(polls.subscribe("vl:x", &rules, &a).len(), EPOCH_LEN);
+        polls
+            .track(None, "vl:x", 1, &[], &[("k".to_owned(), 0)], |_| {})
+            .unwrap();
+        let channel = polls.channel("vl:x").unwrap();
+        polls.apply(&channel, vec![polled("k", 0, "1")]);
+        polls.apply(&channel, vec![polled("k", 0, "1")]);
+        polls.apply(&channel, vec![polled("k", 0, "2")]);
+        assert_eq!(pushed(&a), ["k@1", "k@2"]);
+    }
+
     #[test]
     fn versioned_takes_only_newer_versions() {
         let item = Item {
@@ -584,9 +727,10 @@ mod tests {
             data: Bytes::new(),
             removed: false,
         };
-        assert!(!Some(&item).is_none_or_older(5));
-        assert!(Some(&item).is_none_or_older(6));
-        assert!(None.is_none_or_older(1));
-        assert!(!None.is_none_or_older(0));
+        assert!(!is_newer(Some(&item), 5));
+        assert!(!is_newer(Some(&item), 4));
+        assert!(is_newer(Some(&item), 6));
+        assert!(is_newer(None, 1));
+        assert!(!is_newer(None, 0));
     }
 }
