@@ -160,7 +160,12 @@ mod tests {
         let config = Config::from_toml(GOOD).unwrap();
         config.validate().unwrap();
         let namespaces = crate::channels::Namespaces::from_config(&config, &config.resolve());
-        let rules = namespaces.rules("poll:x").unwrap().shared_poll.clone().unwrap();
+        let rules = namespaces
+            .rules("poll:x")
+            .unwrap()
+            .shared_poll
+            .clone()
+            .unwrap();
         assert_eq!(&*rules.url, "http://127.0.0.1:3000/poll");
         assert_eq!(rules.mode, super::SharedPollMode::Versionless);
         assert_eq!(rules.refresh_interval, super::DEFAULT_REFRESH_INTERVAL);

@@ -48,12 +48,20 @@ struct Item {
     removed: bool,
 }
 
+/// One connection's hold on a key.
+struct Tracker {
+    /// The version it holds.
+    holds: u64,
+    /// Its signature's expiry, Unix seconds: past it (and the grace) the key is dropped.
+    until: u64,
+}
+
 /// One tracked key of a channel.
 #[derive(Default)]
 struct Key {
     latest: Option<Item>,
-    /// Connection id → the version that connection holds.
-    trackers: HashMap<u64, u64>,
+    /// Connection id → its hold.
+    trackers: HashMap<u64, Tracker>,
 }
 
 /// A connection subscribed to a shared-poll channel.
@@ -166,8 +174,8 @@ impl SharedPolls {
         }
     }
 
-    /// Untracks `untrack`, then tracks `track` (key, version held) for connection `conn_id`
-    /// in `channel`, and queues the reply `answer` makes of the items already known, all
+    /// Untracks `untrack`, then tracks `track` (key, version held, signature expiry in Unix
+    /// seconds) for connection `conn_id` in `channel`, and queues the reply `answer` makes of the items already known, all
     /// under the channel's lock; starts the channel's loop when it is not running.
     ///
     /// # Errors
@@ -180,7 +188,7 @@ impl SharedPolls {
         channel: &str,
         conn_id: u64,
         untrack: &[String],
-        track: &[(String, u64)],
+        track: &[(String, u64, u64)],
         answer: impl FnOnce(Tracked),
     ) -> Result<(), ClientError> {
         let found = self.channel(channel).ok_or(ClientError::NotAvailable)?;
@@ -206,7 +214,7 @@ impl SharedPolls {
         unique_untracked.dedup();
         let mut added: Vec<&str> = track
             .iter()
-            .map(|(k, _)| k.as_str())
+            .map(|(k, _, _)| k.as_str())
             .filter(|k| !held(&state, k) || unique_untracked.contains(k))
             .collect();
         added.sort_unstable();
@@ -217,7 +225,7 @@ impl SharedPolls {
         }
         untrack_keys(&mut state, conn_id, untrack);
         let mut items = Vec::new();
-        for (key, version) in track {
+        for (key, version, until) in track {
             let entry = state.keys.entry(key.as_str().into()).or_default();
             let mut holds = *version;
             if let Some(latest) = entry.latest.as_ref().filter(|l| !l.removed) {
@@ -226,7 +234,13 @@ impl SharedPolls {
                     holds = latest.version;
                 }
             }
-            entry.trackers.insert(conn_id, holds);
+            entry.trackers.insert(
+                conn_id,
+                Tracker {
+                    holds,
+                    until: *until,
+                },
+            );
         }
         if let Some(subscriber) = state.subscribers.get_mut(&conn_id) {
             subscriber.tracked = after;
@@ -306,11 +320,11 @@ impl SharedPolls {
                 continue;
             };
             let mut frames = Frames::new(&channel.name, &polled.key, latest);
-            for (conn_id, holds) in &mut key.trackers {
-                if *holds >= latest.version {
+            for (conn_id, tracker) in &mut key.trackers {
+                if tracker.holds >= latest.version {
                     continue;
                 }
-                *holds = latest.version;
+                tracker.holds = latest.version;
                 if let Some(subscriber) = subscribers.get(conn_id) {
                     subscriber
                         .conn
@@ -395,9 +409,28 @@ impl<'a> Frames<'a> {
     }
 }
 
-/// The keys to ask for in the next round, each with the version this node holds.
-fn due_keys(channel: &PollChannel) -> Option<Vec<(String, u64)>> {
+/// The keys to ask for in the next round, each with the version this node holds, after
+/// dropping the holds whose signature expired more than the grace ago (`now`, Unix seconds):
+/// the SDK tracks again with a fresh signature before that, so only a client that lost its
+/// right to a key (or stopped refreshing) loses it. `None` when no key is tracked: the loop
+/// ends.
+fn due_keys(channel: &PollChannel, now: u64) -> Option<Vec<(String, u64)>> {
     let mut state = channel.lock();
+    let ChannelState {
+        keys, subscribers, ..
+    } = &mut *state;
+    keys.retain(|_, key| {
+        key.trackers.retain(|conn_id, tracker| {
+            let live = now <= tracker.until.saturating_add(signature::EXPIRY_GRACE_SECS);
+            if !live {
+                if let Some(subscriber) = subscribers.get_mut(conn_id) {
+                    subscriber.tracked = subscriber.tracked.saturating_sub(1);
+                }
+            }
+            live
+        });
+        !key.trackers.is_empty()
+    });
     if state.keys.is_empty() {
         state.polling = false;
         return None;
@@ -474,7 +507,7 @@ async fn run(polls: Arc<SharedPolls>, channel: Arc<PollChannel>, hooks: Arc<Hook
     let mut failing = false;
     loop {
         ticker.tick().await;
-        let Some(keys) = due_keys(&channel) else {
+        let Some(keys) = due_keys(&channel, crate::auth::unix_now()) else {
             return;
         };
         for batch in keys.chunks(channel.rules.batch_size.max(1)) {
@@ -573,6 +606,8 @@ mod tests {
         assert!(second.version > first.version);
     }
 
+    const NOW: u64 = 1_800_000_000;
+
     fn rules(mode: SharedPollMode, max_keys: usize) -> SharedPollRules {
         SharedPollRules {
             url: "http://127.0.0.1:9/poll".into(),
@@ -631,7 +666,10 @@ mod tests {
         assert_eq!(polls.subscribe("poll:x", &rules, &a), "");
         polls.subscribe("poll:x", &rules, &b);
         let track = |id: u64, keys: &[(&str, u64)]| {
-            let keys: Vec<(String, u64)> = keys.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let keys: Vec<(String, u64, u64)> = keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v, u64::MAX))
+                .collect();
             let mut answered = Vec::new();
             polls
                 .track(None, "poll:x", id, &[], &keys, |t| answered = t.items)
@@ -646,7 +684,7 @@ mod tests {
         assert_eq!(track(2, &[("k2", 0), ("shared", 0)]), Ok(vec![]));
         assert_eq!(track(1, &[("shared", 0)]), Ok(vec![]));
         let channel = polls.channel("poll:x").unwrap();
-        let due: Vec<String> = due_keys(&channel)
+        let due: Vec<String> = due_keys(&channel, NOW)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
@@ -680,7 +718,7 @@ mod tests {
                 "poll:x",
                 1,
                 &["k1".to_owned()],
-                &[("k2".to_owned(), 0)],
+                &[("k2".to_owned(), 0, u64::MAX)],
                 |t| answered = t.items,
             )
             .unwrap();
@@ -697,11 +735,40 @@ mod tests {
 
         // Leaving untracks everything; the last one out forgets the channel.
         polls.leave("poll:x", 1);
-        assert_eq!(due_keys(&channel).unwrap().len(), 2);
+        assert_eq!(due_keys(&channel, NOW).unwrap().len(), 2);
         polls.leave("poll:x", 2);
         assert!(polls.channel("poll:x").is_none());
-        assert!(due_keys(&channel).is_none(), "the loop ends");
+        assert!(due_keys(&channel, NOW).is_none(), "the loop ends");
         assert_eq!(track(1, &[("k1", 0)]), Err(ClientError::NotAvailable));
+    }
+
+    #[test]
+    fn a_hold_past_its_signature_expiry_and_the_grace_is_dropped() {
+        let polls = Arc::new(SharedPolls::new("s"));
+        let a = conn(1);
+        polls.subscribe("poll:x", &rules(SharedPollMode::Versioned, 2), &a);
+        let keys = [
+            ("soon".to_owned(), 0, NOW),
+            ("later".to_owned(), 0, NOW + 60),
+        ];
+        polls.track(None, "poll:x", 1, &[], &keys, |_| {}).unwrap();
+        let channel = polls.channel("poll:x").unwrap();
+        let grace = signature::EXPIRY_GRACE_SECS;
+        assert_eq!(due_keys(&channel, NOW + grace).unwrap().len(), 2);
+        let due = due_keys(&channel, NOW + grace + 1).unwrap();
+        assert_eq!(due, [("later".to_owned(), 0)]);
+        // The dropped key no longer counts against the limit.
+        polls
+            .track(
+                None,
+                "poll:x",
+                1,
+                &[],
+                &[("other".to_owned(), 0, NOW + 60)],
+                |_| {},
+            )
+            .unwrap();
+        assert!(due_keys(&channel, NOW + 60 + grace + 1).is_none());
     }
 
     #[test]
@@ -711,7 +778,14 @@ mod tests {
         let a = conn(1);
         assert_eq!(polls.subscribe("vl:x", &rules, &a).len(), EPOCH_LEN);
         polls
-            .track(None, "vl:x", 1, &[], &[("k".to_owned(), 0)], |_| {})
+            .track(
+                None,
+                "vl:x",
+                1,
+                &[],
+                &[("k".to_owned(), 0, u64::MAX)],
+                |_| {},
+            )
             .unwrap();
         let channel = polls.channel("vl:x").unwrap();
         polls.apply(&channel, vec![polled("k", 0, "1")]);

@@ -159,7 +159,12 @@ impl ClientSession {
                     })?;
                     earliest =
                         Some(earliest.map_or(signed.expires_at, |e| e.min(signed.expires_at)));
-                    track.extend(batch.items.iter().map(|i| (i.key.clone(), i.version)));
+                    track.extend(
+                        batch
+                            .items
+                            .iter()
+                            .map(|i| (i.key.clone(), i.version, signed.expires_at)),
+                    );
                 }
                 let (conn, encoding) = (Arc::clone(&self.conn), self.encoding());
                 polls.track(
