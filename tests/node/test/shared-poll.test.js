@@ -398,6 +398,12 @@ test('raw json: each item goes to exactly the connections tracking its key; untr
         assert.equal(notPoll.error.code, 108, JSON.stringify(notPoll));
         const streamSub = await one.call({ subscribe: { channel: 'poll:stream' } });
         assert.equal(streamSub.error.code, 108, JSON.stringify(streamSub));
+        const clientPublish = await one.call({ publish: { channel: ch, data: { x: 1 } } });
+        assert.equal(clientPublish.error.code, 108, JSON.stringify(clientPublish));
+        // The server API cannot publish into a shared poll either: its items are the backend's.
+        const { body } = await server.api('publish', { channel: ch, data: { x: 1 } });
+        assert.equal(body.error.code, 108, JSON.stringify(body));
+        assert.match(body.error.message, /shared-poll channel/);
         const still = await one.call({ ping: {} });
         assert.ok(still.ping, JSON.stringify(still));
       } finally {
