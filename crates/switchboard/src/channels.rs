@@ -11,7 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, MapClientKey, NamespaceConfig, PublishRule, Resolved, SubscribeRule};
+use crate::config::{
+    Config, MapClientKey, NamespaceConfig, PublishRule, Resolved, SharedPollMode, SubscribeRule,
+    SHARED_POLL_DEFAULT_BATCH_SIZE, SHARED_POLL_DEFAULT_MAX_KEYS,
+    SHARED_POLL_DEFAULT_REFRESH_INTERVAL,
+};
 
 /// Longest channel name, bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
@@ -45,6 +49,50 @@ pub struct ChannelRules {
     /// Where this map's subscribers are listed: channel `<prefix><channel>` (a map-clients
     /// map) holds each one's client id while it is subscribed.
     pub map_clients_presence_prefix: Option<Arc<str>>,
+    /// Channels are shared polls: shared-poll subscriptions only, items polled from a
+    /// backend (`None`: not a shared poll).
+    pub shared_poll: Option<SharedPollRules>,
+}
+
+/// How a shared-poll namespace's channels are polled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedPollRules {
+    /// The backend asked for the tracked keys' items.
+    pub url: Arc<str>,
+    /// How a change is told.
+    pub mode: SharedPollMode,
+    /// How often the backend is asked.
+    pub refresh_interval: Duration,
+    /// Keys per backend request.
+    pub batch_size: usize,
+    /// Keys one connection may track in one channel.
+    pub max_keys_per_connection: usize,
+}
+
+impl SharedPollRules {
+    /// The rules `written` sets, when it makes its channels shared polls.
+    fn from_written(written: &NamespaceConfig) -> Option<SharedPollRules> {
+        if written.shared_poll != Some(true) {
+            return None;
+        }
+        Some(SharedPollRules {
+            url: written
+                .shared_poll_url
+                .as_deref()
+                .unwrap_or_default()
+                .into(),
+            mode: written.shared_poll_mode.unwrap_or_default(),
+            refresh_interval: written
+                .shared_poll_refresh_interval
+                .unwrap_or(SHARED_POLL_DEFAULT_REFRESH_INTERVAL),
+            batch_size: written
+                .shared_poll_refresh_batch_size
+                .unwrap_or(SHARED_POLL_DEFAULT_BATCH_SIZE),
+            max_keys_per_connection: written
+                .shared_poll_max_keys_per_connection
+                .unwrap_or(SHARED_POLL_DEFAULT_MAX_KEYS),
+        })
+    }
 }
 
 impl ChannelRules {
@@ -89,6 +137,8 @@ fn resolve(written: &NamespaceConfig, base: &ChannelRules) -> ChannelRules {
             Some(prefix) => (!prefix.is_empty()).then(|| Arc::from(prefix.as_str())),
             None => base.map_clients_presence_prefix.clone(),
         },
+        // Not inherited: the default namespace cannot be a shared poll.
+        shared_poll: SharedPollRules::from_written(written),
     }
 }
 
@@ -112,6 +162,7 @@ impl Namespaces {
                 map_client_key: MapClientKey::Sent,
                 map_clients: false,
                 map_clients_presence_prefix: None,
+                shared_poll: None,
             }
         } else {
             ChannelRules {
@@ -127,6 +178,7 @@ impl Namespaces {
                 map_client_key: MapClientKey::Sent,
                 map_clients: false,
                 map_clients_presence_prefix: None,
+                shared_poll: None,
             }
         };
         let default = resolve(&config.channels.default, &base);
@@ -267,6 +319,7 @@ mod tests {
                         .clone()
                         .filter(|prefix| !prefix.is_empty())
                         .map(Arc::from),
+                    shared_poll: None,
                 };
                 assert_eq!(rules, &as_shown, "dev = {dev}, {channel}");
             }

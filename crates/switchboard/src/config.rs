@@ -16,7 +16,13 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 mod hooks;
+mod shared_poll;
 pub use hooks::{BreakerConfig, HookConfig, HooksConfig};
+pub use shared_poll::{
+    SharedPollConfig, SharedPollMode, DEFAULT_BATCH_SIZE as SHARED_POLL_DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_KEYS as SHARED_POLL_DEFAULT_MAX_KEYS,
+    DEFAULT_REFRESH_INTERVAL as SHARED_POLL_DEFAULT_REFRESH_INTERVAL,
+};
 
 /// A string that is never printed (tokens' secrets, API keys).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -155,6 +161,8 @@ pub struct Config {
     pub traces: TracesConfig,
     /// The Pusher protocol door `/app/{key}` and its HTTP API `/apps/{id}/…`.
     pub pusher: PusherConfig,
+    /// What shared-poll namespaces share (the track signatures' secret).
+    pub shared_poll: SharedPollConfig,
 }
 
 /// `[admin]`
@@ -714,6 +722,21 @@ pub struct NamespaceConfig {
     /// The prefix names a namespace with `map_clients = true` (`"clients:"`). Needs
     /// `map = true`.
     pub map_clients_presence_channel_prefix: Option<String>,
+    /// Channels are shared polls (default false): clients track keys, the server polls
+    /// `shared_poll_url` for them and forwards changed items. Named namespaces only.
+    pub shared_poll: Option<bool>,
+    /// The backend a shared poll asks for the tracked keys' items (HTTP POST, JSON).
+    pub shared_poll_url: Option<String>,
+    /// How changes are told: `versionless` (default; the server compares data) or
+    /// `versioned` (the backend's versions).
+    pub shared_poll_mode: Option<SharedPollMode>,
+    /// How often the backend is polled (default 1s).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub shared_poll_refresh_interval: Option<Duration>,
+    /// Keys per backend request (default 100).
+    pub shared_poll_refresh_batch_size: Option<usize>,
+    /// Keys one connection may track in one channel (default 1000).
+    pub shared_poll_max_keys_per_connection: Option<usize>,
 }
 
 impl NamespaceConfig {
@@ -741,6 +764,12 @@ impl NamespaceConfig {
             map_client_key: Some(MapClientKey::Sent),
             map_clients: Some(false),
             map_clients_presence_channel_prefix: Some(String::new()),
+            shared_poll: Some(false),
+            shared_poll_url: Some(String::new()),
+            shared_poll_mode: Some(SharedPollMode::default()),
+            shared_poll_refresh_interval: Some(SHARED_POLL_DEFAULT_REFRESH_INTERVAL),
+            shared_poll_refresh_batch_size: Some(SHARED_POLL_DEFAULT_BATCH_SIZE),
+            shared_poll_max_keys_per_connection: Some(SHARED_POLL_DEFAULT_MAX_KEYS),
         }
     }
 
@@ -762,6 +791,21 @@ impl NamespaceConfig {
                 .map_clients_presence_channel_prefix
                 .clone()
                 .or_else(|| base.map_clients_presence_channel_prefix.clone()),
+            shared_poll: self.shared_poll.or(base.shared_poll),
+            shared_poll_url: self
+                .shared_poll_url
+                .clone()
+                .or(base.shared_poll_url.clone()),
+            shared_poll_mode: self.shared_poll_mode.or(base.shared_poll_mode),
+            shared_poll_refresh_interval: self
+                .shared_poll_refresh_interval
+                .or(base.shared_poll_refresh_interval),
+            shared_poll_refresh_batch_size: self
+                .shared_poll_refresh_batch_size
+                .or(base.shared_poll_refresh_batch_size),
+            shared_poll_max_keys_per_connection: self
+                .shared_poll_max_keys_per_connection
+                .or(base.shared_poll_max_keys_per_connection),
         }
     }
 
@@ -1155,6 +1199,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWITCHBOARD_TRACES_PROTOCOL", "traces.protocol"),
     ("SWITCHBOARD_TRACES_SAMPLING_RATIO", "traces.sampling_ratio"),
     ("SWITCHBOARD_TRACES_SERVICE_NAME", "traces.service_name"),
+    (
+        "SWITCHBOARD_SHARED_POLL_HMAC_SECRET",
+        "shared_poll.hmac_secret",
+    ),
 ];
 
 /// The line (from 1) of byte `offset` in `text`, and the dotted key written there: the key
@@ -1432,6 +1480,7 @@ impl Config {
             "admin.enabled" => self.admin.enabled = parse_bool(source, value)?,
             "admin.password" => self.admin.password = Secret(value.to_owned()),
             "admin.token" => self.admin.token = Secret(value.to_owned()),
+            "shared_poll.hmac_secret" => self.shared_poll.hmac_secret = Secret(value.to_owned()),
             "admin.session_ttl" => self.admin.session_ttl = parse_duration(source, value)?,
             "admin.login_attempts_per_minute" => {
                 self.admin.login_attempts_per_minute = parse(source, value)?
@@ -1650,6 +1699,16 @@ impl Config {
                     "a namespace name is 1 to 64 of A-Z a-z 0-9 _ - .",
                 ));
             }
+        }
+        // Shared-poll keys are checked as written: the default namespace cannot set them, so
+        // a named namespace never inherits them.
+        for (name, written) in &self.channels.namespaces {
+            shared_poll::validate_namespace(
+                &format!("channels.namespaces.{name}"),
+                &format!("namespace {name:?}"),
+                written,
+                &self.shared_poll,
+            )?;
         }
         let channels = self.channels.resolved(server.dev);
         let every = std::iter::once(("channels", &channels.default)).chain(

@@ -627,6 +627,17 @@ pub enum ClientError {
     /// A map subscription to a map-clients channel, which takes map-clients subscriptions.
     #[error("not available: map clients channel (use a map clients subscription)")]
     IsMapClients,
+    /// A shared-poll subscribe, track or untrack to a channel whose namespace is not a shared
+    /// poll.
+    #[error("not available: not a shared-poll channel")]
+    NotSharedPoll,
+    /// A stream or map subscribe, or a publication, to a shared-poll channel (its items come
+    /// from the backend only).
+    #[error("not available: shared-poll channel (use a shared-poll subscription)")]
+    IsSharedPoll,
+    /// A track whose signature is malformed or does not match its user, channel and keys.
+    #[error("permission denied: bad track signature")]
+    BadTrackSignature,
 }
 
 impl ClientError {
@@ -636,7 +647,7 @@ impl ClientError {
             ClientError::Internal => 100,
             ClientError::Unauthorized => 101,
             ClientError::UnknownChannel => 102,
-            ClientError::PermissionDenied => 103,
+            ClientError::PermissionDenied | ClientError::BadTrackSignature => 103,
             ClientError::MethodNotFound => 104,
             ClientError::AlreadySubscribed => 105,
             ClientError::LimitExceeded => 106,
@@ -646,7 +657,9 @@ impl ClientError {
             | ClientError::NotAMap
             | ClientError::IsAMap
             | ClientError::NotMapClients
-            | ClientError::IsMapClients => 108,
+            | ClientError::IsMapClients
+            | ClientError::NotSharedPoll
+            | ClientError::IsSharedPoll => 108,
             ClientError::TokenExpired => 109,
             ClientError::Unrecoverable => 112,
             ClientError::Unavailable => 100,

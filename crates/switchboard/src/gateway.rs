@@ -126,12 +126,24 @@ impl Gateway {
             pusher: config.pusher.clone(),
         };
         let node = Node::new(broker, channels, settings);
-        let hooks = crate::hooks::Hooks::from_config(&config.hooks, &node.metrics.hooks)
-            .map(|hooks| Arc::new(hooks.with_tracer(node.tracer().clone())));
+        let polls: Vec<(String, Arc<str>)> = config
+            .channels
+            .namespaces
+            .iter()
+            .filter(|(_, ns)| ns.shared_poll == Some(true))
+            .filter_map(|(name, ns)| Some((name.clone(), ns.shared_poll_url.as_deref()?.into())))
+            .collect();
+        let hooks =
+            crate::hooks::Hooks::from_config_with_polls(&config.hooks, &polls, &node.metrics.hooks)
+                .map(|hooks| Arc::new(hooks.with_tracer(node.tracer().clone())));
+        let polls = Arc::new(crate::poll::SharedPolls::new(
+            &config.shared_poll.hmac_secret.0,
+        ));
         let state = State {
             resolved,
             node,
             hooks,
+            polls,
             ip_limits: Arc::new(IpLimits::default()),
             slots: Arc::new(NodeSlots::default()),
             pending: Arc::new(pending),

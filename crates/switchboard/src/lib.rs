@@ -27,6 +27,8 @@
 //!   and the memory broker; Redis and NATS engines live in their own crates.
 //! - `node`: this process's place in the cluster: hub, connections, the broker behind them,
 //!   channel workers (gap detection, recovery merge), control messages between nodes.
+//! - [`poll`]: shared polls: the node's registry of tracked keys per shared-poll channel, the
+//!   refresh loop that polls the backend for them, and track signatures.
 //! - [`ingest`]: publications read from a log (Redis Stream, JetStream) through one consumer
 //!   group, acknowledged after the publish; the [`ingest::LogSource`] trait engines implement.
 //! - `state`: what every task of a gateway shares (configuration, node, door checks).
@@ -70,6 +72,7 @@ pub mod metrics;
 mod node;
 pub mod origin;
 pub mod peer;
+pub mod poll;
 pub mod protocol;
 pub mod publication;
 pub mod pusher_wire;

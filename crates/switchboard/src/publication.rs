@@ -408,6 +408,7 @@ impl Publication {
             delta: false,
             key: self.key.as_deref().unwrap_or_default().to_owned(),
             removed: self.removed,
+            version: 0,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::login::Logins;
 use crate::node::Node;
 use crate::origin::OriginPolicy;
 use crate::peer::TrustedProxies;
+use crate::poll::SharedPolls;
 
 /// State shared by every task of one gateway.
 pub(crate) struct State {
@@ -33,8 +34,10 @@ pub(crate) struct State {
     pub(crate) origins: OriginPolicy,
     /// The admin UI's sessions and login bound (unused while `admin.enabled` is off).
     pub(crate) logins: Logins,
-    /// The backend hooks, when any is configured.
+    /// The backend hooks (and shared-poll backends), when any is configured.
     pub(crate) hooks: Option<Arc<Hooks>>,
+    /// Shared-poll channels this node's connections track keys of.
+    pub(crate) polls: Arc<SharedPolls>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) started: Instant,

@@ -173,8 +173,8 @@ pub struct SubscribeRequest {
     /// A tags filter (the SDK's `tagsFilter`): only publications whose tags pass it.
     #[prost(message, optional, tag = "13")]
     pub tf: Option<FilterNode>,
-    /// The subscription type: 0 a stream, 1 a map, 2 a map of clients; others (shared poll,
-    /// users presence as a map) are refused with error 108.
+    /// The subscription type: 0 a stream, 1 a map, 2 a map of clients, 4 a shared poll;
+    /// others (users presence as a map) are refused with error 108.
     #[prost(int32, tag = "15")]
     #[serde(rename = "type")]
     pub kind: i32,
@@ -212,6 +212,11 @@ impl SubscribeRequest {
                 Some("map state sync phase")
             }
             SUBSCRIPTION_MAP | SUBSCRIPTION_MAP_CLIENTS => None,
+            SUBSCRIPTION_SHARED_POLL => {
+                let map_fields =
+                    self.phase != 0 || !self.cursor.is_empty() || self.limit != 0 || self.asc;
+                map_fields.then_some("map state sync")
+            }
             _ => Some("subscription type"),
         }
     }
@@ -225,6 +230,8 @@ pub const SUBSCRIPTION_MAP: i32 = 1;
 /// of a namespace with `map_clients = true`, whose keys are the clients subscribed to its
 /// companion map channel.
 pub const SUBSCRIPTION_MAP_CLIENTS: i32 = 2;
+/// `SubscribeRequest::kind` of a shared-poll subscription.
+pub const SUBSCRIPTION_SHARED_POLL: i32 = 4;
 /// A map subscribe's phase: go live (join the channel, with the catch-up since the position
 /// given).
 pub const MAP_PHASE_LIVE: i32 = 0;
@@ -336,7 +343,8 @@ pub struct RefreshRequest {
     pub token: String,
 }
 
-/// `sub_refresh`.
+/// `sub_refresh`: a new subscription token (`type` 0), or a shared-poll subscription's
+/// track (`type` 1) or untrack (`type` 2) of keys.
 #[derive(Clone, PartialEq, Message, Deserialize)]
 #[serde(default)]
 pub struct SubRefreshRequest {
@@ -346,6 +354,47 @@ pub struct SubRefreshRequest {
     /// A new subscription token.
     #[prost(string, tag = "2")]
     pub token: String,
+    /// What it is: [`SUB_REFRESH_TOKEN`], [`SUB_REFRESH_TRACK`] or [`SUB_REFRESH_UNTRACK`].
+    #[prost(int32, tag = "3")]
+    #[serde(rename = "type")]
+    pub kind: i32,
+    /// Keys to track, in batches, each under its own signature.
+    #[prost(message, repeated, tag = "4")]
+    pub track: Vec<TrackBatch>,
+    /// Keys to stop tracking (applied before `track`).
+    #[prost(string, repeated, tag = "5")]
+    pub untrack: Vec<String>,
+}
+
+/// `sub_refresh` type: a new subscription token.
+pub const SUB_REFRESH_TOKEN: i32 = 0;
+/// `sub_refresh` type: track keys of a shared-poll subscription (untrack first, if any).
+pub const SUB_REFRESH_TRACK: i32 = 1;
+/// `sub_refresh` type: untrack keys of a shared-poll subscription.
+pub const SUB_REFRESH_UNTRACK: i32 = 2;
+
+/// Keys a shared-poll subscription tracks under one signature.
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
+pub struct TrackBatch {
+    /// `issued:expiry:hmac`, from the application's backend (docs/protocol.md).
+    #[prost(string, tag = "1")]
+    pub signature: String,
+    /// The keys, each with the version the client holds.
+    #[prost(message, repeated, tag = "2")]
+    pub items: Vec<KeyedItem>,
+}
+
+/// A key and the version of it the client holds (0: none).
+#[derive(Clone, PartialEq, Message, Deserialize)]
+#[serde(default)]
+pub struct KeyedItem {
+    /// The key.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// The version held.
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
 }
 
 impl Command {
@@ -477,10 +526,15 @@ pub struct PublicationBody {
     #[prost(string, tag = "11")]
     #[serde(skip_serializing_if = "String::is_empty")]
     pub key: String,
-    /// It removes `key` from the map.
+    /// It removes `key` from the map (or, in a shared poll, the backend removed the item).
     #[prost(bool, tag = "12")]
     #[serde(skip_serializing_if = "is_false")]
     pub removed: bool,
+    /// A shared-poll item's version (the backend's, or the server's own in versionless
+    /// mode).
+    #[prost(uint64, tag = "16")]
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub version: u64,
 }
 
 /// The result of `connect`.
@@ -674,6 +728,11 @@ pub struct ExpiryResult {
     #[prost(uint32, tag = "2")]
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub ttl: u32,
+    /// A shared-poll track's answer: the items the server already holds at a newer version
+    /// than the client named.
+    #[prost(message, repeated, tag = "3")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<PublicationBody>,
 }
 
 /// Join or leave.

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u8)] = &[
     // local fan-out and connections
     ("conn", 6),
     ("hub", 7),
+    ("poll", 7),
     // the broker contract and its in-process engine
     ("broker", 8),
     // the node, between doors and broker

@@ -352,8 +352,8 @@ async fn reject_unrecovered_answers_error_112_instead() {
 
 #[tokio::test]
 async fn map_and_shared_poll_subscribes_and_map_publishes_are_refused_with_108_not_degraded() {
-    // `room` is not a map namespace: map commands there are refused as such; shared poll and
-    // presence-as-map subscriptions are refused everywhere.
+    // `room` is neither a map nor a shared-poll namespace: map and shared-poll commands there
+    // are refused as such; presence-as-map subscriptions are refused everywhere.
     let server = start(protocol_config()).await;
     let mut proto = Proto::connected(&server, "u").await;
     let refusals = [
@@ -370,7 +370,12 @@ async fn map_and_shared_poll_subscribes_and_map_publishes_are_refused_with_108_n
         (
             "subscribe",
             json!({ "channel": "room:p", "type": 4 }),
-            "subscription type not supported",
+            "not a shared-poll channel",
+        ),
+        (
+            "sub_refresh",
+            json!({ "channel": "room:p", "type": 2, "untrack": ["k"] }),
+            "not a shared-poll channel",
         ),
         (
             "subscribe",

@@ -453,8 +453,10 @@ test('redis broker, two nodes: keyed publishes, removals and key expiries on one
   const leaseB = mapSubscription(bob, 'lease:c');
   await subscribe(leaseA);
   await subscribe(leaseB);
+  // Both waits are set before the key is: the two removals may come in either order.
+  const expiries = [leaseA, leaseB].map((sub) => nextEvent(sub, 'update', (u) => u.removed === true, 15000));
   await mapPublish(nodeA, 'lease:c', 'held', { v: 1 });
-  for (const sub of [leaseA, leaseB]) await nextEvent(sub, 'update', (u) => u.removed === true, 15000);
+  await Promise.all(expiries);
   // A later set, published after the removal, is the fence: once it is in, a second removal
   // would be too.
   await mapPublish(nodeB, 'lease:c', 'after', { v: 2 });

@@ -1,6 +1,8 @@
 'use strict';
-// What Switchboard does not have is refused with a clear error, never degraded: a shared poll
-// or presence-as-map subscription (error 108, "not supported"), a map subscription, map
+// What Switchboard does not have is refused with a clear error, never degraded: a
+// presence-as-map subscription (error 108, "not supported"), a shared-poll subscription to a
+// channel that is not a shared poll (108, "not a shared-poll channel": shared polls are tested
+// in shared-poll.test.js), a map subscription, map
 // publish or removal to a channel that is not a map (108, "not a map channel": maps are
 // tested in maps.test.js), and rpc with no rpc hook (108). Driven by the real `centrifuge`
 // SDK, JSON and Protobuf builds; after each refusal the connection keeps serving a plain
@@ -29,9 +31,9 @@ for (const protobuf of [false, true]) {
     const cfg = config({ news: { subscribe: 'authenticated', publish: 'subscribers' } });
     await withClients({ config: cfg }, async (server, clients) => {
       const alice = await clients.connected(server.wsUrl, connectionToken('alice'), { protobuf });
-      for (const [make, channel] of [
-        [(c) => alice.newSharedPollSubscription(c), 'news:poll'],
-        [(c) => alice.newMapUsersSubscription(c), 'news:users'],
+      for (const [make, channel, reason] of [
+        [(c) => alice.newSharedPollSubscription(c), 'news:poll', /not a shared-poll channel/],
+        [(c) => alice.newMapUsersSubscription(c), 'news:users', /subscription type not supported/],
       ]) {
         const sub = make(channel);
         const outcome = firstOf(sub, SUB_EVENTS);
@@ -39,7 +41,7 @@ for (const protobuf of [false, true]) {
         const { name, ctx } = await outcome;
         assert.equal(name, 'unsubscribed', `${channel}: must not look subscribed: ${name} ${JSON.stringify(ctx)}`);
         assert.equal(ctx.code, 108, JSON.stringify(ctx));
-        assert.match(ctx.reason, /subscription type not supported/);
+        assert.match(ctx.reason, reason);
       }
 
       // `news` is not a map namespace: the SDK must not see a subscribed (empty) map.

@@ -43,6 +43,9 @@ pub enum Hook {
     SubRefresh,
     /// Answer a client's rpc.
     Rpc,
+    /// The current items of a shared-poll channel's tracked keys (a namespace's
+    /// `shared_poll_url`, polled by `crate::poll`).
+    SharedPoll,
 }
 
 impl Hook {
@@ -55,13 +58,18 @@ impl Hook {
             Hook::Publish => "publish",
             Hook::SubRefresh => "sub_refresh",
             Hook::Rpc => "rpc",
+            Hook::SharedPoll => "shared_poll",
         }
     }
 
     /// Whether asking twice does no harm, so a failed attempt may be retried.
     pub fn idempotent(self) -> bool {
         match self {
-            Hook::Connect | Hook::Refresh | Hook::Subscribe | Hook::SubRefresh => true,
+            Hook::Connect
+            | Hook::Refresh
+            | Hook::Subscribe
+            | Hook::SubRefresh
+            | Hook::SharedPoll => true,
             Hook::Publish | Hook::Rpc => false,
         }
     }
@@ -201,6 +209,8 @@ pub struct Hooks {
     sub_refresh: Option<Namespaced>,
     rpc_methods: HashMap<String, Arc<Endpoint>>,
     rpc_default: Option<Arc<Endpoint>>,
+    /// Shared-poll backends by namespace.
+    shared_polls: HashMap<String, Arc<Endpoint>>,
     breakers: Vec<Arc<Breaker>>,
     /// Spans of hook calls (`hook {name}`), with `traceparent` sent along; off unless traces are.
     tracer: Tracer,
@@ -216,7 +226,18 @@ impl Hooks {
     /// The hooks `config` configures, or `None` when it configures none. The configuration
     /// was validated (URLs parse).
     pub fn from_config(config: &HooksConfig, metrics: &HookMetrics) -> Option<Hooks> {
-        if config.tables().iter().all(|(_, table)| table.is_none()) {
+        Hooks::from_config_with_polls(config, &[], metrics)
+    }
+
+    /// The hooks `config` configures and the shared-poll backends `polls` names (namespace,
+    /// URL), or `None` when there are none. Shared-poll calls take `[hooks]`' timeout,
+    /// retries and breaker settings; an upstream shared with a hook shares its breaker.
+    pub fn from_config_with_polls(
+        config: &HooksConfig,
+        polls: &[(String, Arc<str>)],
+        metrics: &HookMetrics,
+    ) -> Option<Hooks> {
+        if config.tables().iter().all(|(_, table)| table.is_none()) && polls.is_empty() {
             return None;
         }
         let mut breakers: HashMap<String, Arc<Breaker>> = HashMap::new();
@@ -270,6 +291,14 @@ impl Hooks {
                 rpc_default = endpoint(Hook::Rpc, table, &table.url);
             }
         }
+        let poll_table = HookConfig::default();
+        let shared_polls = polls
+            .iter()
+            .filter_map(|(namespace, url)| {
+                let endpoint = endpoint(Hook::SharedPoll, &poll_table, url)?;
+                Some((namespace.clone(), endpoint))
+            })
+            .collect();
         let doors = config.connect.as_ref().map(|t| &t.doors);
         let has_door = |name: &str| doors.is_some_and(|d| d.iter().any(|x| x == name));
         Some(Hooks {
@@ -298,6 +327,7 @@ impl Hooks {
             sub_refresh,
             rpc_methods,
             rpc_default,
+            shared_polls,
             breakers: breakers.into_values().collect(),
             tracer: Tracer::disabled(),
         })
@@ -354,6 +384,12 @@ impl Hooks {
             .as_ref()
             .filter(|n| n.covers(channel))
             .map(|n| &n.endpoint)
+    }
+
+    /// The shared-poll backend of `channel`'s namespace.
+    pub fn shared_poll(&self, channel: &str) -> Option<&Arc<Endpoint>> {
+        self.shared_polls
+            .get(crate::channels::namespace_of(channel).unwrap_or(""))
     }
 
     /// The rpc hook of `method`.

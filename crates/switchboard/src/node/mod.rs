@@ -592,12 +592,16 @@ impl Node {
     }
 
     /// Keyed publications go to map channels (on a broker that serves them), the others to
-    /// stream channels: whichever door or API call it came from.
+    /// stream channels, and none to shared polls (their items come from the backend's poll
+    /// only): whichever door or API call it came from.
     fn fits_kind(
         &self,
         rules: &ChannelRules,
         publication: &Publication,
     ) -> Result<(), ClientError> {
+        if rules.shared_poll.is_some() {
+            return Err(ClientError::IsSharedPoll);
+        }
         match (rules.map, publication.key.is_some()) {
             (true, true) => self.serves_maps(),
             (true, false) => Err(ClientError::IsAMap),

@@ -39,6 +39,12 @@ impl ClientSession {
                 let Ok(rules) = self.state.channels().rules(&channel).cloned() else {
                     return;
                 };
+                if rules.shared_poll.is_some() {
+                    // Its client tracks keys by itself, with signatures; a server-side
+                    // subscription would track none.
+                    tracing::warn!(event = "server_command_refused", conn_id = self.conn.id, user = %self.conn.user(), channel = %channel, code = ClientError::IsSharedPoll.code(), "server-side subscribe to a shared-poll channel");
+                    return;
+                }
                 if rules.map {
                     // A server-side subscription is a stream subscription, which a map
                     // channel does not take (its client syncs a map by itself).

@@ -16,6 +16,7 @@ mod commands;
 mod hooked;
 mod map;
 mod results;
+mod shared_poll;
 pub use crate::wire;
 
 pub(crate) use results::{history_range, history_result, presence_result, presence_stats_result};
@@ -73,6 +74,8 @@ struct Subscription {
     pending: Option<Arc<JoinTicket>>,
     /// Granted by the subscribe hook with an `expire_at` that the sub_refresh hook renews.
     by_hook: bool,
+    /// A shared-poll subscription: registered with the node's polls, not joined to the hub.
+    shared_poll: bool,
 }
 
 /// What a subscribe permission check granted.
@@ -153,6 +156,7 @@ fn expiry(expires_at: u64) -> ExpiryResult {
         } else {
             0
         },
+        items: Vec::new(),
     }
 }
 
@@ -308,6 +312,14 @@ impl ClientSession {
                     return Ok(());
                 }
             }
+        }
+        if let Some(request) = command
+            .sub_refresh
+            .as_ref()
+            .filter(|r| r.kind != wire::SUB_REFRESH_TOKEN)
+        {
+            self.shared_poll_refresh(id, request.clone());
+            return Ok(());
         }
         let outcome = if let Some(request) = command.subscribe {
             self.subscribe(id, request);
@@ -549,6 +561,7 @@ impl ClientSession {
             .rules(channel)
             .map_err(ClientError::from)
             .and_then(|rules| {
+                shared_poll::kind_fits(rules, request.kind)?;
                 map::kind_fits(rules, request.kind)?;
                 if self.subscriptions.contains_key(channel)
                     || self.hook_subscribing.contains(channel)
@@ -603,6 +616,9 @@ impl ClientSession {
         if request.kind == wire::SUBSCRIPTION_MAP || request.kind == wire::SUBSCRIPTION_MAP_CLIENTS
         {
             return self.map_subscribe(id, request, rules, granted);
+        }
+        if request.kind == wire::SUBSCRIPTION_SHARED_POLL {
+            return self.shared_poll_subscribe(id, request, rules, granted);
         }
         let reject_unrecovered = request.flag & wire::FLAG_REJECT_UNRECOVERED != 0;
         let conn = Arc::clone(&self.conn);
@@ -736,6 +752,7 @@ impl ClientSession {
                 generation,
                 pending: Some(Arc::clone(&ticket)),
                 by_hook: granted.renewed_by_hook,
+                shared_poll: false,
             },
         );
         self.conn.set_subscription_count(self.subscriptions.len());
@@ -788,6 +805,10 @@ impl ClientSession {
     }
 
     fn leave(&self, channel: &str, subscription: &Subscription) {
+        if subscription.shared_poll {
+            self.state.polls.leave(channel, self.conn.id);
+            return;
+        }
         if let Some(ticket) = &subscription.pending {
             if ticket.abandon() != TicketState::Joined {
                 // Still waiting: the worker undoes its side. Failed: nothing to undo.
@@ -821,6 +842,9 @@ impl ClientSession {
         let keyed = request.kind != 0 || !request.key.is_empty() || request.removed;
         let channel = request.channel.as_str();
         let rules = self.state.channels().rules(channel)?.clone();
+        if rules.shared_poll.is_some() {
+            return Err(ClientError::IsSharedPoll);
+        }
         match (rules.map, keyed) {
             (true, false) => return Err(ClientError::IsAMap),
             (false, true) => return Err(ClientError::NotAMap),

@@ -88,6 +88,7 @@ fn rules(kind: ChannelKind) -> ChannelRules {
         map_client_key: crate::config::MapClientKey::Sent,
         map_clients: false,
         map_clients_presence_prefix: None,
+        shared_poll: None,
     }
 }
 
