@@ -212,15 +212,29 @@ local function keep_map_with_meta()
   end
 end
 
--- Keeps `body` under the next offset and publishes it; returns the offset.
-local function append(body, epoch, size, ttl, now, target, command)
+-- Keeps `body` under the next offset and publishes it (or `live`, when given: the same
+-- publication with more for the nodes than the stream keeps); returns the offset.
+local function append(body, epoch, size, ttl, now, target, command, live)
   local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
   if ttl > 0 then
     redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', body, 'x', now + ttl)
     redis.call('PEXPIRE', KEYS[2], ttl)
   end
-  redis.call(command, target, offset .. ' ' .. epoch .. '\n' .. body)
+  redis.call(command, target, offset .. ' ' .. epoch .. '\n' .. (live or body))
   return offset
+end
+
+-- The live form of a keyed set `body` of `key`: with the codec bytes of the value it
+-- replaces as field 8 (`base`, length-delimited), which its delta subscribers' per-key
+-- deltas are made against; `body` itself when the key is new.
+local function with_base(body, key)
+  local previous = redis.call('HGET', KEYS[3], key)
+  if not previous then
+    return body
+  end
+  local space = string.find(previous, ' ', 1, true)
+  local bytes = string.sub(previous, space + 1)
+  return body .. string.char(0x42) .. varint(#bytes) .. bytes
 end
 
 -- Takes out every map key whose time is up, each as a removal kept in the stream and
@@ -326,7 +340,11 @@ local offset
 if removal and not redis.call('ZSCORE', KEYS[4], key) then
   offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
 else
-  offset = append(ARGV[2], epoch, size, ttl, now, ARGV[1], ARGV[8])
+  local live = nil
+  if not removal then
+    live = with_base(ARGV[2], key)
+  end
+  offset = append(ARGV[2], epoch, size, ttl, now, ARGV[1], ARGV[8], live)
   if removal then
     redis.call('HDEL', KEYS[3], key)
     redis.call('ZREM', KEYS[4], key)

@@ -51,6 +51,11 @@ struct PublicationWire {
     /// message itself, in Lua (`scripts.rs`): keep tags 6 and 7 as they are.
     #[prost(bool, tag = "7")]
     removed: bool,
+    /// The codec bytes of the publication a keyed set replaces (its key's previous value),
+    /// which the set's per-key delta is made against. Only on a live message, never kept in
+    /// a stream; written by the Redis engine's keyed publish, in Lua: keep tag 8 as it is.
+    #[prost(bytes = "bytes", optional, tag = "8")]
+    base: Option<Bytes>,
 }
 
 fn info_wire(info: &ClientInfo) -> InfoWire {
@@ -81,6 +86,7 @@ pub fn encode_publication(publication: &Publication) -> Bytes {
         tags: publication.tags.as_deref().cloned().unwrap_or_default(),
         key: publication.key.as_deref().map(str::to_owned),
         removed: publication.removed,
+        base: None,
     };
     Bytes::from(wire.encode_to_vec())
 }
@@ -104,6 +110,14 @@ pub fn decode_publication(bytes: &[u8]) -> Result<Publication, CodecError> {
     publication.tags = (!wire.tags.is_empty()).then(|| Arc::new(wire.tags));
     publication.key = wire.key.map(String::into_boxed_str);
     publication.removed = wire.removed;
+    // A base that does not decode is dropped: the set goes whole, which is still right.
+    if let Some(previous) = wire
+        .base
+        .as_deref()
+        .and_then(|b| decode_publication(b).ok())
+    {
+        publication.follows(&previous);
+    }
     Ok(publication)
 }
 
@@ -175,6 +189,27 @@ mod tests {
         assert_eq!((back.key.as_deref(), back.removed), (Some("gone"), true));
         let plain = decode_publication(&encode_publication(&Publication::json(Bytes::new())));
         assert_eq!(plain.map(|p| (p.key, p.removed)).ok(), Some((None, false)));
+    }
+
+    #[test]
+    fn a_set_with_the_value_it_replaces_appended_carries_it_as_its_delta_base() {
+        let previous =
+            encode_publication(&Publication::json(Bytes::from_static(b"{\"v\":1}")).keyed("k"));
+        let set =
+            encode_publication(&Publication::json(Bytes::from_static(b"{\"v\":2}")).keyed("k"));
+        assert!(!decode_publication(&set).unwrap().has_key_base());
+        // What the Redis engine's Lua publishes: the set, then field 8 holding the previous.
+        let mut live = set.to_vec();
+        live.push(0x42);
+        live.push(u8::try_from(previous.len()).unwrap());
+        live.extend_from_slice(&previous);
+        let back = decode_publication(&live).unwrap();
+        assert!(back.has_key_base());
+        assert_eq!(back.payload().1, &Bytes::from_static(b"{\"v\":2}"));
+        // A base that is not a publication is dropped, the set kept.
+        let mut broken = set.to_vec();
+        broken.extend_from_slice(&[0x42, 3, 0xff, 0xff, 0xff]);
+        assert!(!decode_publication(&broken).unwrap().has_key_base());
     }
 
     #[test]
