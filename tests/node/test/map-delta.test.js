@@ -18,6 +18,7 @@ const { test } = require('node:test');
 const { startBroker } = require('../lib/brokers');
 const { Server, cleanupsFor, connectionToken, firstEvent, rejectionOf, until } = require('../lib/harness');
 const { config } = require('../lib/config');
+const { rawClient } = require('../lib/raw');
 const { Clients, WebSocket, subscribed, withClients } = require('../lib/sdk');
 
 const valueOf = (data) => (data instanceof Uint8Array ? JSON.parse(new TextDecoder().decode(data)) : data);
@@ -250,35 +251,6 @@ for (const protobuf of [false, true]) {
       assert.equal(alice.state, 'connected');
     });
   });
-}
-
-/** A raw JSON-protocol connection: `send(command)` resolves with the reply to it. */
-async function rawClient(url, token) {
-  const ws = new WebSocket(url);
-  await new Promise((resolve, reject) => {
-    ws.once('open', resolve);
-    ws.once('error', reject);
-  });
-  const replies = new Map();
-  const pushes = [];
-  ws.on('message', (data) => {
-    for (const line of String(data).split('\n')) {
-      if (!line.trim()) continue;
-      const reply = JSON.parse(line);
-      if (reply.id) replies.set(reply.id, reply);
-      else if (reply.push) pushes.push(reply.push);
-    }
-  });
-  let next = 0;
-  const send = async (command) => {
-    next += 1;
-    const id = next;
-    ws.send(JSON.stringify({ id, ...command }));
-    await until(() => replies.has(id), `the reply to ${JSON.stringify(command)}`);
-    return replies.get(id);
-  };
-  await send({ connect: { token } });
-  return { ws, send, pushes };
 }
 
 test('raw protocol: an unknown delta type is 107; a filtered map subscription gets whole values; a delta one gets JSON-string state and deltas', async () => {
