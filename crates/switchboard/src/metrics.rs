@@ -111,6 +111,8 @@ pub struct Metrics {
     subscriptions: IntGauge,
     history_streams: IntGauge,
     presence_entries: IntGauge,
+    shared_poll_channels: IntGauge,
+    shared_poll_keys: IntGauge,
     uptime: IntGauge,
     broker_connected: IntGauge,
     broker_round_trip: prometheus::Gauge,
@@ -131,6 +133,10 @@ pub struct Snapshot {
     pub history_streams: usize,
     /// Presence entries of this node's clients.
     pub presence_entries: usize,
+    /// Shared-poll channels this node is polling (a refresh loop running).
+    pub shared_poll_channels: usize,
+    /// Keys this node's connections track across its shared-poll channels.
+    pub shared_poll_keys: usize,
     /// Seconds since start.
     pub uptime_secs: u64,
     /// Whether the broker is reachable.
@@ -423,6 +429,14 @@ impl Metrics {
                 "switchboard_presence_entries",
                 "Presence entries of this node's clients (bound: limits.max_presence_entries)",
             ),
+            shared_poll_channels: gauge(
+                "switchboard_shared_poll_channels",
+                "Shared-poll channels this node is polling (one refresh loop each)",
+            ),
+            shared_poll_keys: gauge(
+                "switchboard_shared_poll_keys",
+                "Keys this node's connections track across its shared-poll channels",
+            ),
             uptime: gauge(
                 "switchboard_uptime_seconds",
                 "Seconds since the gateway started",
@@ -459,6 +473,9 @@ impl Metrics {
         self.subscriptions.set(now.subscriptions as i64);
         self.history_streams.set(now.history_streams as i64);
         self.presence_entries.set(now.presence_entries as i64);
+        self.shared_poll_channels
+            .set(now.shared_poll_channels as i64);
+        self.shared_poll_keys.set(now.shared_poll_keys as i64);
         self.uptime.set(now.uptime_secs as i64);
         self.broker_connected.set(i64::from(now.broker_connected));
         self.broker_round_trip.set(now.broker_round_trip_secs);

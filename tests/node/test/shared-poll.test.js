@@ -22,6 +22,14 @@ const { Clients, subscribed, withClients } = require('../lib/sdk');
 
 const POLL_SECRET = 'node-test-poll-secret';
 
+/** The value of gauge `name` on `server`'s /metrics. */
+async function gauge(server, name) {
+  const text = await (await fetch(`http://${server.base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  assert.ok(line, `${name} in /metrics`);
+  return Number(line.split(' ')[1]);
+}
+
 /** A signature as the application's backend makes it (docs/protocol.md, "Shared polls"). */
 function trackSignature(user, channel, keys, { ttl = 3600, secret = POLL_SECRET } = {}) {
   const now = Math.floor(Date.now() / 1000);
@@ -168,6 +176,8 @@ for (const protobuf of [false, true]) {
         await until(() => sa.updates.length === 3, "alice's first items");
         assert.deepEqual(seen(sa).sort(), ['a@1', 'b@1', 'c@1']);
         assert.deepEqual(valueOf(sa.updates.find((u) => u.key === 'b').data), { v: 'b1' });
+        assert.equal(await gauge(server, 'switchboard_shared_poll_channels'), 1);
+        assert.equal(await gauge(server, 'switchboard_shared_poll_keys'), 3);
         // Three keys in batches of two: no request names more than two.
         assert.ok(backend.requestsFor(ch).every((r) => r.items.length <= 2), JSON.stringify(backend.requests));
         assert.ok(backend.requestsFor(ch).some((r) => r.items.length === 2));
@@ -205,6 +215,9 @@ for (const protobuf of [false, true]) {
         const mark = backend.requestsFor('poll:other').length;
         await until(() => backend.requestsFor('poll:other').length >= mark + 3, 'three more rounds of the other channel');
         assert.ok(backend.requestsFor(ch).length <= before + 1, `${backend.requestsFor(ch).length} requests after ${before}`);
+        // Polled now: the other channel alone, its one key.
+        assert.equal(await gauge(server, 'switchboard_shared_poll_channels'), 1);
+        assert.equal(await gauge(server, 'switchboard_shared_poll_keys'), 1);
       });
     });
   });

@@ -50,6 +50,7 @@ pub(crate) async fn handle(
             let mut now = state.node.snapshot();
             now.ready = state.ready();
             now.connections_limit = state.config.server.max_connections;
+            (now.shared_poll_channels, now.shared_poll_keys) = state.polls.load();
             let body = state.node.metrics.render(&now);
             let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(

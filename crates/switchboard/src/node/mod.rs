@@ -471,6 +471,8 @@ impl Node {
             // Known to the gateway's state, not to the node: the caller fills them in.
             ready: false,
             connections_limit: 0,
+            shared_poll_channels: 0,
+            shared_poll_keys: 0,
         }
     }
 

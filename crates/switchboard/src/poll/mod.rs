@@ -138,6 +138,17 @@ impl SharedPolls {
         &self.secret
     }
 
+    /// How many channels this node is polling, and how many keys its connections track
+    /// across them (a key tracked by several connections counts once): what `/metrics`
+    /// shows at scrape time.
+    pub fn load(&self) -> (usize, usize) {
+        let channels: Vec<Arc<PollChannel>> = self.channels().values().cloned().collect();
+        channels.iter().fold((0, 0), |(polled, keys), channel| {
+            let state = channel.lock();
+            (polled + usize::from(state.polling), keys + state.keys.len())
+        })
+    }
+
     fn channels(&self) -> MutexGuard<'_, HashMap<Box<str>, Arc<PollChannel>>> {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
