@@ -1,0 +1,154 @@
+//! A node that dies between a map change and its index copy loses nothing: the change is in
+//! the channel's stream (the truth), and the next reader or writer of the map completes the
+//! index before it reads or stores anything (crates/switchboard-nats/src/map.rs). The dead
+//! node is played by a raw JetStream client storing a keyed change exactly as the engine
+//! does, and never indexing it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use switchboard::broker::codec::encode_publication;
+use switchboard::broker::conformance::{keep, Recorder};
+use switchboard::broker::{Broker, BrokerEvents, Position};
+use switchboard::publication::Publication;
+use switchboard_nats::meta::{now_ms, Meta};
+use switchboard_nats::subject::Names;
+
+/// Stores `publication` (keyed) as the next change of `channel` the way a node does, then
+/// "dies": no index copy. Returns its offset.
+async fn store_unindexed(url: &str, prefix: &str, channel: &str, publication: &Publication) -> u64 {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let names = Names::new(prefix);
+    let stream = js.get_stream(names.stream()).await.unwrap();
+    let subject = names.stored(channel);
+    let last = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap();
+    let top = Meta::read(&last.headers).unwrap();
+    let now = now_ms();
+    let meta = Meta {
+        offset: top.offset + 1,
+        epoch: top.epoch,
+        expires_ms: now + 60_000,
+        keep_ms: now + 60_000,
+        size: 100,
+        removed: false,
+    };
+    let mut headers = HeaderMap::new();
+    meta.write(&mut headers);
+    // The keyed change's own headers (see map.rs): no key expiry, the TTLs of `keep`.
+    headers.insert("Sb-Key-Expires", "0");
+    headers.insert("Sb-History-Ttl", "60000");
+    headers.insert("Sb-Meta-Ttl", "60000");
+    headers.insert(
+        NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        last.sequence.to_string(),
+    );
+    js.publish_with_headers(subject, headers, encode_publication(publication))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    meta.offset
+}
+
+/// Every (key, data) of `channel`'s state, one page, and its position.
+async fn state(broker: &dyn Broker, channel: &str) -> (Vec<(String, Bytes)>, Position) {
+    let page = broker
+        .map_state(channel, "", 100, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("map state: {e}"));
+    assert!(page.cursor.is_none());
+    let entries = page
+        .entries
+        .iter()
+        .map(|p| {
+            (
+                p.key.as_deref().unwrap_or_default().to_owned(),
+                p.payload().1.clone(),
+            )
+        })
+        .collect();
+    (entries, page.position)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_node_died_before_indexing_it_is_completed_by_the_next_reader_or_writer() {
+    let Some(server) = common::NatsServer::start() else {
+        return;
+    };
+    let run = async {
+        let prefix = format!("crash-{:08x}", fastrand::u32(..));
+        let mut nodes = Vec::new();
+        for _ in 0..2 {
+            let broker = common::broker(&server.url(), &prefix);
+            broker
+                .start(Recorder::new() as Arc<dyn BrokerEvents>)
+                .await
+                .unwrap_or_else(|e| panic!("start: {e}"));
+            nodes.push(broker);
+        }
+        let (a, b) = (&nodes[0], &nodes[1]);
+        let set = |key: &str, value: &'static str| {
+            Publication::json(Bytes::from_static(value.as_bytes())).keyed(key)
+        };
+        a.publish("board", &set("k1", "1"), &keep(100))
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"));
+
+        // A set nobody indexed: the next state read (on the other node) completes it.
+        let offset = store_unindexed(&server.url(), &prefix, "board", &set("k2", "2")).await;
+        assert_eq!(offset, 2);
+        let (entries, position) = state(&**b, "board").await;
+        assert_eq!(
+            entries,
+            [
+                ("k1".to_owned(), Bytes::from_static(b"1")),
+                ("k2".to_owned(), Bytes::from_static(b"2"))
+            ],
+            "the state holds a change its node never indexed"
+        );
+        assert_eq!(position.offset, 2);
+
+        // A removal nobody indexed, then a keyed publish of another key: the writer completes
+        // the index before it stores, so the removal is not lost behind the new change.
+        let offset =
+            store_unindexed(&server.url(), &prefix, "board", &Publication::removal("k1")).await;
+        assert_eq!(offset, 3);
+        let after = a
+            .publish("board", &set("k3", "3"), &keep(100))
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"))
+            .unwrap_or_else(|| panic!("a position"));
+        assert_eq!(after.offset, 4);
+        let (entries, position) = state(&**b, "board").await;
+        assert_eq!(
+            entries,
+            [
+                ("k2".to_owned(), Bytes::from_static(b"2")),
+                ("k3".to_owned(), Bytes::from_static(b"3"))
+            ],
+            "a removal its node never indexed still takes the key out"
+        );
+        assert_eq!(position, after);
+        // Removing the key again changes nothing: the index knows it is gone.
+        let again = a
+            .publish("board", &Publication::removal("k1"), &keep(100))
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"));
+        assert_eq!(again, Some(after));
+        for node in &nodes {
+            node.stop().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish in a minute"));
+}
