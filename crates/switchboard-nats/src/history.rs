@@ -551,17 +551,18 @@ impl History {
     }
 
     /// Stores a marker (a message with no publication) on `subject`, if its last message is
-    /// still the one at sequence `expected`.
+    /// still the one at sequence `expected`; `expiring_map`: it stands on a map that has had
+    /// keys with a TTL (see [`crate::map`]), which position checks still sweep.
     pub(crate) async fn store_marker(
         &self,
         subject: &str,
         marker: &Meta,
         expected: u64,
-        map: bool,
+        expiring_map: bool,
     ) -> Result<Stored, BrokerError> {
         let mut headers = HeaderMap::new();
         marker.write(&mut headers);
-        if map {
+        if expiring_map {
             crate::map::mark_map(&mut headers);
         }
         headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
@@ -601,15 +602,16 @@ impl History {
                 return Ok(());
             }
             // A map's state outlives its publications: its last change goes into the index
-            // first, and the marker says the channel is a map (so position checks sweep it).
-            let map = self.settle(&stream, channel, &top).await?;
+            // first, and the marker of a map with expiring keys says so (position checks
+            // sweep it).
+            let expiring = self.settle(&stream, channel, &top).await?;
             let last = top.last;
             let marker = Meta {
                 removed: true,
                 ..last.meta
             };
             if let Stored::Done(_) = self
-                .store_marker(&subject, &marker, last.sequence, map)
+                .store_marker(&subject, &marker, last.sequence, expiring)
                 .await?
             {
                 stream

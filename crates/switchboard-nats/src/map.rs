@@ -27,8 +27,9 @@
 //! changes nothing; an expired key is taken out by whoever finds it, once: the removal is
 //! stored only while the index still holds the very change that expired, under the same
 //! condition on the channel's last message. Expiry is found by position checks
-//! (`keep_stream`, which reads the whole index of a map channel), by state reads, and by a
-//! keyed publish to that key (which stores the removal before its own change).
+//! (`keep_stream`, which reads the whole index of a map that has had keys with a TTL in its
+//! epoch: each change passes that on to the next), by state reads, and by a keyed publish to
+//! that key (which stores the removal before its own change).
 //!
 //! Removed keys stay in the index as removals (taking them out would let a late copy of an
 //! older change bring a key back); the stream's `max_age` drops them with everything else.
@@ -55,22 +56,27 @@ use crate::meta::{millis, new_epoch, now_ms, BadMeta, Meta};
 use crate::reader;
 
 const KEY_EXPIRES: &str = "Sb-Key-Expires";
+const EXPIRING: &str = "Sb-Expiring";
 const HISTORY_TTL: &str = "Sb-History-Ttl";
 const META_TTL: &str = "Sb-Meta-Ttl";
 const SOURCE: &str = "Sb-Source";
-/// On a removal marker (`remove_history`) of a map channel: position checks still sweep it.
+/// On a removal marker (`remove_history`) of a map that has had keys with a TTL: position
+/// checks still sweep it.
 const MAP: &str = "Sb-Map";
 
-/// Marks a removal marker as one of a map channel.
+/// Marks a removal marker as one of a map that has had keys with a TTL.
 pub(crate) fn mark_map(headers: &mut HeaderMap) {
     headers.insert(MAP, "1");
 }
 
-/// What a keyed change carries beside its [`Meta`]: when its key expires (0: never), and the
-/// history TTL and meta TTL it was published with (a removal made by expiry is kept so).
+/// What a keyed change carries beside its [`Meta`]: when its key expires (0: never), whether
+/// the map has had a key set with a TTL in this epoch (passed on from each change to the
+/// next, so a position check reads the index of such maps only), and the history TTL and
+/// meta TTL it was published with (a removal made by expiry is kept so).
 #[derive(Debug, Clone, Copy, Default)]
 struct Lifetimes {
     key_expires_ms: u64,
+    expiring: bool,
     history_ttl_ms: u64,
     meta_ttl_ms: u64,
 }
@@ -85,6 +91,7 @@ fn number(headers: &HeaderMap, name: &'static str) -> Result<u64, BadMeta> {
 impl Lifetimes {
     fn write(&self, headers: &mut HeaderMap) {
         headers.insert(KEY_EXPIRES, self.key_expires_ms.to_string());
+        headers.insert(EXPIRING, if self.expiring { "1" } else { "0" });
         headers.insert(HISTORY_TTL, self.history_ttl_ms.to_string());
         headers.insert(META_TTL, self.meta_ttl_ms.to_string());
     }
@@ -92,6 +99,7 @@ impl Lifetimes {
     fn read(headers: &HeaderMap) -> Result<Lifetimes, BadMeta> {
         Ok(Lifetimes {
             key_expires_ms: number(headers, KEY_EXPIRES)?,
+            expiring: number(headers, EXPIRING)? != 0,
             history_ttl_ms: number(headers, HISTORY_TTL)?,
             meta_ttl_ms: number(headers, META_TTL)?,
         })
@@ -187,8 +195,9 @@ fn is_live_top(top: &Top, now: u64) -> bool {
 
 impl History {
     /// Puts `top`, `channel`'s last message, into the map index when it is a keyed change
-    /// (the rule every writer keeps, see the module). Returns whether `top` is a map
-    /// channel's (a keyed change, or a removal marker left on a map).
+    /// (the rule every writer keeps, see the module). Returns whether a position check
+    /// should sweep the channel for expired keys: `top` is a keyed change of a map that has
+    /// had keys with a TTL in its epoch, or a removal marker left on such a map.
     pub(crate) async fn settle(
         &self,
         stream: &stream::Stream<()>,
@@ -205,7 +214,7 @@ impl History {
         match Change::of(&what, top.last.sequence, &top.headers, &top.payload)? {
             Some(change) => {
                 self.index(stream, channel, &change).await?;
-                Ok(true)
+                Ok(change.lifetimes.expiring)
             }
             None => Ok(false),
         }
@@ -400,19 +409,20 @@ impl History {
             let now = now_ms();
             let expected = top.as_ref().map_or(0, |top| top.last.sequence);
             let live = top.filter(|top| is_live_top(top, now));
-            let (offset, epoch, current) = match &live {
+            let (offset, epoch, current, expiring) = match &live {
                 Some(top) => {
-                    self.settle(&stream, channel, top).await?;
+                    let expiring = self.settle(&stream, channel, top).await?;
                     let epoch = top.last.meta.epoch.clone();
                     let current = self.live_key(&stream, channel, key, &epoch).await?;
-                    (top.last.meta.offset + 1, epoch, current)
+                    (top.last.meta.offset + 1, epoch, current, expiring)
                 }
-                None => (1, new_epoch(), None),
+                None => (1, new_epoch(), None, false),
             };
             if let Some(due) = current.as_ref().filter(|change| change.expired(now)) {
                 // Its time is up: its removal comes first, as a sweep would have made it.
                 let lifetimes = Lifetimes {
                     key_expires_ms: 0,
+                    expiring: true,
                     ..due.lifetimes
                 };
                 let meta = next_meta(offset, epoch, now, due.meta.size, lifetimes);
@@ -446,6 +456,7 @@ impl History {
                 } else {
                     now.saturating_add(key_ttl)
                 },
+                expiring: expiring || key_ttl > 0,
                 history_ttl_ms: millis(options.history_ttl),
                 meta_ttl_ms: millis(options.history_meta_ttl),
             };
@@ -559,6 +570,7 @@ impl History {
             }
             let lifetimes = Lifetimes {
                 key_expires_ms: 0,
+                expiring: true,
                 ..due.lifetimes
             };
             let meta = next_meta(

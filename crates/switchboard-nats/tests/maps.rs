@@ -45,6 +45,7 @@ async fn store_unindexed(url: &str, prefix: &str, channel: &str, publication: &P
     meta.write(&mut headers);
     // The keyed change's own headers (see map.rs): no key expiry, the TTLs of `keep`.
     headers.insert("Sb-Key-Expires", "0");
+    headers.insert("Sb-Expiring", "0");
     headers.insert("Sb-History-Ttl", "60000");
     headers.insert("Sb-Meta-Ttl", "60000");
     headers.insert(
@@ -147,6 +148,55 @@ async fn a_change_whose_node_died_before_indexing_it_is_completed_by_the_next_re
         for node in &nodes {
             node.stop().await;
         }
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish in a minute"));
+}
+
+/// What a node does with a map a subscriber started: the state read starts the stream (a
+/// marker), a key is set with a TTL, and the node's position checks (`keep_stream` with the
+/// unused-stream TTL) turn its expiry into one removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_set_on_a_map_a_subscriber_started_expires_at_a_position_check() {
+    let Some(server) = common::NatsServer::start() else {
+        return;
+    };
+    let run = async {
+        let prefix = format!("started-{:08x}", fastrand::u32(..));
+        let broker = common::broker(&server.url(), &prefix);
+        broker
+            .start(Recorder::new() as Arc<dyn BrokerEvents>)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let (entries, started) = state(&*broker, "lease").await;
+        assert!(entries.is_empty());
+        assert_eq!(started.offset, 0);
+        let options = switchboard::broker::PublishOptions {
+            key_ttl: Duration::from_millis(300),
+            ..keep(100)
+        };
+        let set = Publication::json(Bytes::from_static(b"1")).keyed("held");
+        broker
+            .publish("lease", &set, &options)
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"));
+        let mut top = 0;
+        for _ in 0..200 {
+            top = broker
+                .keep_stream("lease", Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|e| panic!("keep_stream: {e}"))
+                .offset;
+            if top >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(top, 2, "the expiry is one removal, at the next offset");
+        let (entries, _) = state(&*broker, "lease").await;
+        assert!(entries.is_empty(), "the expired key is gone: {entries:?}");
+        broker.stop().await;
     };
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
