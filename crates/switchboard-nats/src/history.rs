@@ -72,7 +72,7 @@ type Remembered = HashMap<String, Last>;
 pub struct History {
     pub(crate) js: jetstream::Context,
     pub(crate) names: Names,
-    max_age: Duration,
+    pub(crate) max_age: Duration,
     /// Whether the stream is known to exist; reset when the server says it does not.
     exists: Mutex<bool>,
     /// One node's publishes to one channel take turns (so they never race each other for
@@ -80,6 +80,8 @@ pub struct History {
     /// node stored for its channels, so a publish right after another needs no read first (a
     /// stale memory is found out by the conditional store, which then reads).
     publishing: Box<[tokio::sync::Mutex<Remembered>]>,
+    /// When this node last went through each map's whole index (see [`crate::map`]).
+    pub(crate) map_passes: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Whether a conditional store went through.
@@ -130,6 +132,7 @@ impl History {
             names,
             max_age,
             exists: Mutex::new(false),
+            map_passes: Mutex::new(HashMap::new()),
             publishing: (0..PUBLISH_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(HashMap::new()))
                 .collect(),
@@ -493,8 +496,10 @@ impl History {
             Some(top) if top.last.meta.alive(now_ms()) => top,
             _ => return Ok(no_stream()),
         };
-        // A map channel's position check is what turns its keys' expiry into removals.
-        if self.settle(&stream, channel, &top).await?
+        // A map channel's position check is what turns its keys' expiry into removals, and
+        // now and then keeps its index from the stream's max_age.
+        let expiring = self.settle(&stream, channel, &top).await?;
+        if (expiring || (crate::map::is_map_top(&top) && self.map_pass_due(channel)))
             && self.sweep(&stream, channel, &top.last.meta.epoch).await?
         {
             // Removals were stored: the position moved on.

@@ -34,6 +34,13 @@
 //! Removed keys stay in the index as removals (taking them out would let a late copy of an
 //! older change bring a key back); the stream's `max_age` drops them with everything else.
 //! Entries of an older epoch are ignored: a stream whose position expired takes its map with it.
+//!
+//! # Old copies
+//! `max_age` would drop the copy of a key nobody touched too, so whoever goes through a
+//! map's whole index (a state page, a sweep) stores again the copies older than half of it
+//! (`Sb-Copied`), under the same condition on the key's subject. A node makes such a pass over
+//! every map it checks or publishes to at least once per quarter of `max_age`
+//! ([`History::map_pass_due`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +67,12 @@ const EXPIRING: &str = "Sb-Expiring";
 const HISTORY_TTL: &str = "Sb-History-Ttl";
 const META_TTL: &str = "Sb-Meta-Ttl";
 const SOURCE: &str = "Sb-Source";
+/// When an index copy was stored (ms): copies older than half the stream's `max_age` are
+/// stored again, so a key nobody touches outlives `max_age` as long as its map lives.
+const COPIED: &str = "Sb-Copied";
+/// The most maps whose last pass a node remembers before it forgets them all (and passes
+/// again once per map: harmless).
+const REMEMBERED_PASSES: usize = 4096;
 /// On a removal marker (`remove_history`) of a map that has had keys with a TTL: position
 /// checks still sweep it.
 const MAP: &str = "Sb-Map";
@@ -110,6 +123,8 @@ impl Lifetimes {
 struct Change {
     /// The channel message's stream sequence (the copy's `Sb-Source`).
     source: u64,
+    /// For a copy in the index: its own sequence, and when it was stored.
+    copy: Option<(u64, u64)>,
     meta: Meta,
     lifetimes: Lifetimes,
     /// Decoded, its offset set.
@@ -135,12 +150,17 @@ impl Change {
             return Ok(None);
         }
         publication.offset = meta.offset;
-        let source = match headers.get(SOURCE) {
-            Some(_) => number(headers, SOURCE).map_err(|e| protocol(what, e))?,
-            None => sequence,
+        let (source, copy) = match headers.get(SOURCE) {
+            Some(_) => (
+                number(headers, SOURCE).map_err(|e| protocol(what, e))?,
+                // A copy without the time is as old as can be: stored again at the next pass.
+                Some((sequence, number(headers, COPIED).unwrap_or(0))),
+            ),
+            None => (sequence, None),
         };
         Ok(Some(Change {
             source,
+            copy,
             meta,
             lifetimes: Lifetimes::read(headers).map_err(|e| protocol(what, e))?,
             publication,
@@ -191,6 +211,12 @@ fn next_meta(offset: u64, epoch: Box<str>, now: u64, size: u64, lifetimes: Lifet
 
 fn is_live_top(top: &Top, now: u64) -> bool {
     top.last.meta.alive(now)
+}
+
+/// Whether `top` is a map channel's last message (a keyed change, or a marker on a map with
+/// expiring keys).
+pub(crate) fn is_map_top(top: &Top) -> bool {
+    top.headers.get(EXPIRING).is_some() || top.headers.get(MAP).is_some()
 }
 
 impl History {
@@ -282,30 +308,84 @@ impl History {
                     return Ok(());
                 }
             }
-            let mut headers = HeaderMap::new();
-            change.meta.write(&mut headers);
-            change.lifetimes.write(&mut headers);
-            headers.insert(SOURCE, change.source.to_string());
             let expected = existing.map_or(0, |(sequence, _)| sequence);
-            headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
-            let acked = match self
-                .js
-                .publish_with_headers(subject.clone(), headers, change.payload.clone())
-                .await
-            {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match acked {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => jitter(attempt).await,
-                Err(e) => return Err(unavailable("index a map key", e)),
+            if self.copy_to_index(&subject, change, expected).await? {
+                return Ok(());
             }
+            jitter(attempt).await;
         }
         Err(unavailable(
             "index a map key",
             format!("{channel:?}: raced {MAX_ATTEMPTS} times"),
         ))
+    }
+
+    /// Stores `change` on the index subject `subject` if that subject's last message is the
+    /// one at sequence `expected` (0: none); `false` when another got there first.
+    async fn copy_to_index(
+        &self,
+        subject: &str,
+        change: &Change,
+        expected: u64,
+    ) -> Result<bool, BrokerError> {
+        let mut headers = HeaderMap::new();
+        change.meta.write(&mut headers);
+        change.lifetimes.write(&mut headers);
+        headers.insert(SOURCE, change.source.to_string());
+        headers.insert(COPIED, now_ms().to_string());
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+        let acked = match self
+            .js
+            .publish_with_headers(subject.to_owned(), headers, change.payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
+            Err(e) => Err(unavailable("index a map key", e)),
+        }
+    }
+
+    /// Whether this node should go through map channel `channel`'s whole index now (to keep
+    /// its copies from the stream's `max_age`): the last pass here is older than a quarter of
+    /// `max_age`. Records the pass when it says yes.
+    pub(crate) fn map_pass_due(&self, channel: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut passes = self.map_passes.lock().unwrap_or_else(|e| e.into_inner());
+        match passes.get(channel) {
+            Some(last) if now.duration_since(*last) < self.max_age / 4 => false,
+            _ => {
+                if passes.len() >= REMEMBERED_PASSES {
+                    passes.clear();
+                }
+                passes.insert(channel.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    /// Stores again every copy among `keys` older than half the stream's `max_age`, so a key
+    /// nobody touched is not dropped with old messages while its map lives. A copy that
+    /// changed meanwhile is left: the newer one is fresh. Best effort: the next pass tries
+    /// again.
+    async fn refresh(&self, channel: &str, keys: &BTreeMap<String, Change>) {
+        let now = now_ms();
+        let old_before = now.saturating_sub(millis(self.max_age) / 2);
+        for change in keys.values() {
+            let Some((sequence, copied)) = change.copy else {
+                continue;
+            };
+            if copied > old_before {
+                continue;
+            }
+            let subject = self.names.map_key(channel, change.key());
+            if let Err(error) = self.copy_to_index(&subject, change, sequence).await {
+                tracing::debug!(channel, %error, "nats: a map key's copy was not refreshed");
+            }
+        }
     }
 
     /// Stores a change on `channel`'s subject if its last message is still the one at
@@ -369,6 +449,7 @@ impl History {
         publication.offset = meta.offset;
         let change = Change {
             source,
+            copy: None,
             meta,
             lifetimes,
             publication,
@@ -480,7 +561,15 @@ impl History {
                     self.index_stored(&stream, channel, source, meta, lifetimes, payload.clone())
                         .await;
                     if offset > size {
-                        self.trim(stream, subject, size);
+                        self.trim(stream.clone(), subject, size);
+                    }
+                    // Expiring a key takes this channel's turn: give it back first.
+                    drop(remembered);
+                    if self.map_pass_due(channel) {
+                        // A map nobody reads or checks still keeps its copies young.
+                        if let Err(error) = self.sweep(&stream, channel, &position.epoch).await {
+                            tracing::debug!(channel, %error, "nats: a map pass failed; the next will");
+                        }
                     }
                     return Ok(position);
                 }
@@ -607,8 +696,8 @@ impl History {
         ))
     }
 
-    /// Takes out every expired key of map channel `channel` under `epoch`; returns whether
-    /// there was any.
+    /// Takes out every expired key of map channel `channel` under `epoch`, and stores again
+    /// the copies that grow old (see [`History::refresh`]); returns whether any key expired.
     pub(crate) async fn sweep(
         &self,
         stream: &stream::Stream<()>,
@@ -616,12 +705,9 @@ impl History {
         epoch: &str,
     ) -> Result<bool, BrokerError> {
         let now = now_ms();
-        let due: Vec<Change> = self
-            .live_keys(stream, channel, epoch)
-            .await?
-            .into_values()
-            .filter(|change| change.expired(now))
-            .collect();
+        let keys = self.live_keys(stream, channel, epoch).await?;
+        self.refresh(channel, &keys).await;
+        let due: Vec<&Change> = keys.values().filter(|change| change.expired(now)).collect();
         for change in &due {
             self.expire(channel, change).await?;
         }
@@ -662,6 +748,7 @@ impl History {
             };
             self.settle(&stream, channel, &top).await?;
             let keys = self.live_keys(&stream, channel, &position.epoch).await?;
+            self.refresh(channel, &keys).await;
             if keys.values().any(|change| change.expired(now)) {
                 self.sweep(&stream, channel, &position.epoch).await?;
                 continue;

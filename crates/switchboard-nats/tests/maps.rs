@@ -22,16 +22,21 @@ use switchboard_nats::subject::Names;
 /// Stores `publication` (keyed) as the next change of `channel` the way a node does, then
 /// "dies": no index copy. Returns its offset.
 async fn store_unindexed(url: &str, prefix: &str, channel: &str, publication: &Publication) -> u64 {
-    let client = async_nats::connect(url).await.unwrap();
+    let client = async_nats::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
     let js = async_nats::jetstream::new(client);
     let names = Names::new(prefix);
-    let stream = js.get_stream(names.stream()).await.unwrap();
+    let stream = js
+        .get_stream(names.stream())
+        .await
+        .unwrap_or_else(|e| panic!("the history stream: {e}"));
     let subject = names.stored(channel);
     let last = stream
         .get_last_raw_message_by_subject(&subject)
         .await
-        .unwrap();
-    let top = Meta::read(&last.headers).unwrap();
+        .unwrap_or_else(|e| panic!("the channel's last message: {e}"));
+    let top = Meta::read(&last.headers).unwrap_or_else(|e| panic!("its headers: {e}"));
     let now = now_ms();
     let meta = Meta {
         offset: top.offset + 1,
@@ -54,9 +59,9 @@ async fn store_unindexed(url: &str, prefix: &str, channel: &str, publication: &P
     );
     js.publish_with_headers(subject, headers, encode_publication(publication))
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("store: {e}"))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("stored: {e}"));
     meta.offset
 }
 
@@ -201,4 +206,132 @@ async fn a_key_set_on_a_map_a_subscriber_started_expires_at_a_position_check() {
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .unwrap_or_else(|_| panic!("the test did not finish in a minute"));
+}
+
+/// The history stream drops messages older than its `max_age`, copies in the map index too:
+/// a key nobody touches stays in the map as long as the map lives, because position checks
+/// and state reads store old copies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_nobody_touches_outlives_the_streams_max_age_while_its_map_lives() {
+    let Some(server) = common::NatsServer::start() else {
+        return;
+    };
+    const MAX_AGE: Duration = Duration::from_secs(2);
+    let run = async {
+        let config = switchboard::config::NatsConfig {
+            url: switchboard::config::Secret(server.url()),
+            prefix: format!("aged-{:08x}", fastrand::u32(..)),
+        };
+        let options = switchboard_nats::NatsOptions {
+            history_max_age: MAX_AGE,
+            ..common::quick()
+        };
+        let broker = Arc::new(switchboard_nats::NatsBroker::with_options(&config, options));
+        broker
+            .start(Recorder::new() as Arc<dyn BrokerEvents>)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let set = |key: &str, value: String| Publication::json(Bytes::from(value)).keyed(key);
+        broker
+            .publish("board", &set("still", "1".to_owned()), &keep(100))
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"));
+        // Three times max_age of another key changing (which keeps the position alive) and
+        // of position checks, as a node with subscribers makes them.
+        let started = tokio::time::Instant::now();
+        let mut i = 0;
+        while started.elapsed() < MAX_AGE * 3 {
+            i += 1;
+            broker
+                .publish("board", &set("busy", i.to_string()), &keep(100))
+                .await
+                .unwrap_or_else(|e| panic!("publish: {e}"));
+            broker
+                .keep_stream("board", Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|e| panic!("keep_stream: {e}"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (entries, _) = state(&*broker, "board").await;
+        assert_eq!(
+            entries,
+            [
+                ("busy".to_owned(), Bytes::from(i.to_string())),
+                ("still".to_owned(), Bytes::from_static(b"1"))
+            ],
+            "a key set once, {MAX_AGE:?} ago three times over, is still there"
+        );
+        broker.stop().await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish in a minute"));
+}
+
+/// A map only ever published to (nobody reads it, no node checks it) still has its expired
+/// keys taken out: a keyed publish makes a pass over the index now and then (every quarter
+/// of `max_age` per node), after its own change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_only_published_to_has_its_expired_keys_taken_out_by_a_publishs_pass() {
+    let Some(server) = common::NatsServer::start() else {
+        return;
+    };
+    const MAX_AGE: Duration = Duration::from_secs(2);
+    let run = async {
+        let config = switchboard::config::NatsConfig {
+            url: switchboard::config::Secret(server.url()),
+            prefix: format!("pass-{:08x}", fastrand::u32(..)),
+        };
+        let options = switchboard_nats::NatsOptions {
+            history_max_age: MAX_AGE,
+            ..common::quick()
+        };
+        let broker = Arc::new(switchboard_nats::NatsBroker::with_options(&config, options));
+        broker
+            .start(Recorder::new() as Arc<dyn BrokerEvents>)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let short = switchboard::broker::PublishOptions {
+            key_ttl: Duration::from_millis(100),
+            ..keep(100)
+        };
+        let lease = Publication::json(Bytes::from_static(b"1")).keyed("lease");
+        broker
+            .publish("board", &lease, &short)
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"));
+        // The lease expires, and the next pass is due (a quarter of max_age).
+        tokio::time::sleep(MAX_AGE / 4 + Duration::from_millis(100)).await;
+        let other = Publication::json(Bytes::from_static(b"2")).keyed("other");
+        let position = broker
+            .publish("board", &other, &keep(100))
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"))
+            .unwrap_or_else(|| panic!("a position"));
+        assert_eq!(position.offset, 2);
+        let stream = broker
+            .history("board", &switchboard::broker::HistoryRange::default())
+            .await
+            .unwrap_or_else(|e| panic!("history: {e}"));
+        let kept: Vec<(u64, Option<&str>, bool)> = stream
+            .publications
+            .iter()
+            .map(|p| (p.offset, p.key.as_deref(), p.removed))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (1, Some("lease"), false),
+                (2, Some("other"), false),
+                (3, Some("lease"), true)
+            ],
+            "the publish's pass removed the expired lease once, after its own change"
+        );
+        broker.stop().await;
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the test did not finish in 30 s (a pass waiting for its own publish's turn?)")
+        });
 }
