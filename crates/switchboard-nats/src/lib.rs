@@ -11,8 +11,9 @@
 //!   bucket name under the prefix.
 //! - [`history`]: channel streams on one JetStream stream: gapless offsets by optimistic
 //!   concurrency, per-publish size and TTL, delivery by the stream's republish.
-//! - [`map`]: map channels: keyed changes in the channel's stream, each key's latest change
-//!   in an index beside it, state pages and key expiry.
+//! - [`map`]: map channels: keyed changes in the channel's stream (publish, expiry, state
+//!   pages); `map::index`, each key's latest change in an index beside it; `map::change`,
+//!   the headers a change and its copy carry.
 //! - [`meta`]: the headers a kept publication carries (offset, epoch, expiry, size).
 //! - [`presence`]: presence in a KV bucket with per-entry expiry.
 //! - [`idempotency`]: idempotency keys in a KV bucket.

@@ -42,143 +42,26 @@
 //! every map it checks or publishes to at least once per quarter of `max_age`
 //! ([`History::map_pass_due`]).
 
-use std::collections::BTreeMap;
+mod change;
+mod index;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
-use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
-use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::stream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use switchboard::broker::codec::{decode_publication, encode_publication};
+use switchboard::broker::codec::encode_publication;
 use switchboard::broker::{BrokerError, MapPage, Position, PublishOptions};
 use switchboard::publication::Publication;
 
 use crate::error::{protocol, unavailable};
 use crate::history::{History, Top, MAX_ATTEMPTS};
-use crate::meta::{millis, new_epoch, now_ms, BadMeta, Meta};
-use crate::reader;
-
-const KEY_EXPIRES: &str = "Sb-Key-Expires";
-const EXPIRING: &str = "Sb-Expiring";
-const HISTORY_TTL: &str = "Sb-History-Ttl";
-const META_TTL: &str = "Sb-Meta-Ttl";
-const SOURCE: &str = "Sb-Source";
-/// When an index copy was stored (ms): copies older than half the stream's `max_age` are
-/// stored again, so a key nobody touches outlives `max_age` as long as its map lives.
-const COPIED: &str = "Sb-Copied";
-/// The most maps whose last pass a node remembers before it forgets them all (and passes
-/// again once per map: harmless).
-const REMEMBERED_PASSES: usize = 4096;
-/// On a removal marker (`remove_history`) of a map that has had keys with a TTL: position
-/// checks still sweep it.
-const MAP: &str = "Sb-Map";
-
-/// Marks a removal marker as one of a map that has had keys with a TTL.
-pub(crate) fn mark_map(headers: &mut HeaderMap) {
-    headers.insert(MAP, "1");
-}
-
-/// What a keyed change carries beside its [`Meta`]: when its key expires (0: never), whether
-/// the map has had a key set with a TTL in this epoch (passed on from each change to the
-/// next, so a position check reads the index of such maps only), and the history TTL and
-/// meta TTL it was published with (a removal made by expiry is kept so).
-#[derive(Debug, Clone, Copy, Default)]
-struct Lifetimes {
-    key_expires_ms: u64,
-    expiring: bool,
-    history_ttl_ms: u64,
-    meta_ttl_ms: u64,
-}
-
-fn number(headers: &HeaderMap, name: &'static str) -> Result<u64, BadMeta> {
-    headers
-        .get(name)
-        .and_then(|value| value.as_str().parse().ok())
-        .ok_or(BadMeta(name))
-}
-
-impl Lifetimes {
-    fn write(&self, headers: &mut HeaderMap) {
-        headers.insert(KEY_EXPIRES, self.key_expires_ms.to_string());
-        headers.insert(EXPIRING, if self.expiring { "1" } else { "0" });
-        headers.insert(HISTORY_TTL, self.history_ttl_ms.to_string());
-        headers.insert(META_TTL, self.meta_ttl_ms.to_string());
-    }
-
-    fn read(headers: &HeaderMap) -> Result<Lifetimes, BadMeta> {
-        Ok(Lifetimes {
-            key_expires_ms: number(headers, KEY_EXPIRES)?,
-            expiring: number(headers, EXPIRING)? != 0,
-            history_ttl_ms: number(headers, HISTORY_TTL)?,
-            meta_ttl_ms: number(headers, META_TTL)?,
-        })
-    }
-}
-
-/// One keyed change: a map channel's stored message, or its copy in the index.
-struct Change {
-    /// The channel message's stream sequence (the copy's `Sb-Source`).
-    source: u64,
-    /// For a copy in the index: its own sequence, and when it was stored.
-    copy: Option<(u64, u64)>,
-    meta: Meta,
-    lifetimes: Lifetimes,
-    /// Decoded, its offset set.
-    publication: Publication,
-    payload: Bytes,
-}
-
-impl Change {
-    /// The change a stored message is, if it is a keyed one; `sequence` is its own stream
-    /// sequence, standing for the source when it carries none (a channel message).
-    fn of(
-        what: &str,
-        sequence: u64,
-        headers: &HeaderMap,
-        payload: &Bytes,
-    ) -> Result<Option<Change>, BrokerError> {
-        let meta = Meta::read(headers).map_err(|e| protocol(what, e))?;
-        if meta.removed {
-            return Ok(None);
-        }
-        let mut publication = decode_publication(payload).map_err(|e| protocol(what, e))?;
-        if publication.key.is_none() {
-            return Ok(None);
-        }
-        publication.offset = meta.offset;
-        let (source, copy) = match headers.get(SOURCE) {
-            Some(_) => (
-                number(headers, SOURCE).map_err(|e| protocol(what, e))?,
-                // A copy without the time is as old as can be: stored again at the next pass.
-                Some((sequence, number(headers, COPIED).unwrap_or(0))),
-            ),
-            None => (sequence, None),
-        };
-        Ok(Some(Change {
-            source,
-            copy,
-            meta,
-            lifetimes: Lifetimes::read(headers).map_err(|e| protocol(what, e))?,
-            publication,
-            payload: payload.clone(),
-        }))
-    }
-
-    fn key(&self) -> &str {
-        self.publication.key.as_deref().unwrap_or_default()
-    }
-
-    /// Whether this sets a key whose time is up at `now`.
-    fn expired(&self, now: u64) -> bool {
-        !self.publication.removed
-            && self.lifetimes.key_expires_ms != 0
-            && self.lifetimes.key_expires_ms <= now
-    }
-}
+use crate::meta::{millis, new_epoch, now_ms, Meta};
+pub(crate) use change::{is_map_top, mark_map};
+use change::{Change, Lifetimes};
 
 /// How a conditional store of a channel change ended.
 enum Outcome {
@@ -213,181 +96,7 @@ fn is_live_top(top: &Top, now: u64) -> bool {
     top.last.meta.alive(now)
 }
 
-/// Whether `top` is a map channel's last message (a keyed change, or a marker on a map with
-/// expiring keys).
-pub(crate) fn is_map_top(top: &Top) -> bool {
-    top.headers.get(EXPIRING).is_some() || top.headers.get(MAP).is_some()
-}
-
 impl History {
-    /// Puts `top`, `channel`'s last message, into the map index when it is a keyed change
-    /// (the rule every writer keeps, see the module). Returns whether a position check
-    /// should sweep the channel for expired keys: `top` is a keyed change of a map that has
-    /// had keys with a TTL in its epoch, or a removal marker left on such a map.
-    pub(crate) async fn settle(
-        &self,
-        stream: &stream::Stream<()>,
-        channel: &str,
-        top: &Top,
-    ) -> Result<bool, BrokerError> {
-        if !is_live_top(top, now_ms()) {
-            return Ok(false);
-        }
-        if top.headers.get(MAP).is_some() {
-            return Ok(true);
-        }
-        let what = self.names.stored(channel);
-        match Change::of(&what, top.last.sequence, &top.headers, &top.payload)? {
-            Some(change) => {
-                self.index(stream, channel, &change).await?;
-                Ok(change.lifetimes.expiring)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// The index's entry for `key` of `channel`: the key subject's last sequence and the
-    /// change it holds.
-    async fn indexed(
-        &self,
-        stream: &stream::Stream<()>,
-        channel: &str,
-        key: &str,
-    ) -> Result<Option<(u64, Change)>, BrokerError> {
-        let subject = self.names.map_key(channel, key);
-        match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => Ok(Change::of(
-                &subject,
-                message.sequence,
-                &message.headers,
-                &message.payload,
-            )?
-            .map(|change| (message.sequence, change))),
-            Err(e) => match e.kind() {
-                LastRawMessageErrorKind::NoMessageFound => Ok(None),
-                LastRawMessageErrorKind::JetStream(js)
-                    if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    self.set_known(false);
-                    Ok(None)
-                }
-                _ => Err(unavailable("read a map key", e)),
-            },
-        }
-    }
-
-    /// The live key `key` of `channel` under `epoch`, as the index holds it.
-    async fn live_key(
-        &self,
-        stream: &stream::Stream<()>,
-        channel: &str,
-        key: &str,
-        epoch: &str,
-    ) -> Result<Option<Change>, BrokerError> {
-        Ok(self
-            .indexed(stream, channel, key)
-            .await?
-            .map(|(_, change)| change)
-            .filter(|change| &*change.meta.epoch == epoch && !change.publication.removed))
-    }
-
-    /// Makes `channel`'s index hold `change` unless it holds a later one: stored on the
-    /// key's subject on the condition that the subject still ends where it was read, so of two
-    /// nodes indexing at once the later change stays, whatever the order they store in.
-    async fn index(
-        &self,
-        stream: &stream::Stream<()>,
-        channel: &str,
-        change: &Change,
-    ) -> Result<(), BrokerError> {
-        let subject = self.names.map_key(channel, change.key());
-        for attempt in 0..MAX_ATTEMPTS {
-            let existing = self.indexed(stream, channel, change.key()).await?;
-            if let Some((_, held)) = &existing {
-                if held.source >= change.source {
-                    return Ok(());
-                }
-            }
-            let expected = existing.map_or(0, |(sequence, _)| sequence);
-            if self.copy_to_index(&subject, change, expected).await? {
-                return Ok(());
-            }
-            jitter(attempt).await;
-        }
-        Err(unavailable(
-            "index a map key",
-            format!("{channel:?}: raced {MAX_ATTEMPTS} times"),
-        ))
-    }
-
-    /// Stores `change` on the index subject `subject` if that subject's last message is the
-    /// one at sequence `expected` (0: none); `false` when another got there first.
-    async fn copy_to_index(
-        &self,
-        subject: &str,
-        change: &Change,
-        expected: u64,
-    ) -> Result<bool, BrokerError> {
-        let mut headers = HeaderMap::new();
-        change.meta.write(&mut headers);
-        change.lifetimes.write(&mut headers);
-        headers.insert(SOURCE, change.source.to_string());
-        headers.insert(COPIED, now_ms().to_string());
-        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
-        let acked = match self
-            .js
-            .publish_with_headers(subject.to_owned(), headers, change.payload.clone())
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match acked {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
-            Err(e) => Err(unavailable("index a map key", e)),
-        }
-    }
-
-    /// Whether this node should go through map channel `channel`'s whole index now (to keep
-    /// its copies from the stream's `max_age`): the last pass here is older than a quarter of
-    /// `max_age`. Records the pass when it says yes.
-    pub(crate) fn map_pass_due(&self, channel: &str) -> bool {
-        let now = std::time::Instant::now();
-        let mut passes = self.map_passes.lock().unwrap_or_else(|e| e.into_inner());
-        match passes.get(channel) {
-            Some(last) if now.duration_since(*last) < self.max_age / 4 => false,
-            _ => {
-                if passes.len() >= REMEMBERED_PASSES {
-                    passes.clear();
-                }
-                passes.insert(channel.to_owned(), now);
-                true
-            }
-        }
-    }
-
-    /// Stores again every copy among `keys` older than half the stream's `max_age`, so a key
-    /// nobody touched is not dropped with old messages while its map lives. A copy that
-    /// changed meanwhile is left: the newer one is fresh. Best effort: the next pass tries
-    /// again.
-    async fn refresh(&self, channel: &str, keys: &BTreeMap<String, Change>) {
-        let now = now_ms();
-        let old_before = now.saturating_sub(millis(self.max_age) / 2);
-        for change in keys.values() {
-            let Some((sequence, copied)) = change.copy else {
-                continue;
-            };
-            if copied > old_before {
-                continue;
-            }
-            let subject = self.names.map_key(channel, change.key());
-            if let Err(error) = self.copy_to_index(&subject, change, sequence).await {
-                tracing::debug!(channel, %error, "nats: a map key's copy was not refreshed");
-            }
-        }
-    }
-
     /// Stores a change on `channel`'s subject if its last message is still the one at
     /// sequence `expected` (0: none).
     async fn store_change(
@@ -425,38 +134,6 @@ impl History {
                 }
                 _ => Err(unavailable("store a map change", e)),
             },
-        }
-    }
-
-    /// Indexes a change this node just stored. Best effort: if it fails, the next writer or
-    /// reader of the channel does it (they settle the last change before anything else).
-    async fn index_stored(
-        &self,
-        stream: &stream::Stream<()>,
-        channel: &str,
-        source: u64,
-        meta: Meta,
-        lifetimes: Lifetimes,
-        payload: Bytes,
-    ) {
-        let mut publication = match decode_publication(&payload) {
-            Ok(publication) => publication,
-            // It was encoded here a moment ago.
-            Err(error) => {
-                return tracing::warn!(channel, %error, "nats: a map change does not decode")
-            }
-        };
-        publication.offset = meta.offset;
-        let change = Change {
-            source,
-            copy: None,
-            meta,
-            lifetimes,
-            publication,
-            payload,
-        };
-        if let Err(error) = self.index(stream, channel, &change).await {
-            tracing::debug!(channel, %error, "nats: a map change is not indexed yet; the next writer or reader will");
         }
     }
 
@@ -592,41 +269,6 @@ impl History {
             "publish to a map",
             format!("{channel:?}: no offset after {MAX_ATTEMPTS} attempts"),
         ))
-    }
-
-    /// Every change `channel`'s index holds under `epoch` that leaves a key live (expired
-    /// ones included), by key.
-    async fn live_keys(
-        &self,
-        stream: &stream::Stream<()>,
-        channel: &str,
-        epoch: &str,
-    ) -> Result<BTreeMap<String, Change>, BrokerError> {
-        let filter = self.names.map_keys(channel);
-        let stored = reader::read(stream, &filter, DeliverPolicy::LastPerSubject, u64::MAX)
-            .await?
-            .unwrap_or_default();
-        let mut latest: BTreeMap<String, Change> = BTreeMap::new();
-        for message in stored {
-            let Some(change) = Change::of(
-                &filter,
-                message.sequence,
-                &message.headers,
-                &message.payload,
-            )?
-            else {
-                continue;
-            };
-            // A key indexed again while the read ran may come twice: the later change wins.
-            match latest.get(change.key()) {
-                Some(held) if held.source >= change.source => {}
-                _ => {
-                    latest.insert(change.key().to_owned(), change);
-                }
-            }
-        }
-        latest.retain(|_, change| &*change.meta.epoch == epoch && !change.publication.removed);
-        Ok(latest)
     }
 
     /// Takes out `due`'s key as a removal, if the index still holds that very change for it
