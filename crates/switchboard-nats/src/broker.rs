@@ -24,7 +24,7 @@ use switchboard::broker::codec::{
     decode_client_info, decode_publication, encode_client_info, encode_publication,
 };
 use switchboard::broker::{
-    Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, Position,
+    Broker, BrokerError, BrokerEvents, BrokerHealth, HistoryPage, HistoryRange, MapPage, Position,
     PublishOptions,
 };
 use switchboard::config::NatsConfig;
@@ -161,9 +161,18 @@ impl NatsBroker {
         &self,
         running: &Running,
         channel: &str,
+        publication: &Publication,
         payload: Bytes,
         options: &PublishOptions,
     ) -> Result<Option<Position>, BrokerError> {
+        if publication.key.is_some() {
+            let message_id = options.idempotency_key.as_deref().map(escape);
+            return running
+                .history
+                .publish_keyed(channel, publication, options, message_id.as_deref())
+                .await
+                .map(Some);
+        }
         if options.history_size == 0 {
             let subject = self.names.delivery(channel, Delivery::Publication);
             Self::send(running, subject, payload).await?;
@@ -407,7 +416,9 @@ impl Broker for NatsBroker {
         let payload = encode_publication(publication);
         self.call(|running| async move {
             let Some(key) = options.idempotency_key.as_deref() else {
-                return self.publish_once(&running, channel, payload, options).await;
+                return self
+                    .publish_once(&running, channel, publication, payload, options)
+                    .await;
             };
             let claim = match running
                 .idempotency
@@ -417,7 +428,10 @@ impl Broker for NatsBroker {
                 Claimed::Done(position) => return Ok(position),
                 Claimed::Mine(claim) => claim,
             };
-            match self.publish_once(&running, channel, payload, options).await {
+            match self
+                .publish_once(&running, channel, publication, payload, options)
+                .await
+            {
                 Ok(position) => {
                     if let Err(e) = running
                         .idempotency
@@ -475,6 +489,23 @@ impl Broker for NatsBroker {
     async fn keep_stream(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
         self.call(|running| async move { running.history.keep(channel, ttl).await })
             .await
+    }
+
+    fn serves_maps(&self) -> bool {
+        true
+    }
+
+    async fn map_state(
+        &self,
+        channel: &str,
+        after: &str,
+        limit: usize,
+        ttl: Duration,
+    ) -> Result<MapPage, BrokerError> {
+        self.call(
+            |running| async move { running.history.map_state(channel, after, limit, ttl).await },
+        )
+        .await
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {

@@ -58,7 +58,7 @@ use crate::subject::Names;
 
 /// How many times a publish retries after losing the race for the next offset before it gives
 /// up; the caller's deadline usually ends it first.
-const MAX_ATTEMPTS: u32 = 64;
+pub(crate) const MAX_ATTEMPTS: u32 = 64;
 
 /// Publish locks: channels are spread over this many by hash.
 const PUBLISH_LOCKS: usize = 64;
@@ -70,9 +70,9 @@ type Remembered = HashMap<String, Last>;
 
 /// The channel streams of one prefix.
 pub struct History {
-    js: jetstream::Context,
-    names: Names,
-    max_age: Duration,
+    pub(crate) js: jetstream::Context,
+    pub(crate) names: Names,
+    pub(crate) max_age: Duration,
     /// Whether the stream is known to exist; reset when the server says it does not.
     exists: Mutex<bool>,
     /// One node's publishes to one channel take turns (so they never race each other for
@@ -80,10 +80,12 @@ pub struct History {
     /// node stored for its channels, so a publish right after another needs no read first (a
     /// stale memory is found out by the conditional store, which then reads).
     publishing: Box<[tokio::sync::Mutex<Remembered>]>,
+    /// When this node last went through each map's whole index (see [`crate::map`]).
+    pub(crate) map_passes: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Whether a conditional store went through.
-enum Stored {
+pub(crate) enum Stored {
     /// Stored, at this sequence.
     Done(u64),
     /// Another message got there first (or the stream was lost): read again.
@@ -92,18 +94,26 @@ enum Stored {
 
 /// A stored message: its sequence and headers.
 #[derive(Clone)]
-struct Last {
-    sequence: u64,
-    meta: Meta,
+pub(crate) struct Last {
+    pub(crate) sequence: u64,
+    pub(crate) meta: Meta,
+}
+
+/// A channel's last stored message in full: what a map needs to know whether it was a keyed
+/// change (see [`crate::map`]).
+pub(crate) struct Top {
+    pub(crate) last: Last,
+    pub(crate) headers: HeaderMap,
+    pub(crate) payload: Bytes,
 }
 
 /// When something kept `ttl` from `now_ms` ends.
-fn keep_until(now_ms: u64, ttl: Duration) -> u64 {
+pub(crate) fn keep_until(now_ms: u64, ttl: Duration) -> u64 {
     now_ms.saturating_add(millis(ttl))
 }
 
 /// The position of a channel with no stream.
-fn no_stream() -> Position {
+pub(crate) fn no_stream() -> Position {
     Position {
         offset: 0,
         epoch: "".into(),
@@ -122,13 +132,14 @@ impl History {
             names,
             max_age,
             exists: Mutex::new(false),
+            map_passes: Mutex::new(HashMap::new()),
             publishing: (0..PUBLISH_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(HashMap::new()))
                 .collect(),
         }
     }
 
-    fn publish_lock(&self, subject: &str) -> &tokio::sync::Mutex<Remembered> {
+    pub(crate) fn publish_lock(&self, subject: &str) -> &tokio::sync::Mutex<Remembered> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         subject.hash(&mut hasher);
@@ -139,12 +150,12 @@ impl History {
         *self.exists.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_known(&self, exists: bool) {
+    pub(crate) fn set_known(&self, exists: bool) {
         *self.exists.lock().unwrap_or_else(|e| e.into_inner()) = exists;
     }
 
     /// The stream, without asking the server (reads find out from the answer).
-    async fn stream(&self) -> Result<stream::Stream<()>, BrokerError> {
+    pub(crate) async fn stream(&self) -> Result<stream::Stream<()>, BrokerError> {
         self.js
             .get_stream_no_info(self.names.stream())
             .await
@@ -152,13 +163,13 @@ impl History {
     }
 
     /// Creates the stream unless it is known to exist (publishing is the only thing that may).
-    async fn ensure(&self) -> Result<(), BrokerError> {
+    pub(crate) async fn ensure(&self) -> Result<(), BrokerError> {
         if self.known() {
             return Ok(());
         }
         let config = stream::Config {
             name: self.names.stream(),
-            subjects: vec![self.names.stored_all()],
+            subjects: vec![self.names.stored_all(), self.names.map_all()],
             max_age: self.max_age,
             storage: StorageType::File,
             republish: Some(Republish {
@@ -169,24 +180,50 @@ impl History {
             allow_direct: true,
             ..Default::default()
         };
-        self.js
-            .get_or_create_stream(config)
+        let stream = self
+            .js
+            .get_or_create_stream(config.clone())
             .await
             .map_err(|e| unavailable("create history stream", e))?;
+        if !stream
+            .cached_info()
+            .config
+            .subjects
+            .contains(&self.names.map_all())
+        {
+            // Made by a version without map channels: give it their subjects.
+            self.js
+                .update_stream(config)
+                .await
+                .map_err(|e| unavailable("update history stream", e))?;
+        }
         self.set_known(true);
         Ok(())
     }
 
     /// The last message stored for `subject`, if any (and if the stream exists).
-    async fn last(
+    pub(crate) async fn last(
         &self,
         stream: &stream::Stream<()>,
         subject: &str,
     ) -> Result<Option<Last>, BrokerError> {
+        Ok(self.top(stream, subject).await?.map(|top| top.last))
+    }
+
+    /// The last message stored for `subject` in full, if any (and if the stream exists).
+    pub(crate) async fn top(
+        &self,
+        stream: &stream::Stream<()>,
+        subject: &str,
+    ) -> Result<Option<Top>, BrokerError> {
         match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(message) => Ok(Some(Last {
-                sequence: message.sequence,
-                meta: Meta::read(&message.headers).map_err(|e| protocol(subject, e))?,
+            Ok(message) => Ok(Some(Top {
+                last: Last {
+                    sequence: message.sequence,
+                    meta: Meta::read(&message.headers).map_err(|e| protocol(subject, e))?,
+                },
+                headers: message.headers,
+                payload: message.payload,
             })),
             Err(e) => match e.kind() {
                 LastRawMessageErrorKind::NoMessageFound => Ok(None),
@@ -221,7 +258,14 @@ impl History {
             // What this node stored last, if it is still to be trusted; read otherwise.
             let last = match remembered.remove(&subject) {
                 Some(last) if attempt == 0 => Some(last),
-                _ => self.last(&stream, &subject).await?,
+                _ => {
+                    let top = self.top(&stream, &subject).await?;
+                    if let Some(top) = &top {
+                        // A map's last change goes into its index before anything follows it.
+                        self.settle(&stream, channel, top).await?;
+                    }
+                    top.map(|top| top.last)
+                }
             };
             let now = now_ms();
             let expected = last.as_ref().map_or(0, |last| last.sequence);
@@ -305,7 +349,7 @@ impl History {
 
     /// Purges `subject` down to its last `keep` messages, in the background: reads already
     /// serve only the last `keep`, so this only frees storage and nobody needs to wait for it.
-    fn trim(&self, stream: stream::Stream<()>, subject: String, keep: u64) {
+    pub(crate) fn trim(&self, stream: stream::Stream<()>, subject: String, keep: u64) {
         tokio::spawn(async move {
             let purge = stream.purge().filter(subject.as_str()).keep(keep);
             if let Err(e) = tokio::time::timeout(Duration::from_secs(10), purge).await {
@@ -420,7 +464,10 @@ impl History {
                 removed: true,
             };
             let expected = last.unwrap_or(0);
-            match self.store_marker(&subject, &marker, expected).await? {
+            match self
+                .store_marker(&subject, &marker, expected, false)
+                .await?
+            {
                 Stored::Done(_) => {
                     return Ok(Position {
                         offset: 0,
@@ -445,12 +492,25 @@ impl History {
     pub async fn keep(&self, channel: &str, ttl: Duration) -> Result<Position, BrokerError> {
         let subject = self.names.stored(channel);
         let stream = self.stream().await?;
-        match self.last(&stream, &subject).await? {
-            Some(last) if last.meta.alive(now_ms()) => {
-                self.extend(&stream, &subject, last, ttl).await
+        let top = match self.top(&stream, &subject).await? {
+            Some(top) if top.last.meta.alive(now_ms()) => top,
+            _ => return Ok(no_stream()),
+        };
+        // A map channel's position check is what turns its keys' expiry into removals, and
+        // now and then keeps its index from the stream's max_age.
+        let expiring = self.settle(&stream, channel, &top).await?;
+        if (expiring || (crate::map::is_map_top(&top) && self.map_pass_due(channel)))
+            && self.sweep(&stream, channel, &top.last.meta.epoch).await?
+        {
+            // Removals were stored: the position moved on.
+            if let Some(last) = self.last(&stream, &subject).await? {
+                return Ok(Position {
+                    offset: last.meta.offset,
+                    epoch: last.meta.epoch,
+                });
             }
-            _ => Ok(no_stream()),
         }
+        self.extend(&stream, &subject, top.last, ttl).await
     }
 
     /// The position `last` gives; when it is the marker of a stream a subscribe started (offset
@@ -481,7 +541,10 @@ impl History {
             keep_ms: keep_until(now, ttl).max(last.meta.keep_ms),
             ..last.meta
         };
-        if let Stored::Done(sequence) = self.store_marker(subject, &marker, last.sequence).await? {
+        if let Stored::Done(sequence) = self
+            .store_marker(subject, &marker, last.sequence, false)
+            .await?
+        {
             // The old markers say nothing the new one does not; free them now rather than at
             // the stream's max_age. Up to the new one only, so a racing publish is kept.
             let purged = stream.purge().filter(subject).sequence(sequence).await;
@@ -493,15 +556,20 @@ impl History {
     }
 
     /// Stores a marker (a message with no publication) on `subject`, if its last message is
-    /// still the one at sequence `expected`.
-    async fn store_marker(
+    /// still the one at sequence `expected`; `expiring_map`: it stands on a map that has had
+    /// keys with a TTL (see [`crate::map`]), which position checks still sweep.
+    pub(crate) async fn store_marker(
         &self,
         subject: &str,
         marker: &Meta,
         expected: u64,
+        expiring_map: bool,
     ) -> Result<Stored, BrokerError> {
         let mut headers = HeaderMap::new();
         marker.write(&mut headers);
+        if expiring_map {
+            crate::map::mark_map(&mut headers);
+        }
         headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
         let acked = match self
             .js
@@ -532,17 +600,25 @@ impl History {
         let subject = self.names.stored(channel);
         let stream = self.stream().await?;
         for _ in 0..MAX_ATTEMPTS {
-            let Some(last) = self.last(&stream, &subject).await? else {
+            let Some(top) = self.top(&stream, &subject).await? else {
                 return Ok(());
             };
-            if last.meta.removed || !last.meta.alive(now_ms()) {
+            if top.last.meta.removed || !top.last.meta.alive(now_ms()) {
                 return Ok(());
             }
+            // A map's state outlives its publications: its last change goes into the index
+            // first, and the marker of a map with expiring keys says so (position checks
+            // sweep it).
+            let expiring = self.settle(&stream, channel, &top).await?;
+            let last = top.last;
             let marker = Meta {
                 removed: true,
                 ..last.meta
             };
-            if let Stored::Done(_) = self.store_marker(&subject, &marker, last.sequence).await? {
+            if let Stored::Done(_) = self
+                .store_marker(&subject, &marker, last.sequence, expiring)
+                .await?
+            {
                 stream
                     .purge()
                     .filter(subject.as_str())

@@ -11,6 +11,9 @@
 //!   bucket name under the prefix.
 //! - [`history`]: channel streams on one JetStream stream: gapless offsets by optimistic
 //!   concurrency, per-publish size and TTL, delivery by the stream's republish.
+//! - [`map`]: map channels: keyed changes in the channel's stream (publish, expiry, state
+//!   pages); `map::index`, each key's latest change in an index beside it; `map::change`,
+//!   the headers a change and its copy carry.
 //! - [`meta`]: the headers a kept publication carries (offset, epoch, expiry, size).
 //! - [`presence`]: presence in a KV bucket with per-entry expiry.
 //! - [`idempotency`]: idempotency keys in a KV bucket.
@@ -28,6 +31,8 @@
 //! | deliveries of channel `c` | core subjects `P.ch.<c>.{p,j,l}` |
 //! | control | core subject `P.control` |
 //! | kept publications | stream `T_history`, subjects `P.st.<c>` |
+//! | map channels' changes | stream `T_history`, subjects `P.st.<c>` (each carries its key) |
+//! | map channels' state | stream `T_history`, subjects `P.mk.<c>.<key>` (latest change per key) |
 //! | presence | KV bucket `T_presence`, keys `<c>.<client>` |
 //! | idempotency keys | KV bucket `T_idempotency` |
 
@@ -38,6 +43,7 @@ pub mod history;
 pub mod idempotency;
 pub mod ingest;
 pub mod link;
+pub mod map;
 pub mod meta;
 pub mod presence;
 pub mod reader;

@@ -110,6 +110,8 @@ impl Delivery {
 ///   `{prefix}.ch.{channel}.*` while it has local subscribers.
 /// - `{prefix}.st.{channel}`: kept publications, captured by the history stream, which
 ///   republishes each stored one to `{prefix}.ch.{channel}.p`; nodes never subscribe these.
+/// - `{prefix}.mk.{channel}.{key}`: a map channel's index, each key's latest change, in the
+///   history stream too (not republished).
 /// - `{prefix}.control`: control messages, which every node subscribes.
 /// - Stream `{PREFIX}_history`, buckets `{PREFIX}_presence` and `{PREFIX}_idempotency`, where
 ///   `PREFIX` is the prefix with every character a stream name may not hold replaced by `_`.
@@ -156,6 +158,22 @@ impl Names {
     /// The stream's subjects.
     pub fn stored_all(&self) -> String {
         format!("{}.st.*", self.prefix)
+    }
+
+    /// Where map channel `channel`'s index keeps key `key`'s latest change (see
+    /// [`crate::map`]); in the history stream, never republished.
+    pub fn map_key(&self, channel: &str, key: &str) -> String {
+        format!("{}.mk.{}.{}", self.prefix, escape(channel), escape(key))
+    }
+
+    /// Every key of map channel `channel`'s index.
+    pub fn map_keys(&self, channel: &str) -> String {
+        format!("{}.mk.{}.*", self.prefix, escape(channel))
+    }
+
+    /// The stream's map index subjects.
+    pub fn map_all(&self) -> String {
+        format!("{}.mk.*.*", self.prefix)
     }
 
     /// Where the stream republishes what it stored (a subject transform of [`Self::stored_all`]).

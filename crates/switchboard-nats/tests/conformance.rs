@@ -58,4 +58,8 @@ checks!(
     presence_expires_and_re_add_refreshes,
     join_leave_and_control_reach_every_node,
     channels_without_history_get_no_offset,
+    keyed_publications_change_the_map_and_pages_walk_it_in_key_order,
+    a_state_page_and_the_stream_after_its_position_give_the_map,
+    an_expired_key_is_removed_once_for_every_node,
+    concurrent_keyed_publishes_from_two_nodes_leave_the_map_its_stream_says,
 );

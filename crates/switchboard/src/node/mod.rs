@@ -563,7 +563,7 @@ impl Node {
     }
 
     /// Map channels need a broker that keeps each map's state with its stream, changed in
-    /// one step: the memory and Redis brokers do ([`Broker::serves_maps`]); NATS does not.
+    /// one step: the memory, Redis and NATS brokers do ([`Broker::serves_maps`]).
     ///
     /// # Errors
     /// [`ClientError::NotSupported`] on a broker that serves no maps.
