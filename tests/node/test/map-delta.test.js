@@ -15,7 +15,7 @@
 const assert = require('node:assert/strict');
 const { test } = require('node:test');
 
-const { startBroker } = require('../lib/brokers');
+const { BROKERS, startBroker } = require('../lib/brokers');
 const { Server, cleanupsFor, connectionToken, firstEvent, rejectionOf, until } = require('../lib/harness');
 const { config } = require('../lib/config');
 const { rawClient } = require('../lib/raw');
@@ -283,34 +283,36 @@ test('raw protocol: an unknown delta type is 107; a filtered map subscription ge
   });
 });
 
-test('redis broker, two nodes: a map delta subscriber on one node gets per-key deltas of the sets made through the other', { timeout: 60000 }, async (t) => {
-  const cleanups = cleanupsFor(t);
-  const broker = await startBroker('redis');
-  cleanups.push(() => broker.stop());
-  const nodes = ['a', 'b'].map((name) => new Server({ config: cfg(), env: { ...broker.env, SWITCHBOARD_NODE_NAME: `delta-${name}` } }));
-  cleanups.push(() => Promise.all(nodes.map((node) => node.stop())));
-  const [nodeA, nodeB] = nodes;
-  await Promise.all(nodes.map((node) => node.start()));
-  const clients = new Clients();
-  cleanups.push(() => clients.closeAll());
+for (const kind of Object.keys(BROKERS)) {
+  test(`${kind} broker, two nodes: a map delta subscriber on one node gets per-key deltas of the sets made through the other`, { timeout: 60000 }, async (t) => {
+    const cleanups = cleanupsFor(t);
+    const broker = await startBroker(kind);
+    cleanups.push(() => broker.stop());
+    const nodes = ['a', 'b'].map((name) => new Server({ config: cfg(), env: { ...broker.env, SWITCHBOARD_NODE_NAME: `delta-${name}` } }));
+    cleanups.push(() => Promise.all(nodes.map((node) => node.stop())));
+    const [nodeA, nodeB] = nodes;
+    await Promise.all(nodes.map((node) => node.start()));
+    const clients = new Clients();
+    cleanups.push(() => clients.closeAll());
 
-  await mapPublish(nodeA, 'board:x', 'a', playerAt('a', 0));
-  for (const protobuf of [false, true]) {
-    const client = await clients.connected(nodeB.wsUrl, connectionToken(`d-${protobuf}`), { protobuf });
-    const plain = mapSubscription(await clients.connected(nodeB.wsUrl, connectionToken(`p-${protobuf}`), { protobuf }), 'board:x');
-    const viaDelta = mapSubscription(client, 'board:x', { delta: 'fossil' });
-    await subscribe(plain);
-    await subscribe(viaDelta);
-    const from = viaDelta.updates.length;
-    // Sets through node A (the API there), the key's previous value on Redis: deltas at B.
-    for (let v = 1; v <= 4; v++) await mapPublish(nodeA, 'board:x', 'a', playerAt('a', v + (protobuf ? 10 : 0)));
-    await mapPublish(nodeA, 'board:x', 'fresh', playerAt('fresh', 1));
-    await until(() => viaDelta.updates.length >= from + 5 && plain.updates.length >= 5, 'the five sets at node B');
-    assert.deepEqual(viaDelta.updates.map((u) => [u.key, valueOf(u.data)]), plain.updates.map((u) => [u.key, valueOf(u.data)]));
-    const stats = viaDelta.deltaStats();
-    // The state entry and the new key whole; each set of `a` a delta against the one before.
-    assert.equal(stats.numFullPayloads, 2, `${protobuf ? 'protobuf' : 'json'}: ${JSON.stringify(stats)}`);
-    assert.equal(stats.numDeltaPayloads, 4, `${protobuf ? 'protobuf' : 'json'}: ${JSON.stringify(stats)}`);
-    await mapRemove(nodeA, 'board:x', 'fresh');
-  }
-});
+    await mapPublish(nodeA, 'board:x', 'a', playerAt('a', 0));
+    for (const protobuf of [false, true]) {
+      const client = await clients.connected(nodeB.wsUrl, connectionToken(`d-${protobuf}`), { protobuf });
+      const plain = mapSubscription(await clients.connected(nodeB.wsUrl, connectionToken(`p-${protobuf}`), { protobuf }), 'board:x');
+      const viaDelta = mapSubscription(client, 'board:x', { delta: 'fossil' });
+      await subscribe(plain);
+      await subscribe(viaDelta);
+      const from = viaDelta.updates.length;
+      // Sets through node A (the API there), each carrying its key's previous value: deltas at B.
+      for (let v = 1; v <= 4; v++) await mapPublish(nodeA, 'board:x', 'a', playerAt('a', v + (protobuf ? 10 : 0)));
+      await mapPublish(nodeA, 'board:x', 'fresh', playerAt('fresh', 1));
+      await until(() => viaDelta.updates.length >= from + 5 && plain.updates.length >= 5, 'the five sets at node B');
+      assert.deepEqual(viaDelta.updates.map((u) => [u.key, valueOf(u.data)]), plain.updates.map((u) => [u.key, valueOf(u.data)]));
+      const stats = viaDelta.deltaStats();
+      // The state entry and the new key whole; each set of `a` a delta against the one before.
+      assert.equal(stats.numFullPayloads, 2, `${protobuf ? 'protobuf' : 'json'}: ${JSON.stringify(stats)}`);
+      assert.equal(stats.numDeltaPayloads, 4, `${protobuf ? 'protobuf' : 'json'}: ${JSON.stringify(stats)}`);
+      await mapRemove(nodeA, 'board:x', 'fresh');
+    }
+  });
+}

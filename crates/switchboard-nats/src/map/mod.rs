@@ -53,7 +53,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use switchboard::broker::codec::encode_publication;
+use switchboard::broker::codec::{encode_publication, encode_publication_with_base};
 use switchboard::broker::{BrokerError, MapPage, Position, PublishOptions};
 use switchboard::publication::Publication;
 
@@ -219,6 +219,13 @@ impl History {
                 meta_ttl_ms: millis(options.history_meta_ttl),
             };
             let meta = next_meta(offset, epoch, now, size, lifetimes);
+            // A set of a live key carries the value it replaces, so each node makes the
+            // per-key delta for its delta subscribers (kept in the stream with the change: the
+            // republish delivers what was stored).
+            let payload = match current.as_ref().filter(|_| !publication.removed) {
+                Some(previous) => encode_publication_with_base(publication, &previous.publication),
+                None => payload.clone(),
+            };
             match self
                 .store_change(
                     &subject,

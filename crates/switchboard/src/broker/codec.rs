@@ -73,8 +73,21 @@ fn info_from(wire: InfoWire) -> ClientInfo {
 
 /// A publication's payload and publisher (not its offset).
 pub fn encode_publication(publication: &Publication) -> Bytes {
+    Bytes::from(wire_of(publication).encode_to_vec())
+}
+
+/// A keyed set with the publication it replaces under its key (`previous`, whose own base
+/// is left out): what an engine carries to the nodes so each makes the set's per-key delta
+/// (`Publication::follows` after decoding).
+pub fn encode_publication_with_base(publication: &Publication, previous: &Publication) -> Bytes {
+    let mut wire = wire_of(publication);
+    wire.base = Some(encode_publication(previous));
+    Bytes::from(wire.encode_to_vec())
+}
+
+fn wire_of(publication: &Publication) -> PublicationWire {
     let (kind, data) = publication.payload();
-    let wire = PublicationWire {
+    PublicationWire {
         kind: match kind {
             PayloadKind::Json => 0,
             PayloadKind::Text => 1,
@@ -87,8 +100,7 @@ pub fn encode_publication(publication: &Publication) -> Bytes {
         key: publication.key.as_deref().map(str::to_owned),
         removed: publication.removed,
         base: None,
-    };
-    Bytes::from(wire.encode_to_vec())
+    }
 }
 
 /// The publication in `bytes`, with offset 0 (the engine sets it).
@@ -206,6 +218,13 @@ mod tests {
         let back = decode_publication(&live).unwrap();
         assert!(back.has_key_base());
         assert_eq!(back.payload().1, &Bytes::from_static(b"{\"v\":2}"));
+        // The engines' Rust form is the same.
+        let previous = Publication::json(Bytes::from_static(b"{\"v\":1}")).keyed("k");
+        let set = Publication::json(Bytes::from_static(b"{\"v\":2}")).keyed("k");
+        assert_eq!(
+            &encode_publication_with_base(&set, &previous)[..],
+            &live[..]
+        );
         // A base that is not a publication is dropped, the set kept.
         let mut broken = set.to_vec();
         broken.extend_from_slice(&[0x42, 3, 0xff, 0xff, 0xff]);
