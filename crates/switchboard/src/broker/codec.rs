@@ -219,10 +219,10 @@ mod tests {
         assert!(back.has_key_base());
         assert_eq!(back.payload().1, &Bytes::from_static(b"{\"v\":2}"));
         // The engines' Rust form is the same.
-        let previous = Publication::json(Bytes::from_static(b"{\"v\":1}")).keyed("k");
-        let set = Publication::json(Bytes::from_static(b"{\"v\":2}")).keyed("k");
+        let old_value = Publication::json(Bytes::from_static(b"{\"v\":1}")).keyed("k");
+        let new_value = Publication::json(Bytes::from_static(b"{\"v\":2}")).keyed("k");
         assert_eq!(
-            &encode_publication_with_base(&set, &previous)[..],
+            &encode_publication_with_base(&new_value, &old_value)[..],
             &live[..]
         );
         // A base that is not a publication is dropped, the set kept.
