@@ -85,6 +85,36 @@ async fn state(broker: &dyn Broker, channel: &str) -> (Vec<(String, Bytes)>, Pos
     (entries, page.position)
 }
 
+/// Runs a test's body, failing it when it takes more than a minute.
+async fn within_a_minute(run: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish in a minute"));
+}
+
+/// A started broker on `server` under a fresh prefix `<name>-…`, whose history stream drops
+/// messages older than `max_age`.
+async fn aging_broker(
+    server: &common::NatsServer,
+    name: &str,
+    max_age: Duration,
+) -> Arc<switchboard_nats::NatsBroker> {
+    let config = switchboard::config::NatsConfig {
+        url: switchboard::config::Secret(server.url()),
+        prefix: format!("{name}-{:08x}", fastrand::u32(..)),
+    };
+    let options = switchboard_nats::NatsOptions {
+        history_max_age: max_age,
+        ..common::quick()
+    };
+    let broker = Arc::new(switchboard_nats::NatsBroker::with_options(&config, options));
+    broker
+        .start(Recorder::new() as Arc<dyn BrokerEvents>)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    broker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_whose_node_died_before_indexing_it_is_completed_by_the_next_reader_or_writer() {
     let Some(server) = common::NatsServer::start() else {
@@ -154,9 +184,7 @@ async fn a_change_whose_node_died_before_indexing_it_is_completed_by_the_next_re
             node.stop().await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish in a minute"));
+    within_a_minute(run).await;
 }
 
 /// What a node does with a map a subscriber started: the state read starts the stream (a
@@ -203,9 +231,7 @@ async fn a_key_set_on_a_map_a_subscriber_started_expires_at_a_position_check() {
         assert!(entries.is_empty(), "the expired key is gone: {entries:?}");
         broker.stop().await;
     };
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish in a minute"));
+    within_a_minute(run).await;
 }
 
 /// The history stream drops messages older than its `max_age`, copies in the map index too:
@@ -218,19 +244,7 @@ async fn a_key_nobody_touches_outlives_the_streams_max_age_while_its_map_lives()
     };
     const MAX_AGE: Duration = Duration::from_secs(2);
     let run = async {
-        let config = switchboard::config::NatsConfig {
-            url: switchboard::config::Secret(server.url()),
-            prefix: format!("aged-{:08x}", fastrand::u32(..)),
-        };
-        let options = switchboard_nats::NatsOptions {
-            history_max_age: MAX_AGE,
-            ..common::quick()
-        };
-        let broker = Arc::new(switchboard_nats::NatsBroker::with_options(&config, options));
-        broker
-            .start(Recorder::new() as Arc<dyn BrokerEvents>)
-            .await
-            .unwrap_or_else(|e| panic!("start: {e}"));
+        let broker = aging_broker(&server, "aged", MAX_AGE).await;
         let set = |key: &str, value: String| Publication::json(Bytes::from(value)).keyed(key);
         broker
             .publish("board", &set("still", "1".to_owned()), &keep(100))
@@ -263,9 +277,7 @@ async fn a_key_nobody_touches_outlives_the_streams_max_age_while_its_map_lives()
         );
         broker.stop().await;
     };
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish in a minute"));
+    within_a_minute(run).await;
 }
 
 /// A map only ever published to (nobody reads it, no node checks it) still has its expired
@@ -278,19 +290,7 @@ async fn a_map_only_published_to_has_its_expired_keys_taken_out_by_a_publishs_pa
     };
     const MAX_AGE: Duration = Duration::from_secs(2);
     let run = async {
-        let config = switchboard::config::NatsConfig {
-            url: switchboard::config::Secret(server.url()),
-            prefix: format!("pass-{:08x}", fastrand::u32(..)),
-        };
-        let options = switchboard_nats::NatsOptions {
-            history_max_age: MAX_AGE,
-            ..common::quick()
-        };
-        let broker = Arc::new(switchboard_nats::NatsBroker::with_options(&config, options));
-        broker
-            .start(Recorder::new() as Arc<dyn BrokerEvents>)
-            .await
-            .unwrap_or_else(|e| panic!("start: {e}"));
+        let broker = aging_broker(&server, "pass", MAX_AGE).await;
         let short = switchboard::broker::PublishOptions {
             key_ttl: Duration::from_millis(100),
             ..keep(100)
