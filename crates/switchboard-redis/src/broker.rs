@@ -294,13 +294,7 @@ impl RedisBroker {
         options: &PublishOptions,
     ) -> Result<Option<Position>, BrokerError> {
         let names = self.names();
-        let idempotency =
-            names.idempotency(channel, options.idempotency_key.as_deref().unwrap_or(""));
-        let idempotency_ttl = if options.idempotency_key.is_some() {
-            millis(options.idempotency_ttl).max(1)
-        } else {
-            0
-        };
+        let (idempotency, idempotency_ttl) = idempotency_of(names, channel, options);
         let body = codec::encode_publication(publication);
         let epoch = format!("{:016x}", fastrand::u64(..));
         let script = &self.inner.scripts.map_publish;
@@ -470,15 +464,7 @@ impl Broker for RedisBroker {
             return Ok(None);
         }
         let names = self.names();
-        let idempotency = match &options.idempotency_key {
-            Some(key) => names.idempotency(channel, key),
-            None => names.idempotency(channel, ""),
-        };
-        let idempotency_ttl = if options.idempotency_key.is_some() {
-            millis(options.idempotency_ttl).max(1)
-        } else {
-            0
-        };
+        let (idempotency, idempotency_ttl) = idempotency_of(names, channel, options);
         let body = codec::encode_publication(publication);
         let epoch = format!("{:016x}", fastrand::u64(..));
         let script = &self.inner.scripts.publish;
@@ -738,4 +724,16 @@ impl Broker for RedisBroker {
         }
         Ok(present)
     }
+}
+
+/// The idempotency key a publish to `channel` names (an unused one when it names none) and
+/// how long to keep it, ms (0: none is kept).
+fn idempotency_of(names: &Names, channel: &str, options: &PublishOptions) -> (String, u64) {
+    let key = names.idempotency(channel, options.idempotency_key.as_deref().unwrap_or(""));
+    let ttl = if options.idempotency_key.is_some() {
+        millis(options.idempotency_ttl).max(1)
+    } else {
+        0
+    };
+    (key, ttl)
 }

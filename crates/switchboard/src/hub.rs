@@ -552,6 +552,19 @@ mod tests {
     use super::*;
     use crate::ws::frame::Opcode;
 
+    /// The frames queued on `conn` since last taken (counted as written).
+    fn taken(conn: &Conn) -> Vec<Bytes> {
+        let mut frames = VecDeque::new();
+        let _ = conn.take_queued(&mut frames);
+        conn.written(frames.iter().map(|f| f.len()).sum(), frames.len());
+        frames.into_iter().collect()
+    }
+
+    /// Whether `frame` is a delta push.
+    fn is_delta(frame: &Bytes) -> bool {
+        String::from_utf8_lossy(frame).contains(r#""delta":true"#)
+    }
+
     fn conn(id: u64) -> Arc<Conn> {
         let door = if id.is_multiple_of(3) {
             Door::Protocol
@@ -702,13 +715,6 @@ mod tests {
 
     #[test]
     fn delta_subscribers_share_one_delta_frame_and_get_whole_ones_after_a_join_or_a_gap() {
-        let taken = |conn: &Conn| {
-            let mut frames = VecDeque::new();
-            let _ = conn.take_queued(&mut frames);
-            conn.written(frames.iter().map(|f| f.len()).sum(), frames.len());
-            frames.into_iter().collect::<Vec<Bytes>>()
-        };
-        let is_delta = |frame: &Bytes| String::from_utf8_lossy(frame).contains(r#""delta":true"#);
         let publication = |offset: u64| {
             let doc = format!(r#"{{"v":{offset},"list":"{}"}}"#, "abcdefghij".repeat(30));
             let mut p = Publication::json(Bytes::from(doc));
@@ -764,13 +770,6 @@ mod tests {
 
     #[test]
     fn map_delta_subscribers_get_each_key_against_its_own_previous_value_until_a_gap() {
-        let taken = |conn: &Conn| {
-            let mut frames = VecDeque::new();
-            let _ = conn.take_queued(&mut frames);
-            conn.written(frames.iter().map(|f| f.len()).sum(), frames.len());
-            frames.into_iter().collect::<Vec<Bytes>>()
-        };
-        let is_delta = |frame: &Bytes| String::from_utf8_lossy(frame).contains(r#""delta":true"#);
         let value = |key: &str, v: u64| {
             Publication::json(Bytes::from(format!(
                 r#"{{"key":"{key}","v":{v},"pad":"{}"}}"#,
